@@ -1,0 +1,285 @@
+"""`loa serve`, `loa play`, `loa demo`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from control.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("loa")
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, http=args.http,
+                         data_dir=Path(args.data_dir) if args.data_dir else None)
+
+
+def _split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    from aiohttp import web
+
+    from control.app import create_app
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = _split_hostport(settings.http)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("Loa serving on http://%s:%d (data in %s)", host, port, settings.data_dir)
+    print(f"loa: serving http://{host}:{port}/api/v1  zones: "
+          + ", ".join(app["loa"].engine.tree.zones), flush=True)
+    if ready is not None:
+        ready.set()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        print("loa: shutting down", flush=True)
+        await runner.cleanup()
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+
+
+def cmd_serve(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loa serve", description="Run the Loa engine and HTTP API.")
+    p.add_argument("--config", help="TOML settings file (zones, groups, audio settings)")
+    p.add_argument("--http", help="HOST:PORT for the HTTP API (default 127.0.0.1:8080)")
+    p.add_argument("--data-dir", help="where state and media live (default ./data)")
+    args = p.parse_args(argv)
+    try:
+        settings = _settings_from_args(args)
+    except ConfigError as e:
+        print(f"loa serve: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from control.app import build_tree
+        build_tree(settings)
+    except Exception as e:
+        print(f"loa serve: invalid zone configuration: {e}", file=sys.stderr)
+        return 2
+    try:
+        _run(serve_async(settings))
+    except OSError as e:
+        print(f"loa serve: cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _api(server: str, method: str, path: str, body: dict | None = None,
+         timeout: float = 30.0) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(server.rstrip("/") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    token = os.environ.get("LOA_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except json.JSONDecodeError:
+            return e.code, {"error": {"code": "http", "message": str(e)}}
+
+
+def cmd_play(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loa play", description="Play a file on zones.")
+    p.add_argument("file")
+    p.add_argument("--zone", action="append", required=True, help="zone or group id (repeatable)")
+    p.add_argument("--server", default=os.environ.get("LOA_SERVER", "http://127.0.0.1:8080"))
+    p.add_argument("--level", default="normal",
+                   choices=["background", "normal", "priority", "emergency"])
+    p.add_argument("--mode", default="preempt", choices=["preempt", "duck", "mix"])
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--wait", action="store_true", help="wait until the broadcast ends")
+    args = p.parse_args(argv)
+    body = {"zones": args.zone, "level": args.level, "mode": args.mode, "repeat": args.repeat,
+            "source": {"kind": "file", "path": os.path.abspath(args.file)}}
+    try:
+        status, resp = _api(args.server, "POST", "/api/v1/broadcasts", body)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"loa play: cannot reach {args.server}: {e}", file=sys.stderr)
+        return 1
+    if status >= 400:
+        err = resp.get("error", {})
+        print(f"loa play: refused ({status} {err.get('code')}): {err.get('message')}",
+              file=sys.stderr)
+        return 1
+    print(f"broadcast {resp['id']} {resp['state']} on {', '.join(resp['reached_zones'])}")
+    if args.wait:
+        while True:
+            time.sleep(0.5)
+            _, b = _api(args.server, "GET", f"/api/v1/broadcasts/{resp['id']}")
+            if b.get("state") in ("finished", "stopped", "interrupted"):
+                print(f"broadcast {resp['id']} {b['state']}"
+                      + (f" ({b['error']})" if b.get("error") else ""))
+                break
+    return 0
+
+
+def make_demo_programme(path: Path) -> Path:
+    """A short Vietnamese announcement (espeak-ng) between chimes, or a melody without it."""
+    import numpy as np
+
+    from streamer.audio import SAMPLE_RATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    speech = None
+    if shutil.which("espeak-ng"):
+        text = ("Xin chào bà con. Đây là hệ thống truyền thanh Loa. "
+                "Chương trình phát thử nghiệm đang hoạt động bình thường.")
+        tmp = path.with_suffix(".speech.wav")
+        r = subprocess.run(["espeak-ng", "-v", "vi", "-s", "150", "-w", str(tmp), text],
+                           capture_output=True, timeout=30)
+        if r.returncode == 0 and tmp.exists():
+            speech = tmp
+    import av
+    notes = [(784.0, 0.35), (659.3, 0.35), (523.3, 0.6)]
+    t_parts = []
+    for f, d in notes:
+        t = np.arange(int(SAMPLE_RATE * d)) / SAMPLE_RATE
+        env = np.exp(-t * 4.0) * np.minimum(1.0, t / 0.01)
+        t_parts.append(0.4 * env * np.sin(2 * np.pi * f * t))
+    chime = np.concatenate(t_parts).astype(np.float32)
+    pieces = [chime, np.zeros(SAMPLE_RATE // 2, np.float32)]
+    if speech is not None:
+        with av.open(str(speech)) as c:
+            res = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            for fr in c.decode(audio=0):
+                for o in res.resample(fr):
+                    pieces.append(o.to_ndarray().reshape(-1).astype(np.float32))
+        speech.unlink(missing_ok=True)
+    else:
+        t = np.arange(SAMPLE_RATE * 4) / SAMPLE_RATE
+        pieces.append((0.3 * np.sin(2 * np.pi * 440 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32))
+    pieces += [np.zeros(SAMPLE_RATE // 2, np.float32), chime[::-1].copy()]
+    audio = np.concatenate(pieces)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    import wave
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm)
+    return path
+
+
+def cmd_demo(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loa demo",
+                                description="Serve on embedded defaults with a demo zone, a local "
+                                            "reference receiver and a demo programme on repeat.")
+    p.add_argument("--config")
+    p.add_argument("--http")
+    p.add_argument("--data-dir")
+    p.add_argument("--every", type=float, default=30.0, help="seconds between programme starts")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: run)")
+    args = p.parse_args(argv)
+    try:
+        settings = _settings_from_args(args)
+    except ConfigError as e:
+        print(f"loa demo: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    zones = settings.effective_zones()
+    zone = zones[0]
+    if not zone.unicast:
+        print("loa demo: the first zone needs a unicast destination for the local receiver",
+              file=sys.stderr)
+        return 2
+    listen = zone.unicast[0]
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    programme = make_demo_programme(data / "demo-programme.wav")
+    have_card = os.path.exists("/dev/snd") and any(Path("/dev/snd").glob("pcm*p"))
+    out = "default" if have_card else str(data / "demo-receiver.wav")
+    rx_cmd = [sys.executable, "-m", "loa.cli", "receiver", "--listen", listen, "--out", out,
+              "--stats-interval", "2"]
+    print(f"loa demo: zone {zone.id!r} → reference receiver on {listen} → "
+          + ("sound card" if have_card else f"{out} (no sound card here; play that file later)"),
+          flush=True)
+    rx = subprocess.Popen(rx_cmd)
+
+    async def main() -> None:
+        ready, stop = asyncio.Event(), asyncio.Event()
+        server = asyncio.create_task(serve_async(settings, ready, stop))
+        await asyncio.wait_for(ready.wait(), 20)
+        host, port = _split_hostport(settings.http)
+        base = f"http://{host}:{port}"
+        loop = asyncio.get_running_loop()
+        t_end = time.monotonic() + args.duration if args.duration > 0 else None
+        body = {"zones": [zone.id], "level": "normal",
+                "source": {"kind": "file", "path": str(programme.resolve())}}
+        try:
+            while not stop.is_set():
+                status, resp = await loop.run_in_executor(None, _api, base, "POST",
+                                                          "/api/v1/broadcasts", body)
+                if status < 400:
+                    print(f"loa demo: playing {programme.name} as broadcast {resp['id']}", flush=True)
+                else:
+                    print(f"loa demo: could not start the programme: {resp}", flush=True)
+                wait = args.every
+                if t_end is not None:
+                    wait = min(wait, max(0.0, t_end - time.monotonic()))
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                if t_end is not None and time.monotonic() >= t_end:
+                    stop.set()
+        finally:
+            stop.set()
+            await server
+
+    try:
+        _run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if rx.poll() is None:
+            rx.send_signal(signal.SIGINT)
+            try:
+                rx.wait(5)
+            except subprocess.TimeoutExpired:
+                rx.kill()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = argv[0], argv[1:]
+    commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo}
+    if cmd not in commands:
+        print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench",
+              file=sys.stderr)
+        return 2
+    return commands[cmd](rest)

@@ -1,0 +1,73 @@
+"""Events from the engine to whoever listens: the as-run log and Server-Sent Event streams.
+
+The engine calls `publish` from its tick thread; it must return at once. Everything else happens
+on the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+from collections.abc import Callable
+
+
+class EventHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, keep: int = 5000) -> None:
+        self.loop = loop
+        self.log: collections.deque[dict] = collections.deque(maxlen=keep)
+        self._subs: set[asyncio.Queue] = set()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.observers: list[Callable[[dict], None]] = []  # run on the loop (e.g. DB writer)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def publish(self, event: dict) -> None:
+        """Thread-safe, non-blocking."""
+        with self._lock:
+            self._seq += 1
+            event = dict(event, seq=self._seq)
+            self.log.append(event)
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._fanout, event)
+            except RuntimeError:
+                pass
+
+    def _fanout(self, event: dict) -> None:
+        for q in list(self._subs):
+            if q.full():  # a slow client loses old events, never blocks the others
+                try:
+                    q.get_nowait()
+                except asyncio.QueueEmpty:
+                    pass
+            q.put_nowait(event)
+        for obs in self.observers:
+            try:
+                obs(event)
+            except Exception:
+                pass
+
+    def subscribe(self, maxsize: int = 1000) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self._subs.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subs.discard(q)
+
+    def since(self, seq: int = 0, types: set[str] | None = None,
+              broadcast: str | None = None) -> list[dict]:
+        with self._lock:
+            items = list(self.log)
+        return [e for e in items if e["seq"] > seq
+                and (types is None or e["type"] in types)
+                and (broadcast is None or e.get("broadcast") == broadcast)]
+
+    @staticmethod
+    def sse(event: dict) -> bytes:
+        return (f"id: {event['seq']}\nevent: {event['type']}\n"
+                f"data: {json.dumps(event, ensure_ascii=False)}\n\n").encode()

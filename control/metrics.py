@@ -1,0 +1,41 @@
+"""Prometheus metrics at /metrics, read from the engine when scraped (nothing on the tick)."""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class EngineCollector:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        e = self.engine
+        c = e.clock_stats
+        yield GaugeMetricFamily("loa_encoders_active", "Opus encoders running (distinct programs)",
+                                value=e.encoders_active)
+        yield GaugeMetricFamily("loa_broadcasts_active", "Active broadcasts", value=len(e.broadcasts))
+        yield CounterMetricFamily("loa_ticks", "Engine ticks run", value=c["ticks"])
+        yield CounterMetricFamily("loa_tick_late", "Ticks that started more than half a period late",
+                                  value=c["late_ticks"])
+        yield CounterMetricFamily("loa_tick_skipped", "Ticks skipped after a long stall",
+                                  value=c["skipped_ticks"])
+        yield CounterMetricFamily("loa_tick_overruns", "Ticks whose work took longer than 20 ms",
+                                  value=c["tick_overruns"])
+        yield GaugeMetricFamily("loa_tick_work_us", "Work time of the last tick (µs)",
+                                value=c["last_tick_us"])
+        f = e.fanout.stats()
+        yield CounterMetricFamily("loa_packets_sent", "RTP packets sent", value=f.get("sent", 0))
+        yield CounterMetricFamily("loa_packets_dropped", "RTP packets dropped (socket full)",
+                                  value=f.get("dropped", 0))
+        yield CounterMetricFamily("loa_send_errors", "RTP send errors", value=f.get("errors", 0))
+        yield GaugeMetricFamily("loa_destinations", "RTP destinations", value=f.get("destinations", 0))
+
+
+def render_metrics(engine) -> tuple[bytes, str]:
+    reg = getattr(engine, "_prom_registry", None)
+    if reg is None:
+        reg = CollectorRegistry()
+        reg.register(EngineCollector(engine))
+        engine._prom_registry = reg
+    return generate_latest(reg), CONTENT_TYPE_LATEST

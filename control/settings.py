@@ -1,0 +1,125 @@
+"""Settings: safe embedded defaults, then an optional TOML file, then LOA_* environment, then flags."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+from streamer.zones import parse_hostport
+
+
+class ZoneConfig(BaseModel):
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = ""
+    parent: str | None = None
+    multicast: str | None = None
+    unicast: list[str] = []
+    level: str = ""
+    code: str = ""
+    language: str = "vi"
+
+    @field_validator("multicast")
+    @classmethod
+    def _mcast(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import ipaddress
+        host, _ = parse_hostport(v, "multicast")
+        if not ipaddress.ip_address(host).is_multicast:
+            raise ValueError(f"{host} is not a multicast address")
+        return v
+
+    @field_validator("unicast")
+    @classmethod
+    def _ucast(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_hostport(item, "unicast destination")
+        return v
+
+
+class GroupConfig(BaseModel):
+    id: str = Field(min_length=1, max_length=100)
+    name: str = ""
+    zones: list[str] = []
+
+
+DEMO_ZONE = ZoneConfig(id="demo", name="Demo zone (local reference receiver)",
+                       unicast=["127.0.0.1:5006"])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOA_", extra="ignore",
+                                      env_nested_delimiter="__")
+
+    http: str = "127.0.0.1:8080"
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+    # audio / RTP
+    opus_bitrate: int = Field(32_000, ge=6_000, le=510_000)
+    opus_complexity: int = Field(5, ge=0, le=10)
+    opus_fec: bool = True
+    opus_packet_loss_perc: int = Field(10, ge=0, le=100)
+    opus_application: Literal["audio", "voip", "lowdelay"] = "audio"
+    payload_type: int = Field(111, ge=96, le=127)
+    multicast_ttl: int = Field(1, ge=0, le=255)
+    multicast_if: str | None = None
+    send_port: int = Field(0, ge=0, le=65535)
+    # mixing
+    duck_db: float = Field(-15.0, le=0, ge=-60)
+    duck_ramp_ms: float = Field(200.0, ge=0, le=5000)
+    resume_rewind_s: float = Field(2.0, ge=0, le=60)
+    loudness_target_lufs: float = Field(-16.0, ge=-40, le=-5)
+    emergency_attention: Literal["chime", "siren", "none"] = "chime"
+    # files
+    media_dirs: list[Path] = []
+    max_body_mb: int = 1
+    # zones (editable through the API later; from this file for now)
+    zones: list[ZoneConfig] = []
+    groups: list[GroupConfig] = []
+    demo_zone: bool = True  # with no zones configured, serve a local demo zone
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _TOML_FILE.get(cls)
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    def effective_zones(self) -> list[ZoneConfig]:
+        if not self.zones and self.demo_zone:
+            return [DEMO_ZONE]
+        return list(self.zones)
+
+
+_TOML_FILE: dict[type, str] = {}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults < TOML file < LOA_* environment < explicit overrides (command-line flags)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        import tomllib
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    cls = Settings
+    if config is not None:
+        cls = type("FileSettings", (Settings,), {})
+        _TOML_FILE[cls] = str(config)
+    try:
+        return cls(**overrides)
+    except Exception as e:  # pydantic ValidationError: make it one readable message
+        raise ConfigError(f"invalid settings: {e}") from None

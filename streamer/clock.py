@@ -1,0 +1,98 @@
+"""The 20 ms tick.
+
+Tick k is due at start + k * period, computed from the monotonic clock, never by sleeping a
+fixed 20 ms (which drifts by the work done each tick and by every late wake-up). A late tick runs
+at once and the next one is still due at its own target, so lateness never accumulates. If the
+process was stalled for longer than `max_catchup` periods (a suspended VM, a stop signal), the
+missed ticks are skipped and counted rather than fired in a burst.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from streamer.audio import FRAME_NS
+
+
+class TickSchedule:
+    """Sans-IO tick bookkeeping: time comes in as a parameter."""
+
+    def __init__(self, start_ns: int, period_ns: int = FRAME_NS, max_catchup: int = 10) -> None:
+        self.start_ns = start_ns
+        self.period_ns = period_ns
+        self.max_catchup = max_catchup
+        self.k = 0  # index of the next tick to run
+        self.late_ticks = 0
+        self.skipped_ticks = 0
+        self.max_late_ns = 0
+
+    def deadline(self, k: int | None = None) -> int:
+        return self.start_ns + (self.k if k is None else k) * self.period_ns
+
+    def due(self, now_ns: int) -> bool:
+        return now_ns >= self.deadline()
+
+    def begin_tick(self, now_ns: int) -> int:
+        """Call when about to run the due tick; returns its index (what the tick is for)."""
+        late = now_ns - self.deadline()
+        if late > self.max_catchup * self.period_ns:
+            behind = late // self.period_ns
+            self.skipped_ticks += int(behind)
+            self.k += int(behind)
+            late = now_ns - self.deadline()
+        if late > self.period_ns // 2:
+            self.late_ticks += 1
+        if late > self.max_late_ns:
+            self.max_late_ns = late
+        k = self.k
+        self.k += 1
+        return k
+
+    def sleep_ns(self, now_ns: int) -> int:
+        return max(0, self.deadline() - now_ns)
+
+
+class TickThread:
+    """Runs `on_tick(k, lateness_ns)` every period in a dedicated thread.
+
+    The tick lives in its own thread so an HTTP handler, a database call or a garbage collection
+    pause in the event loop never makes it late; commands reach it through thread-safe queues.
+    """
+
+    def __init__(self, on_tick: Callable[[int, int], None], period_ns: int = FRAME_NS,
+                 name: str = "loa-tick") -> None:
+        self.on_tick = on_tick
+        self.period_ns = period_ns
+        self.schedule: TickSchedule | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        sched = self.schedule = TickSchedule(time.monotonic_ns(), self.period_ns)
+        stop = self._stop
+        while not stop.is_set():
+            now = time.monotonic_ns()
+            wait = sched.sleep_ns(now)
+            if wait > 0:
+                # Sleep most of the way, then the rest, so wake-ups land close to the target.
+                if stop.wait(wait / 1e9):
+                    break
+                continue
+            lateness = now - sched.deadline()
+            k = sched.begin_tick(now)
+            try:
+                self.on_tick(k, lateness)
+            except BaseException as exc:  # keep the clock alive; the engine logs and counts
+                self.error = exc
+                import logging
+                logging.getLogger("loa.clock").exception("tick %d failed", k)

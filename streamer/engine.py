@@ -1,0 +1,594 @@
+"""The engine: sources → arbitration → mix → one Opus encode per distinct program → RTP fan-out.
+
+Runs its 20 ms tick in a dedicated thread (see clock.py). Control talks to it through the small
+public API of `Engine` (start/stop broadcasts, edit zones, read status); every call is short and
+thread-safe. Events go out through the `on_event` callback, which must not block.
+
+One sequence space: each tick every program packet carries the same SSRC, sequence number and
+timestamp, so the packet of a program is byte-identical for every zone that hears it and a zone
+that switches program still sees one continuous RTP stream. Only the payload's encoder changes.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SILENCE, db_to_gain
+from streamer.clock import TickThread
+from streamer.ingest.base import Source
+from streamer.mixer.arbitration import Claim, Layer, Level, arbitrate, live_conflict
+from streamer.mixer.mix import GainRamp, SoftLimiter, add_scaled
+from streamer.rtp.fanout import Fanout
+from streamer.rtp.opus import OpusEncoder, OpusSettings
+from streamer.rtp.packet import HEADER_SIZE, write_header
+from streamer.zones import Zone, ZoneError, ZoneTree
+
+log = logging.getLogger("loa.engine")
+
+SourceFactory = Callable[[float], Source]
+
+
+def utc_now_iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+class BroadcastRefused(Exception):
+    def __init__(self, reason: str, holder: dict | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.holder = holder
+
+
+@dataclass
+class EngineSettings:
+    opus: OpusSettings = field(default_factory=OpusSettings)
+    payload_type: int = 111
+    duck_db: float = -15.0
+    duck_ramp_ms: float = 200.0
+    resume_rewind_s: float = 2.0
+    limiter_ceiling_db: float = -0.1
+    idle_channel_ttl_s: float = 10.0
+
+
+@dataclass
+class BroadcastSpec:
+    targets: list[str]
+    level: Level
+    source_factory: SourceFactory
+    kind: str
+    description: dict = field(default_factory=dict)
+    mode: str = "preempt"
+    gain_db: float = 0.0
+    live: bool = False
+    owner: str = ""
+    duration_s: float | None = None
+    id: str | None = None
+
+
+class Playhead:
+    """One cursor through a broadcast's audio, serving a set of zones."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, source: Source, zones: set[str], paused: bool = False,
+                 rewound: bool = False) -> None:
+        self.id = next(self._ids)
+        self.source = source
+        self.zones = zones
+        self.paused = paused
+        self.rewound = rewound  # a fork already starts before its cut point
+        self.started = False  # produced its first frame
+        self.finished = False
+        self.frame: np.ndarray = SILENCE
+
+
+class Broadcast:
+    def __init__(self, spec: BroadcastSpec, order: int, zones: set[str]) -> None:
+        self.spec = spec
+        self.id = spec.id or secrets.token_hex(6)
+        self.order = order
+        self.level = spec.level
+        self.zones = zones  # every zone the targets reach (recomputed when the tree changes)
+        self.done_zones: set[str] = set()
+        self.playheads: list[Playhead] = []
+        self.state = "queued"  # queued → playing ⇄ paused → finished | stopped
+        self.created = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.audible: set[str] = set()
+        self.ducked: set[str] = set()
+        self.preempted: set[str] = set()
+        self.gain = db_to_gain(spec.gain_db)
+        self.error: str | None = None
+
+    def claim(self) -> Claim:
+        ready = any(p.started or p.source.ready() or p.source.finished
+                    for p in self.playheads if not p.finished)
+        return Claim(self.id, self.level, frozenset(self.zones - self.done_zones), self.order,
+                     self.spec.mode, self.spec.live, ready, self.spec.owner)
+
+    def playhead_for(self, zone: str) -> Playhead | None:
+        for p in self.playheads:
+            if zone in p.zones:
+                return p
+        return None
+
+    def position_s(self) -> float:
+        return max((p.source.position_s for p in self.playheads), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "zones": list(self.spec.targets),
+            "reached_zones": sorted(self.zones),
+            "level": self.level.label,
+            "mode": self.spec.mode,
+            "source": dict(self.spec.description, kind=self.spec.kind),
+            "live": self.spec.live,
+            "owner": self.spec.owner,
+            "state": self.state,
+            "on_air_zones": sorted(self.audible),
+            "preempted_zones": sorted(self.preempted),
+            "created_at": utc_now_iso(self.created),
+            "started_at": utc_now_iso(self.started_at) if self.started_at else None,
+            "ended_at": utc_now_iso(self.ended_at) if self.ended_at else None,
+            "position_s": round(self.position_s(), 2),
+            "duration_s": self.spec.duration_s,
+            "error": self.error,
+        }
+
+
+class ProgramChannel:
+    """Encoder + limiter + packet buffer for one distinct program. Reused across ticks."""
+
+    def __init__(self, opus: OpusSettings, ceiling_db: float) -> None:
+        self.encoder = OpusEncoder(opus)
+        self.limiter = SoftLimiter(ceiling_db)
+        self.bus = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+        self.scratch = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+        self.buf = bytearray(HEADER_SIZE + 1500)
+        self.view = memoryview(self.buf)
+        self.last_used = 0.0
+
+    def close(self) -> None:
+        self.encoder.close()
+
+
+class Engine:
+    def __init__(self, tree: ZoneTree, fanout: Fanout, settings: EngineSettings | None = None,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        self.tree = tree
+        self.fanout = fanout
+        self.settings = settings or EngineSettings()
+        self.on_event = on_event or (lambda e: None)
+        self.lock = threading.RLock()
+        self.broadcasts: dict[str, Broadcast] = {}
+        self.history: list[dict] = []  # finished broadcasts (bounded)
+        self._order = itertools.count(1)
+        self._tree_version = -1
+        self.ssrc = secrets.randbits(32)
+        self.seq = secrets.randbits(16)
+        self.ts0 = secrets.randbits(32)
+        self.tick_index = 0
+        self._channels: dict[tuple, ProgramChannel] = {}
+        self._free_channels: list[ProgramChannel] = []
+        self._zone_key: dict[str, tuple] = {}  # program key each zone heard last tick
+        self._zone_winner: dict[str, int] = {}  # winning playhead id per zone, last tick
+        self._ramps: dict[tuple[str, str], GainRamp] = {}
+        self._thread: TickThread | None = None
+        # metrics
+        self.encoders_active = 0
+        self.ticks = 0
+        self.tick_overruns = 0
+        self.last_tick_us = 0.0
+        self.max_tick_us = 0.0
+        self.packets_built = 0
+        self.first_packet_listeners: list[Callable[[str, float], None]] = []
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread = TickThread(self._tick)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread:
+            self._thread.stop()
+        with self.lock:
+            for b in list(self.broadcasts.values()):
+                self._end(b, "stopped", reason="server shutting down")
+            for ch in list(self._channels.values()) + self._free_channels:
+                ch.close()
+            self._channels.clear()
+            self._free_channels.clear()
+
+    @property
+    def clock_stats(self) -> dict:
+        s = self._thread.schedule if self._thread else None
+        return {
+            "ticks": self.ticks,
+            "late_ticks": s.late_ticks if s else 0,
+            "skipped_ticks": s.skipped_ticks if s else 0,
+            "max_late_ms": round(s.max_late_ns / 1e6, 3) if s else 0.0,
+            "last_tick_us": round(self.last_tick_us, 1),
+            "max_tick_us": round(self.max_tick_us, 1),
+            "tick_overruns": self.tick_overruns,
+        }
+
+    # ---------------------------------------------------------------- control API
+    def emit(self, type_: str, b: Broadcast | None = None, **fields) -> None:
+        ev = {"type": type_, "time": utc_now_iso()}
+        if b is not None:
+            ev.update(broadcast=b.id, level=b.level.label, kind=b.spec.kind, owner=b.spec.owner)
+        ev.update(fields)
+        try:
+            self.on_event(ev)
+        except Exception:  # an observer must never break the tick
+            log.exception("event observer failed")
+
+    def start_broadcast(self, spec: BroadcastSpec) -> Broadcast:
+        if spec.mode not in ("preempt", "duck", "mix"):
+            raise ValueError(f"unknown mode {spec.mode!r}; expected preempt, duck or mix")
+        with self.lock:
+            zones = self.tree.resolve(spec.targets)
+            if not zones:
+                raise ZoneError("the targets reach no zone")
+            if spec.id and spec.id in self.broadcasts:
+                raise ValueError(f"broadcast {spec.id!r} already exists")
+            b = Broadcast(spec, next(self._order), zones)
+            conflict = live_conflict(b.claim(), (x.claim() for x in self.broadcasts.values()))
+            if conflict is not None:
+                holder = self.broadcasts[conflict.id]
+                who = holder.spec.owner or holder.id
+                shared = sorted(holder.zones & zones)
+                reason = (f"zone {', '.join(shared)} is held by live broadcast {holder.id} "
+                          f"({who}, level {holder.level.label})")
+                self.emit("broadcast.refused", b, zones=sorted(zones), reason=reason,
+                          holder=holder.id, holder_owner=holder.spec.owner)
+                raise BroadcastRefused(reason, holder.to_dict())
+        # open the source outside the lock: starting decode threads can take a moment
+        source = spec.source_factory(0.0)
+        source.start()
+        with self.lock:
+            b.playheads.append(Playhead(source, set(zones)))
+            self.broadcasts[b.id] = b
+        self.emit("broadcast.created", b, zones=sorted(zones), targets=list(spec.targets))
+        return b
+
+    def stop_broadcast(self, broadcast_id: str, reason: str = "stopped by request") -> Broadcast:
+        with self.lock:
+            b = self.broadcasts.get(broadcast_id)
+            if b is None:
+                raise KeyError(broadcast_id)
+            self._end(b, "stopped", reason=reason)
+            return b
+
+    def get(self, broadcast_id: str) -> dict | None:
+        with self.lock:
+            b = self.broadcasts.get(broadcast_id)
+            if b is not None:
+                return b.to_dict()
+            for h in reversed(self.history):
+                if h["id"] == broadcast_id:
+                    return h
+        return None
+
+    def list_broadcasts(self, include_past: bool = False) -> list[dict]:
+        with self.lock:
+            out = [b.to_dict() for b in sorted(self.broadcasts.values(), key=lambda x: x.order)]
+            if include_past:
+                out = list(reversed(self.history)) + out
+            return out
+
+    def zone_status(self) -> dict[str, dict]:
+        with self.lock:
+            out = {}
+            for zid in self.tree.zones:
+                key = self._zone_key.get(zid)
+                on = []
+                for b in self.broadcasts.values():
+                    if zid in b.audible:
+                        on.append({"broadcast": b.id, "level": b.level.label,
+                                   "ducked": zid in b.ducked})
+                out[zid] = {"on_air": on, "program": hash(key) if key else None}
+            return out
+
+    def edit_tree(self, fn: Callable[[ZoneTree], object]):
+        """Apply a change to the zone tree; takes effect on the next tick."""
+        with self.lock:
+            return fn(self.tree)
+
+    # ---------------------------------------------------------------- the tick
+    def _end(self, b: Broadcast, state: str, reason: str = "") -> None:
+        if b.state in ("finished", "stopped"):
+            return
+        b.state = state
+        b.ended_at = time.time()
+        for p in b.playheads:
+            p.source.close()
+            if p.source.error and not b.error:
+                b.error = p.source.error
+        self.broadcasts.pop(b.id, None)
+        b.audible = set()
+        d = b.to_dict()
+        self.history.append(d)
+        if len(self.history) > 1000:
+            del self.history[: len(self.history) - 1000]
+        self.emit(f"broadcast.{state}", b, zones=sorted(b.zones), reason=reason,
+                  error=b.error, position_s=d["position_s"])
+
+    def _sync_tree(self) -> None:
+        if self.tree.version == self._tree_version:
+            return
+        self._tree_version = self.tree.version
+        known = set(self.tree.zones)
+        for zid in known:
+            self.fanout.set_destinations(zid, self.tree.destinations(zid))
+        for zid in list(self._zone_key):
+            if zid not in known:
+                self._zone_key.pop(zid, None)
+                self.fanout.set_destinations(zid, [])
+        for b in self.broadcasts.values():
+            try:
+                zones = self.tree.resolve([t for t in b.spec.targets
+                                           if t in self.tree.zones or t in self.tree.groups])
+            except ZoneError:
+                zones = set()
+            added = zones - b.zones
+            for p in b.playheads:
+                p.zones &= zones
+            if added and b.playheads:
+                live = [p for p in b.playheads if not p.finished]
+                if live:
+                    live[0].zones |= added
+            b.zones = zones
+            b.done_zones &= zones
+
+    def _fork(self, b: Broadcast, p: Playhead, zones: set[str], cut_s: float) -> Playhead:
+        start = max(0.0, cut_s - self.settings.resume_rewind_s)
+        src = b.spec.source_factory(start)
+        src.start()
+        fork = Playhead(src, zones, paused=True, rewound=True)
+        b.playheads.append(fork)
+        return fork
+
+    def _manage_playheads(self, b: Broadcast, audible: set[str]) -> None:
+        now = time.time()
+        if b.spec.live:
+            lost = b.audible - audible
+            if lost and b.started_at:
+                self.emit("broadcast.preempted", b, zones=sorted(lost),
+                          notice="live talk preempted on these zones")
+                b.preempted |= lost
+            back = audible & b.preempted
+            if back:
+                b.preempted -= back
+                self.emit("broadcast.resumed", b, zones=sorted(back))
+            return
+        for p in list(b.playheads):
+            if p.finished or not p.zones:
+                continue
+            aud = p.zones & audible
+            if aud == p.zones:
+                if p.paused:
+                    p.paused = False
+                    if not p.rewound and p.started:
+                        p.source.rewind(self.settings.resume_rewind_s)
+                    p.rewound = False
+                    if p.started:
+                        b.preempted -= p.zones
+                        self.emit("broadcast.resumed", b, zones=sorted(p.zones),
+                                  position_s=round(p.source.position_s, 2))
+            elif not aud:
+                if not p.paused:
+                    p.paused = True
+                    if p.started:
+                        b.preempted |= p.zones
+                        self.emit("broadcast.preempted", b, zones=sorted(p.zones),
+                                  position_s=round(p.source.position_s, 2))
+            else:
+                rest = p.zones - aud
+                cut = p.source.position_s
+                p.zones = aud
+                if p.started:
+                    self._fork(b, p, rest, cut)
+                    if not p.paused:
+                        b.preempted |= rest
+                        self.emit("broadcast.preempted", b, zones=sorted(rest),
+                                  position_s=round(cut, 2))
+                else:
+                    # never played yet: the waiting zones start from the beginning later
+                    self._fork(b, p, rest, 0.0)
+                if p.paused:
+                    p.paused = False
+                    if not p.rewound and p.started:
+                        p.source.rewind(self.settings.resume_rewind_s)
+                    p.rewound = False
+                    if p.started:
+                        b.preempted -= aud
+                        self.emit("broadcast.resumed", b, zones=sorted(aud))
+        if audible and b.started_at is None:
+            b.started_at = now
+
+    def _tick(self, k: int, lateness_ns: int) -> None:
+        t0 = time.perf_counter_ns()
+        with self.lock:
+            self._tick_locked(k)
+        dt = (time.perf_counter_ns() - t0) / 1000.0
+        self.last_tick_us = dt
+        if dt > self.max_tick_us:
+            self.max_tick_us = dt
+        if dt > FRAME_MS * 1000:
+            self.tick_overruns += 1
+        self.ticks += 1
+
+    def _tick_locked(self, k: int) -> None:
+        self._sync_tree()
+        # 1. retire finished playheads and broadcasts
+        for b in list(self.broadcasts.values()):
+            for p in b.playheads:
+                if not p.finished and p.source.finished and p.started:
+                    p.finished = True
+                    b.done_zones |= p.zones
+                    if p.source.error and not b.error:
+                        b.error = p.source.error
+                    p.source.close()
+                elif not p.finished and p.source.finished and not p.started:
+                    # ended before producing anything (empty or broken input)
+                    p.finished = True
+                    b.done_zones |= p.zones
+                    b.error = b.error or p.source.error
+            if all(p.finished for p in b.playheads) or b.zones <= b.done_zones:
+                self._end(b, "finished")
+        # 2. arbitration
+        claims = [b.claim() for b in self.broadcasts.values()]
+        layers = arbitrate(claims, duck_db=self.settings.duck_db)
+        audible: dict[str, set[str]] = {b: set() for b in self.broadcasts}
+        ducked: dict[str, set[str]] = {b: set() for b in self.broadcasts}
+        for z, ls in layers.items():
+            for i, layer in enumerate(ls):
+                audible[layer.claim_id].add(z)
+                if layer.gain_db < 0:
+                    ducked[layer.claim_id].add(z)
+        for b in list(self.broadcasts.values()):
+            self._manage_playheads(b, audible[b.id])
+            newly_ducked = ducked[b.id] - b.ducked
+            if newly_ducked:
+                self.emit("broadcast.ducked", b, zones=sorted(newly_ducked),
+                          duck_db=self.settings.duck_db)
+            if b.state == "queued" and audible[b.id]:
+                b.state = "playing"
+                self.emit("broadcast.started", b, zones=sorted(audible[b.id]),
+                          tick=k)
+            elif b.state == "playing" and not audible[b.id]:
+                b.state = "paused"
+            elif b.state == "paused" and audible[b.id]:
+                b.state = "playing"
+            b.audible = audible[b.id]
+            b.ducked = ducked[b.id]
+        # 3. pull one frame from every playhead that plays this tick
+        for b in self.broadcasts.values():
+            for p in b.playheads:
+                if p.finished:
+                    continue
+                if p.paused and not b.spec.live:
+                    continue
+                if not (p.zones & b.audible) and not b.spec.live:
+                    continue
+                f = p.source.read()
+                if f is None:
+                    p.frame = SILENCE
+                else:
+                    p.frame = f
+                    p.started = True
+        # 4. programs: zones with the same layers (playhead, gain ramp) share one encode
+        programs: dict[tuple, list[str]] = {}
+        frames: dict[int, tuple[np.ndarray, float]] = {}
+        winners: dict[str, int] = {}
+        for z, ls in layers.items():
+            key_items = []
+            for layer in ls:
+                b = self.broadcasts[layer.claim_id]
+                p = b.playhead_for(z)
+                if p is None or p.finished or (p.paused and not b.spec.live):
+                    continue
+                ramp = self._ramps.get((z, b.id))
+                if ramp is None:
+                    ramp = self._ramps[(z, b.id)] = GainRamp(layer.gain_db, self.settings.duck_ramp_ms)
+                ramp.target_db = layer.gain_db
+                g0, g1 = ramp.advance()
+                key_items.append((p.id, round(g0 * b.gain, 5), round(g1 * b.gain, 5)))
+                frames[p.id] = (p.frame, b.gain)
+            if not key_items:
+                continue
+            key = tuple(key_items)
+            winners[z] = key_items[0][0]
+            programs.setdefault(key, []).append(z)
+        # drop ramps of pairs that are gone
+        if len(self._ramps) > 4 * max(1, len(layers)):
+            live_pairs = {(z, l.claim_id) for z, ls in layers.items() for l in ls}
+            for pair in list(self._ramps):
+                if pair not in live_pairs:
+                    del self._ramps[pair]
+        # 5. encode once per program and send
+        if programs:
+            seq = self.seq = (self.seq + 1) & 0xFFFF
+        else:
+            seq = self.seq
+        ts = (self.ts0 + k * FRAME_SAMPLES) & 0xFFFFFFFF
+        now = time.monotonic()
+        used: dict[tuple, ProgramChannel] = {}
+        for key in programs:
+            ch = self._channels.get(key)
+            if ch is not None:
+                used[key] = ch
+        released = [ch for kk, ch in self._channels.items() if kk not in programs]
+        for key, zones in programs.items():
+            if key in used:
+                continue
+            # hand over the encoder of the program these zones heard before (a gain ramp or a
+            # switch), so their decoders see one continuous Opus stream where possible
+            prev = self._channels.get(self._zone_key.get(zones[0]))  # type: ignore[arg-type]
+            if prev is not None and prev in released:
+                released.remove(prev)
+                ch = prev
+            elif released:
+                ch = released.pop()
+            elif self._free_channels:
+                ch = self._free_channels.pop()
+            else:
+                ch = ProgramChannel(self.settings.opus, self.settings.limiter_ceiling_db)
+            used[key] = ch
+        self._free_channels.extend(released)
+        if self._free_channels:
+            keep = []
+            for ch in self._free_channels:
+                if now - ch.last_used > self.settings.idle_channel_ttl_s:
+                    ch.close()
+                else:
+                    keep.append(ch)
+            self._free_channels = keep
+        self._channels = used
+        pt = self.settings.payload_type
+        for key, zones in programs.items():
+            ch = used[key]
+            ch.last_used = now
+            bus = ch.bus
+            bus.fill(0.0)
+            for pid, g0, g1 in key:
+                frame, _ = frames[pid]
+                add_scaled(bus, frame, g0, g1, ch.scratch)
+            ch.limiter.process(bus)
+            payload = ch.encoder.encode(bus)
+            n = HEADER_SIZE + len(payload)
+            buf = ch.buf
+            buf[HEADER_SIZE:n] = payload
+            plain, marked = [], []
+            for z in zones:
+                if self._zone_winner.get(z) != winners[z]:
+                    marked.append(z)
+                else:
+                    plain.append(z)
+            if plain:
+                write_header(buf, pt, seq, ts, self.ssrc, marker=False)
+                self.fanout.send(ch.view[:n], plain)
+            if marked:
+                write_header(buf, pt, seq, ts, self.ssrc, marker=True)
+                self.fanout.send(ch.view[:n], marked)
+            self.packets_built += 1
+        self.encoders_active = len(programs)
+        new_keys = {}
+        for key, zones in programs.items():
+            for z in zones:
+                new_keys[z] = key
+        self._zone_key = new_keys
+        self._zone_winner = winners
+        self.tick_index = k

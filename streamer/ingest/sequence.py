@@ -1,0 +1,174 @@
+"""A source made of parts played one after another: attention chime, message, pause, repeat.
+
+Each part is made lazily by a factory that takes a start offset in seconds, so a sequence can be
+re-opened part-way through (a fork that resumes a preempted item where it was cut).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.audio import FRAME_MS
+from streamer.ingest.base import Source
+
+SourceFactory = Callable[[float], Source]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    factory: SourceFactory
+    duration_s: float  # best known length; used only to place a start offset
+    label: str = ""
+
+
+class SkipSource(Source):
+    """Wraps a source that cannot seek: drops the first `skip_s` seconds as they arrive."""
+
+    def __init__(self, inner: Source, skip_s: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.kind = inner.kind
+        self.live = inner.live
+        self._skip = int(round(skip_s * 1000 / FRAME_MS))
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def _drain(self) -> None:
+        while self._skip > 0:
+            f = self.inner.read()
+            if f is None:
+                return
+            self._skip -= 1
+
+    def ready(self) -> bool:
+        self._drain()
+        return self._skip == 0 and self.inner.ready()
+
+    def read(self) -> np.ndarray | None:
+        self._drain()
+        if self._skip:
+            if not self.inner.finished:
+                self.underruns += 1
+            return None
+        f = self.inner.read()
+        if f is None:
+            if not self.inner.finished:
+                self.underruns += 1
+        else:
+            self.frames_read += 1
+        return f
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def rewind(self, seconds: float) -> None:
+        before = self.inner.frames_read
+        self.inner.rewind(seconds)
+        self.frames_read = max(0, self.frames_read - (before - self.inner.frames_read))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def error(self):  # type: ignore[override]
+        return self.inner.error
+
+    @error.setter
+    def error(self, value) -> None:
+        pass
+
+
+class SequenceSource(Source):
+    def __init__(self, parts: list[Part], start_s: float = 0.0, kind: str = "sequence") -> None:
+        super().__init__()
+        self.kind = kind
+        self.parts = parts
+        self._index = 0
+        self._offset = 0.0
+        t = max(0.0, start_s)
+        while self._index < len(parts) - 1 and t >= parts[self._index].duration_s:
+            t -= parts[self._index].duration_s
+            self._index += 1
+        self._offset = t
+        self._current: Source | None = None
+        self._next: Source | None = None
+        self._started = False
+        self._base_frames = int(round((start_s - t) * 1000 / FRAME_MS)) if parts else 0
+
+    def _open(self, i: int, offset: float) -> Source:
+        s = self.parts[i].factory(offset)
+        s.start()
+        return s
+
+    def start(self) -> None:
+        if self._started or not self.parts:
+            return
+        self._started = True
+        self._current = self._open(self._index, self._offset)
+
+    def _advance(self) -> bool:
+        """Move to the next part; False when there is none."""
+        if self._current is not None:
+            self._current.close()
+        self._index += 1
+        if self._index >= len(self.parts):
+            self._current = None
+            return False
+        self._current = self._next or self._open(self._index, 0.0)
+        self._next = None
+        return True
+
+    def _prefetch(self) -> None:
+        # open the next part a little early so the switch does not underrun
+        if self._next is None and self._index + 1 < len(self.parts) and self._current is not None:
+            if self._current.finished or self._current.position_s >= self.parts[self._index].duration_s - 1.0:
+                self._next = self._open(self._index + 1, 0.0)
+
+    def ready(self) -> bool:
+        return self._current is not None and (self._current.ready() or self._current.finished)
+
+    def read(self) -> np.ndarray | None:
+        while self._current is not None:
+            f = self._current.read()
+            if f is not None:
+                self.frames_read += 1
+                self._prefetch()
+                return f
+            if self._current.finished:
+                if self._current.error and not self.error:
+                    self.error = self._current.error
+                if not self._advance():
+                    return None
+                continue
+            self.underruns += 1
+            return None
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self._started and self._current is None
+
+    @property
+    def part_label(self) -> str:
+        return self.parts[self._index].label if self._index < len(self.parts) else ""
+
+    def rewind(self, seconds: float) -> None:
+        if self._current is not None:
+            before = self._current.frames_read
+            self._current.rewind(seconds)
+            self.frames_read = max(0, self.frames_read - (before - self._current.frames_read))
+
+    @property
+    def position_s(self) -> float:
+        return (self._base_frames + self.frames_read) * FRAME_MS / 1000.0
+
+    def close(self) -> None:
+        for s in (self._current, self._next):
+            if s is not None:
+                s.close()
+        self._current = self._next = None
+        self._index = len(self.parts)
