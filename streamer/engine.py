@@ -87,6 +87,7 @@ class Playhead:
         self.paused = paused
         self.rewound = rewound  # a fork already starts before its cut point
         self.started = False  # produced its first frame
+        self.was_cut = False  # a fork made for zones that were preempted mid-item
         self.finished = False
         self.frame: np.ndarray = SILENCE
 
@@ -357,6 +358,7 @@ class Engine:
         src = b.spec.source_factory(start)
         src.start()
         fork = Playhead(src, zones, paused=True, rewound=True)
+        fork.was_cut = cut_s > 0
         b.playheads.append(fork)
         return fork
 
@@ -383,7 +385,7 @@ class Engine:
                     if not p.rewound and p.started:
                         p.source.rewind(self.settings.resume_rewind_s)
                     p.rewound = False
-                    if p.started:
+                    if p.started or p.was_cut:
                         b.preempted -= p.zones
                         self.emit("broadcast.resumed", b, zones=sorted(p.zones),
                                   position_s=round(p.source.position_s, 2))
@@ -412,7 +414,7 @@ class Engine:
                     if not p.rewound and p.started:
                         p.source.rewind(self.settings.resume_rewind_s)
                     p.rewound = False
-                    if p.started:
+                    if p.started or p.was_cut:
                         b.preempted -= aud
                         self.emit("broadcast.resumed", b, zones=sorted(aud))
         if audible and b.started_at is None:

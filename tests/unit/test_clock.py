@@ -1,0 +1,51 @@
+import random
+
+from streamer.audio import FRAME_NS
+from streamer.clock import TickSchedule
+
+
+def simulate(n_ticks: int, jitter_ns: int, late_at: dict[int, int] | None = None, seed: int = 1):
+    """Drive the schedule like the tick thread does, with wake-up jitter and stalls."""
+    rng = random.Random(seed)
+    sched = TickSchedule(start_ns=1_000_000_000)
+    now = sched.start_ns
+    run_times = []
+    late_at = late_at or {}
+    while len(run_times) < n_ticks:
+        wait = sched.sleep_ns(now)
+        now += wait + rng.randint(0, jitter_ns)  # the OS wakes us a little late
+        k = sched.begin_tick(now)
+        run_times.append((k, now))
+        now += 300_000 + late_at.get(k, 0)  # work done in the tick (plus an occasional stall)
+    return sched, run_times
+
+
+def test_mean_period_error_below_0_1_percent_over_10000_ticks():
+    sched, runs = simulate(10_000, jitter_ns=2_000_000)
+    (k0, t0), (k1, t1) = runs[0], runs[-1]
+    mean_period = (t1 - t0) / (k1 - k0)
+    assert abs(mean_period - FRAME_NS) / FRAME_NS < 0.001
+    # and no tick drifted: every tick ran within the jitter bound of its own target
+    assert all(t - sched.deadline(k) <= 2_000_000 + 1 for k, t in runs)
+
+
+def test_late_tick_does_not_shift_later_ticks():
+    # tick 100 stalls for 55 ms (almost three periods)
+    sched, runs = simulate(300, jitter_ns=0, late_at={100: 55_000_000})
+    by_k = dict(runs)
+    # the ticks that fell due during the stall run at once (catch up)...
+    assert by_k[101] - sched.deadline(101) > 0
+    # ...and from then on every tick runs exactly at its own target again
+    for k in range(104, 300):
+        assert by_k[k] == sched.deadline(k)
+    assert sched.late_ticks >= 1
+    assert sched.skipped_ticks == 0
+
+
+def test_long_stall_skips_instead_of_bursting():
+    sched, runs = simulate(100, jitter_ns=0, late_at={10: 2_000_000_000})
+    assert sched.skipped_ticks > 50
+    ks = [k for k, _ in runs]
+    assert ks == sorted(ks) and len(set(ks)) == len(ks)
+    # after the skip, ticks are back on their targets
+    assert runs[-1][1] == sched.deadline(runs[-1][0])

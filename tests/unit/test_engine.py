@@ -1,0 +1,174 @@
+"""The engine driven tick by tick (no thread, no sockets): programs, encoders, preemption."""
+import numpy as np
+import pytest
+
+from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
+from streamer.engine import BroadcastRefused, BroadcastSpec, Engine, EngineSettings
+from streamer.ingest.sequence import SkipSource
+from streamer.ingest.tones import ToneSource
+from streamer.mixer.arbitration import Level
+from streamer.rtp.opus import OpusDecoder
+from streamer.rtp.packet import RtpPacket
+from streamer.zones import Zone, ZoneTree
+
+
+class RecordingFanout:
+    def __init__(self):
+        self.sent = []  # (tick, bytes, keys)
+        self.tick = 0
+        self.dests = {}
+
+    def set_destinations(self, key, addrs):
+        self.dests[key] = list(addrs)
+
+    def send(self, packet, keys):
+        self.sent.append((self.tick, bytes(packet), list(keys)))
+        return len(keys)
+
+    def stats(self):
+        return {"sent": len(self.sent)}
+
+    def by_zone(self, zone):
+        return [(t, RtpPacket.parse(p)) for t, p, keys in self.sent if zone in keys]
+
+
+def tone_factory(freq, seconds, amp=-16.0):
+    def make(start_s):
+        src = ToneSource(freq_hz=freq, seconds=seconds, amplitude_dbfs=amp)
+        return SkipSource(src, start_s) if start_s > 0 else src
+    return make
+
+
+def spec(zones, level="normal", freq=1000, seconds=3.0, mode="preempt", live=False, owner=""):
+    return BroadcastSpec(targets=zones, level=Level.parse(level), source_factory=tone_factory(freq, seconds),
+                         kind="tone", mode=mode, live=live, owner=owner, duration_s=seconds)
+
+
+def make_engine(n_zones=3, **kw):
+    tree = ZoneTree()
+    tree.add(Zone("province"))
+    for i in range(n_zones):
+        tree.add(Zone(f"z{i}", parent="province", unicast=[("127.0.0.1", 20000 + i)]))
+    fan = RecordingFanout()
+    events = []
+    eng = Engine(tree, fan, EngineSettings(**kw), on_event=events.append)
+    return eng, fan, events
+
+
+def run(eng, fan, ticks, start=0):
+    for k in range(start, start + ticks):
+        fan.tick = k
+        eng._tick(k, 0)
+    return start + ticks
+
+
+def dominant_freq(pcm):
+    spec_ = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE)[np.argmax(spec_)]
+
+
+def decode_zone(fan, zone):
+    dec = OpusDecoder()
+    out = []
+    for _, p in fan.by_zone(zone):
+        out.append(dec.decode(p.payload))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def test_one_encoder_for_500_zones_and_two_when_an_emergency_takes_20():
+    eng, fan, _ = make_engine(500)
+    eng.start_broadcast(spec(["province"], seconds=5))
+    k = run(eng, fan, 5)
+    assert eng.encoders_active == 1
+    # one packet per tick for the whole province
+    assert len([s for s in fan.sent if s[0] == 4]) == 1
+    assert len(fan.sent[-1][2]) == 501
+    eng.start_broadcast(spec([f"z{i}" for i in range(20)], level="emergency", freq=500, seconds=2))
+    run(eng, fan, 5, k)
+    assert eng.encoders_active == 2
+
+
+def test_emergency_preempts_subzone_next_tick_and_programme_resumes_2s_before_cut():
+    eng, fan, events = make_engine(3, resume_rewind_s=2.0)
+    # programme: 4 s of 400 Hz then 4 s of 800 Hz, as one source (tones in sequence)
+    from streamer.ingest.sequence import Part, SequenceSource
+    parts = [Part(tone_factory(400, 4.0), 4.0), Part(tone_factory(800, 4.0), 4.0)]
+    prog = BroadcastSpec(targets=["province"], level=Level.NORMAL,
+                         source_factory=lambda s: SequenceSource(parts, s), kind="tone")
+    b = eng.start_broadcast(prog)
+    k = run(eng, fan, 250)  # 5 s: now 1 s into the 800 Hz part
+    cut_tick = k
+    eng.start_broadcast(spec(["z1"], level="emergency", freq=1500, seconds=1.0))
+    k = run(eng, fan, 1, k)
+    # next tick: z1 hears the emergency (marker set), z0 and z2 keep the programme
+    last = {z: fan.by_zone(z)[-1] for z in ("z0", "z1", "z2")}
+    assert last["z1"][1].marker
+    assert not last["z0"][1].marker
+    assert eng.encoders_active == 2
+    k = run(eng, fan, 60, k)  # the emergency ends after 1 s; z1 resumes
+    k = run(eng, fan, 200, k)
+    types = [e["type"] for e in events]
+    assert "broadcast.preempted" in types and "broadcast.resumed" in types
+    # z0 had no gap: one packet every tick from its start
+    ticks_z0 = [t for t, _ in fan.by_zone("z0")]
+    assert ticks_z0 == list(range(ticks_z0[0], ticks_z0[0] + len(ticks_z0)))
+    # z1: one continuous RTP stream across both switches (same SSRC, contiguous seq/ts)
+    pk = [p for _, p in fan.by_zone("z1")]
+    assert len({p.ssrc for p in pk}) == 1
+    seqs = [p.sequence_number for p in pk]
+    assert all((b_ - a_) & 0xFFFF == 1 for a_, b_ in zip(seqs, seqs[1:]))
+    tss = [p.timestamp for p in pk]
+    assert all((b_ - a_) & 0xFFFFFFFF == FRAME_SAMPLES for a_, b_ in zip(tss, tss[1:]))
+    # content: after the alert, z1 resumes 2 s before the cut: 400 Hz tail (cut was at 5 s,
+    # so resume at 3 s = 1 s of 400 Hz) then 800 Hz
+    pcm = decode_zone(fan, "z1")
+    start_tick = fan.by_zone("z1")[0][0]
+    def at(tick, dur_ticks=10):
+        i = (tick - start_tick) * FRAME_SAMPLES
+        return dominant_freq(pcm[i:i + dur_ticks * FRAME_SAMPLES])
+    assert abs(at(cut_tick + 10) - 1500) < 20  # the alert
+    resume_tick = cut_tick + 1 + 50
+    assert abs(at(resume_tick + 10, 20) - 400) < 20  # rewound into the 400 Hz part
+    assert abs(at(resume_tick + 70, 20) - 800) < 20
+
+
+def test_duck_lowers_programme_by_15_db():
+    eng, fan, events = make_engine(1)
+    eng.start_broadcast(spec(["z0"], level="background", freq=300, seconds=10, ))
+    k = run(eng, fan, 100)
+    ann = spec(["z0"], level="normal", freq=3000, seconds=3, mode="duck")
+    ann.source_factory = tone_factory(3000, 3.0, amp=-60.0)  # nearly silent: measure the bed
+    eng.start_broadcast(ann)
+    k = run(eng, fan, 100, k)
+    pcm = decode_zone(fan, "z0")
+    def band_rms(x, f):
+        s = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        fr = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
+        return np.sqrt(np.sum(s[(fr > f - 30) & (fr < f + 30)] ** 2))
+    before = band_rms(pcm[40 * FRAME_SAMPLES:90 * FRAME_SAMPLES], 300)
+    during = band_rms(pcm[140 * FRAME_SAMPLES:190 * FRAME_SAMPLES], 300)
+    drop = 20 * np.log10(during / before)
+    assert -17 <= drop <= -13, drop
+    assert any(e["type"] == "broadcast.ducked" for e in events)
+
+
+def test_second_live_talker_is_refused_naming_the_holder():
+    eng, fan, events = make_engine(2)
+    eng.start_broadcast(spec(["z0"], live=True, owner="Nguyễn Văn An"))
+    with pytest.raises(BroadcastRefused, match="Nguyễn Văn An"):
+        eng.start_broadcast(spec(["province"], live=True, owner="Trần Thị Bình"))
+    assert events[-1]["type"] == "broadcast.refused"
+    # another zone is free
+    eng.start_broadcast(spec(["z1"], live=True, owner="Trần Thị Bình"))
+
+
+def test_same_level_files_queue_first_come_first_served():
+    eng, fan, events = make_engine(1)
+    a = eng.start_broadcast(spec(["z0"], freq=500, seconds=1))
+    b = eng.start_broadcast(spec(["z0"], freq=900, seconds=1))
+    run(eng, fan, 120)
+    pcm = decode_zone(fan, "z0")
+    assert abs(dominant_freq(pcm[10 * 960:40 * 960]) - 500) < 20
+    assert abs(dominant_freq(pcm[60 * 960:90 * 960]) - 900) < 20
+    fin = [e["broadcast"] for e in events if e["type"] == "broadcast.finished"]
+    assert fin == [a.id, b.id]
