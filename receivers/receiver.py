@@ -1,0 +1,203 @@
+"""The reference receiver: UDP (unicast or multicast) -> jitter buffer -> Opus decode -> sink.
+
+`Receiver` itself is driven by two calls, `datagram_received(data, arrival)` and `tick(now)`, so a
+simulated fleet can run many of them without sockets; `run()` is the thin asyncio layer: one
+datagram endpoint and a 20 ms playout tick on monotonic targets (next = start + k * 20 ms).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from receivers.jitter import Action, JitterBuffer, Playout
+from receivers.output import Sink
+from streamer.audio import FRAME_NS, SAMPLE_RATE
+from streamer.rtp.opus import OpusDecoder, OpusError, packet_samples
+from streamer.rtp.packet import RtpError, RtpPacket
+
+_MAX_PACKET_SAMPLES = SAMPLE_RATE * 120 // 1000
+_RCVBUF = 1 << 20
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    datagrams: int = 0
+    invalid: int = 0              # not RTP: garbage, truncated, wrong version, RTCP
+    wrong_payload_type: int = 0
+    bad_payload: int = 0          # RTP, but the payload is not an Opus packet
+    decode_errors: int = 0        # libopus refused it at playout (concealed instead)
+    socket_errors: int = 0
+    late_ticks: int = 0           # playout ticks that ran more than 10 frames late
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Receiver:
+    def __init__(self, sink: Sink, *, jitter_ms: float = 60.0, payload_type: int | None = None,
+                 fec: bool = True) -> None:
+        self.sink = sink
+        self.payload_type = payload_type
+        self.jitter = JitterBuffer(jitter_ms / 1000.0, fec=fec)
+        self.decoder = OpusDecoder()
+        self.stats = ReceiverStats()
+
+    # -- sans-IO core ---------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, arrival: float) -> None:
+        """One UDP datagram, received at `arrival` (seconds, time.monotonic clock)."""
+        st = self.stats
+        st.datagrams += 1
+        try:
+            pkt = RtpPacket.parse(data)
+        except RtpError:
+            st.invalid += 1
+            return
+        pt = pkt.payload_type
+        if self.payload_type is not None:
+            if pt != self.payload_type:
+                st.wrong_payload_type += 1
+                return
+        elif 72 <= pt <= 76:
+            st.invalid += 1          # RTCP (PT 200-204) sharing the port
+            return
+        n = packet_samples(pkt.payload)
+        if n <= 0 or n > _MAX_PACKET_SAMPLES:
+            st.bad_payload += 1
+            return
+        self.jitter.push(pkt, arrival, n)
+
+    def tick(self, now: float) -> int:
+        """Play every slot due at `now` into the sink; returns samples written."""
+        written = 0
+        pop = self.jitter.pop
+        while (p := pop(now)) is not None:
+            pcm = self._render(p)
+            self.sink.write(pcm)
+            written += len(pcm)
+        return written
+
+    def _render(self, p: Playout) -> np.ndarray:
+        dec = self.decoder
+        try:
+            if p.action is Action.DECODE:
+                return dec.decode(p.payload)
+            if p.action is Action.FEC:
+                return dec.decode_fec(p.payload, p.samples)
+            return dec.conceal(p.samples)
+        except OpusError:
+            self.stats.decode_errors += 1
+            try:
+                return dec.conceal(p.samples)
+            except OpusError:
+                return np.zeros(p.samples, dtype=np.float32)
+
+    def snapshot(self) -> dict[str, float | int | bool]:
+        jb = self.jitter
+        s = jb.stats.as_dict()
+        s["concealed"] = s["concealed_fec"] + s["concealed_plc"]
+        s.update(self.stats.as_dict())
+        s["jitter_ms"] = round(jb.jitter * 1000.0, 3)
+        s["depth"] = jb.depth
+        s["buffered_ms"] = round(jb.buffered * 1000.0, 1)
+        s["target_ms"] = round(jb.target_delay * 1000.0, 1)
+        s["playing"] = jb.playing
+        s["audio_seconds"] = round(self.sink.samples_written / SAMPLE_RATE, 3)
+        return s
+
+    # -- asyncio layer --------------------------------------------------------------------------
+
+    async def run(self, sock: socket.socket, *, duration: float | None = None,
+                  stop: asyncio.Event | None = None, stats_interval: float = 0.0,
+                  on_stats: Callable[[dict], None] | None = None) -> dict:
+        """Receive on `sock` and play out until `stop` is set or `duration` seconds pass."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        stop = stop or asyncio.Event()
+        start = time.monotonic_ns()
+        end = start + int(duration * 1e9) if duration else None
+        every = int(stats_interval * 1e9) if stats_interval and stats_interval > 0 else 0
+        next_stats = start + every
+        k = 0
+        try:
+            while not stop.is_set():
+                k += 1
+                target = start + k * FRAME_NS
+                now = time.monotonic_ns()
+                if target > now:
+                    await asyncio.sleep((target - now) / 1e9)
+                    now = time.monotonic_ns()
+                elif now - target > 10 * FRAME_NS:
+                    # Suspended or starved: do not replay the missed ticks one by one (pop
+                    # catches the media up by itself); resume on the grid.
+                    self.stats.late_ticks += 1
+                    k = (now - start) // FRAME_NS
+                self.tick(now / 1e9)
+                if end is not None and now >= end:
+                    break
+                if every and now >= next_stats:
+                    next_stats += every
+                    if on_stats is not None:
+                        on_stats(self.snapshot())
+        finally:
+            transport.close()
+        return self.snapshot()
+
+    def close(self) -> None:
+        self.sink.close()
+        self.decoder.close()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, receiver: Receiver) -> None:
+        self._rx = receiver
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+        self._rx.datagram_received(data, time.monotonic())
+
+    def error_received(self, exc: Exception) -> None:
+        self._rx.stats.socket_errors += 1
+
+
+def udp_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port (IPv4 or IPv6)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        s.bind(addr)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def multicast_socket(group: str, port: int, interface: str | None = None) -> socket.socket:
+    """Join an IPv4 multicast `group` on `interface` (an address of it; default: any).
+
+    SO_REUSEADDR lets several receivers on one machine share the port. Binding to the group
+    address (not 0.0.0.0) keeps other groups' datagrams on the same port out of this socket.
+    """
+    if not ipaddress.IPv4Address(group).is_multicast:
+        raise ValueError(f"{group} is not an IPv4 multicast address")
+    iface = interface or "0.0.0.0"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        s.bind((group, port))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     socket.inet_aton(group) + socket.inet_aton(iface))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
