@@ -130,6 +130,8 @@ class Receiver:
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def stop(self) -> str:
+        if self.logf.closed:
+            return self.text
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
@@ -139,9 +141,9 @@ class Receiver:
                 self.proc.wait(5)
         self.logf.flush()
         self.logf.seek(0)
-        text = self.logf.read().decode(errors="replace")
+        self.text = self.logf.read().decode(errors="replace")
         self.logf.close()
-        return text
+        return self.text
 
 
 @pytest.fixture
