@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     if args.stats_json:
         try:
             with open(args.stats_json, "w") as f:
-                json.dump(snap, f, indent=2, sort_keys=True)
+                json.dump(dict(snap, spurts=rx.spurts), f, indent=2, sort_keys=True)
         except OSError as exc:
             print(f"loa receiver: cannot write {args.stats_json}: {exc}", file=sys.stderr)
             return 1

@@ -47,6 +47,11 @@ class Receiver:
         self.jitter = JitterBuffer(jitter_ms / 1000.0, fec=fec)
         self.decoder = OpusDecoder()
         self.stats = ReceiverStats()
+        #: talk spurts seen (RTP marker bit): when the packet arrived (UTC seconds) and where
+        #: its audio starts in the output (seconds of audio written before it). A program
+        #: switch at the server (an alert cutting in) shows up here.
+        self.spurts: list[dict] = []
+        self._spurt_by_ts: dict[int, dict] = {}
 
     # -- sans-IO core ---------------------------------------------------------------------------
 
@@ -72,12 +77,21 @@ class Receiver:
             st.bad_payload += 1
             return
         self.jitter.push(pkt, arrival, n)
+        if pkt.marker and len(self.spurts) < 10_000:
+            entry = {"arrival_utc": time.time() - (time.monotonic() - arrival),
+                     "seq": pkt.sequence_number, "rtp_ts": pkt.timestamp, "output_s": None}
+            self.spurts.append(entry)
+            self._spurt_by_ts[pkt.timestamp] = entry
 
     def tick(self, now: float) -> int:
         """Play every slot due at `now` into the sink; returns samples written."""
         written = 0
         pop = self.jitter.pop
         while (p := pop(now)) is not None:
+            if self._spurt_by_ts:
+                entry = self._spurt_by_ts.pop(p.timestamp, None)
+                if entry is not None:
+                    entry["output_s"] = round(self.sink.samples_written / SAMPLE_RATE, 4)
             pcm = self._render(p)
             self.sink.write(pcm)
             written += len(pcm)

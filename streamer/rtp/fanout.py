@@ -5,21 +5,129 @@ Contract used by the engine (keep it stable):
   Called only when membership changes, never per tick.
 - `Fanout.send(packet, keys)`: send the same bytes to every address behind these keys. Never blocks
   the caller for long; a full socket buffer drops (counted), it never stalls other receivers.
-- `Fanout.stats()`: counters for metrics.
+  Returns how many destinations the packet was sent to (with workers: handed to the workers).
+- `Fanout.stats()`: counters for metrics (all ints).
+- `Fanout.close()`.
 
-This first version uses plain sendto; the batched sender replaces the internals.
+How it sends (see sendmmsg.py): per key, the addresses are kept packed (8 bytes each). For the
+set of keys a program goes to, one `DestinationArray` (sockaddr_in + mmsghdr arrays over the
+deduplicated union: a receiver in two zones that hear the same program gets the packet once) is
+built on first use and cached until a member key's membership changes. Each tick is then one
+packet copy and ceil(n / batch) sendmmsg calls. Non-Linux: a sendto loop with the same policy.
+
+Workers (`workers=K > 0`): receivers are sharded by address over K sender processes that share
+this Fanout's UDP socket (same source port, so NAT mappings opened by receivers still match).
+The caller's process only packs membership changes and, per tick, writes one small message per
+worker (key ids + packet) on a SOCK_SEQPACKET socketpair; it never waits for the sends. A worker
+that cannot keep up loses that tick (counted in `worker_queue_drops`), it never blocks the tick.
+Counters come back through a shared memory page. A worker that dies is restarted and given its
+shard again.
 """
 from __future__ import annotations
 
+import mmap
+import os
+import select
 import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from streamer.rtp.sendmmsg import (AVAILABLE, BatchResult, BatchSender, DestinationArray,
+                                   pack_addrs, sendto_all, union_packed, unpack_addrs)
+
+_UNION_CACHE = 256          # distinct key sets kept (programs × their zone sets)
+_CHUNK = 4096               # addresses per membership message to a worker
+_STAT_FIELDS = ("sent", "dropped", "errors", "calls", "sends", "destinations", "pid", "alive")
+_STAT = struct.Struct(f"<{len(_STAT_FIELDS)}q")
+_MSG_SEND = b"S"
+_MSG_DEST = b"D"
+_MSG_EXIT = b"X"
+
+
+class _Destinations:
+    """Per-key packed addresses and a cache of sendable unions. No sockets here."""
+
+    def __init__(self, build_arrays: bool) -> None:
+        self.keys: dict[object, np.ndarray] = {}
+        self.build_arrays = build_arrays
+        self._cache: OrderedDict[tuple, tuple[int, DestinationArray | None, list | None]] = \
+            OrderedDict()
+        self._by_key: dict[object, set[tuple]] = {}  # key -> cached unions that include it
+
+    def set(self, key: object, packed: np.ndarray) -> bool:
+        """Replace a key's addresses; False (and nothing invalidated) if they did not change."""
+        old = self.keys.get(key)
+        if old is None and not len(packed):
+            return False
+        if old is not None and len(old) == len(packed) and np.array_equal(old, packed):
+            return False
+        if len(packed):
+            self.keys[key] = packed
+        else:
+            self.keys.pop(key, None)
+        # Drop every cached union this key belongs to (membership changes are rare).
+        for ck in self._by_key.pop(key, ()):
+            entry = self._cache.pop(ck, None)
+            if entry is not None:
+                self._forget(ck)
+        return True
+
+    def _forget(self, ck: tuple) -> None:
+        for k in ck:
+            s = self._by_key.get(k)
+            if s is not None:
+                s.discard(ck)
+                if not s:
+                    del self._by_key[k]
+
+    def union(self, keys: tuple) -> tuple[int, DestinationArray | None, list | None]:
+        hit = self._cache.get(keys)
+        if hit is not None:
+            return hit
+        parts = [self.keys[k] for k in dict.fromkeys(keys) if k in self.keys]
+        packed = union_packed(parts)
+        if self.build_arrays:
+            entry = (len(packed), DestinationArray(packed) if len(packed) else None, None)
+        else:
+            entry = (len(packed), None, unpack_addrs(packed))
+        self._cache[keys] = entry
+        for k in keys:
+            self._by_key.setdefault(k, set()).add(keys)
+        if len(self._cache) > _UNION_CACHE:
+            old, _ = self._cache.popitem(last=False)
+            self._forget(old)
+        return entry
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.keys.values())
+
+    def nbytes(self) -> int:
+        n = sum(v.nbytes for v in self.keys.values())
+        for _, arr, _ in self._cache.values():
+            if arr is not None:
+                n += arr.nbytes()
+        return n
+
+
+def _shard_of(packed: np.ndarray, k: int) -> np.ndarray:
+    # Spread 127.0.x.y-style consecutive addresses evenly: a multiplicative hash of the value.
+    h = (packed * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    return (h % np.uint64(k)).astype(np.int64)
 
 
 class Fanout:
     def __init__(self, bind: tuple[str, int] = ("0.0.0.0", 0), multicast_ttl: int = 1,
-                 multicast_if: str | None = None, multicast_loop: bool = True) -> None:
+                 multicast_if: str | None = None, multicast_loop: bool = True, *,
+                 workers: int = 0, batch: int = 512, sndbuf: int = 4 * 1024 * 1024,
+                 use_sendmmsg: bool | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if multicast_loop else 0)
         if multicast_if:
@@ -27,37 +135,328 @@ class Fanout:
                                  socket.inet_aton(multicast_if))
         self.sock.bind(bind)
         self.sock.setblocking(False)
-        self._dests: dict[str, list[tuple[str, int]]] = {}
-        self.sent = 0
-        self.dropped = 0
-        self.errors = 0
+        self.batched = AVAILABLE if use_sendmmsg is None else (use_sendmmsg and AVAILABLE)
+        self.batch = batch
+        self.workers = max(0, int(workers))
+        self._raw: dict[str, list[tuple[str, int]]] = {}
+        self._dests = _Destinations(build_arrays=self.batched and self.workers == 0)
+        self._sender = BatchSender(self.sock.fileno(), batch=batch) if self.batched else None
+        self._result = BatchResult()
+        self.sends = 0
+        self._closed = False
+        self._pool: _WorkerPool | None = None
+        if self.workers:
+            self._pool = _WorkerPool(self.sock, self.workers, batch, self.batched)
 
+    # -- membership -------------------------------------------------------------------------
     def set_destinations(self, key: str, addrs: Sequence[tuple[str, int]]) -> None:
-        if addrs:
-            self._dests[key] = [(str(h), int(p)) for h, p in addrs]
+        # Order kept, duplicates inside one key removed.
+        clean = list(dict.fromkeys(
+            (str(h), int(p)) for h, p in addrs)) if addrs else []
+        packed = pack_addrs(clean) if clean else np.zeros(0, dtype=np.uint64)
+        if clean:
+            self._raw[key] = clean
         else:
-            self._dests.pop(key, None)
+            self._raw.pop(key, None)
+        if self._dests.set(key, packed) and self._pool is not None:
+            self._pool.set_destinations(key, packed)
 
     def destinations(self, key: str) -> list[tuple[str, int]]:
-        return list(self._dests.get(key, ()))
+        return list(self._raw.get(key, ()))
 
-    def send(self, packet: bytes | memoryview, keys: Iterable[str]) -> int:
-        n = 0
-        for key in keys:
-            for addr in self._dests.get(key, ()):
-                try:
-                    self.sock.sendto(packet, addr)
-                    n += 1
-                except BlockingIOError:
-                    self.dropped += 1
-                except OSError:
-                    self.errors += 1
-        self.sent += n
-        return n
+    # -- the hot path -----------------------------------------------------------------------
+    def send(self, packet: bytes | bytearray | memoryview, keys: Iterable[str]) -> int:
+        kt = keys if type(keys) is tuple else tuple(keys)
+        n, arr, addrs = self._dests.union(kt)
+        if n == 0:
+            return 0
+        self.sends += 1
+        if self._pool is not None:
+            self._pool.send(packet, kt)
+            return n
+        res = self._result
+        before = res.sent
+        if arr is not None:
+            arr.load(packet)
+            self._sender.send(arr, res)  # type: ignore[union-attr]
+        else:
+            sendto_all(self.sock, packet, addrs or (), res)
+        return res.sent - before
 
+    # -- observability ----------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors,
-                "destinations": sum(len(v) for v in self._dests.values())}
+        r = self._result
+        out = {"sent": r.sent, "dropped": r.dropped, "errors": r.errors, "syscalls": r.calls,
+               "sends": self.sends, "destinations": self._dests.count(),
+               "workers": self.workers, "worker_queue_drops": 0, "worker_restarts": 0,
+               "memory_bytes": self._dests.nbytes()}
+        if self._pool is not None:
+            w = self._pool.totals()
+            out["sent"] += w["sent"]
+            out["dropped"] += w["dropped"] + self._pool.queue_drops_destinations
+            out["errors"] += w["errors"]
+            out["syscalls"] += w["calls"]
+            out["worker_queue_drops"] = self._pool.queue_drops
+            out["worker_restarts"] = self._pool.restarts
+            out["workers_alive"] = w["alive"]
+        return out
+
+    def error_counts(self) -> dict[int, int]:
+        """errno -> count of per-destination send failures (in-process sender only)."""
+        return dict(self._sender.error_counts) if self._sender else {}
+
+    def worker_pids(self) -> list[int]:
+        return self._pool.pids() if self._pool else []
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
         self.sock.close()
+
+    def __enter__(self) -> "Fanout":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- sender worker processes ----------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.ctl: socket.socket | None = None
+        self.shard: dict[int, np.ndarray] = {}   # key id -> this worker's packed addresses
+
+
+class _WorkerPool:
+    def __init__(self, udp: socket.socket, k: int, batch: int, batched: bool) -> None:
+        self.udp = udp
+        self.k = k
+        self.batch = batch
+        self.batched = batched
+        fd = os.memfd_create("loa-fanout-stats", os.MFD_CLOEXEC) if hasattr(os, "memfd_create") else None
+        if fd is None:  # pragma: no cover - non-Linux: workers need memfd
+            raise RuntimeError("Fanout workers need Linux (memfd_create)")
+        self.stats_fd = fd
+        os.ftruncate(fd, max(mmap.PAGESIZE, k * _STAT.size))
+        self.stats = mmap.mmap(fd, max(mmap.PAGESIZE, k * _STAT.size))
+        self.key_ids: dict[object, int] = {}
+        self.queue_drops = 0
+        self.queue_drops_destinations = 0
+        self.restarts = 0
+        self._last_restart = 0.0
+        self._counts: dict[tuple, tuple[bytes, list[int]]] = {}
+        self.workers = [_Worker(i) for i in range(k)]
+        for w in self.workers:
+            self._spawn(w)
+
+    def _spawn(self, w: _Worker) -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer.rtp.fanout", "--worker", str(self.udp.fileno()),
+             str(b.fileno()), str(self.stats_fd), str(w.index), str(self.batch),
+             "1" if self.batched else "0"],
+            pass_fds=(self.udp.fileno(), b.fileno(), self.stats_fd), env=env,
+            stdin=subprocess.DEVNULL)
+        b.close()
+        a.setblocking(False)
+        w.ctl = a
+        for kid, packed in w.shard.items():
+            self._send_dest(w, kid, packed)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.proc and w.proc.poll() is None]
+
+    def _key_id(self, key: object) -> int:
+        kid = self.key_ids.get(key)
+        if kid is None:
+            kid = self.key_ids[key] = len(self.key_ids)
+        return kid
+
+    def set_destinations(self, key: object, packed: np.ndarray) -> None:
+        kid = self._key_id(key)
+        shards = _shard_of(packed, self.k) if len(packed) else np.zeros(0, dtype=np.int64)
+        for w in self.workers:
+            part = packed[shards == w.index]
+            if len(part) == 0 and kid not in w.shard:
+                continue
+            if len(part):
+                w.shard[kid] = part
+            else:
+                w.shard.pop(kid, None)
+            self._send_dest(w, kid, part)
+        self._counts.clear()
+
+    def _send_dest(self, w: _Worker, kid: int, part: np.ndarray) -> None:
+        chunks = [part[i:i + _CHUNK] for i in range(0, len(part), _CHUNK)] or [part]
+        for i, c in enumerate(chunks):
+            final = 1 if i == len(chunks) - 1 else 0
+            msg = _MSG_DEST + struct.pack("<IB", kid, final) + c.astype("<u8").tobytes()
+            self._send_ctl_blocking(w, msg)
+
+    def _send_ctl_blocking(self, w: _Worker, msg: bytes, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                w.ctl.send(msg)  # type: ignore[union-attr]
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"fan-out worker {w.index} did not take a membership update")
+                select.select([], [w.ctl], [], min(left, 0.05))
+            except OSError:
+                # Dead worker: restart it; its shard is replayed by _spawn.
+                self._restart(w, force=True)
+                return
+
+    def _restart(self, w: _Worker, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_restart < 1.0:
+            return
+        self._last_restart = now
+        self.restarts += 1
+        if w.ctl is not None:
+            w.ctl.close()
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
+            try:
+                w.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+        self._spawn(w)
+
+    def send(self, packet: bytes | bytearray | memoryview, keys: tuple) -> None:
+        entry = self._counts.get(keys)
+        if entry is None:
+            ids = [self.key_ids[k] for k in dict.fromkeys(keys) if k in self.key_ids]
+            head = struct.pack("<H", len(ids)) + struct.pack(f"<{len(ids)}I", *ids)
+            per_worker = [sum(len(w.shard.get(i, ())) for i in ids) for w in self.workers]
+            entry = (head, per_worker)
+            self._counts[keys] = entry
+            if len(self._counts) > _UNION_CACHE:
+                self._counts.pop(next(iter(self._counts)))
+        head, per_worker = entry
+        msg = b"".join((_MSG_SEND, head, packet))
+        for w, n in zip(self.workers, per_worker):
+            if n == 0:
+                continue
+            try:
+                w.ctl.send(msg)  # type: ignore[union-attr]
+            except BlockingIOError:
+                self.queue_drops += 1
+                self.queue_drops_destinations += n
+            except OSError:
+                self.queue_drops += 1
+                self.queue_drops_destinations += n
+                self._restart(w)
+
+    def totals(self) -> dict[str, int]:
+        t = dict.fromkeys(_STAT_FIELDS, 0)
+        for w in self.workers:
+            vals = _STAT.unpack_from(self.stats, w.index * _STAT.size)
+            for f, v in zip(_STAT_FIELDS, vals):
+                t[f] += v
+        t["alive"] = sum(1 for w in self.workers if w.proc and w.proc.poll() is None)
+        return t
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                if w.ctl is not None:
+                    w.ctl.setblocking(True)
+                    w.ctl.settimeout(0.5)
+                    w.ctl.send(_MSG_EXIT)
+            except OSError:
+                pass
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                w.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait(timeout=2)
+            if w.ctl is not None:
+                w.ctl.close()
+        self.stats.close()
+        os.close(self.stats_fd)
+
+
+def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int,
+                 batched: bool) -> int:
+    udp = socket.socket(fileno=udp_fd)
+    ctl = socket.socket(fileno=ctl_fd)
+    stats = mmap.mmap(stats_fd, 0)
+    off = index * _STAT.size
+    keys: dict[int, np.ndarray] = {}
+    pending: dict[int, list[np.ndarray]] = {}
+    dests = _Destinations(build_arrays=batched)
+    sender = BatchSender(udp_fd, batch=batch) if batched else None
+    res = BatchResult()
+    sends = 0
+
+    def publish() -> None:
+        _STAT.pack_into(stats, off, res.sent, res.dropped, res.errors, res.calls, sends,
+                        dests.count(), os.getpid(), 1)
+
+    publish()
+    while True:
+        try:
+            msg = ctl.recv(1 << 20)
+        except InterruptedError:  # pragma: no cover
+            continue
+        except OSError:
+            break
+        if not msg or msg[:1] == _MSG_EXIT:
+            break
+        kind = msg[:1]
+        if kind == _MSG_SEND:
+            (nk,) = struct.unpack_from("<H", msg, 1)
+            ids = struct.unpack_from(f"<{nk}I", msg, 3)
+            packet = msg[3 + 4 * nk:]
+            n, arr, addrs = dests.union(ids)
+            if n:
+                sends += 1
+                if arr is not None:
+                    arr.load(packet)
+                    sender.send(arr, res)  # type: ignore[union-attr]
+                else:
+                    sendto_all(udp, packet, addrs or (), res)
+            publish()
+        elif kind == _MSG_DEST:
+            kid, final = struct.unpack_from("<IB", msg, 1)
+            pending.setdefault(kid, []).append(np.frombuffer(msg, dtype="<u8", offset=6)
+                                               .astype(np.uint64))
+            if final:
+                parts = pending.pop(kid)
+                packed = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                keys[kid] = packed
+                dests.set(kid, packed)
+                publish()
+    _STAT.pack_into(stats, off, res.sent, res.dropped, res.errors, res.calls, sends,
+                    dests.count(), os.getpid(), 0)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+        a = sys.argv[2:]
+        try:
+            sys.exit(_worker_main(int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]),
+                                  a[5] == "1"))
+        except KeyboardInterrupt:  # pragma: no cover
+            sys.exit(0)
+    print("usage: python -m streamer.rtp.fanout --worker UDP_FD CTL_FD STATS_FD INDEX BATCH 0|1",
+          file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,78 @@
+"""`loa bench ...`: benchmarks that tell the truth about this machine.
+
+  loa bench fanout --receivers N --seconds S [--frame-ms 20|40|60] [--workers K]
+                   [--target loa|bare] [--peer gstreamer] [--runs R] [--json FILE]
+
+Exit status: 0 when every run was valid, 3 when a run was invalid (sink overflowed, a sender or
+the server crashed), 2 for bad usage. Never non-zero because a number was slow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+
+
+def _fanout(argv: list[str]) -> int:
+    from bench.fanout import FanoutOptions, loa_server_available, render, run_fanout
+    p = argparse.ArgumentParser(prog="loa bench fanout",
+                                description="Fan-out of one Opus/RTP stream to N loopback receivers.")
+    p.add_argument("--receivers", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--frame-ms", type=int, default=20, choices=(20, 40, 60))
+    p.add_argument("--workers", type=int, default=0, help="sender worker processes (0: in-process)")
+    p.add_argument("--target", choices=("loa", "bare"), default="loa",
+                   help="loa: a real `loa serve`; bare: the send loop alone")
+    p.add_argument("--peer", choices=("gstreamer",), default=None)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--batch", type=int, default=512, help="destinations per sendmmsg call")
+    p.add_argument("--zones", type=int, default=1, help="split receivers over this many zones")
+    p.add_argument("--sample", type=int, default=50, help="receivers sampled for timing")
+    p.add_argument("--bitrate", type=int, default=32_000)
+    p.add_argument("--nice", type=int, default=None, help="nice value (default -10 as root)")
+    p.add_argument("--sender-cpus", default=None, help="taskset list for the sender")
+    p.add_argument("--sink-cpu", type=int, default=None)
+    p.add_argument("--json", dest="json_path", default=None, help="write results here")
+    a = p.parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)
+    if a.target == "loa" and not loa_server_available():
+        console.print("[red]loa serve is not available in this tree (control/cli.py missing); "
+                      "use --target bare[/]")
+        return 2
+    if not 1 <= a.runs <= 50 or a.receivers < 1 or a.receivers > 64_000:
+        console.print("[red]--runs must be 1..50 and --receivers 1..64000[/]")
+        return 2
+    opts = FanoutOptions(**{k: v for k, v in vars(a).items()})
+    try:
+        report = run_fanout(opts, console=console)
+    except ValueError as e:
+        console.print(f"[red]{e}[/]")
+        return 2
+    render(report, console)
+    if a.json_path:
+        with open(a.json_path, "w") as f:
+            json.dump(report, f, indent=2)
+        console.print(f"results written to {a.json_path}")
+    return 0 if report["valid"] else 3
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cmd, rest = argv[0], list(argv[1:])
+    if cmd == "fanout":
+        return _fanout(rest)
+    if cmd in ("preempt", "latency"):
+        print(f"loa bench {cmd}: not implemented yet (issue 7)", file=sys.stderr)
+        return 2
+    print(f"loa bench: unknown benchmark {cmd!r}; try: fanout", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""Helpers shared by the benchmark processes: receiver addresses, /proc accounting, machine info.
+
+Standard library only: the GStreamer peer imports nothing from here (it runs under the system
+python for python3-gi), but the sink, the bare sender and the harness do.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+MAX_RECEIVERS = 250 * 256
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def receiver_host(i: int) -> str:
+    """Receiver i lives at 127.0.x.y (y in 1..250: no .0, no .255)."""
+    if not 0 <= i < MAX_RECEIVERS:
+        raise ValueError(f"receiver index {i} out of range (max {MAX_RECEIVERS})")
+    return f"127.0.{i // 250}.{i % 250 + 1}"
+
+
+def receiver_index(x: int, y: int) -> int:
+    """Inverse of receiver_host for 127.0.x.y; -1 if not one of ours."""
+    if 1 <= y <= 250:
+        return x * 250 + y - 1
+    return -1
+
+
+def receivers(n: int, port: int) -> list[tuple[str, int]]:
+    return [(receiver_host(i), port) for i in range(n)]
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and all its live descendants (threads are counted inside each process' stat)."""
+    out, todo, seen = [], [pid], set()
+    while todo and len(seen) < 10_000:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                try:
+                    with open(f"/proc/{p}/task/{tid}/children") as f:
+                        todo.extend(int(c) for c in f.read().split())
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads, live and exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    return {p: proc_cpu_seconds(p) for p in descendants(pid)}
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two tree samples; processes born in between count from zero."""
+    return sum(max(0.0, t - before.get(p, 0.0)) for p, t in after.items())
+
+
+def tree_rss_bytes(pid: int) -> int:
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def machine_info() -> dict:
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    hv = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            hv = "hypervisor" if " hypervisor" in f.read() else "bare metal?"
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"nproc": os.cpu_count(), "cpu_model": model, "virtualization": hv,
+            "kernel": platform.release(), "python": sys.version.split()[0],
+            "loadavg_before": [round(x, 2) for x in load],
+            "root": hasattr(os, "geteuid") and os.geteuid() == 0}
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (from /proc/stat), to measure noise."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()[1:]
+    except OSError:
+        return 0.0
+    vals = [int(x) for x in parts[:8]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals) - idle) / CLK_TCK

@@ -1,0 +1,378 @@
+"""The batched fan-out sender: real sockets on loopback, plus a scripted sendmmsg for the error
+paths the kernel will not produce on demand (partial counts, EAGAIN, ECONNREFUSED)."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import socket
+import time
+
+import pytest
+
+from streamer.rtp import sendmmsg as sm
+from streamer.rtp.fanout import Fanout
+from streamer.rtp.sendmmsg import (BatchResult, BatchSender, DestinationArray, pack_addrs,
+                                   union_packed, unpack_addrs)
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+linux_only = pytest.mark.skipif(not sm.AVAILABLE, reason="sendmmsg is Linux-only")
+
+
+def loop_addrs(n: int, port: int, base: int = 0) -> list[tuple[str, int]]:
+    return [(f"127.0.{(base + i) // 250}.{(base + i) % 250 + 1}", port) for i in range(n)]
+
+
+class Sink:
+    """One socket on 0.0.0.0:PORT receives every 127.x.y.z:PORT; IP_PKTINFO says which."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    def drain(self, expect: int | None = None, timeout: float = 3.0) -> list[tuple[str, bytes]]:
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.sock], [], [], 0.05 if expect is None else 0.2)
+            if not r:
+                if expect is None or len(got) >= expect:
+                    break
+                continue
+            for _ in range(100_000):
+                try:
+                    data, anc, _, _ = self.sock.recvmsg(2048, 64)
+                except BlockingIOError:
+                    break
+                dst = next(socket.inet_ntoa(d[8:12]) for lvl, typ, d in anc if typ == IP_PKTINFO)
+                got.append((dst, data))
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.close()
+
+
+# -- packing and arrays ---------------------------------------------------------------------
+
+def test_pack_roundtrip_and_union_keeps_first_order_without_duplicates():
+    a = [("127.0.0.1", 5006), ("10.1.2.3", 1), ("239.1.2.3", 65535)]
+    assert unpack_addrs(pack_addrs(a)) == a
+    p1 = pack_addrs([("127.0.0.3", 1), ("127.0.0.1", 1)])
+    p2 = pack_addrs([("127.0.0.1", 1), ("127.0.0.2", 1), ("127.0.0.3", 2)])
+    assert unpack_addrs(union_packed([p1, p2])) == [
+        ("127.0.0.3", 1), ("127.0.0.1", 1), ("127.0.0.2", 1), ("127.0.0.3", 2)]
+
+
+def test_bad_address_is_refused_at_membership_time():
+    f = Fanout()
+    try:
+        with pytest.raises(ValueError):
+            f.set_destinations("z", [("no-such-host.invalid", 5006)])
+        with pytest.raises(ValueError):
+            f.set_destinations("z", [("127.0.0.1", 70000)])
+    finally:
+        f.close()
+
+
+@linux_only
+def test_array_layout_is_what_the_kernel_reads():
+    addrs = [("127.0.0.9", 5006), ("127.1.2.3", 40000)]
+    arr = DestinationArray(addrs)
+    for i, (host, port) in enumerate(addrs):
+        m = sm.Mmsghdr.from_address(arr.msgs_addr + i * ctypes.sizeof(sm.Mmsghdr))
+        name = sm.SockaddrIn.from_address(m.msg_hdr.msg_name)
+        assert name.sin_family == socket.AF_INET
+        assert socket.ntohs(name.sin_port) == port
+        assert socket.inet_ntoa(name.sin_addr.to_bytes(4, "little")) == host
+        assert m.msg_hdr.msg_iovlen == 1
+        assert ctypes.addressof(m.msg_hdr.msg_iov.contents) == ctypes.addressof(arr.iov)
+
+
+# -- a scripted sendmmsg: reads the real arrays, fails where the script says ---------------------
+
+class ScriptedSyscall:
+    """Replays sendmmsg semantics: sends in order, stops at the first failing message; returns
+    the count if >0, else -1 with that message's errno. `max_per_call` forces short counts."""
+
+    def __init__(self, arr: DestinationArray, fail: dict[int, list[int]] | None = None,
+                 max_per_call: int | None = None) -> None:
+        self.arr = arr
+        self.fail = {k: list(v) for k, v in (fail or {}).items()}  # index -> errnos, consumed
+        self.max_per_call = max_per_call
+        self.delivered: list[tuple[str, int]] = []
+        self.calls: list[tuple[int, int]] = []
+        self.errno = 0
+
+    def __call__(self, fd: int, addr: int, n: int, flags: int) -> int:
+        assert flags & sm.MSG_DONTWAIT, "fan-out sends must never block"
+        size = ctypes.sizeof(sm.Mmsghdr)
+        first = (addr - self.arr.msgs_addr) // size
+        assert (addr - self.arr.msgs_addr) % size == 0 and 0 <= first and first + n <= self.arr.n
+        self.calls.append((first, n))
+        count = 0
+        for j in range(first, first + min(n, self.max_per_call or n)):
+            errs = self.fail.get(j)
+            if errs:
+                if count:
+                    return count  # the error is lost; the caller retries from j
+                self.errno = errs.pop(0)
+                return -1
+            m = sm.Mmsghdr.from_address(self.arr.msgs_addr + j * size)
+            name = sm.SockaddrIn.from_address(m.msg_hdr.msg_name)
+            assert m.msg_hdr.msg_iov.contents.iov_len == self.arr.iov.iov_len
+            self.delivered.append((socket.inet_ntoa(name.sin_addr.to_bytes(4, "little")),
+                                   socket.ntohs(name.sin_port)))
+            count += 1
+        return count
+
+
+def scripted(n: int, **kw) -> tuple[DestinationArray, ScriptedSyscall, BatchSender, list]:
+    addrs = loop_addrs(n, 5006)
+    arr = DestinationArray(addrs)
+    arr.load(b"\x80" * 40)
+    fake = ScriptedSyscall(arr, **{k: v for k, v in kw.items() if k in ("fail", "max_per_call")})
+    sender = BatchSender(-1, batch=kw.get("batch", 8), eagain_limit=kw.get("eagain_limit", 4),
+                         syscall=fake, errno_fn=lambda: fake.errno)
+    return arr, fake, sender, addrs
+
+
+def test_partial_sends_resume_where_the_kernel_stopped():
+    arr, fake, sender, addrs = scripted(50, batch=16, max_per_call=5)
+    res = BatchResult()
+    sender.send(arr, res)
+    assert fake.delivered == addrs
+    assert (res.sent, res.dropped, res.errors) == (50, 0, 0)
+    assert all(n <= 16 for _, n in fake.calls) and len(fake.calls) == 10
+
+
+@pytest.mark.parametrize("err", [errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                 errno.EACCES, errno.EINVAL])
+def test_a_failing_destination_is_skipped_and_counted_the_rest_still_get_it(err):
+    arr, fake, sender, addrs = scripted(40, batch=16, fail={3: [err], 17: [err], 39: [err]})
+    res = BatchResult()
+    sender.send(arr, res)
+    assert fake.delivered == [a for i, a in enumerate(addrs) if i not in (3, 17, 39)]
+    assert (res.sent, res.errors, res.dropped) == (37, 3, 0)
+    assert sender.error_counts == {err: 3}
+
+
+def test_eagain_drops_only_that_destination_and_continues():
+    arr, fake, sender, addrs = scripted(30, batch=8, fail={5: [errno.EAGAIN], 20: [errno.EAGAIN]})
+    res = BatchResult()
+    sender.send(arr, res)
+    assert fake.delivered == [a for i, a in enumerate(addrs) if i not in (5, 20)]
+    assert (res.sent, res.dropped, res.errors) == (28, 2, 0)
+
+
+def test_eintr_is_retried_not_dropped():
+    arr, fake, sender, addrs = scripted(10, batch=4, fail={2: [errno.EINTR, errno.EINTR]})
+    res = BatchResult()
+    sender.send(arr, res)
+    assert fake.delivered == addrs and res.dropped == 0 and res.errors == 0
+
+
+def test_persistent_eagain_drops_the_rest_of_the_tick_then_rotates_for_fairness():
+    fail = {i: [errno.EAGAIN] for i in range(10, 14)}
+    arr, fake, sender, addrs = scripted(30, batch=8, eagain_limit=4, fail=fail)
+    res = BatchResult()
+    sender.send(arr, res)
+    # 0..9 sent; 10,11,12 dropped one by one; the 4th EAGAIN in a row gives up on 13..29.
+    assert fake.delivered == addrs[:10]
+    assert (res.sent, res.dropped) == (10, 20)
+    calls_before = len(fake.calls)
+    assert calls_before < 10  # it gave up instead of spinning over the whole list
+    # Next tick: those who lost out go first.
+    res2 = BatchResult()
+    fake.delivered.clear()
+    sender.send(arr, res2)
+    assert fake.delivered == addrs[13:] + addrs[:13]
+    assert (res2.sent, res2.dropped) == (30, 0)
+
+
+def test_every_loop_is_bounded_even_if_the_kernel_misbehaves():
+    arr = DestinationArray(loop_addrs(5, 5006))
+    calls = []
+
+    def zero(fd, addr, n, flags):  # returns 0 forever: must not hang
+        calls.append(n)
+        return 0
+
+    res = BatchResult()
+    BatchSender(-1, batch=2, syscall=zero, errno_fn=lambda: errno.EIO).send(arr, res)
+    assert res.sent == 0 and res.errors + res.dropped == 5 and len(calls) <= 40
+
+
+# -- real sockets on loopback -----------------------------------------------------------------
+
+@pytest.mark.parametrize("use_sendmmsg", [True, False])
+def test_large_n_every_receiver_gets_exactly_one_copy(sink, use_sendmmsg):
+    n = 3000
+    f = Fanout(batch=512, use_sendmmsg=use_sendmmsg)
+    try:
+        f.set_destinations("z1", loop_addrs(n, sink.port))
+        assert f.send(b"\x80\x6f" + bytes(98), ["z1"]) == n
+        got = sink.drain(expect=n)
+    finally:
+        f.close()
+    dsts = [d for d, _ in got]
+    assert len(dsts) == n and len(set(dsts)) == n
+    assert {d for d, _ in got} == {h for h, _ in loop_addrs(n, sink.port)}
+    assert all(data == b"\x80\x6f" + bytes(98) for _, data in got)
+    st = f.stats()
+    assert st["sent"] == n and st["dropped"] == 0 and st["errors"] == 0
+    if use_sendmmsg and sm.AVAILABLE:
+        assert st["syscalls"] == 6  # ceil(3000 / 512)
+
+
+def test_address_in_two_keys_is_sent_once_and_union_spans_keys(sink):
+    f = Fanout()
+    try:
+        a = loop_addrs(30, sink.port)
+        f.set_destinations("z1", a[:20])
+        f.set_destinations("z2", a[10:])
+        f.set_destinations("empty", [])
+        assert f.send(b"abc", ("z1", "z2", "empty", "unknown")) == 30
+        got = sink.drain(expect=30)
+        assert sorted(d for d, _ in got) == sorted(h for h, _ in a)
+        assert f.send(b"one", ["z2"]) == 20
+        assert sorted(d for d, _ in sink.drain(expect=20)) == sorted(h for h, _ in a[10:])
+        assert f.send(b"none", ["unknown"]) == 0
+    finally:
+        f.close()
+
+
+def test_membership_change_takes_effect_on_the_next_send(sink):
+    f = Fanout()
+    try:
+        a = loop_addrs(10, sink.port)
+        f.set_destinations("z1", a[:5])
+        f.send(b"1", ("z1",))
+        assert {d for d, _ in sink.drain(expect=5)} == {h for h, _ in a[:5]}
+        f.set_destinations("z1", a[3:10])
+        f.send(b"2", ("z1",))
+        assert {d for d, _ in sink.drain(expect=7)} == {h for h, _ in a[3:10]}
+        f.set_destinations("z1", [])
+        assert f.send(b"3", ("z1",)) == 0
+        assert sink.drain(timeout=0.3) == []
+        assert f.destinations("z1") == [] and f.stats()["destinations"] == 0
+    finally:
+        f.close()
+
+
+@linux_only
+def test_real_failing_destinations_do_not_stall_the_others(sink):
+    # Port 0 (EINVAL) and the limited broadcast address without SO_BROADCAST (EACCES) fail in
+    # the kernel before anything is sent: nothing leaves the machine.
+    good = loop_addrs(20, sink.port)
+    addrs = good[:7] + [("127.0.0.1", 0)] + good[7:15] + [("255.255.255.255", sink.port)] + good[15:]
+    f = Fanout(batch=4)
+    try:
+        f.set_destinations("z1", addrs)
+        assert f.send(b"x", ("z1",)) == 20
+        got = sink.drain(expect=20)
+        assert sorted(d for d, _ in got) == sorted(h for h, _ in good)
+        st = f.stats()
+        assert st["sent"] == 20 and st["errors"] == 2
+        assert f.error_counts() == {errno.EINVAL: 1, errno.EACCES: 1}
+    finally:
+        f.close()
+
+
+@linux_only
+def test_worker_shards_deliver_everything_and_follow_membership(sink):
+    n = 2000
+    a = loop_addrs(n, sink.port)
+    f = Fanout(workers=2)
+    try:
+        pids = f.worker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids
+        f.set_destinations("z1", a[:1500])
+        f.set_destinations("z2", a[1000:])
+        for i in range(3):
+            assert f.send(bytes([i]) * 60, ("z1", "z2")) == n
+        got = sink.drain(expect=3 * n, timeout=5)
+        assert len(got) == 3 * n
+        per = {}
+        for d, data in got:
+            per.setdefault(d, []).append(data[0])
+        assert len(per) == n and all(sorted(v) == [0, 1, 2] for v in per.values())
+        # The source port is the Fanout's own socket for every shard.
+        f.set_destinations("z2", [])
+        assert f.send(b"\x07" * 60, ("z1", "z2")) == 1500
+        got = sink.drain(expect=1500, timeout=5)
+        assert sorted(d for d, _ in got) == sorted(h for h, _ in a[:1500])
+        deadline = time.monotonic() + 3
+        while f.stats()["sent"] < 3 * n + 1500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        st = f.stats()
+        assert st["sent"] == 3 * n + 1500 and st["dropped"] == 0 and st["workers_alive"] == 2
+    finally:
+        f.close()
+    for pid in pids:  # closed: workers are gone
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+@linux_only
+def test_a_dead_worker_is_restarted_with_its_shard(sink):
+    a = loop_addrs(200, sink.port)
+    f = Fanout(workers=2)
+    try:
+        f.set_destinations("z1", a)
+        victim = f.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 3
+        while f._pool.workers[0].proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Sends while the worker is dead are counted as dropped, then it is restarted.
+        for _ in range(3):
+            f.send(b"lost?", ("z1",))
+        assert f.stats()["worker_restarts"] >= 1
+        sink.drain(timeout=0.5)
+        time.sleep(1.1)  # restarts are rate-limited to one a second
+        f.send(b"after", ("z1",))
+        got = [d for d, data in sink.drain(expect=200, timeout=5) if data == b"after"]
+        assert sorted(got) == sorted(h for h, _ in a)
+        assert victim not in f.worker_pids()
+    finally:
+        f.close()
+
+
+def test_many_zones_on_one_program_cost_one_union_and_resync_is_cheap(sink):
+    # 5,000 zones × 2 receivers all hearing one program: one cached union, one batched sequence.
+    n_zones = 5000
+    addrs = loop_addrs(2 * n_zones, sink.port)
+    keys = [f"z{i}" for i in range(n_zones)]
+    f = Fanout(batch=1024)
+    try:
+        t0 = time.perf_counter()
+        for i, k in enumerate(keys):
+            f.set_destinations(k, addrs[2 * i:2 * i + 2])
+        assert f.send(b"a", keys) == 2 * n_zones
+        assert len({d for d, _ in sink.drain(expect=2 * n_zones, timeout=5)}) == 2 * n_zones
+        # The engine re-announces every zone when the tree changes: unchanged ones cost no
+        # rebuild, and the cached union survives.
+        for i, k in enumerate(keys):
+            f.set_destinations(k, addrs[2 * i:2 * i + 2])
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 2.0, elapsed
+        syscalls = f.stats()["syscalls"]
+        assert f.send(b"b", keys) == 2 * n_zones
+        assert f.stats()["syscalls"] - syscalls == 10  # ceil(10,000 / 1,024)
+        got = sink.drain(expect=2 * n_zones, timeout=5)
+        assert len(got) == 2 * n_zones and len({d for d, _ in got}) == 2 * n_zones
+    finally:
+        f.close()
