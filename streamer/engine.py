@@ -176,6 +176,8 @@ class Engine:
         self.history: list[dict] = []  # finished broadcasts (bounded)
         self._order = itertools.count(1)
         self._tree_version = -1
+        #: receivers that registered themselves (address observed, e.g. behind NAT), per zone
+        self.dynamic_dests: dict[str, list[tuple[str, int]]] = {}
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -302,6 +304,22 @@ class Engine:
                 out[zid] = {"on_air": on, "program": hash(key) if key else None}
             return out
 
+    def set_dynamic_destinations(self, zone_id: str, addrs: list[tuple[str, int]]) -> None:
+        """Registered receivers of a zone (their observed addresses). Takes effect at once;
+        call only when membership or an address changes, never per tick."""
+        with self.lock:
+            if addrs:
+                self.dynamic_dests[zone_id] = list(addrs)
+            else:
+                self.dynamic_dests.pop(zone_id, None)
+            if zone_id in self.tree.zones:
+                self.fanout.set_destinations(zone_id, self._zone_dests(zone_id))
+
+    def _zone_dests(self, zone_id: str) -> list[tuple[str, int]]:
+        static = self.tree.destinations(zone_id)
+        dyn = self.dynamic_dests.get(zone_id)
+        return static + [a for a in dyn if a not in static] if dyn else static
+
     def edit_tree(self, fn: Callable[[ZoneTree], object]):
         """Apply a change to the zone tree; takes effect on the next tick."""
         with self.lock:
@@ -332,7 +350,7 @@ class Engine:
         self._tree_version = self.tree.version
         known = set(self.tree.zones)
         for zid in known:
-            self.fanout.set_destinations(zid, self.tree.destinations(zid))
+            self.fanout.set_destinations(zid, self._zone_dests(zid))
         for zid in list(self._zone_key):
             if zid not in known:
                 self._zone_key.pop(zid, None)
