@@ -110,6 +110,9 @@ class Broadcast:
         self.preempted: set[str] = set()
         self.gain = db_to_gain(spec.gain_db)
         self.error: str | None = None
+        self.created_ns = time.monotonic_ns()
+        self.ready_ns: int | None = None
+        self.first_packet_ns: int | None = None
 
     def claim(self) -> Claim:
         ready = any(p.started or p.source.ready() or p.source.finished
@@ -145,7 +148,14 @@ class Broadcast:
             "position_s": round(self.position_s(), 2),
             "duration_s": self.spec.duration_s,
             "error": self.error,
+            "timing": self.timing(),
         }
+
+    def timing(self) -> dict:
+        def ms(a, b):
+            return round((b - a) / 1e6, 3) if a is not None and b is not None else None
+        return {"created_to_first_packet_ms": ms(self.created_ns, self.first_packet_ns),
+                "ready_to_first_packet_ms": ms(self.ready_ns, self.first_packet_ns)}
 
 
 class ProgramChannel:
@@ -605,6 +615,13 @@ class Engine:
                 self.fanout.send(ch.view[:n], marked)
             self.packets_built += 1
         self.encoders_active = len(programs)
+        if programs:
+            sent_ns = time.monotonic_ns()
+            for b in self.broadcasts.values():
+                if b.first_packet_ns is None and b.audible:
+                    b.first_packet_ns = sent_ns
+                    if b.playheads:
+                        b.ready_ns = b.playheads[0].source.ready_ns
         new_keys = {}
         for key, zones in programs.items():
             for z in zones:

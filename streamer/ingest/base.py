@@ -23,6 +23,8 @@ class Source:
         self.underruns = 0
         self.frames_read = 0
         self.error: str | None = None
+        #: monotonic ns when the first frame became available (for latency accounting)
+        self.ready_ns: int | None = None
 
     def start(self) -> None:
         """Begin producing (start worker threads). Called once, off the tick."""

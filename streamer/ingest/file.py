@@ -18,6 +18,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -335,6 +336,8 @@ class FileSource(Source):
                         if not self._put(acc):
                             return
                         self.decoded_frames += 1
+                        if self.ready_ns is None:
+                            self.ready_ns = time.monotonic_ns()
                         self._has_data.set()
                         acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
                         fill = 0

@@ -43,6 +43,14 @@ class SkipSource(Source):
                 return
             self._skip -= 1
 
+    @property
+    def ready_ns(self):  # type: ignore[override]
+        return self.inner.ready_ns
+
+    @ready_ns.setter
+    def ready_ns(self, value) -> None:
+        pass
+
     def ready(self) -> bool:
         self._drain()
         return self._skip == 0 and self.inner.ready()
@@ -127,6 +135,14 @@ class SequenceSource(Source):
         if self._next is None and self._index + 1 < len(self.parts) and self._current is not None:
             if self._current.finished or self._current.position_s >= self.parts[self._index].duration_s - 1.0:
                 self._next = self._open(self._index + 1, 0.0)
+
+    @property
+    def ready_ns(self):  # type: ignore[override]
+        return self._current.ready_ns if self._current is not None else None
+
+    @ready_ns.setter
+    def ready_ns(self, value) -> None:
+        pass
 
     def ready(self) -> bool:
         return self._current is not None and (self._current.ready() or self._current.finished)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import wave
 from pathlib import Path
 

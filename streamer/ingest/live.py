@@ -1,0 +1,162 @@
+"""A live input (microphone over WebRTC, RTP from an encoder box) as a Source.
+
+Whoever receives the audio (an aiortc coroutine, an RTP thread) calls `push` with 48 kHz mono
+float32 samples of any length; the engine's tick calls `read` for one 960-sample frame. Between
+them sits a small bounded jitter queue:
+
+- `read` hands out a frame as soon as `prime_frames` are queued (after the start or an underrun),
+  so the queue adds at most a frame or two of delay;
+- the queue never holds more than `max_frames` (default 3 = 60 ms): on overflow the oldest frame
+  is dropped and counted, because for a live talker being late is worse than losing 20 ms;
+- clocks drift (the phone's capture clock against our tick): when the queue stays deeper than
+  `prime_frames` for `trim_after` reads in a row, one frame is dropped to pull latency back down.
+
+Live sources are read every tick even when inaudible (the engine drains them), so the queue
+never fills up with stale speech while an emergency holds the zone.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES
+from streamer.ingest.base import Source
+
+
+class LiveSource(Source):
+    kind = "live"
+    live = True
+
+    def __init__(self, kind: str = "live", max_frames: int = 3, prime_frames: int = 1,
+                 trim_after: int = 50) -> None:
+        super().__init__()
+        if max_frames < 1 or not 1 <= prime_frames <= max_frames:
+            raise ValueError("need 1 <= prime_frames <= max_frames")
+        self.kind = kind
+        self.max_frames = max_frames
+        self.prime_frames = prime_frames
+        self.trim_after = trim_after
+        self._q: collections.deque[np.ndarray] = collections.deque()
+        self._lock = threading.Lock()
+        self._partial = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+        self._partial_n = 0
+        self._priming = True
+        self._deep_reads = 0
+        self._ended = False
+        self._closed = False
+        self._close_callbacks: list[Callable[[], None]] = []
+        # counters
+        self.frames_pushed = 0
+        self.dropped_overflow = 0  # oldest frames dropped because the queue was full
+        self.dropped_trim = 0  # frames dropped to undo clock drift
+        self.max_depth = 0
+
+    # ------------------------------------------------------------------ producer side
+    def push(self, samples: np.ndarray) -> None:
+        """Queue 48 kHz mono samples (any length). Thread-safe; never blocks for long."""
+        if self._ended or self._closed:
+            return
+        x = np.asarray(samples, dtype=DTYPE).reshape(-1)
+        with self._lock:
+            i = 0
+            n = len(x)
+            while i < n:
+                take = min(FRAME_SAMPLES - self._partial_n, n - i)
+                self._partial[self._partial_n:self._partial_n + take] = x[i:i + take]
+                self._partial_n += take
+                i += take
+                if self._partial_n == FRAME_SAMPLES:
+                    self._q.append(self._partial)
+                    self._partial = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+                    self._partial_n = 0
+                    self.frames_pushed += 1
+                    while len(self._q) > self.max_frames:
+                        self._q.popleft()
+                        self.dropped_overflow += 1
+            depth = len(self._q)
+            if depth > self.max_depth:
+                self.max_depth = depth
+
+    def ensure_capacity(self, frames: int) -> None:
+        """Let the queue hold at least `frames` (a sender whose packets carry more audio than
+        the queue would otherwise keep, e.g. 128 ms G.711 packets from ffmpeg)."""
+        if frames > self.max_frames:
+            self.max_frames = min(frames, 50)
+
+    def end(self) -> None:
+        """No more audio will come (hang-up, stream gone). Already queued frames still play."""
+        self._ended = True
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (from whatever thread closes the source) when the engine lets go of it."""
+        self._close_callbacks.append(fn)
+
+    # ------------------------------------------------------------------ Source interface
+    @property
+    def depth(self) -> int:
+        return len(self._q)
+
+    @property
+    def latency_ms(self) -> float:
+        """Audio currently waiting in the queue."""
+        return len(self._q) * FRAME_MS + self._partial_n / FRAME_SAMPLES * FRAME_MS
+
+    def ready(self) -> bool:
+        return len(self._q) >= (self.prime_frames if self._priming else 1)
+
+    def read(self) -> np.ndarray | None:
+        with self._lock:
+            depth = len(self._q)
+            if self._priming:
+                if depth < self.prime_frames or depth == 0:
+                    if self.frames_read:
+                        self.underruns += 1
+                    return None
+                self._priming = False
+            if depth == 0:
+                self.underruns += 1
+                self._priming = True
+                return None
+            if depth > self.prime_frames:
+                self._deep_reads += 1
+                if self._deep_reads >= self.trim_after and depth > 1:
+                    self._q.popleft()
+                    self.dropped_trim += 1
+                    self._deep_reads = 0
+            else:
+                self._deep_reads = 0
+            frame = self._q.popleft()
+        self.frames_read += 1
+        return frame
+
+    @property
+    def finished(self) -> bool:
+        return self._closed or (self._ended and not self._q)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ended = True
+        with self._lock:
+            self._q.clear()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:  # a callback must never break the engine's tick
+                pass
+
+    def stats(self) -> dict:
+        return {
+            "frames_pushed": self.frames_pushed, "frames_read": self.frames_read,
+            "underruns": self.underruns, "dropped_overflow": self.dropped_overflow,
+            "dropped_trim": self.dropped_trim, "depth": self.depth, "max_depth": self.max_depth,
+        }
