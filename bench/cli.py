@@ -2,6 +2,8 @@
 
   loa bench fanout --receivers N --seconds S [--frame-ms 20|40|60] [--workers K]
                    [--target loa|bare] [--peer gstreamer] [--runs R] [--json FILE]
+  loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
+  loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
 
 Exit status: 0 when every run was valid, 3 when a run was invalid (sink overflowed, a sender or
 the server crashed), 2 for bad usage. Never non-zero because a number was slow.
@@ -60,6 +62,60 @@ def _fanout(argv: list[str]) -> int:
     return 0 if report["valid"] else 3
 
 
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def _finish(report: dict, render, json_path: str | None, console: Console) -> int:
+    render(report, console)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+        console.print(f"results written to {json_path}")
+    return 0 if report["valid"] else 3
+
+
+def _preempt(argv: list[str]) -> int:
+    from bench.preempt import render, run_preempt
+    p = argparse.ArgumentParser(prog="loa bench preempt",
+                                description="Emergency API call → first RTP packet, with N receivers.")
+    p.add_argument("--receivers", type=int, default=1000)
+    p.add_argument("--alerts", type=int, default=20)
+    p.add_argument("--attention", action="store_true",
+                   help="start each alert with the attention chime (default: the stored file at once)")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    if not 1 <= a.alerts <= 1000 or not 1 <= a.receivers <= 64_000:
+        print("--alerts must be 1..1000 and --receivers 1..64000", file=sys.stderr)
+        return 2
+    console = _console()
+    return _finish(run_preempt(a.receivers, a.alerts, a.attention, console), render,
+                   a.json_path, console)
+
+
+def _latency(argv: list[str]) -> int:
+    from bench.latency import render, run_latency
+    p = argparse.ArgumentParser(prog="loa bench latency",
+                                description="Tone onset in the source → onset in a receiver's output.")
+    p.add_argument("--source", default="file", choices=("file", "webrtc", "rtp"))
+    p.add_argument("--onsets", type=int, default=20)
+    p.add_argument("--jitter-ms", type=float, default=60.0)
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    if a.source != "file":
+        try:
+            from bench import latency_live
+        except ImportError:
+            print(f"loa bench latency --source {a.source}: not available in this build",
+                  file=sys.stderr)
+            return 2
+        return latency_live.main(argv)
+    console = _console()
+    return _finish(run_latency(a.source, a.onsets, a.jitter_ms, console), render, a.json_path,
+                   console)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -67,10 +123,11 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], list(argv[1:])
     if cmd == "fanout":
         return _fanout(rest)
-    if cmd in ("preempt", "latency"):
-        print(f"loa bench {cmd}: not implemented yet (issue 7)", file=sys.stderr)
-        return 2
-    print(f"loa bench: unknown benchmark {cmd!r}; try: fanout", file=sys.stderr)
+    if cmd == "preempt":
+        return _preempt(rest)
+    if cmd == "latency":
+        return _latency(rest)
+    print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency", file=sys.stderr)
     return 2
 
 

@@ -92,6 +92,7 @@ class Receiver:
                 entry = self._spurt_by_ts.pop(p.timestamp, None)
                 if entry is not None:
                     entry["output_s"] = round(self.sink.samples_written / SAMPLE_RATE, 4)
+                    entry["played_utc"] = time.time()
             pcm = self._render(p)
             self.sink.write(pcm)
             written += len(pcm)

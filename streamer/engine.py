@@ -393,6 +393,8 @@ class Engine:
     def _manage_playheads(self, b: Broadcast, audible: set[str]) -> None:
         now = time.time()
         if b.spec.live:
+            if audible and b.started_at is None:
+                b.started_at = now
             lost = b.audible - audible
             if lost and b.started_at:
                 self.emit("broadcast.preempted", b, zones=sorted(lost),

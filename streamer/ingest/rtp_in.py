@@ -381,8 +381,6 @@ class RtpIngest:
             self._retry_at = now + 5.0
             log.warning("rtp ingest %s cannot start: %s", name, e)
             return False
-        if b.started_at is None:  # engine workaround (see control/live.py _mark_started)
-            b.started_at = time.time()
         self.source = src
         self.broadcast_id = b.id
         self.stats.broadcasts += 1
