@@ -198,6 +198,12 @@ class Engine:
         self._zone_winner: dict[str, int] = {}  # winning playhead id per zone, last tick
         self._ramps: dict[tuple[str, str], GainRamp] = {}
         self._thread: TickThread | None = None
+        # sources are closed off the tick: joining a decoder thread can take a while
+        import queue as _queue
+        self._closing: _queue.SimpleQueue = _queue.SimpleQueue()
+        self._closer = threading.Thread(target=self._close_worker, name="loa-source-closer",
+                                        daemon=True)
+        self._closer.start()
         # metrics
         self.encoders_active = 0
         self.ticks = 0
@@ -207,8 +213,27 @@ class Engine:
         self.packets_built = 0
         self.first_packet_listeners: list[Callable[[str, float], None]] = []
 
+    def _close_worker(self) -> None:
+        while True:
+            src = self._closing.get()
+            if src is None:
+                return
+            try:
+                src.close()
+            except Exception:
+                log.exception("closing a source failed")
+
+    def _retire(self, source: Source) -> None:
+        self._closing.put(source)
+
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        # The tick thread shares the GIL with HTTP handlers and decoder threads. With the default
+        # 5 ms switch interval a tick that crosses many GIL release points (numpy, ctypes, sends)
+        # can queue behind busy Python threads for tens of ms; 0.5 ms keeps that wait short.
+        import sys
+        if sys.getswitchinterval() > 0.0005:
+            sys.setswitchinterval(0.0005)
         self._thread = TickThread(self._tick)
         self._thread.start()
 
@@ -222,6 +247,8 @@ class Engine:
                 ch.close()
             self._channels.clear()
             self._free_channels.clear()
+        self._closing.put(None)
+        self._closer.join(5)
 
     @property
     def clock_stats(self) -> dict:
@@ -342,7 +369,7 @@ class Engine:
         b.state = state
         b.ended_at = time.time()
         for p in b.playheads:
-            p.source.close()
+            self._retire(p.source)
             if p.source.error and not b.error:
                 b.error = p.source.error
         self.broadcasts.pop(b.id, None)
@@ -472,7 +499,7 @@ class Engine:
                     b.done_zones |= p.zones
                     if p.source.error and not b.error:
                         b.error = p.source.error
-                    p.source.close()
+                    self._retire(p.source)
                 elif not p.finished and p.source.finished and not p.started:
                     # ended before producing anything (empty or broken input)
                     p.finished = True
