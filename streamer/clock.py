@@ -61,8 +61,10 @@ class TickThread:
     """
 
     def __init__(self, on_tick: Callable[[int, int], None], period_ns: int = FRAME_NS,
-                 name: str = "loa-tick") -> None:
+                 name: str = "loa-tick", realtime: bool = True) -> None:
         self.on_tick = on_tick
+        self.realtime = realtime
+        self.priority = "normal"
         self.period_ns = period_ns
         self.schedule: TickSchedule | None = None
         self._stop = threading.Event()
@@ -77,7 +79,24 @@ class TickThread:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    @staticmethod
+    def _raise_priority() -> str:
+        """Give the tick thread real-time scheduling where permitted (root / CAP_SYS_NICE),
+        else a better nice value; on Linux both apply to the calling thread only."""
+        import os
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            return "SCHED_FIFO"
+        except (AttributeError, PermissionError, OSError):
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+            return "nice -10"
+        except (AttributeError, PermissionError, OSError):
+            return "normal"
+
     def _run(self) -> None:
+        self.priority = self._raise_priority() if self.realtime else "normal"
         sched = self.schedule = TickSchedule(time.monotonic_ns(), self.period_ns)
         stop = self._stop
         while not stop.is_set():

@@ -57,6 +57,7 @@ class EngineSettings:
     resume_rewind_s: float = 2.0
     limiter_ceiling_db: float = -0.1
     idle_channel_ttl_s: float = 10.0
+    realtime: bool = True  # SCHED_FIFO (or nice -10) for the tick thread where permitted
 
 
 @dataclass
@@ -234,7 +235,7 @@ class Engine:
         import sys
         if sys.getswitchinterval() > 0.0005:
             sys.setswitchinterval(0.0005)
-        self._thread = TickThread(self._tick)
+        self._thread = TickThread(self._tick, realtime=self.settings.realtime)
         self._thread.start()
 
     def stop(self) -> None:
@@ -261,6 +262,7 @@ class Engine:
             "last_tick_us": round(self.last_tick_us, 1),
             "max_tick_us": round(self.max_tick_us, 1),
             "tick_overruns": self.tick_overruns,
+            "tick_priority": self._thread.priority if self._thread else None,
         }
 
     # ---------------------------------------------------------------- control API

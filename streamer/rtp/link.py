@@ -1,0 +1,146 @@
+"""The server's receiver endpoint: the asyncio layer around `ReceiverRegistry`.
+
+It listens on the engine's *media* socket (a duplicate of the Fanout's fd): receivers behind NAT
+send register/heartbeat from their RTP socket to this port, and media, sender reports and
+replies leave from the same address:port, so they match the NAT mapping (iptables MASQUERADE
+and most carrier NATs only let back datagrams from the exact address the receiver wrote to).
+
+    link = await start_receiver_endpoint(engine, registry)
+    ...
+    link.close()
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from streamer.audio import FRAME_SAMPLES
+from streamer.rtp import control_protocol as cp
+from streamer.rtp.registry import ReceiverRegistry
+from streamer.rtp.rtcp import sender_report
+
+log = logging.getLogger("loa.receivers")
+
+
+class ReceiverLink(asyncio.DatagramProtocol):
+    def __init__(self, engine, registry: ReceiverRegistry, *,  # noqa: ANN001
+                 poll_interval: float = 0.25, sr_interval: float = 5.0) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.poll_interval = poll_interval
+        self.sr_interval = sr_interval
+        self.transport: asyncio.DatagramTransport | None = None
+        self.address: tuple[str, int] | None = None
+        self.counters = {"datagrams_in": 0, "non_control": 0, "sent": 0, "send_errors": 0,
+                         "sender_reports": 0}
+        self._task: asyncio.Task | None = None
+
+    # -- datagram protocol --------------------------------------------------------------------
+    def connection_made(self, transport) -> None:  # noqa: ANN001
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+        self.counters["datagrams_in"] += 1
+        if not cp.looks_like_control(data):
+            self.counters["non_control"] += 1      # e.g. RTCP from a stock client: ignored
+            return
+        try:
+            out = self.registry.datagram_received(data, addr[:2], time.monotonic(), time.time())
+        except Exception:     # a bug must cost one datagram, never the endpoint
+            log.exception("receiver registry failed on a datagram from %s", addr)
+            return
+        self._send_all(out)
+
+    def error_received(self, exc: Exception) -> None:
+        self.counters["send_errors"] += 1
+
+    def _send_all(self, out) -> None:  # noqa: ANN001
+        t = self.transport
+        if t is None:
+            return
+        for data, addr in out:
+            try:
+                t.sendto(data, addr)
+                self.counters["sent"] += 1
+            except OSError:
+                self.counters["send_errors"] += 1
+
+    # -- periodic work ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        next_sr = time.monotonic() + min(1.0, self.sr_interval)
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self._periodic(next_sr)
+                if time.monotonic() >= next_sr:
+                    next_sr = time.monotonic() + self.sr_interval
+            except Exception:
+                log.exception("receiver endpoint periodic work failed")
+
+    def _periodic(self, next_sr: float) -> None:
+        now, wall = time.monotonic(), time.time()
+        reg = self.registry
+        if reg.keyring is not None:
+            reg.keyring.advance(now)
+        reg.poll(now, wall)
+        status = {z: s.get("on_air", []) for z, s in self.engine.zone_status().items()}
+        self._send_all(reg.set_on_air(status, wall))
+        if now >= next_sr:
+            self._send_reports(wall)
+
+    def _send_reports(self, wall: float) -> None:
+        e = self.engine
+        # tick k was due within the last 20 ms; good enough for an NTP<->RTP mapping that
+        # receivers use for "how far behind real time do I play" (±20 ms)
+        sr = sender_report(e.ssrc, e.ts0, e.tick_index, wall, FRAME_SAMPLES,
+                           e.packets_built, 0)
+        data = sr.serialize()
+        for rid, addr in self.registry.sr_targets():
+            self.registry.sr_sent(rid, sr.lsr, wall)
+            self._send_all([(data, addr)])
+            self.counters["sender_reports"] += 1
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.transport is not None:
+            self.transport.close()     # closes our duplicate fd only; the Fanout keeps its own
+            self.transport = None
+
+
+def _on_destinations(engine):  # noqa: ANN001, ANN202
+    def push(zone: str, addrs: list[tuple[str, int]]) -> None:
+        engine.set_dynamic_destinations(zone, addrs)
+    return push
+
+
+async def start_receiver_endpoint(engine, registry: ReceiverRegistry,  # noqa: ANN001
+                                  host: str | None = None, port: int | None = None, *,
+                                  poll_interval: float = 0.25,
+                                  sr_interval: float = 5.0) -> ReceiverLink:
+    """Serve the receiver protocol on the engine's media socket.
+
+    host/port, if given, must be the Fanout's own bound address (media has to leave from the
+    port receivers talk to, or NAT drops it): bind the Fanout there
+    (`Fanout(bind=(host, port))`). Wires the registry's destination changes to
+    `engine.set_dynamic_destinations` and tells it the stream's SSRC."""
+    media = engine.fanout.sock
+    bhost, bport = media.getsockname()[:2]
+    if port is not None and port not in (0, bport):
+        raise ValueError(f"the receiver endpoint must share the media socket (bound to port "
+                         f"{bport}), not port {port}: bind the Fanout to the receiver port")
+    if host is not None and host not in (bhost, "0.0.0.0", "") and bhost != "0.0.0.0":
+        raise ValueError(f"the media socket is bound to {bhost}, not {host}")
+    sock = socket.fromfd(media.fileno(), media.family, media.type)   # dup: same socket
+    sock.setblocking(False)
+    registry.on_destinations = _on_destinations(engine)
+    registry.media_ssrc = engine.ssrc
+    loop = asyncio.get_running_loop()
+    link = ReceiverLink(engine, registry, poll_interval=poll_interval, sr_interval=sr_interval)
+    await loop.create_datagram_endpoint(lambda: link, sock=sock)
+    link.address = (bhost, bport)
+    link._task = asyncio.ensure_future(link._run())
+    return link

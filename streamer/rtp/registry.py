@@ -1,0 +1,416 @@
+"""The server side of the receiver protocol: who is registered, where they are, what they play.
+
+Sans-IO: `datagram_received(data, addr, now, wall)` returns the datagrams to send back; `poll`
+does offline detection; `set_on_air` turns zone status changes into now-playing messages. `now`
+is monotonic seconds (liveness), `wall` unix seconds (message timestamps, reports).
+
+The receivers table belongs to the control plane: it plugs in `secret_for(receiver_id) ->
+(secret, zone_id) | None`, which must answer from memory (it runs for every datagram; keep a
+dict in sync with the database rather than querying it here). Nothing is stored for an id that
+has not proven its secret, so unauthenticated traffic costs one lookup and one HMAC, no memory.
+
+An address is taken from a datagram only after its MAC, timestamp window and replay checks pass;
+a spoofed register for an existing id (bad MAC) changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from streamer.rtp import control_protocol as cp
+
+Addr = tuple[str, int]
+SecretLookup = Callable[[str], "tuple[bytes, str] | None"]
+TOLERANCE_S = 1.0      # delivery report: slack at the start and end of a broadcast
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _parse_iso(s: str | None) -> float | None:
+    if not s:
+        return None
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _num(v, lo: float, hi: float) -> float | None:  # noqa: ANN001
+    """A report field, if it is a finite number in range (reports are authenticated but still
+    input: a buggy receiver must not break the status page)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if not lo <= v <= hi:
+        return None
+    return float(v)
+
+
+@dataclass
+class _Receiver:
+    id: str
+    zone: str
+    guard: cp.ReplayGuard
+    addr: Addr | None = None
+    online: bool = False
+    last_seen: float = 0.0            # monotonic
+    last_seen_wall: float | None = None
+    online_since: float | None = None
+    registers: int = 0
+    heartbeats: int = 0
+    reports: int = 0
+    report: dict = field(default_factory=dict)
+    report_wall: float | None = None
+    played: dict[str, dict] = field(default_factory=dict)   # broadcast -> first/last/audio_s
+    rtt_ms: float | None = None
+    now_key: str | None = None
+
+
+class ReceiverRegistry:
+    COUNTERS = ("datagrams", "accepted", "malformed", "unexpected_type", "unknown_id", "bad_mac",
+                "stale", "replay", "lookup_errors", "registers", "heartbeats", "reports", "byes",
+                "welcomes_sent", "now_sent", "address_changes", "offline_transitions")
+
+    def __init__(self, secret_for: SecretLookup, *,
+                 on_event: Callable[[dict], None] | None = None,
+                 on_destinations: Callable[[str, list[Addr]], None] | None = None,
+                 keyring=None, heartbeat_s: float = 15.0, missed: int = 3,  # noqa: ANN001
+                 window_s: float = 30.0, report_s: float = 5.0, server_name: str = "loa",
+                 max_played: int = 64) -> None:
+        self.secret_for = secret_for
+        self.on_event = on_event or (lambda e: None)
+        self.on_destinations = on_destinations or (lambda z, a: None)
+        self.keyring = keyring
+        self.heartbeat_s = heartbeat_s
+        self.missed = missed
+        self.window_s = window_s
+        self.report_s = report_s
+        self.server_name = server_name
+        self.max_played = max_played
+        self.media_ssrc: int | None = None
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
+        self._rx: dict[str, _Receiver] = {}
+        self._on_air: dict[str, list[dict]] = {}
+        self._reject_last: dict[str, float] = {}
+        self._sr_sent: dict[tuple[str, int], float] = {}   # (receiver, LSR) -> wall time sent
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _emit(self, type_: str, wall: float, **fields) -> None:
+        ev = {"type": type_, "time": _iso(wall)}
+        ev.update(fields)
+        try:
+            self.on_event(ev)
+        except Exception:       # an observer must never break the protocol
+            pass
+
+    def _reject(self, reason: str, addr: Addr, rid: str | None, wall: float, now: float) -> None:
+        self.counters[reason] += 1
+        # one event per reason per 10 s: a flood of garbage must not become a flood of events
+        last = self._reject_last.get(reason)
+        if last is None or now - last >= 10.0:
+            self._reject_last[reason] = now
+            self._emit("receiver.rejected", wall, reason=reason, receiver=rid,
+                       address=f"{addr[0]}:{addr[1]}", count=self.counters[reason])
+
+    def _push_destinations(self, zone: str) -> None:
+        addrs = sorted(r.addr for r in self._rx.values()
+                       if r.zone == zone and r.online and r.addr is not None)
+        try:
+            self.on_destinations(zone, addrs)
+        except Exception:
+            pass
+
+    # -- input --------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Addr, now: float,
+                          wall: float) -> list[tuple[bytes, Addr]]:
+        self.counters["datagrams"] += 1
+        addr = (str(addr[0]), int(addr[1]))
+        try:
+            msg = cp.parse(data)
+        except cp.ProtocolError:
+            self._reject("malformed", addr, None, wall, now)
+            return []
+        if msg.type not in cp.RECEIVER_TYPES:
+            self._reject("unexpected_type", addr, msg.receiver_id, wall, now)
+            return []
+        try:
+            found = self.secret_for(msg.receiver_id)
+        except Exception:
+            found = None
+            self.counters["lookup_errors"] += 1
+        if not found:
+            self._reject("unknown_id", addr, msg.receiver_id, wall, now)
+            return []
+        secret, zone = found
+        if not msg.verify(secret):
+            self._reject("bad_mac", addr, msg.receiver_id, wall, now)
+            return []
+        r = self._rx.get(msg.receiver_id)
+        if r is None:
+            r = self._rx[msg.receiver_id] = _Receiver(msg.receiver_id, zone,
+                                                      cp.ReplayGuard(self.window_s))
+        why = r.guard.check(msg.timestamp_ms, msg.nonce, int(wall * 1000))
+        if why is not None:
+            self._reject(why, addr, msg.receiver_id, wall, now)
+            return []
+        self.counters["accepted"] += 1
+        if r.zone != zone:            # moved to another zone in the receivers table
+            old, r.zone = r.zone, zone
+            if r.online:
+                self._push_destinations(old)
+                self._push_destinations(zone)
+        r.last_seen = now
+        r.last_seen_wall = wall
+        t = msg.type
+        if t is cp.MsgType.BYE:
+            self.counters["byes"] += 1
+            self._go_offline(r, wall, "bye")
+            return []
+        if t is cp.MsgType.REPORT:
+            self.counters["reports"] += 1
+            r.reports += 1
+            self._take_report(r, msg.body, wall)
+            if not r.online:
+                self._come_online(r, addr, wall)
+            elif r.addr != addr:
+                self._move(r, addr, wall)
+            return []
+        if t is cp.MsgType.REGISTER:
+            self.counters["registers"] += 1
+            r.registers += 1
+        else:
+            self.counters["heartbeats"] += 1
+            r.heartbeats += 1
+        if not r.online:
+            self._come_online(r, addr, wall)
+        elif r.addr != addr:
+            self._move(r, addr, wall)
+        return [(self._welcome(r, secret, wall), addr)]
+
+    def _come_online(self, r: _Receiver, addr: Addr, wall: float) -> None:
+        r.addr = addr
+        r.online = True
+        r.online_since = wall
+        r.now_key = None
+        self._push_destinations(r.zone)
+        self._emit("receiver.online", wall, receiver=r.id, zone=r.zone,
+                   address=f"{addr[0]}:{addr[1]}")
+
+    def _move(self, r: _Receiver, addr: Addr, wall: float) -> None:
+        old = r.addr
+        r.addr = addr
+        self.counters["address_changes"] += 1
+        self._push_destinations(r.zone)
+        self._emit("receiver.address_changed", wall, receiver=r.id, zone=r.zone,
+                   address=f"{addr[0]}:{addr[1]}",
+                   previous=f"{old[0]}:{old[1]}" if old else None)
+
+    def _go_offline(self, r: _Receiver, wall: float, reason: str) -> None:
+        if not r.online:
+            return
+        r.online = False
+        self.counters["offline_transitions"] += 1
+        self._push_destinations(r.zone)
+        self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason=reason,
+                   last_seen=_iso(r.last_seen_wall))
+
+    def _welcome(self, r: _Receiver, secret: bytes, wall: float) -> bytes:
+        body: dict = {"server": self.server_name, "zone": r.zone, "heartbeat_s": self.heartbeat_s,
+                      "report_s": self.report_s, "observed": f"{r.addr[0]}:{r.addr[1]}",
+                      "on_air": self._on_air.get(r.zone, []), "srtp": self.keyring is not None}
+        if self.media_ssrc is not None:
+            body["ssrc"] = self.media_ssrc
+        if self.keyring is not None:
+            keys = json.dumps(self.keyring.for_receivers()).encode()
+            body["keys"] = cp.seal(secret, r.id, keys)
+        self.counters["welcomes_sent"] += 1
+        return cp.encode(cp.MsgType.WELCOME, r.id, secret, body, timestamp_ms=int(wall * 1000))
+
+    def _take_report(self, r: _Receiver, body: dict, wall: float) -> None:
+        rep: dict = {}
+        for name, lo, hi in (("fraction_lost", 0, 1), ("cumulative_lost", 0, 2**31),
+                             ("jitter_ms", 0, 1e5), ("concealed_pct", 0, 100),
+                             ("jb_depth_ms", 0, 1e5), ("jb_target_ms", 0, 1e5),
+                             ("volume", 0, 1000), ("uptime_s", 0, 1e10), ("received", 0, 2**53),
+                             ("highest_seq", 0, 2**32)):
+            v = _num(body.get(name), lo, hi)
+            if v is not None:
+                rep[name] = v
+        for name in ("broadcast", "level", "version"):
+            v = body.get(name)
+            if isinstance(v, str) and len(v) <= 64:
+                rep[name] = v
+        rep["playing"] = body.get("playing") is True
+        r.report = rep
+        r.report_wall = wall
+        lsr, dlsr = body.get("lsr"), _num(body.get("dlsr"), 0, 3600)
+        if isinstance(lsr, int) and dlsr is not None:
+            sent = self._sr_sent.get((r.id, lsr))
+            if sent is not None:
+                r.rtt_ms = round(max(0.0, (wall - sent - dlsr) * 1000.0), 1)
+        played = body.get("played")
+        if isinstance(played, dict):
+            for bid, p in list(played.items())[: self.max_played]:
+                if not isinstance(bid, str) or len(bid) > 64 or not isinstance(p, dict):
+                    continue
+                first = _num(p.get("first"), wall - 86400 * 7, wall + 3600)
+                last = _num(p.get("last"), wall - 86400 * 7, wall + 3600)
+                audio = _num(p.get("audio_s"), 0, 86400 * 7)
+                if first is None or last is None or audio is None or last < first:
+                    continue
+                cur = r.played.get(bid)
+                if cur is None:
+                    if len(r.played) >= self.max_played:
+                        r.played.pop(next(iter(r.played)))
+                    r.played[bid] = {"first": first, "last": last, "audio_s": audio}
+                else:
+                    cur["first"] = min(cur["first"], first)
+                    cur["last"] = max(cur["last"], last)
+                    cur["audio_s"] = max(cur["audio_s"], audio)
+
+    # -- time, zone status, RTCP --------------------------------------------------------------
+
+    def poll(self, now: float, wall: float) -> None:
+        """Offline detection: `missed` heartbeats without a valid message."""
+        limit = self.missed * self.heartbeat_s
+        for r in self._rx.values():
+            if r.online and now - r.last_seen > limit:
+                self._go_offline(r, wall, f"{self.missed} heartbeats missed")
+        if len(self._sr_sent) > 4 * max(1, len(self._rx)) + 64:
+            cutoff = wall - 60
+            self._sr_sent = {k: v for k, v in self._sr_sent.items() if v > cutoff}
+
+    def set_on_air(self, status: dict[str, list[dict]], wall: float) -> list[tuple[bytes, Addr]]:
+        """Zone id -> on-air broadcasts ({broadcast, level}); returns now-playing messages for
+        the online receivers of zones whose list changed."""
+        out: list[tuple[bytes, Addr]] = []
+        for zone, on in status.items():
+            self._on_air[zone] = [{"broadcast": str(x.get("broadcast")),
+                                   "level": str(x.get("level"))} for x in on]
+        for r in self._rx.values():
+            if not r.online or r.addr is None:
+                continue
+            on = self._on_air.get(r.zone, [])
+            key = json.dumps(on, sort_keys=True)
+            if key == r.now_key:
+                continue
+            found = self.secret_for(r.id)
+            if not found:
+                continue
+            r.now_key = key
+            out.append((cp.encode(cp.MsgType.NOW, r.id, found[0], {"zone": r.zone, "on_air": on},
+                                  timestamp_ms=int(wall * 1000)), r.addr))
+            self.counters["now_sent"] += 1
+        return out
+
+    def sr_targets(self) -> list[tuple[str, Addr]]:
+        return [(r.id, r.addr) for r in self._rx.values() if r.online and r.addr is not None]
+
+    def sr_sent(self, receiver_id: str, lsr: int, wall: float) -> None:
+        self._sr_sent[(receiver_id, lsr)] = wall
+
+    def retire(self, receiver_id: str, now: float, wall: float) -> None:
+        """A receiver left the fleet: forget it and rotate the media key it knew."""
+        r = self._rx.pop(receiver_id, None)
+        if r is not None and r.online:
+            r.online = False
+            self._push_destinations(r.zone)
+            self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason="retired",
+                       last_seen=_iso(r.last_seen_wall))
+        if self.keyring is not None:
+            self.keyring.rotate(now)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def status(self, receiver_id: str | None = None) -> list[dict] | dict | None:
+        if receiver_id is not None:
+            r = self._rx.get(receiver_id)
+            return None if r is None else self._status(r)
+        return [self._status(r) for r in sorted(self._rx.values(), key=lambda x: (x.zone, x.id))]
+
+    def _status(self, r: _Receiver) -> dict:
+        rep = r.report
+        loss = rep.get("fraction_lost")
+        conc = rep.get("concealed_pct")
+        quality = None
+        if loss is not None or conc is not None:
+            worst = max(loss or 0.0, (conc or 0.0) / 100.0)
+            quality = "good" if worst < 0.01 else "fair" if worst < 0.05 else "poor"
+        return {
+            "id": r.id, "zone": r.zone, "online": r.online,
+            "state": "online" if r.online else "offline",
+            "address": f"{r.addr[0]}:{r.addr[1]}" if r.addr else None,
+            "last_seen": _iso(r.last_seen_wall), "online_since": _iso(r.online_since),
+            "link": {"quality": quality, "fraction_lost": loss,
+                     "cumulative_lost": rep.get("cumulative_lost"),
+                     "jitter_ms": rep.get("jitter_ms"), "concealed_pct": conc,
+                     "jb_depth_ms": rep.get("jb_depth_ms"), "jb_target_ms": rep.get("jb_target_ms"),
+                     "rtt_ms": r.rtt_ms},
+            "playing": ({"broadcast": rep.get("broadcast"), "level": rep.get("level")}
+                        if rep.get("playing") else None),
+            "volume": rep.get("volume"), "uptime_s": rep.get("uptime_s"),
+            "version": rep.get("version"), "report_at": _iso(r.report_wall),
+            "messages": {"registers": r.registers, "heartbeats": r.heartbeats,
+                         "reports": r.reports},
+        }
+
+    def online_by_zone(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self._rx.values():
+            out[r.zone] = out.get(r.zone, 0) + (1 if r.online else 0)
+        return out
+
+    def delivery_report(self, broadcast: dict,
+                        expected: Iterable[tuple[str, str]] | None = None,
+                        wall: float | None = None) -> dict:
+        """Who played a broadcast (an `Engine.get()` dict): `full` (from its start to its end,
+        within TOLERANCE_S), `partly`, `never`; and time from start to first audio.
+
+        expected: (receiver id, zone) of every receiver that should have played it (from the
+        receivers table); default: the receivers this registry knows in the reached zones."""
+        bid = broadcast["id"]
+        zones = set(broadcast.get("reached_zones") or broadcast.get("zones") or ())
+        start = _parse_iso(broadcast.get("started_at"))
+        end = _parse_iso(broadcast.get("ended_at"))
+        if expected is None:
+            expected = [(r.id, r.zone) for r in self._rx.values() if r.zone in zones]
+        rows = []
+        counts = {"full": 0, "partly": 0, "never": 0}
+        tol = TOLERANCE_S
+        for rid, zone in sorted(expected):
+            r = self._rx.get(rid)
+            p = r.played.get(bid) if r else None
+            if p is None or start is None:
+                outcome, first_s, audio = "never", None, 0.0
+            else:
+                first_s = round(p["first"] - start, 3)
+                audio = p["audio_s"]
+                stop = end if end is not None else (wall if wall is not None else p["last"])
+                span = max(0.0, stop - start)
+                ok_start = p["first"] <= start + tol
+                ok_end = p["last"] >= stop - tol - (self.report_s if end is None else 0)
+                ok_body = audio >= span - 2 * tol
+                outcome = "full" if ok_start and ok_end and ok_body else "partly"
+            counts[outcome] += 1
+            rows.append({"receiver": rid, "zone": zone, "outcome": outcome,
+                         "time_to_first_audio_s": first_s,
+                         "audio_s": round(audio, 2),
+                         "first_audio": _iso(p["first"]) if p else None,
+                         "last_audio": _iso(p["last"]) if p else None})
+        return {"broadcast": bid, "started_at": broadcast.get("started_at"),
+                "ended_at": broadcast.get("ended_at"), "zones": sorted(zones),
+                "summary": counts, "receivers": rows}
+
+
+def new_secret() -> bytes:
+    """A fresh receiver secret (32 random bytes) for provisioning."""
+    return os.urandom(32)
