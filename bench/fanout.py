@@ -246,7 +246,10 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                           env=env, name="bare", cwd=str(REPO))
             ok = sender.expect(lambda s: s == "ready", 60)
         elif kind == "gstreamer":
-            sender = Proc(prefix + [SYSTEM_PYTHON, str(GST_PEER), "--port", str(port),
+            # Loa's tick thread asks for SCHED_FIFO itself; give the peer's process the same
+            # scheduling class (where permitted) so the comparison is like for like.
+            rt = ["chrt", "-f", "10"] if os.geteuid() == 0 and shutil.which("chrt") else []
+            sender = Proc(prefix + rt + [SYSTEM_PYTHON, str(GST_PEER), "--port", str(port),
                                     "--receivers", str(n), "--seconds", str(S), "--frame-ms",
                                     str(F), "--bitrate", str(opts.bitrate)],
                           name="gstreamer", cwd=str(REPO))
