@@ -237,8 +237,9 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
         expected: int | None = None
         trim = 0
         broadcast_id = None
+        rt = ["chrt", "-f", "10"] if os.geteuid() == 0 and shutil.which("chrt") else []
         if kind == "bare":
-            sender = Proc(prefix + [sys.executable, "-m", "bench.bare", "--port", str(port),
+            sender = Proc(prefix + rt + [sys.executable, "-m", "bench.bare", "--port", str(port),
                                     "--receivers", str(n), "--seconds", str(S), "--frame-ms",
                                     str(F), "--workers", str(opts.workers), "--batch",
                                     str(opts.batch), "--bitrate", str(opts.bitrate),
@@ -246,9 +247,8 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                           env=env, name="bare", cwd=str(REPO))
             ok = sender.expect(lambda s: s == "ready", 60)
         elif kind == "gstreamer":
-            # Loa's tick thread asks for SCHED_FIFO itself; give the peer's process the same
-            # scheduling class (where permitted) so the comparison is like for like.
-            rt = ["chrt", "-f", "10"] if os.geteuid() == 0 and shutil.which("chrt") else []
+            # Loa's tick thread asks for SCHED_FIFO itself; the peer (and the bare loop) get the
+            # same scheduling class where permitted, so the comparison is like for like.
             sender = Proc(prefix + rt + [SYSTEM_PYTHON, str(GST_PEER), "--port", str(port),
                                     "--receivers", str(n), "--seconds", str(S), "--frame-ms",
                                     str(F), "--bitrate", str(opts.bitrate)],
