@@ -10,6 +10,7 @@ that switches program still sees one continuous RTP stream. Only the payload's e
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import secrets
@@ -27,9 +28,9 @@ from streamer.ingest.base import Source
 from streamer.mixer.arbitration import Claim, Layer, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp, SoftLimiter, add_scaled
 from streamer.rtp.fanout import Fanout
-from streamer.rtp.opus import OpusEncoder, OpusSettings
+from streamer.rtp.opus import OpusEncoder, OpusRepacketizer, OpusSettings
 from streamer.rtp.packet import HEADER_SIZE, write_header
-from streamer.zones import Zone, ZoneError, ZoneTree
+from streamer.zones import PTIMES, Zone, ZoneError, ZoneTree
 
 log = logging.getLogger("loa.engine")
 
@@ -188,7 +189,14 @@ class Engine:
         self._order = itertools.count(1)
         self._tree_version = -1
         #: receivers that registered themselves (address observed, e.g. behind NAT), per zone
-        self.dynamic_dests: dict[str, list[tuple[str, int]]] = {}
+        self.dynamic_dests: dict[str, list[tuple]] = {}
+        self._known_zones: set[str] = set()
+        #: zones with destinations on longer packet times (40/60 ms), and those packets' state
+        self._zone_ptimes: dict[str, set[int]] = {}
+        self._frame_hist: collections.deque = collections.deque(maxlen=3)  # (k, {zone: payload})
+        self._ptime_seq = {pt: secrets.randbits(16) for pt in PTIMES if pt != 20}
+        self._ptime_active: dict[int, set[str]] = {pt: set() for pt in PTIMES if pt != 20}
+        self._repacketizer: OpusRepacketizer | None = None
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -343,21 +351,49 @@ class Engine:
                 out[zid] = {"on_air": on, "program": hash(key) if key else None}
             return out
 
-    def set_dynamic_destinations(self, zone_id: str, addrs: list[tuple[str, int]]) -> None:
-        """Registered receivers of a zone (their observed addresses). Takes effect at once;
-        call only when membership or an address changes, never per tick."""
+    def set_dynamic_destinations(self, zone_id: str, addrs: list[tuple]) -> None:
+        """Registered receivers of a zone: (host, port) or (host, port, ptime_ms) as observed
+        (e.g. behind NAT). Takes effect at once; call only when membership or an address
+        changes, never per tick."""
         with self.lock:
             if addrs:
                 self.dynamic_dests[zone_id] = list(addrs)
             else:
                 self.dynamic_dests.pop(zone_id, None)
             if zone_id in self.tree.zones:
-                self.fanout.set_destinations(zone_id, self._zone_dests(zone_id))
+                self._apply_dests(zone_id)
 
-    def _zone_dests(self, zone_id: str) -> list[tuple[str, int]]:
-        static = self.tree.destinations(zone_id)
+    def _zone_dests(self, zone_id: str) -> dict[int, list[tuple[str, int]]]:
+        groups = self.tree.destinations_by_ptime(zone_id)
         dyn = self.dynamic_dests.get(zone_id)
-        return static + [a for a in dyn if a not in static] if dyn else static
+        if dyn:
+            seen = {a for lst in groups.values() for a in lst}
+            for d in dyn:
+                addr, pt = (d[0], d[1]), (d[2] if len(d) > 2 else 20)
+                if addr not in seen:
+                    groups.setdefault(pt if pt in PTIMES else 20, []).append(addr)
+                    seen.add(addr)
+        return groups
+
+    def _apply_dests(self, zone_id: str) -> None:
+        groups = self._zone_dests(zone_id)
+        slow = set()
+        for pt in PTIMES:
+            key = zone_id if pt == 20 else f"{zone_id}|{pt}"
+            addrs = groups.get(pt, [])
+            if pt != 20 and addrs:
+                slow.add(pt)
+            if addrs or pt == 20 or pt in self._zone_ptimes.get(zone_id, ()):
+                self.fanout.set_destinations(key, addrs)
+        if slow:
+            self._zone_ptimes[zone_id] = slow
+        else:
+            self._zone_ptimes.pop(zone_id, None)
+
+    def _drop_dests(self, zone_id: str) -> None:
+        for pt in PTIMES:
+            self.fanout.set_destinations(zone_id if pt == 20 else f"{zone_id}|{pt}", [])
+        self._zone_ptimes.pop(zone_id, None)
 
     def edit_tree(self, fn: Callable[[ZoneTree], object]):
         """Apply a change to the zone tree; takes effect on the next tick."""
@@ -389,11 +425,11 @@ class Engine:
         self._tree_version = self.tree.version
         known = set(self.tree.zones)
         for zid in known:
-            self.fanout.set_destinations(zid, self._zone_dests(zid))
-        for zid in list(self._zone_key):
-            if zid not in known:
-                self._zone_key.pop(zid, None)
-                self.fanout.set_destinations(zid, [])
+            self._apply_dests(zid)
+        for zid in self._known_zones - known:
+            self._zone_key.pop(zid, None)
+            self._drop_dests(zid)
+        self._known_zones = known
         for b in self.broadcasts.values():
             try:
                 zones = self.tree.resolve([t for t in b.spec.targets
@@ -478,6 +514,74 @@ class Engine:
                         self.emit("broadcast.resumed", b, zones=sorted(aud))
         if audible and b.started_at is None:
             b.started_at = now
+
+    def _send_long_packets(self, k: int, frames: dict[str, bytes]) -> None:
+        """Every 2 (3) ticks, join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms
+        packet: built once per distinct frame sequence, sent to every zone that heard it. These
+        streams have their own sequence numbers (one per packet time), the node's SSRC and the
+        timestamp of their first frame."""
+        self._frame_hist.append((k, frames))
+        pt = self.settings.payload_type
+        for ptime in (40, 60):
+            per = ptime // 20
+            if (k + 1) % per:
+                continue
+            hist = [h for h in self._frame_hist if h[0] > k - per]
+            groups: dict[tuple, list[str]] = {}
+            for zone, pts in self._zone_ptimes.items():
+                if ptime not in pts:
+                    continue
+                seq_frames = tuple((kk, fr[zone]) for kk, fr in hist if zone in fr)
+                if seq_frames:
+                    groups.setdefault(seq_frames, []).append(zone)
+            if not groups:
+                self._ptime_active[ptime] = set()
+                continue
+            self._ptime_seq[ptime] = seq = (self._ptime_seq[ptime] + 1) & 0xFFFF
+            if self._repacketizer is None:
+                self._repacketizer = OpusRepacketizer()
+            active = set()
+            for seq_frames, zones in groups.items():
+                parts = self._join_runs(seq_frames)
+                for i, (payload, pts_) in enumerate(parts):
+                    pkt = bytearray(HEADER_SIZE + len(payload))
+                    pkt[HEADER_SIZE:] = payload
+                    new = [z for z in zones if z not in self._ptime_active[ptime]]
+                    old = [z for z in zones if z in self._ptime_active[ptime]]
+                    if i:  # a split window: later parts continue the same spurt
+                        old, new = old + new, []
+                    s = seq if i == 0 else (self._ptime_seq[ptime] + 1) & 0xFFFF
+                    if i:
+                        self._ptime_seq[ptime] = s
+                    for keys, marker in ((old, False), (new, True)):
+                        if keys:
+                            write_header(pkt, pt, s, pts_, self.ssrc, marker=marker)
+                            self.fanout.send(pkt, [f"{z}|{ptime}" for z in keys])
+                active.update(zones)
+            self._ptime_active[ptime] = active
+
+    def _join_runs(self, seq_frames: tuple) -> list[tuple[bytes, int]]:
+        """(payload, timestamp) packets: as few as the frames' Opus configurations allow (frames
+        of different modes, e.g. around an encoder's mode switch, cannot share a packet)."""
+        rp = self._repacketizer
+        out: list[tuple[bytes, int]] = []
+        run: list[bytes] = []
+        run_k = 0
+        joined: bytes | None = None
+        for kk, p in seq_frames:
+            if not run:
+                run, run_k, joined = [p], kk, p
+                continue
+            j = rp.join(run + [p])
+            if j is None:
+                out.append((joined, (self.ts0 + run_k * FRAME_SAMPLES) & 0xFFFFFFFF))
+                run, run_k, joined = [p], kk, p
+            else:
+                run.append(p)
+                joined = j
+        if run:
+            out.append((joined, (self.ts0 + run_k * FRAME_SAMPLES) & 0xFFFFFFFF))
+        return out
 
     def _tick(self, k: int, lateness_ns: int) -> None:
         t0 = time.perf_counter_ns()
@@ -619,6 +723,7 @@ class Engine:
             self._free_channels = keep
         self._channels = used
         pt = self.settings.payload_type
+        slow_frames: dict[str, bytes] | None = {} if self._zone_ptimes else None
         for key, zones in programs.items():
             ch = used[key]
             ch.last_used = now
@@ -645,7 +750,16 @@ class Engine:
                 write_header(buf, pt, seq, ts, self.ssrc, marker=True)
                 self.fanout.send(ch.view[:n], marked)
             self.packets_built += 1
+            if slow_frames is not None:
+                payload_bytes = None
+                for z in zones:
+                    if z in self._zone_ptimes:
+                        if payload_bytes is None:
+                            payload_bytes = bytes(buf[HEADER_SIZE:n])
+                        slow_frames[z] = payload_bytes
         self.encoders_active = len(programs)
+        if self._zone_ptimes:
+            self._send_long_packets(k, slow_frames or {})
         if programs:
             sent_ns = time.monotonic_ns()
             for b in self.broadcasts.values():

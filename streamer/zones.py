@@ -22,12 +22,16 @@ class Zone:
     level: str = ""  # administrative level: province/district/commune/village/cluster
     code: str = ""  # administrative code (changes when units merge)
     language: str = "vi"
+    #: packet time (ms) per unicast destination where it is not 20: cellular clusters can take
+    #: 40 or 60 ms packets, halving or thirding their packet rate
+    ptime: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "id": self.id, "name": self.name, "parent": self.parent,
             "multicast": f"{self.multicast[0]}:{self.multicast[1]}" if self.multicast else None,
-            "unicast": [f"{h}:{p}" for h, p in self.unicast],
+            "unicast": [f"{h}:{p}" + (f"/{self.ptime[(h, p)]}" if (h, p) in self.ptime else "")
+                        for h, p in self.unicast],
             "level": self.level, "code": self.code, "language": self.language,
         }
 
@@ -49,6 +53,24 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ZoneError(f"{what} port out of range: {port}")
     return host, port
+
+
+PTIMES = (20, 40, 60)
+
+
+def parse_destination(text: str, what: str = "destination") -> tuple[str, int, int]:
+    """`HOST:PORT` or `HOST:PORT/PTIME` (PTIME 20, 40 or 60 ms)."""
+    ptime = 20
+    if isinstance(text, str) and "/" in text:
+        text, _, pt = text.rpartition("/")
+        try:
+            ptime = int(pt)
+        except ValueError:
+            raise ZoneError(f"{what} packet time must be a number of ms, got {pt!r}") from None
+        if ptime not in PTIMES:
+            raise ZoneError(f"{what} packet time must be one of 20, 40, 60 ms, got {ptime}")
+    host, port = parse_hostport(text, what)
+    return host, port, ptime
 
 
 class ZoneTree:
@@ -148,5 +170,13 @@ class ZoneTree:
         return out
 
     def destinations(self, zone_id: str) -> list[tuple[str, int]]:
+        """Every destination of the zone, whatever its packet time."""
         z = self.zones[zone_id]
         return ([z.multicast] if z.multicast else []) + list(z.unicast)
+
+    def destinations_by_ptime(self, zone_id: str) -> dict[int, list[tuple[str, int]]]:
+        z = self.zones[zone_id]
+        out: dict[int, list[tuple[str, int]]] = {20: [z.multicast] if z.multicast else []}
+        for a in z.unicast:
+            out.setdefault(z.ptime.get(a, 20), []).append(a)
+        return out

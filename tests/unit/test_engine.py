@@ -172,3 +172,43 @@ def test_same_level_files_queue_first_come_first_served():
     assert abs(dominant_freq(pcm[60 * 960:90 * 960]) - 900) < 20
     fin = [e["broadcast"] for e in events if e["type"] == "broadcast.finished"]
     assert fin == [a.id, b.id]
+
+
+@pytest.mark.parametrize("ptime", [40, 60])
+def test_cellular_destinations_get_longer_packets(ptime):
+    from streamer.rtp.opus import packet_samples
+    tree = ZoneTree()
+    tree.add(Zone("z", unicast=[("127.0.0.1", 1), ("127.0.0.1", 2)],
+                  ptime={("127.0.0.1", 2): ptime}))
+    fan = RecordingFanout()
+    eng = Engine(tree, fan, EngineSettings())
+    eng.start_broadcast(spec(["z"], freq=700, seconds=2.0))
+    run(eng, fan, 60)
+    assert fan.dests["z"] == [("127.0.0.1", 1)] and fan.dests[f"z|{ptime}"] == [("127.0.0.1", 2)]
+    short = [RtpPacket.parse(p) for _, p, keys in fan.sent if "z" in keys]
+    long_ = [RtpPacket.parse(p) for _, p, keys in fan.sent if f"z|{ptime}" in keys]
+    per = ptime // 20
+    assert len(short) == 60
+    # an encoder's first frames may switch Opus mode, and such frames cannot share a packet
+    assert 60 // per <= len(long_) <= 60 // per + 2
+    assert sum(packet_samples(p.payload) for p in long_) == 960 * 60
+    assert sum(packet_samples(p.payload) == 960 * per for p in long_) >= 60 // per - 2
+    assert long_[0].marker and not any(p.marker for p in long_[1:])
+    assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in zip(long_, long_[1:]))
+    # timestamps are contiguous: each packet starts where the previous one's audio ended
+    assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == packet_samples(a.payload)
+               for a, b in zip(long_, long_[1:]))
+    assert {p.ssrc for p in long_} == {short[0].ssrc}
+    # the long packets carry the same audio: decode and compare frequency
+    dec = OpusDecoder()
+    pcm = np.concatenate([dec.decode(p.payload) for p in long_])
+    assert abs(dominant_freq(pcm[4800:]) - 700) < 10
+
+
+def test_dynamic_destinations_with_ptime():
+    eng, fan, _ = make_engine(1)
+    run(eng, fan, 1)
+    eng.set_dynamic_destinations("z0", [("10.0.0.1", 5000), ("10.0.0.2", 5000, 40)])
+    assert ("10.0.0.1", 5000) in fan.dests["z0"] and fan.dests["z0|40"] == [("10.0.0.2", 5000)]
+    eng.set_dynamic_destinations("z0", [])
+    assert fan.dests["z0|40"] == [] and ("10.0.0.1", 5000) not in fan.dests["z0"]
