@@ -1,4 +1,5 @@
-"""`loa serve`, `loa play`, `loa demo`."""
+"""`loa serve`, `loa play`, `loa demo`, `loa admin create-user`, `loa zones import`,
+`loa receivers provision`."""
 from __future__ import annotations
 
 import argparse
@@ -82,14 +83,12 @@ def cmd_serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        from control.app import build_tree
-        build_tree(settings)
-    except Exception as e:
-        print(f"loa serve: invalid zone configuration: {e}", file=sys.stderr)
-        return 2
+    from control.errors import ApiError
     try:
         _run(serve_async(settings))
+    except ApiError as e:  # the TOML zones do not fit with the stored tree
+        print(f"loa serve: invalid zone configuration: {e.message}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"loa serve: cannot start: {e}", file=sys.stderr)
         return 1
@@ -275,11 +274,138 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- state commands
+# These open the same SQLite file as `loa serve` and go through the same service layer
+# (control/service.py) as the API. A running server picks the change up within ~2 s
+# (it watches the file's data_version).
+
+def _state_parser(prog: str, desc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=desc)
+    p.add_argument("--config", help="TOML settings file (to find data_dir / db_path)")
+    p.add_argument("--data-dir", help="where state lives (default ./data)")
+    return p
+
+
+async def _with_state(args: argparse.Namespace, fn):
+    from control.auth import SecretBox
+    from control.db import Database
+    from control.service import ControlState
+    settings = load_settings(args.config, data_dir=Path(args.data_dir) if args.data_dir else None)
+    db = await Database(settings.database_path).open()
+    try:
+        box = SecretBox.load(settings.secret_key.get_secret_value() if settings.secret_key else None,
+                             settings.data_dir / "secret.key")
+        return await fn(ControlState(db, settings, box))
+    finally:
+        await db.close()
+
+
+def _run_state(args, fn, prog: str) -> int:
+    from control.errors import ApiError
+    try:
+        out = asyncio.run(_with_state(args, fn))
+    except ApiError as e:
+        print(f"{prog}: {e.message} ({e.code})", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_admin(argv: list[str]) -> int:
+    if not argv or argv[0] != "create-user":
+        print("usage: loa admin create-user USERNAME [--role admin] [--scope ZONE ...] "
+              "[--password-stdin] [--token NAME]", file=sys.stderr)
+        return 2
+    from control.auth import ROLES
+    p = _state_parser("loa admin create-user", "Create an account (the way in when no admin "
+                                                 "token is configured).")
+    p.add_argument("username")
+    p.add_argument("--role", default="admin", choices=ROLES)
+    p.add_argument("--scope", action="append", default=[], help="zone id (repeatable)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--token", metavar="NAME", help="also create an API token and print it once")
+    args = p.parse_args(argv[1:])
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        import getpass
+        password = getpass.getpass("password (empty: token-only account): ") or None
+    if password is not None and len(password) < 8:
+        print("loa admin create-user: the password must have at least 8 characters", file=sys.stderr)
+        return 2
+    from control.models import UserCreate
+    from pydantic import ValidationError
+    try:
+        UserCreate(username=args.username, role=args.role, scope=args.scope, password=password)
+    except ValidationError as e:
+        print(f"loa admin create-user: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
+              file=sys.stderr)
+        return 2
+
+    async def go(state):
+        u = await state.create_user(args.username, args.role, args.scope, password)
+        if args.token:
+            u["token"] = await state.create_token(u["id"], args.token)
+        return u
+    return _run_state(args, go, "loa admin create-user")
+
+
+def cmd_zones(argv: list[str]) -> int:
+    if not argv or argv[0] != "import":
+        print("usage: loa zones import FILE.csv   (columns: code,name,parent_code,level)",
+              file=sys.stderr)
+        return 2
+    p = _state_parser("loa zones import", "Import the administrative tree from a CSV file.")
+    p.add_argument("file")
+    args = p.parse_args(argv[1:])
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"loa zones import: cannot read {args.file}: {e}", file=sys.stderr)
+        return 2
+    return _run_state(args, lambda state: state.import_csv(text), "loa zones import")
+
+
+def cmd_receivers(argv: list[str]) -> int:
+    if not argv or argv[0] != "provision":
+        print("usage: loa receivers provision --zone ZONE [--id ID] [--address HOST:PORT] ...",
+              file=sys.stderr)
+        return 2
+    p = _state_parser("loa receivers provision",
+                      "Provision a receiver; prints its secret once.")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--id")
+    p.add_argument("--name", default="")
+    p.add_argument("--address")
+    p.add_argument("--lat", type=float)
+    p.add_argument("--lon", type=float)
+    p.add_argument("--link", default="ethernet", choices=["sim", "ethernet", "wifi"])
+    p.add_argument("--notes", default="")
+    args = p.parse_args(argv[1:])
+    from pydantic import ValidationError
+
+    from control.models import ReceiverProvision
+    try:
+        body = ReceiverProvision(zone=args.zone, id=args.id, name=args.name, address=args.address,
+                                 lat=args.lat, lon=args.lon, link=args.link, notes=args.notes)
+    except ValidationError as e:
+        print(f"loa receivers provision: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
+              file=sys.stderr)
+        return 2
+    return _run_state(args, lambda state: state.provision_receiver(body.model_dump()),
+                      "loa receivers provision")
+
+
 def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
-    commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo}
+    commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo, "admin": cmd_admin,
+                "zones": cmd_zones, "receivers": cmd_receivers}
     if cmd not in commands:
-        print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench",
-              file=sys.stderr)
+        print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench, admin, "
+              "zones, receivers", file=sys.stderr)
         return 2
     return commands[cmd](rest)

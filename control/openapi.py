@@ -1,9 +1,10 @@
-"""The OpenAPI document, built from the same pydantic models the handlers validate with."""
+"""The OpenAPI document, built from the route table and the pydantic models handlers validate
+with, so a route cannot exist without being documented."""
 from __future__ import annotations
 
-from pydantic.json_schema import models_json_schema
+import re
 
-from control.sources import BroadcastRequest
+from pydantic.json_schema import models_json_schema
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -19,51 +20,51 @@ def _ok(desc: str, schema: dict | None = None, ctype: str = "application/json") 
     return {"description": desc, "content": {ctype: {"schema": schema or {"type": "object"}}}}
 
 
-def build_openapi(version: str) -> dict:
-    _, defs = models_json_schema([(BroadcastRequest, "validation")],
+def build_openapi(version: str, routes: list) -> dict:
+    models = {r.body for r in routes if r.body is not None}
+    _, defs = models_json_schema([(mdl, "validation") for mdl in sorted(models, key=lambda x: x.__name__)],
                                  ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = ERROR
-    zid = {"name": "zone", "in": "path", "required": True, "schema": {"type": "string"}}
-    bid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-    paths = {
-        "/api/v1/health": {"get": {"summary": "Liveness and engine clock statistics",
-                                   "responses": {"200": _ok("server is up")}}},
-        "/api/v1/zones": {"get": {"summary": "Zone tree, groups and what is on air",
-                                  "responses": {"200": _ok("zones")}}},
-        "/api/v1/zones/{zone}": {"get": {"summary": "One zone", "parameters": [zid],
-                                         "responses": {"200": _ok("zone"), **_err(404)}}},
-        "/api/v1/zones/{zone}/sdp": {"get": {
-            "summary": "SDP a stock RTP client (ffmpeg, GStreamer, VLC) can play",
-            "parameters": [zid, {"name": "dest", "in": "query", "required": False,
-                                 "schema": {"type": "string"}}],
-            "responses": {"200": _ok("SDP", {"type": "string"}, "application/sdp"),
-                          **_err(400, 404, 409)}}},
-        "/api/v1/broadcasts": {
-            "get": {"summary": "Active broadcasts (past too with ?past=1)",
-                    "parameters": [{"name": "past", "in": "query", "required": False,
-                                    "schema": {"type": "string", "enum": ["0", "1"]}}],
-                    "responses": {"200": _ok("broadcasts")}},
-            "post": {"summary": "Start a broadcast",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"$ref": "#/components/schemas/BroadcastRequest"}}}},
-                     "responses": {"201": _ok("the broadcast, with its id"),
-                                   **_err(400, 404, 409, 413, 415, 422)}}},
-        "/api/v1/broadcasts/{id}": {
-            "get": {"summary": "One broadcast (active or past)", "parameters": [bid],
-                    "responses": {"200": _ok("broadcast"), **_err(404)}},
-            "delete": {"summary": "Stop a broadcast", "parameters": [bid],
-                       "responses": {"200": _ok("stopped broadcast"), **_err(404, 409)}}},
-        "/api/v1/asrun": {"get": {"summary": "As-run log (engine events)",
-                                  "parameters": [{"name": "since", "in": "query", "required": False,
-                                                  "schema": {"type": "integer", "minimum": 0}},
-                                                 {"name": "broadcast", "in": "query",
-                                                  "required": False, "schema": {"type": "string"}}],
-                                  "responses": {"200": _ok("events"), **_err(400)}}},
-        "/api/v1/events": {"get": {"summary": "Server-Sent Events stream of engine events",
-                                   "responses": {"200": _ok("event stream", {"type": "string"},
-                                                            "text/event-stream")}}},
-    }
+    paths: dict[str, dict] = {}
+    for r in routes:
+        op: dict = {"summary": r.summary, "operationId": f"{r.method.lower()}_{r.path}",
+                    "x-loa-action": r.action}
+        params = [{"name": p, "in": "path", "required": True,
+                   "schema": {"type": "string", "minLength": 1}}
+                  for p in re.findall(r"{(\w+)}", r.path)]
+        params += r.query
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{r.body.__name__}"}}}}
+        elif r.body_kind == "multipart":
+            op["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "title": {"type": "string", "maxLength": 300},
+                    "language": {"type": "string"},
+                    "tags": {"type": "string", "description": "comma-separated"}}}}}}
+        elif r.body_kind == "csv":
+            op["requestBody"] = {"required": True, "content": {"text/csv": {
+                "schema": {"type": "string",
+                           "description": "header code,name,parent_code,level then one zone a line"}}}}
+        ok = ({"200": _ok("SDP", {"type": "string"}, r.produces)} if r.produces != "application/json"
+              else {str(r.ok): _ok(r.summary)})
+        op["responses"] = {**ok, **_err(*r.errors)}
+        if r.action.split(".")[0] not in ("health", "openapi", "sdp", "metrics") \
+                and r.action != "session.login":
+            op["security"] = [{"bearer": []}, {"session": []}]
+        paths.setdefault(f"/api/v1{r.path}", {})[r.method.lower()] = op
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "operationId": "get_metrics",
+                                 "responses": {"200": _ok("metrics", {"type": "string"},
+                                                          "text/plain")}}}
     return {"openapi": "3.1.0",
-            "info": {"title": "Loa broadcast server API", "version": version},
-            "paths": paths, "components": {"schemas": schemas}}
+            "info": {"title": "Loa broadcast server API", "version": version,
+                     "description": "Roles: admin, operator, official, alert_authority, viewer. "
+                                    "Errors are {\"error\": {\"code\", \"message\"}}."},
+            "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "loa_session"}}}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -37,6 +37,25 @@ class ZoneConfig(BaseModel):
     def _ucast(cls, v: list[str]) -> list[str]:
         for item in v:
             parse_hostport(item, "unicast destination")
+        return v
+
+
+class ReceiverConfig(BaseModel):
+    """A static receiver named in the TOML file (applied at start as an upsert)."""
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    zone: str = Field(min_length=1, max_length=100)
+    name: str = ""
+    address: str | None = None  # HOST:PORT it listens on; becomes a unicast destination
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    link: Literal["sim", "ethernet", "wifi"] = "ethernet"
+    notes: str = ""
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_hostport(v, "receiver address")
         return v
 
 
@@ -74,11 +93,20 @@ class Settings(BaseSettings):
     loudness_target_lufs: float = Field(-16.0, ge=-40, le=-5)
     emergency_attention: Literal["chime", "siren", "none"] = "chime"
     # files
-    media_dirs: list[Path] = []
-    max_body_mb: int = 1
+    media_dirs: list[Path] = []  # where an admin may point a raw `file` source
+    max_body_mb: int = 1  # JSON bodies
+    max_upload_mb: int = Field(200, ge=1, le=100_000)  # media uploads (streamed to disk)
+    # state and accounts
+    db_path: Path | None = None  # default: <data_dir>/loa.db
+    admin_token: SecretStr | None = None  # LOA_ADMIN_TOKEN: a bearer token with the admin role
+    secret_key: SecretStr | None = None  # base64 32 bytes; default: <data_dir>/secret.key
+    session_ttl_h: float = Field(12.0, gt=0, le=24 * 30)
+    cookie_secure: bool | None = None  # None: Secure exactly when the request came over TLS
+    login_attempts: int = Field(5, ge=1, le=1000)  # failed logins per 5 min per address/user
     # zones (editable through the API later; from this file for now)
     zones: list[ZoneConfig] = []
     groups: list[GroupConfig] = []
+    receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone
 
     @classmethod
@@ -89,6 +117,10 @@ class Settings(BaseSettings):
         if toml:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @property
+    def database_path(self) -> Path:
+        return self.db_path or (self.data_dir / "loa.db")
 
     def effective_zones(self) -> list[ZoneConfig]:
         if not self.zones and self.demo_zone:

@@ -18,6 +18,12 @@ class FileSpec(BaseModel):
     path: str = Field(min_length=1, max_length=4096)
 
 
+class MediaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["media"]
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+
+
 class ToneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["tone"]
@@ -37,7 +43,8 @@ class SirenSpec(BaseModel):
     seconds: float = Field(6.0, gt=0, le=600)
 
 
-SourceSpec = Annotated[Union[FileSpec, ToneSpec, ChimeSpec, SirenSpec], Field(discriminator="kind")]
+SourceSpec = Annotated[Union[FileSpec, MediaSpec, ToneSpec, ChimeSpec, SirenSpec],
+                      Field(discriminator="kind")]
 
 
 class BroadcastRequest(BaseModel):
@@ -115,12 +122,34 @@ def file_factory(path: str, loudness_target: float | None):
     return make, info, measured
 
 
+def media_factory(media: dict, loudness_target: float | None):
+    """A library item: probed and measured at upload, so nothing to measure again here."""
+    from streamer.ingest.file import FileSource
+    path, measured = media["path"], media.get("loudness_lufs")
+
+    def make(start_s: float) -> Source:
+        src = FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured)
+        return SkipSource(src, start_s) if start_s > 0 else src
+    return make
+
+
 def build_source(req: BroadcastRequest, loudness_target: float | None,
-                 default_attention: str) -> tuple:
-    """Returns (factory, description, duration_s). Blocking: call in a worker thread."""
+                 default_attention: str, media: dict | None = None) -> tuple:
+    """Returns (factory, description, duration_s). Blocking: call in a worker thread.
+    `media` is the library row when the source is {"kind": "media"}."""
     s = req.source
     desc: dict = {}
-    if isinstance(s, FileSpec):
+    if isinstance(s, MediaSpec):
+        if media is None:
+            raise MediaError(f"no media with id {s.id!r}")
+        from streamer.ingest.file import probe
+        probe(media["path"])  # still there and readable
+        make = media_factory(media, loudness_target)
+        duration = media.get("duration_s")
+        desc = {"media_id": media["id"], "title": media.get("title") or media.get("filename"),
+                "language": media.get("language"), "format": media.get("format"),
+                "duration_s": duration, "loudness_lufs": media.get("loudness_lufs")}
+    elif isinstance(s, FileSpec):
         path = os.path.abspath(s.path)
         make, info, measured = file_factory(path, loudness_target)
         duration = info.duration_s

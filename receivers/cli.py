@@ -4,6 +4,19 @@
                  [--out FILE.wav|null|default] [--duration SECONDS] [--stats-interval SECONDS]
                  [--jitter-ms 60] [--payload-type PT] [--stats-json FILE]
 
+    loa receiver --server HOST:PORT [--server HOST2:PORT2 ...] --id ID --secret SECRET
+                 [--listen HOST:PORT] [...]          (or --config FILE.toml)
+
+With --server (a registered receiver in the field): registers with the first server, sends
+signed heartbeats from its media socket (so NAT needs no port forwarding), plays the SRTP media
+that server sends, reports link quality, and fails over to the next server in order when one
+stops answering. The config file holds the same settings:
+
+    id = "cum-loa-01"
+    secret = "..."                       # or secret_file = "/etc/loa/secret"
+    servers = ["loa1.example.vn:5004", "loa2.example.vn:5004"]
+    listen = "0.0.0.0:0"                 # optional
+
 Statistics go to stdout as `key=value` lines (`stats ...` periodically, `final ...` on exit);
 notices and errors go to stderr.
 """
@@ -50,7 +63,7 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="loa receiver",
                                  description="Receive a Loa zone's Opus/RTP stream and play it.")
-    src = ap.add_mutually_exclusive_group(required=True)
+    src = ap.add_mutually_exclusive_group()
     src.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                      help="unicast: bind this UDP address")
     src.add_argument("--multicast", type=host_port, metavar="GROUP:PORT",
@@ -69,7 +82,48 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--payload-type", type=int, default=None, metavar="PT",
                     help="accept only this RTP payload type (default: any)")
     ap.add_argument("--stats-json", metavar="FILE", help="write the final counters as JSON")
+    fld = ap.add_argument_group("registered receiver (field)")
+    fld.add_argument("--server", type=host_port, action="append", metavar="HOST:PORT",
+                     help="a Loa server's receiver port; repeat for failover, in order")
+    fld.add_argument("--id", help="this receiver's id (as provisioned on the server)")
+    fld.add_argument("--secret", help="this receiver's secret (prefer --config: argv is public)")
+    fld.add_argument("--config", metavar="FILE.toml", help="id, secret/secret_file, servers")
+    fld.add_argument("--register-retry", type=_positive, default=2.0, metavar="SECONDS",
+                     help=argparse.SUPPRESS)
     return ap
+
+
+def _field_settings(args, ap) -> tuple[str, bytes, list[tuple[str, int]]] | None:  # noqa: ANN001
+    conf: dict = {}
+    if args.config:
+        import tomllib
+        try:
+            with open(args.config, "rb") as f:
+                conf = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            ap.error(f"cannot read --config: {exc}")
+    servers = list(args.server or [])
+    if not servers and conf.get("servers"):
+        try:
+            servers = [host_port(str(x)) for x in conf["servers"]]
+        except argparse.ArgumentTypeError as exc:
+            ap.error(f"config servers: {exc}")
+    if not servers:
+        if args.id or args.secret or args.config:
+            ap.error("a registered receiver needs at least one --server (or servers in --config)")
+        return None
+    rid = args.id or conf.get("id")
+    secret = args.secret or conf.get("secret")
+    if secret is None and conf.get("secret_file"):
+        try:
+            secret = open(conf["secret_file"]).read().strip()
+        except OSError as exc:
+            ap.error(f"cannot read secret_file: {exc}")
+    if not rid or not secret:
+        ap.error("--server needs --id and --secret (or id and secret in --config)")
+    if args.listen is None and conf.get("listen"):
+        args.listen = host_port(str(conf["listen"]))
+    return str(rid), str(secret).encode(), servers
 
 
 def _line(tag: str, snap: dict, keys: tuple[str, ...]) -> str:
@@ -79,6 +133,14 @@ def _line(tag: str, snap: dict, keys: tuple[str, ...]) -> str:
 def main(argv: list[str]) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    field = _field_settings(args, ap)
+    if field is not None:
+        if args.multicast:
+            ap.error("--server receives unicast; it does not go with --multicast")
+        if args.listen is None:
+            args.listen = ("0.0.0.0", 0)
+    elif not (args.listen or args.multicast):
+        ap.error("one of --listen, --multicast or --server is required")
     if args.interface and not args.multicast:
         ap.error("--interface goes with --multicast")
     if args.payload_type is not None and not 0 <= args.payload_type <= 127:
@@ -103,7 +165,10 @@ def main(argv: list[str]) -> int:
         print(f"loa receiver: cannot open output: {exc}", file=sys.stderr)
         return 1
 
-    rx = Receiver(sink, jitter_ms=args.jitter_ms, payload_type=args.payload_type)
+    rx = Receiver(sink, jitter_ms=args.jitter_ms, payload_type=args.payload_type,
+                  adaptive=field is not None)
+    if field is not None:
+        return _main_field(rx, sock, sink, field, args, where)
     print(f"loa receiver: listening on {where}, output {sink.description}, "
           f"jitter target {args.jitter_ms:g} ms", flush=True)
     try:
@@ -116,6 +181,64 @@ def main(argv: list[str]) -> int:
         try:
             with open(args.stats_json, "w") as f:
                 json.dump(dict(snap, spurts=rx.spurts), f, indent=2, sort_keys=True)
+        except OSError as exc:
+            print(f"loa receiver: cannot write {args.stats_json}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:  # noqa: ANN001
+    from receivers.field import FieldReceiver, FieldSession, resolve_servers
+    rid, secret, servers = field
+    try:
+        servers = resolve_servers(servers)
+    except OSError as exc:
+        print(f"loa receiver: cannot resolve a server: {exc}", file=sys.stderr)
+        rx.close()
+        sock.close()
+        return 1
+    session = FieldSession(rid, secret, servers, register_retry_s=args.register_retry)
+    fr = FieldReceiver(session, rx)
+    print(f"loa receiver: {rid} on {where}, servers "
+          f"{', '.join(f'{h}:{p}' for h, p in servers)}, output {sink.description}", flush=True)
+    keys = _LIVE_KEYS + ("registered", "server", "srtp", "auth_failed", "foreign_source")
+
+    async def go() -> dict:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def stats() -> None:
+            seen = 0
+            while args.stats_interval:
+                await asyncio.sleep(args.stats_interval)
+                for ev in session.events[seen:]:
+                    print(f"event {ev[1]} server={ev[2][0]}:{ev[2][1]}", flush=True)
+                seen = len(session.events)
+                print(_line("stats", fr.snapshot(), keys), flush=True)
+        t = asyncio.ensure_future(stats())
+        try:
+            return await fr.run(sock, duration=args.duration, stop=stop)
+        finally:
+            t.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        try:
+            import uvloop
+            snap = uvloop.run(go())
+        except ImportError:
+            snap = asyncio.run(go())
+    finally:
+        rx.close()
+        sock.close()
+    print(_line("final", snap, _FINAL_KEYS + keys[len(_LIVE_KEYS):]), flush=True)
+    if args.stats_json:
+        try:
+            with open(args.stats_json, "w") as f:
+                json.dump(snap, f, indent=2, sort_keys=True)
         except OSError as exc:
             print(f"loa receiver: cannot write {args.stats_json}: {exc}", file=sys.stderr)
             return 1

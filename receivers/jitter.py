@@ -29,9 +29,9 @@ Counters (`JitterStats`) are disjoint: `received` (unique, in time), `lost` (nev
 `late` (arrived after its slot was played; discarded), `duplicate`. Within a spurt,
 received + lost + late equals the span of sequence numbers played.
 
-The target delay is fixed for now (`target_delay`, 60 ms by default). It is read only when a
-spurt starts, so an adaptive policy (60-400 ms from the RFC 3550 interarrival jitter exposed as
-`jitter`) can later set it between spurts without touching the rest.
+The target delay (`target_delay`, 60 ms by default) is read when a spurt starts; within a spurt
+the caller moves the timeline with `shift` (see receivers/adaptive.py: 60-400 ms from measured
+transit spread, and clock drift absorption).
 """
 from __future__ import annotations
 
@@ -196,6 +196,18 @@ class JitterBuffer:
         if not self._playing:
             return None
         return self._anchor + self._played_samples / self.clock_rate
+
+    @property
+    def next_ts(self) -> int | None:
+        """RTP timestamp of the next slot (None while idle)."""
+        return self._next_ts if self._playing else None
+
+    def shift(self, seconds: float) -> None:
+        """Move the playout timeline later (+) or earlier (-) while playing: the adaptive delay
+        and drift correction of the caller (which plays a concealment frame, or merges two
+        frames, to match)."""
+        if self._playing:
+            self._anchor += seconds
 
     # -- arrivals -------------------------------------------------------------------------------
 

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from receivers.jitter import Action, JitterBuffer, Playout
+from receivers.adaptive import SHRINK, STRETCH, PlayoutDelay, crossfade
+from receivers.jitter import Action, Arrival, JitterBuffer, Playout
 from receivers.output import Sink
 from streamer.audio import FRAME_NS, SAMPLE_RATE
 from streamer.rtp.opus import OpusDecoder, OpusError, packet_samples
-from streamer.rtp.packet import RtpError, RtpPacket
+from streamer.rtp.packet import RtpError, RtpPacket, ts_diff
 
 _MAX_PACKET_SAMPLES = SAMPLE_RATE * 120 // 1000
 _RCVBUF = 1 << 20
@@ -34,6 +35,8 @@ class ReceiverStats:
     decode_errors: int = 0        # libopus refused it at playout (concealed instead)
     socket_errors: int = 0
     late_ticks: int = 0           # playout ticks that ran more than 10 frames late
+    stretched: int = 0            # adaptive delay: concealment frames inserted (delay +20 ms)
+    shrunk: int = 0               # adaptive delay: frame pairs merged (delay -20 ms)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -41,7 +44,7 @@ class ReceiverStats:
 
 class Receiver:
     def __init__(self, sink: Sink, *, jitter_ms: float = 60.0, payload_type: int | None = None,
-                 fec: bool = True) -> None:
+                 fec: bool = True, adaptive: bool = False) -> None:
         self.sink = sink
         self.payload_type = payload_type
         self.jitter = JitterBuffer(jitter_ms / 1000.0, fec=fec)
@@ -52,6 +55,10 @@ class Receiver:
         #: switch at the server (an alert cutting in) shows up here.
         self.spurts: list[dict] = []
         self._spurt_by_ts: dict[int, dict] = {}
+        #: adaptive playout delay (60-400 ms from measured jitter) + drift absorption
+        self.delay = PlayoutDelay(lo=max(0.06, jitter_ms / 1000.0)) if adaptive else None
+        self._ref_ts: int | None = None
+        self._merge_next = False
 
     # -- sans-IO core ---------------------------------------------------------------------------
 
@@ -76,7 +83,13 @@ class Receiver:
         if n <= 0 or n > _MAX_PACKET_SAMPLES:
             st.bad_payload += 1
             return
-        self.jitter.push(pkt, arrival, n)
+        res = self.jitter.push(pkt, arrival, n)
+        if self.delay is not None and res is not Arrival.PROBATION:
+            ref = self._ref_ts
+            if ref is None or abs(ts_diff(pkt.timestamp, ref)) > 1 << 30:
+                self._ref_ts = ref = pkt.timestamp
+                self.delay.reset()
+            self.delay.observe(arrival - ts_diff(pkt.timestamp, ref) / self.jitter.clock_rate)
         if pkt.marker and len(self.spurts) < 10_000:
             entry = {"arrival_utc": time.time() - (time.monotonic() - arrival),
                      "seq": pkt.sequence_number, "rtp_ts": pkt.timestamp, "output_s": None}
@@ -86,6 +99,8 @@ class Receiver:
     def tick(self, now: float) -> int:
         """Play every slot due at `now` into the sink; returns samples written."""
         written = 0
+        if self.delay is not None:
+            written += self._adapt(now)
         pop = self.jitter.pop
         while (p := pop(now)) is not None:
             if self._spurt_by_ts:
@@ -94,9 +109,37 @@ class Receiver:
                     entry["output_s"] = round(self.sink.samples_written / SAMPLE_RATE, 4)
                     entry["played_utc"] = time.time()
             pcm = self._render(p)
+            if self._merge_next:
+                self._merge_next = False
+                q = pop(now)
+                if q is not None:
+                    pcm = crossfade(pcm, self._render(q))
             self.sink.write(pcm)
             written += len(pcm)
         return written
+
+    def _adapt(self, now: float) -> int:
+        jb, d = self.jitter, self.delay
+        jb.target_delay = d.target
+        due, nts = jb.next_due, jb.next_ts
+        if due is None or nts is None or now < due or self._ref_ts is None or jb.depth < 2:
+            return 0
+        offset = due - ts_diff(nts, self._ref_ts) / jb.clock_rate
+        a = d.advice(offset, now)
+        if a == STRETCH:
+            jb.shift(jb.frame_samples / jb.clock_rate)
+            self.stats.stretched += 1
+            try:
+                pcm = self.decoder.conceal(jb.frame_samples)
+            except OpusError:
+                pcm = np.zeros(jb.frame_samples, dtype=np.float32)
+            self.sink.write(pcm)
+            return len(pcm)
+        if a == SHRINK:
+            jb.shift(-jb.frame_samples / jb.clock_rate)
+            self.stats.shrunk += 1
+            self._merge_next = True
+        return 0
 
     def _render(self, p: Playout) -> np.ndarray:
         dec = self.decoder

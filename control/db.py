@@ -1,0 +1,402 @@
+"""Persistent state in one SQLite file, through aiosqlite (queries run on its own thread).
+
+The schema is a list of migrations applied in order at start (`PRAGMA user_version` says how
+many ran). Rows go in and out as plain dicts; the rules about what may change live in the
+callers (control/app.py, control/resources.py), the shapes live here.
+
+The audit table is append-only: SQLite triggers refuse UPDATE and DELETE on it, so not even a
+bug in this process can rewrite history.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import aiosqlite
+
+
+def utc_iso(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE zones (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', parent TEXT,
+        multicast TEXT, unicast TEXT NOT NULL DEFAULT '[]', level TEXT NOT NULL DEFAULT '',
+        code TEXT NOT NULL DEFAULT '', language TEXT NOT NULL DEFAULT 'vi',
+        origin TEXT NOT NULL DEFAULT 'api', created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX zones_parent ON zones(parent);
+    CREATE INDEX zones_code ON zones(code);
+    CREATE TABLE groups (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', zones TEXT NOT NULL DEFAULT '[]',
+        origin TEXT NOT NULL DEFAULT 'api', created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE receivers (
+        id TEXT PRIMARY KEY, zone TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',
+        lat REAL, lon REAL, link TEXT NOT NULL DEFAULT 'ethernet', address TEXT,
+        notes TEXT NOT NULL DEFAULT '', status TEXT NOT NULL DEFAULT 'provisioned',
+        secret_enc BLOB, origin TEXT NOT NULL DEFAULT 'api', created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL, retired_at TEXT, last_seen_at TEXT);
+    CREATE INDEX receivers_zone ON receivers(zone);
+    CREATE TABLE media (
+        id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, path TEXT NOT NULL,
+        filename TEXT NOT NULL DEFAULT '', size INTEGER NOT NULL, format TEXT, codec TEXT,
+        duration_s REAL, sample_rate INTEGER, channels INTEGER, loudness_lufs REAL,
+        title TEXT NOT NULL DEFAULT '', language TEXT NOT NULL DEFAULT 'vi',
+        tags TEXT NOT NULL DEFAULT '[]', created_by TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE broadcasts (
+        id TEXT PRIMARY KEY, state TEXT NOT NULL, level TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL DEFAULT '', data TEXT NOT NULL, created_at TEXT NOT NULL,
+        ended_at TEXT, updated_at TEXT NOT NULL);
+    CREATE INDEX broadcasts_state ON broadcasts(state);
+    CREATE INDEX broadcasts_created ON broadcasts(created_at);
+    CREATE TABLE asrun (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, type TEXT NOT NULL,
+        broadcast TEXT, data TEXT NOT NULL);
+    CREATE INDEX asrun_broadcast ON asrun(broadcast);
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        role TEXT NOT NULL, scope TEXT NOT NULL DEFAULT '[]', password_hash TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL DEFAULT '', hash TEXT NOT NULL, created_at TEXT NOT NULL,
+        last_used_at TEXT, revoked_at TEXT);
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE sessions (
+        hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id),
+        created_at TEXT NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
+        role TEXT NOT NULL DEFAULT '', action TEXT NOT NULL, method TEXT NOT NULL DEFAULT '',
+        target TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',
+        result TEXT NOT NULL, status INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '{}');
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+]
+
+TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
+_JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail"}
+
+
+def _row(r: aiosqlite.Row | None) -> dict | None:
+    if r is None:
+        return None
+    d = dict(r)
+    for k in _JSON_COLS & d.keys():
+        if isinstance(d[k], str):
+            d[k] = json.loads(d[k])
+    return d
+
+
+def _dump(v: Any) -> Any:
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+
+
+class Database:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.conn: aiosqlite.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> "Database":
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = await aiosqlite.connect(self.path, isolation_level=None)
+        self.conn.row_factory = aiosqlite.Row
+        await self.conn.execute("PRAGMA journal_mode=WAL")
+        await self.conn.execute("PRAGMA synchronous=NORMAL")
+        await self.conn.execute("PRAGMA foreign_keys=ON")
+        await self.conn.execute("PRAGMA busy_timeout=5000")
+        await self.migrate()
+        return self
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    async def migrate(self) -> int:
+        (version,) = await (await self.conn.execute("PRAGMA user_version")).fetchone()
+        for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={i};\nCOMMIT;")
+        return len(MIGRATIONS)
+
+    # ------------------------------------------------------------------ helpers
+    async def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
+        cur = await self.conn.execute(sql, tuple(args))
+        return [_row(r) for r in await cur.fetchall()]
+
+    async def _one(self, sql: str, args: Iterable = ()) -> dict | None:
+        cur = await self.conn.execute(sql, tuple(args))
+        return _row(await cur.fetchone())
+
+    async def _exec(self, sql: str, args: Iterable = ()) -> int:
+        cur = await self.conn.execute(sql, tuple(args))
+        return cur.rowcount
+
+    async def _upsert(self, table: str, row: dict, key: str = "id",
+                      keep: tuple[str, ...] = ("created_at",)) -> None:
+        now = utc_iso()
+        row = {"created_at": now, "updated_at": now, **row}
+        cols = list(row)
+        sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c != key and c not in keep)
+        await self._exec(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT({key}) DO UPDATE SET {sets}", [_dump(row[c]) for c in cols])
+
+    async def transaction(self, statements: list[tuple[str, Iterable]]) -> None:
+        """Run several writes atomically (a CSV import is all or nothing)."""
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                await self.conn.execute(sql, tuple(args))
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
+
+    @staticmethod
+    def upsert_sql(table: str, row: dict, key: str = "id") -> tuple[str, list]:
+        now = utc_iso()
+        row = {"created_at": now, "updated_at": now, **row}
+        cols = list(row)
+        sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in (key, "created_at"))
+        return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                f"({', '.join('?' * len(cols))}) ON CONFLICT({key}) DO UPDATE SET {sets}",
+                [_dump(row[c]) for c in cols])
+
+    # ------------------------------------------------------------------ zones and groups
+    async def zones(self) -> list[dict]:
+        return await self._all("SELECT * FROM zones ORDER BY rowid")
+
+    async def zone(self, zid: str) -> dict | None:
+        return await self._one("SELECT * FROM zones WHERE id=?", (zid,))
+
+    async def upsert_zone(self, row: dict) -> None:
+        await self._upsert("zones", row)
+
+    async def delete_zone(self, zid: str) -> None:
+        await self._exec("DELETE FROM zones WHERE id=?", (zid,))
+
+    async def groups(self) -> list[dict]:
+        return await self._all("SELECT * FROM groups ORDER BY rowid")
+
+    async def upsert_group(self, row: dict) -> None:
+        await self._upsert("groups", row)
+
+    async def delete_group(self, gid: str) -> int:
+        return await self._exec("DELETE FROM groups WHERE id=?", (gid,))
+
+    # ------------------------------------------------------------------ receivers
+    async def receivers(self, zone: str | None = None, status: str | None = None,
+                        zones: set[str] | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM receivers WHERE 1=1", []
+        if zone is not None:
+            sql += " AND zone=?"
+            args.append(zone)
+        if status is not None:
+            sql += " AND status=?"
+            args.append(status)
+        rows = await self._all(sql + " ORDER BY rowid", args)
+        if zones is not None:
+            rows = [r for r in rows if r["zone"] in zones]
+        return rows
+
+    async def receiver(self, rid: str) -> dict | None:
+        return await self._one("SELECT * FROM receivers WHERE id=?", (rid,))
+
+    async def upsert_receiver(self, row: dict) -> None:
+        await self._upsert("receivers", row)
+
+    async def update_receiver(self, rid: str, **fields: Any) -> None:
+        fields["updated_at"] = utc_iso()
+        sets = ", ".join(f"{k}=?" for k in fields)
+        await self._exec(f"UPDATE receivers SET {sets} WHERE id=?",
+                         [_dump(v) for v in fields.values()] + [rid])
+
+    async def count_receivers_in(self, zid: str) -> int:
+        r = await self._one("SELECT COUNT(*) AS n FROM receivers WHERE zone=? AND status!='retired'",
+                            (zid,))
+        return r["n"]
+
+    # ------------------------------------------------------------------ media
+    async def media_list(self, language: str | None = None, tag: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM media WHERE 1=1", []
+        if language:
+            sql += " AND language=?"
+            args.append(language)
+        rows = await self._all(sql + " ORDER BY created_at DESC, rowid DESC", args)
+        if tag:
+            rows = [r for r in rows if tag in r["tags"]]
+        return rows
+
+    async def media(self, mid: str) -> dict | None:
+        return await self._one("SELECT * FROM media WHERE id=?", (mid,))
+
+    async def media_by_hash(self, sha: str) -> dict | None:
+        return await self._one("SELECT * FROM media WHERE sha256=?", (sha,))
+
+    async def insert_media(self, row: dict) -> None:
+        now = utc_iso()
+        row = {"created_at": now, "updated_at": now, **row}
+        cols = list(row)
+        await self._exec(f"INSERT INTO media ({', '.join(cols)}) VALUES "
+                         f"({', '.join('?' * len(cols))})", [_dump(row[c]) for c in cols])
+
+    async def update_media(self, mid: str, **fields: Any) -> None:
+        fields["updated_at"] = utc_iso()
+        sets = ", ".join(f"{k}=?" for k in fields)
+        await self._exec(f"UPDATE media SET {sets} WHERE id=?",
+                         [_dump(v) for v in fields.values()] + [mid])
+
+    async def delete_media(self, mid: str) -> None:
+        await self._exec("DELETE FROM media WHERE id=?", (mid,))
+
+    # ------------------------------------------------------------------ broadcasts / as-run
+    async def record_event(self, ev: dict, snapshot: dict | None) -> None:
+        """One engine event: append to the as-run log and refresh the broadcast's row."""
+        now = utc_iso()
+        await self.conn.execute("BEGIN")
+        try:
+            await self.conn.execute(
+                "INSERT INTO asrun (time, type, broadcast, data) VALUES (?, ?, ?, ?)",
+                (ev.get("time") or now, ev.get("type", ""), ev.get("broadcast"),
+                 json.dumps(ev, ensure_ascii=False, default=str)))
+            if snapshot is not None:
+                state = snapshot.get("state") or ""
+                await self.conn.execute(
+                    "INSERT INTO broadcasts (id, state, level, owner, data, created_at, ended_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "state=excluded.state, data=excluded.data, ended_at=excluded.ended_at, "
+                    "updated_at=excluded.updated_at",
+                    (snapshot["id"], state, snapshot.get("level", ""), snapshot.get("owner", ""),
+                     json.dumps(snapshot, ensure_ascii=False, default=str),
+                     snapshot.get("created_at") or now, snapshot.get("ended_at"), now))
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
+
+    async def mark_interrupted(self) -> list[str]:
+        """Broadcasts on air when the process died: say so instead of losing them."""
+        rows = await self._all("SELECT * FROM broadcasts WHERE state NOT IN (?, ?, ?, ?)",
+                               TERMINAL_STATES)
+        now = utc_iso()
+        for r in rows:
+            data = dict(r["data"], state="interrupted",
+                        error=r["data"].get("error") or "the server stopped while it was on air",
+                        on_air_zones=[])
+            data["ended_at"] = data.get("ended_at") or now
+            await self.record_event(
+                {"type": "broadcast.interrupted", "time": now, "broadcast": r["id"],
+                 "level": r["level"], "owner": r["owner"], "zones": data.get("reached_zones", []),
+                 "reason": "the server stopped while it was on air"}, data)
+        return [r["id"] for r in rows]
+
+    async def broadcasts(self, limit: int = 200, state: str | None = None) -> list[dict]:
+        sql, args = "SELECT data FROM broadcasts", []
+        if state:
+            sql += " WHERE state=?"
+            args.append(state)
+        rows = await self._all(sql + " ORDER BY created_at DESC LIMIT ?", args + [limit])
+        return [r["data"] for r in rows]
+
+    async def broadcast(self, bid: str) -> dict | None:
+        r = await self._one("SELECT data FROM broadcasts WHERE id=?", (bid,))
+        return r["data"] if r else None
+
+    async def asrun(self, since: int = 0, broadcast: str | None = None, limit: int = 1000,
+                    type_: str | None = None) -> list[dict]:
+        sql, args = "SELECT seq, data FROM asrun WHERE seq>?", [since]
+        if broadcast:
+            sql += " AND broadcast=?"
+            args.append(broadcast)
+        if type_:
+            sql += " AND type=?"
+            args.append(type_)
+        rows = await self._all(sql + " ORDER BY seq LIMIT ?", args + [limit])
+        return [dict(r["data"], seq=r["seq"], engine_seq=r["data"].get("seq")) for r in rows]
+
+    # ------------------------------------------------------------------ users, tokens, sessions
+    async def users(self) -> list[dict]:
+        return await self._all("SELECT * FROM users ORDER BY id")
+
+    async def user(self, uid: int) -> dict | None:
+        return await self._one("SELECT * FROM users WHERE id=?", (uid,))
+
+    async def user_by_name(self, name: str) -> dict | None:
+        return await self._one("SELECT * FROM users WHERE username=?", (name,))
+
+    async def count_users(self) -> int:
+        return (await self._one("SELECT COUNT(*) AS n FROM users"))["n"]
+
+    async def insert_user(self, username: str, role: str, scope: list[str],
+                          password_hash: str | None) -> int:
+        now = utc_iso()
+        cur = await self.conn.execute(
+            "INSERT INTO users (username, role, scope, password_hash, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (username, role, json.dumps(scope), password_hash, now, now))
+        return cur.lastrowid
+
+    async def update_user(self, uid: int, **fields: Any) -> None:
+        fields["updated_at"] = utc_iso()
+        sets = ", ".join(f"{k}=?" for k in fields)
+        await self._exec(f"UPDATE users SET {sets} WHERE id=?",
+                         [_dump(v) for v in fields.values()] + [uid])
+
+    async def insert_token(self, tid: str, user_id: int, name: str, hash_: str) -> None:
+        await self._exec("INSERT INTO tokens (id, user_id, name, hash, created_at) "
+                         "VALUES (?, ?, ?, ?, ?)", (tid, user_id, name, hash_, utc_iso()))
+
+    async def token(self, tid: str) -> dict | None:
+        return await self._one("SELECT * FROM tokens WHERE id=?", (tid,))
+
+    async def tokens(self, user_id: int) -> list[dict]:
+        return await self._all("SELECT id, user_id, name, created_at, last_used_at, revoked_at "
+                               "FROM tokens WHERE user_id=? ORDER BY created_at", (user_id,))
+
+    async def revoke_token(self, tid: str) -> None:
+        await self._exec("UPDATE tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                         (utc_iso(), tid))
+
+    async def touch_token(self, tid: str) -> None:
+        await self._exec("UPDATE tokens SET last_used_at=? WHERE id=?", (utc_iso(), tid))
+
+    async def insert_session(self, hash_: str, user_id: int, expires: float) -> None:
+        await self._exec("INSERT INTO sessions (hash, user_id, created_at, expires) "
+                         "VALUES (?, ?, ?, ?)", (hash_, user_id, utc_iso(), expires))
+
+    async def session(self, hash_: str) -> dict | None:
+        return await self._one("SELECT * FROM sessions WHERE hash=? AND expires>?",
+                               (hash_, time.time()))
+
+    async def delete_session(self, hash_: str) -> None:
+        await self._exec("DELETE FROM sessions WHERE hash=? OR expires<?", (hash_, time.time()))
+
+    # ------------------------------------------------------------------ audit
+    async def audit(self, **entry: Any) -> None:
+        entry.setdefault("time", utc_iso())
+        entry["detail"] = json.dumps(entry.get("detail") or {}, ensure_ascii=False, default=str)
+        cols = list(entry)
+        await self._exec(f"INSERT INTO audit ({', '.join(cols)}) VALUES "
+                         f"({', '.join('?' * len(cols))})", [entry[c] for c in cols])
+
+    async def audit_log(self, since: int = 0, limit: int = 500, actor: str | None = None,
+                        action: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM audit WHERE seq>?", [since]
+        if actor:
+            sql += " AND actor=?"
+            args.append(actor)
+        if action:
+            sql += " AND action=?"
+            args.append(action)
+        return await self._all(sql + " ORDER BY seq LIMIT ?", args + [limit])

@@ -1,0 +1,136 @@
+"""Request bodies of the control API (the OpenAPI document is generated from these) and the
+pure function that turns stored rows into the engine's ZoneTree."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from control.auth import ROLES
+from control.settings import ReceiverConfig, ZoneConfig
+from streamer.zones import Zone, ZoneTree, parse_hostport
+
+Id = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+Lang = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ZoneCreate(ZoneConfig):
+    model_config = ConfigDict(extra="forbid")
+    language: Lang = "vi"
+
+
+class ZoneUpdate(_Strict):
+    name: str | None = Field(None, max_length=200)
+    multicast: str | None = None
+    unicast: list[str] | None = None
+    level: str | None = Field(None, max_length=40)
+    code: str | None = Field(None, max_length=40)
+    language: Lang | None = None
+
+    @field_validator("multicast")
+    @classmethod
+    def _mcast(cls, v):
+        return ZoneConfig._mcast(v) if v else v
+
+    @field_validator("unicast")
+    @classmethod
+    def _ucast(cls, v):
+        return ZoneConfig._ucast(v) if v is not None else v
+
+
+class ZoneMove(_Strict):
+    parent: Id | None
+
+
+class GroupPut(_Strict):
+    name: str = Field("", max_length=200)
+    zones: list[Id] = Field(default_factory=list, max_length=10_000)
+
+
+class ReceiverProvision(ReceiverConfig):
+    model_config = ConfigDict(extra="forbid")
+    id: Id | None = None  # generated when absent
+
+
+class ReceiverUpdate(_Strict):
+    name: str | None = Field(None, max_length=200)
+    address: str | None = None
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    link: Literal["sim", "ethernet", "wifi"] | None = None
+    notes: str | None = Field(None, max_length=2000)
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v):
+        if v is not None:
+            parse_hostport(v, "receiver address")
+        return v
+
+
+class ReceiverMove(_Strict):
+    zone: Id
+
+
+class MediaUpdate(_Strict):
+    title: str | None = Field(None, max_length=300)
+    language: Lang | None = None
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+
+Username = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]*$")]
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+
+
+class UserCreate(_Strict):
+    username: Username
+    password: Password | None = None
+    role: Literal[ROLES]  # type: ignore[valid-type]
+    scope: list[Id] = Field(default_factory=list, max_length=1000)
+
+
+class UserUpdate(_Strict):
+    password: Password | None = None
+    role: Literal[ROLES] | None = None  # type: ignore[valid-type]
+    scope: list[Id] | None = Field(None, max_length=1000)
+    disabled: bool | None = None
+
+
+class TokenCreate(_Strict):
+    name: str = Field("", max_length=100)
+
+
+class Login(_Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+def zone_from_row(r: dict, extra_unicast: list[str] = ()) -> Zone:
+    uni = [parse_hostport(u, "unicast destination") for u in r.get("unicast") or []]
+    for a in extra_unicast:
+        hp = parse_hostport(a, "receiver address")
+        if hp not in uni:
+            uni.append(hp)
+    return Zone(id=r["id"], name=r.get("name") or r["id"], parent=r.get("parent"),
+                multicast=parse_hostport(r["multicast"], "multicast") if r.get("multicast") else None,
+                unicast=uni, level=r.get("level") or "", code=r.get("code") or "",
+                language=r.get("language") or "vi")
+
+
+def tree_from_rows(zones: list[dict], groups: list[dict], receivers: list[dict]) -> ZoneTree:
+    """Raises ZoneError when the rows do not make a tree (unknown parent, cycle, bad group)."""
+    addrs: dict[str, list[str]] = {}
+    for rx in receivers:
+        if rx.get("status") != "retired" and rx.get("address"):
+            addrs.setdefault(rx["zone"], []).append(rx["address"])
+    tree = ZoneTree()
+    for r in zones:
+        tree.add(zone_from_row(r, addrs.get(r["id"], ())))
+    tree.validate()
+    for g in groups:
+        tree.set_group(g["id"], [z for z in g["zones"]])
+    return tree

@@ -1,0 +1,380 @@
+"""State-changing operations shared by the HTTP API and the CLI (one code path for both).
+
+Every change to zones, groups or receivers is checked by building the would-be tree in memory
+first (so a bad change never reaches the database), then written, then the engine's tree is
+swapped in one `edit_tree` call. An asyncio lock serialises these edits inside one process.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from control import auth
+from control.db import Database, utc_iso
+from control.errors import ApiError
+from control.models import tree_from_rows
+from control.settings import Settings
+from streamer.zones import ZoneError, ZoneTree
+
+CSV_LEVELS = ("province", "district", "commune", "ward", "town", "village", "cluster", "")
+
+
+def public_receiver(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k != "secret_enc"}
+
+
+def public_user(u: dict) -> dict:
+    return {"id": u["id"], "username": u["username"], "role": u["role"], "scope": u["scope"],
+            "disabled": bool(u["disabled"]), "has_password": bool(u.get("password_hash")),
+            "created_at": u["created_at"], "updated_at": u["updated_at"]}
+
+
+class ControlState:
+    def __init__(self, db: Database, settings: Settings, box: auth.SecretBox,
+                 apply_tree: Callable[[ZoneTree], None] | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.box = box
+        self.apply_tree = apply_tree  # swaps the engine's tree (None in the CLI)
+        self.lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ tree
+    async def _rows(self) -> tuple[list[dict], list[dict], list[dict]]:
+        return await self.db.zones(), await self.db.groups(), await self.db.receivers()
+
+    @staticmethod
+    def _check(zones: list[dict], groups: list[dict], receivers: list[dict]) -> ZoneTree:
+        try:
+            return tree_from_rows(zones, groups, receivers)
+        except ZoneError as e:
+            raise ApiError(409, "invalid_tree", str(e)) from None
+
+    async def reload_tree(self) -> ZoneTree:
+        tree = self._check(*await self._rows())
+        if self.apply_tree is not None:
+            self.apply_tree(tree)
+        return tree
+
+    # ------------------------------------------------------------------ configuration as code
+    async def apply_config(self) -> None:
+        """TOML zones/groups/static receivers, as an idempotent upsert: the file wins for what it
+        names; what the API created stays."""
+        s = self.settings
+        async with self.lock:
+            zones = {z["id"]: z for z in await self.db.zones()}
+            cfg_zones = list(s.zones)
+            if not cfg_zones and not zones and s.demo_zone:
+                cfg_zones = s.effective_zones()
+            for zc in cfg_zones:
+                zones[zc.id] = dict(zones.get(zc.id, {}), **zc.model_dump(), origin="config")
+            groups = {g["id"]: g for g in await self.db.groups()}
+            for gc in s.groups:
+                groups[gc.id] = dict(groups.get(gc.id, {}), id=gc.id, name=gc.name,
+                                     zones=list(gc.zones), origin="config")
+            receivers = {r["id"]: r for r in await self.db.receivers()}
+            new_rx = []
+            for rc in s.receivers:
+                row = dict(receivers.get(rc.id, {}), **rc.model_dump(), origin="config")
+                row.setdefault("status", "provisioned")
+                if row["status"] == "retired":
+                    row["status"] = "provisioned"  # the file names it, so it is in service
+                if rc.id not in receivers:
+                    new_rx.append(rc.id)
+                receivers[rc.id] = row
+            try:
+                tree_from_rows(list(zones.values()), list(groups.values()), list(receivers.values()))
+            except ZoneError as e:
+                raise ApiError(409, "invalid_tree", f"configuration: {e}") from None
+            stmts = [Database.upsert_sql("zones", _zone_cols(z)) for z in zones.values()
+                     if z.get("origin") == "config"]
+            stmts += [Database.upsert_sql("groups", {k: g[k] for k in ("id", "name", "zones", "origin")})
+                      for g in groups.values() if g.get("origin") == "config"]
+            for r in receivers.values():
+                if r.get("origin") != "config":
+                    continue
+                cols = {k: r.get(k) for k in ("id", "zone", "name", "address", "lat", "lon",
+                                                "link", "notes", "status", "origin")}
+                if r["id"] in new_rx:
+                    # a static receiver still gets a secret: the receiver-security work needs one
+                    cols["secret_enc"] = self.box.seal(secrets.token_bytes(32), r["id"])
+                stmts.append(Database.upsert_sql("receivers", cols))
+            if stmts:
+                await self.db.transaction(stmts)
+            await self.reload_tree()
+
+    # ------------------------------------------------------------------ zones
+    async def create_zone(self, data: dict) -> dict:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            if any(z["id"] == data["id"] for z in zones) or any(g["id"] == data["id"] for g in groups):
+                raise ApiError(409, "zone_exists", f"a zone or group {data['id']!r} already exists")
+            row = _zone_cols(dict(data, origin="api"))
+            self._check(zones + [row], groups, rxs)
+            await self.db.upsert_zone(row)
+            await self.reload_tree()
+            return await self.db.zone(data["id"])
+
+    async def update_zone(self, zid: str, changes: dict) -> dict:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            cur = next((z for z in zones if z["id"] == zid), None)
+            if cur is None:
+                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+            new = dict(cur, **changes)
+            self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
+            await self.db.upsert_zone(_zone_cols(new))
+            await self.reload_tree()
+            return await self.db.zone(zid)
+
+    async def move_zone(self, zid: str, parent: str | None) -> dict:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            cur = next((z for z in zones if z["id"] == zid), None)
+            if cur is None:
+                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+            if parent is not None and not any(z["id"] == parent for z in zones):
+                raise ApiError(404, "unknown_zone", f"no parent zone with id {parent!r}")
+            new = dict(cur, parent=parent)
+            self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
+            await self.db.upsert_zone(_zone_cols(new))
+            await self.reload_tree()
+            return await self.db.zone(zid)
+
+    async def delete_zone(self, zid: str) -> None:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            if not any(z["id"] == zid for z in zones):
+                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+            n = sum(1 for r in rxs if r["zone"] == zid and r["status"] != "retired")
+            if n:
+                raise ApiError(409, "zone_has_receivers",
+                               f"zone {zid!r} still has {n} receiver(s); move or retire them first")
+            kids = [z["id"] for z in zones if z.get("parent") == zid]
+            if kids:
+                raise ApiError(409, "zone_has_children",
+                               f"zone {zid!r} still has child zones: {', '.join(kids[:10])}")
+            stmts = [("DELETE FROM zones WHERE id=?", (zid,))]
+            for g in groups:
+                if zid in g["zones"]:
+                    stmts.append(("UPDATE groups SET zones=?, updated_at=? WHERE id=?",
+                                  (json.dumps([z for z in g["zones"] if z != zid]), utc_iso(), g["id"])))
+            await self.db.transaction(stmts)
+            await self.reload_tree()
+
+    async def put_group(self, gid: str, name: str, members: list[str]) -> dict:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            if any(z["id"] == gid for z in zones):
+                raise ApiError(409, "zone_exists", f"{gid!r} is already a zone id")
+            row = {"id": gid, "name": name, "zones": members, "origin": "api"}
+            self._check(zones, [g for g in groups if g["id"] != gid] + [row], rxs)
+            await self.db.upsert_group(row)
+            await self.reload_tree()
+            return row
+
+    async def delete_group(self, gid: str) -> None:
+        async with self.lock:
+            if not await self.db.delete_group(gid):
+                raise ApiError(404, "unknown_group", f"no group with id {gid!r}")
+            await self.reload_tree()
+
+    async def import_csv(self, text: str) -> dict:
+        """CSV columns: code,name,parent_code,level (header row required). The zone id is the
+        administrative code. All rows or none."""
+        rows = parse_zone_csv(text)
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            by_id = {z["id"]: z for z in zones}
+            created = updated = 0
+            for r in rows:
+                if r["id"] in by_id:
+                    updated += 1
+                    by_id[r["id"]] = dict(by_id[r["id"]], **r)
+                else:
+                    created += 1
+                    by_id[r["id"]] = dict(r, origin="api")
+            if any(g["id"] in by_id for g in groups):
+                raise ApiError(409, "zone_exists", "a code in the file is already a group id")
+            self._check(list(by_id.values()), groups, rxs)
+            await self.db.transaction([Database.upsert_sql("zones", _zone_cols(by_id[r["id"]]))
+                                       for r in rows])
+            await self.reload_tree()
+            return {"created": created, "updated": updated, "rows": len(rows)}
+
+    # ------------------------------------------------------------------ receivers
+    async def provision_receiver(self, data: dict) -> dict:
+        """Returns the receiver with its secret; the secret is never shown again."""
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            rid = data.get("id") or f"rx-{secrets.token_hex(5)}"
+            if any(r["id"] == rid for r in rxs):
+                raise ApiError(409, "receiver_exists", f"receiver {rid!r} already exists")
+            if not any(z["id"] == data["zone"] for z in zones):
+                raise ApiError(404, "unknown_zone", f"no zone with id {data['zone']!r}")
+            secret = secrets.token_bytes(32)
+            row = {"id": rid, "zone": data["zone"], "name": data.get("name") or "",
+                   "address": data.get("address"), "lat": data.get("lat"), "lon": data.get("lon"),
+                   "link": data.get("link") or "ethernet", "notes": data.get("notes") or "",
+                   "status": "provisioned", "origin": "api",
+                   "secret_enc": self.box.seal(secret, rid)}
+            self._check(zones, groups, rxs + [row])
+            await self.db.upsert_receiver(row)
+            await self.reload_tree()
+            out = public_receiver(await self.db.receiver(rid))
+            out["secret"] = auth._b64(secret)
+            return out
+
+    async def receiver_secret(self, rid: str) -> bytes:
+        """For the receiver-security work: the raw secret, to verify HMACs."""
+        r = await self.db.receiver(rid)
+        if r is None or not r.get("secret_enc"):
+            raise KeyError(rid)
+        return self.box.open(r["secret_enc"], rid)
+
+    async def update_receiver(self, rid: str, changes: dict) -> dict:
+        async with self.lock:
+            zones, groups, rxs = await self._rows()
+            cur = next((r for r in rxs if r["id"] == rid), None)
+            if cur is None:
+                raise ApiError(404, "unknown_receiver", f"no receiver with id {rid!r}")
+            if "zone" in changes and not any(z["id"] == changes["zone"] for z in zones):
+                raise ApiError(404, "unknown_zone", f"no zone with id {changes['zone']!r}")
+            if cur["status"] == "retired" and "status" not in changes:
+                raise ApiError(409, "receiver_retired", f"receiver {rid!r} is retired")
+            new = dict(cur, **changes)
+            self._check(zones, groups, [new if r["id"] == rid else r for r in rxs])
+            await self.db.update_receiver(rid, **changes)
+            await self.reload_tree()
+            return public_receiver(await self.db.receiver(rid))
+
+    async def retire_receiver(self, rid: str) -> dict:
+        r = await self.db.receiver(rid)
+        if r is None:
+            raise ApiError(404, "unknown_receiver", f"no receiver with id {rid!r}")
+        if r["status"] == "retired":
+            raise ApiError(409, "receiver_retired", f"receiver {rid!r} is already retired")
+        # the secret goes with it: a retired receiver can never authenticate again
+        return await self.update_receiver(rid, {"status": "retired", "retired_at": utc_iso(),
+                                                "secret_enc": None})
+
+    # ------------------------------------------------------------------ users and tokens
+    async def create_user(self, username: str, role: str, scope: list[str],
+                          password: str | None) -> dict:
+        if role not in auth.ROLES:
+            raise ApiError(422, "invalid_role", f"role must be one of {', '.join(auth.ROLES)}")
+        if await self.db.user_by_name(username) is not None:
+            raise ApiError(409, "user_exists", f"user {username!r} already exists")
+        ph = await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password) \
+            if password else None
+        uid = await self.db.insert_user(username, role, scope, ph)
+        return public_user(await self.db.user(uid))
+
+    async def update_user(self, uid: int, changes: dict) -> dict:
+        if await self.db.user(uid) is None:
+            raise ApiError(404, "unknown_user", f"no user with id {uid}")
+        fields = {k: v for k, v in changes.items() if k in ("role", "scope", "disabled")}
+        if "disabled" in fields:
+            fields["disabled"] = int(bool(fields["disabled"]))
+        if changes.get("password"):
+            fields["password_hash"] = await asyncio.get_running_loop().run_in_executor(
+                None, auth.hash_password, changes["password"])
+        if fields:
+            await self.db.update_user(uid, **fields)
+        if fields.get("disabled") or "password_hash" in fields:
+            await self.db.conn.execute("DELETE FROM sessions WHERE user_id=?", (uid,))
+        return public_user(await self.db.user(uid))
+
+    async def create_token(self, uid: int, name: str) -> dict:
+        if await self.db.user(uid) is None:
+            raise ApiError(404, "unknown_user", f"no user with id {uid}")
+        tid, token, h = auth.new_token()
+        await self.db.insert_token(tid, uid, name, h)
+        return {"id": tid, "user_id": uid, "name": name, "token": token,
+                "note": "store this token now: it is shown only once"}
+
+    async def rotate_token(self, tid: str) -> dict:
+        t = await self.db.token(tid)
+        if t is None:
+            raise ApiError(404, "unknown_token", f"no token with id {tid!r}")
+        if t["revoked_at"]:
+            raise ApiError(409, "token_revoked", f"token {tid!r} is revoked; create a new one")
+        new = await self.create_token(t["user_id"], t["name"])
+        await self.db.revoke_token(tid)
+        return dict(new, replaces=tid)
+
+
+def _zone_cols(z: dict) -> dict:
+    return {k: z.get(k) for k in ("id", "name", "parent", "multicast", "unicast", "level",
+                                   "code", "language", "origin")} | {
+        "unicast": z.get("unicast") or [], "name": z.get("name") or "",
+        "level": z.get("level") or "", "code": z.get("code") or "",
+        "language": z.get("language") or "vi", "origin": z.get("origin") or "api"}
+
+
+def parse_zone_csv(text: str) -> list[dict]:
+    """Sans-IO: CSV text → zone rows; raises ApiError(422) naming the first bad line."""
+    import re
+    if not text.strip():
+        raise ApiError(422, "invalid_csv", "the CSV file is empty")
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except (csv.Error, StopIteration) as e:
+        raise ApiError(422, "invalid_csv", f"cannot read the CSV header: {e}") from None
+    need = ["code", "name", "parent_code", "level"]
+    if header[:4] != need:
+        raise ApiError(422, "invalid_csv",
+                       f"the header must be {','.join(need)} (got {','.join(header[:4])})")
+    rows, seen = [], set()
+    pat = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    try:
+        for n, rec in enumerate(reader, start=2):
+            if not any(c.strip() for c in rec):
+                continue
+            if len(rec) < 4:
+                raise ApiError(422, "invalid_csv", f"line {n}: expected 4 columns, got {len(rec)}")
+            code, name, parent, level = (c.strip() for c in rec[:4])
+            if not pat.match(code) or len(code) > 100:
+                raise ApiError(422, "invalid_csv", f"line {n}: bad code {code!r}")
+            if parent and (not pat.match(parent) or len(parent) > 100):
+                raise ApiError(422, "invalid_csv", f"line {n}: bad parent code {parent!r}")
+            if code in seen:
+                raise ApiError(422, "invalid_csv", f"line {n}: code {code!r} appears twice")
+            if len(name) > 200 or len(level) > 40:
+                raise ApiError(422, "invalid_csv", f"line {n}: name or level too long")
+            seen.add(code)
+            rows.append({"id": code, "code": code, "name": name or code,
+                         "parent": parent or None, "level": level.lower()})
+            if len(rows) > 200_000:
+                raise ApiError(413, "csv_too_large", "more than 200000 rows")
+    except csv.Error as e:
+        raise ApiError(422, "invalid_csv", f"line {reader.line_num}: {e}") from None
+    if not rows:
+        raise ApiError(422, "invalid_csv", "the CSV file has a header but no rows")
+    return rows
+
+
+def media_root(settings: Settings) -> Path:
+    return settings.data_dir / "media"
+
+
+def path_allowed(path: str, media_dirs: list[Path]) -> str | None:
+    """The real path if it lies under one of media_dirs (after resolving symlinks and ..)."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+    for d in media_dirs:
+        root = os.path.realpath(d)
+        try:
+            if os.path.commonpath([real, root]) == root:
+                return real
+        except ValueError:
+            continue
+    return None

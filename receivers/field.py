@@ -1,0 +1,330 @@
+"""A receiver in the field: registers with a Loa server, stays joined, reports, fails over.
+
+`FieldSession` is the sans-IO protocol state (register → heartbeats, server freshness and
+authenticity, failover in configured order, media keys). `FieldReceiver` glues it to the
+reference `Receiver` (jitter buffer + decode): one UDP socket carries everything, so the NAT
+mapping the control messages open is the one media comes back through. Only datagrams from the
+server it is registered with are looked at; with SRTP on, media that does not authenticate is
+dropped before the jitter buffer sees it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from receivers.receiver import Receiver
+from streamer.audio import FRAME_NS, SAMPLE_RATE
+from streamer.rtp import control_protocol as cp
+from streamer.rtp.rtcp import RtcpError, SenderReport, is_rtcp
+from streamer.rtp.srtp import MediaAuthError, MediaUnprotector
+
+Addr = tuple[str, int]
+VERSION = "loa-receiver/0.1"
+
+
+class FieldSession:
+    COUNTERS = ("registers_sent", "heartbeats_sent", "reports_sent", "welcomes", "now_messages",
+                "control_rejected", "failovers", "server_lost")
+
+    def __init__(self, receiver_id: str, secret: bytes, servers: list[Addr], *,
+                 register_retry_s: float = 2.0, register_attempts: int = 3,
+                 heartbeat_s: float = 15.0, missed: int = 3, window_s: float = 30.0) -> None:
+        if not servers:
+            raise ValueError("at least one server")
+        self.receiver_id = receiver_id
+        self.secret = secret
+        self.servers = [(str(h), int(p)) for h, p in servers]
+        self.register_retry_s = register_retry_s
+        self.register_attempts = register_attempts
+        self.heartbeat_s = heartbeat_s
+        self.report_s = 5.0
+        self.missed = missed
+        self.window_s = window_s
+        self.index = 0
+        self.registered = False
+        self.srtp = False
+        self.keys = MediaUnprotector()
+        self.on_air: list[dict] = []
+        self.welcome: dict = {}
+        self.counters = dict.fromkeys(self.COUNTERS, 0)
+        self.events: list[tuple[float, str, Addr]] = []   # (wall, what, server) for logs/tests
+        self._guard = cp.ReplayGuard(window_s)
+        self._attempts = 0
+        self._next_register = 0.0
+        self._next_heartbeat = 0.0
+        self._next_report = 0.0
+        self._last_welcome = 0.0
+        self._report_now = False
+
+    @property
+    def server(self) -> Addr:
+        return self.servers[self.index]
+
+    def _msg(self, t: cp.MsgType, wall: float, body: dict | None = None) -> tuple[bytes, Addr]:
+        return (cp.encode(t, self.receiver_id, self.secret, body, timestamp_ms=int(wall * 1000)),
+                self.server)
+
+    def _failover(self, now: float, wall: float, why: str) -> None:
+        self.registered = False
+        self.srtp = False
+        self.keys = MediaUnprotector()
+        self.on_air = []
+        self._guard = cp.ReplayGuard(self.window_s)
+        self._attempts = 0
+        self._next_register = now
+        if len(self.servers) > 1:
+            self.index = (self.index + 1) % len(self.servers)
+            self.counters["failovers"] += 1
+        self.events.append((wall, why, self.server))
+
+    def report_now(self) -> None:
+        self._report_now = True
+
+    def poll(self, now: float, wall: float,
+             report: Callable[[], dict] | None = None) -> list[tuple[bytes, Addr]]:
+        out: list[tuple[bytes, Addr]] = []
+        if not self.registered:
+            if now >= self._next_register:
+                if self._attempts >= self.register_attempts:
+                    self._failover(now, wall, "no answer")
+                self._attempts += 1
+                self._next_register = now + self.register_retry_s
+                self.counters["registers_sent"] += 1
+                out.append(self._msg(cp.MsgType.REGISTER, wall, {"version": VERSION}))
+            return out
+        if now - self._last_welcome > self.missed * self.heartbeat_s:
+            self.counters["server_lost"] += 1
+            self._failover(now, wall, "server lost")
+            return self.poll(now, wall, report)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_s
+            self.counters["heartbeats_sent"] += 1
+            out.append(self._msg(cp.MsgType.HEARTBEAT, wall))
+        if report is not None and (self._report_now or now >= self._next_report):
+            self._report_now = False
+            self._next_report = now + self.report_s
+            self.counters["reports_sent"] += 1
+            out.append(self._msg(cp.MsgType.REPORT, wall, report()))
+        return out
+
+    def control_received(self, data: bytes, addr: Addr, now: float, wall: float) -> str | None:
+        """A control datagram; returns 'welcome' / 'now' if accepted, else None (counted)."""
+        try:
+            if (str(addr[0]), int(addr[1])) != self.server:
+                raise cp.ProtocolError("not from our server")
+            msg = cp.parse(data)
+            if (msg.type not in cp.SERVER_TYPES or msg.receiver_id != self.receiver_id
+                    or not msg.verify(self.secret)):
+                raise cp.ProtocolError("not for us, or not signed by our server")
+            if self._guard.check(msg.timestamp_ms, msg.nonce, int(wall * 1000)) is not None:
+                raise cp.ProtocolError("stale or replayed")
+            body = msg.body
+            if msg.type is cp.MsgType.WELCOME:
+                keys = None
+                if body.get("srtp"):
+                    keys = json.loads(cp.unseal(self.secret, self.receiver_id, body["keys"]))
+                hb = body.get("heartbeat_s")
+                if isinstance(hb, (int, float)) and 0.05 <= hb <= 3600:
+                    self.heartbeat_s = float(hb)
+                rs = body.get("report_s")
+                if isinstance(rs, (int, float)) and 0.05 <= rs <= 3600:
+                    self.report_s = float(rs)
+                if keys is not None:
+                    self.keys.set_keys(keys)
+                self.srtp = bool(body.get("srtp"))
+                first = not self.registered
+                self.registered = True
+                self.welcome = body
+                self._last_welcome = now
+                self._attempts = 0
+                if first:
+                    self._next_heartbeat = now + self.heartbeat_s
+                    self._next_report = now
+                    self.events.append((wall, "registered", self.server))
+                self._set_on_air(body.get("on_air"))
+                self.counters["welcomes"] += 1
+                return "welcome"
+            if not self.registered:
+                raise cp.ProtocolError("now-playing before welcome")
+            self._set_on_air(body.get("on_air"))
+            self.counters["now_messages"] += 1
+            return "now"
+        except (cp.ProtocolError, ValueError, TypeError, KeyError):
+            self.counters["control_rejected"] += 1
+            return None
+
+    def _set_on_air(self, on) -> None:  # noqa: ANN001
+        if isinstance(on, list):
+            self.on_air = [x for x in on if isinstance(x, dict)
+                           and isinstance(x.get("broadcast"), str)][:8]
+
+
+class FieldReceiver:
+    """Session + reference receiver over one socket (sans-IO core; `run` is the asyncio layer)."""
+
+    def __init__(self, session: FieldSession, receiver: Receiver, *, volume: float = 1.0) -> None:
+        self.session = session
+        self.rx = receiver
+        self.volume = volume
+        self.started = time.monotonic()
+        self.counters = {"foreign_source": 0, "auth_failed": 0, "no_key": 0, "plain_rejected": 0,
+                         "sender_reports": 0}
+        self.played: OrderedDict[str, dict] = OrderedDict()
+        self._sr: tuple[int, float] | None = None      # (LSR, arrival monotonic)
+        self._audio_since: float | None = None         # wall time the current audio began
+        self._last_written = 0.0
+        self._now_key: tuple = ()
+        self._prev = (0, 0, 0)                          # (received, lost, concealed) at last report
+
+    def datagram_received(self, data: bytes, addr: Addr, now: float, wall: float) -> None:
+        s = self.session
+        if (str(addr[0]), int(addr[1])) != s.server:
+            self.counters["foreign_source"] += 1
+            return
+        if cp.looks_like_control(data):
+            if s.control_received(data, addr, now, wall) is not None:
+                self._on_air_changed(wall)
+            return
+        if is_rtcp(data):
+            try:
+                sr = SenderReport.parse(data)
+            except RtcpError:
+                return
+            self._sr = (sr.lsr, now)
+            self.counters["sender_reports"] += 1
+            return
+        if s.srtp:
+            if not s.keys.ready:
+                self.counters["no_key"] += 1
+                return
+            try:
+                data = s.keys.unprotect(data)
+            except MediaAuthError:
+                self.counters["auth_failed"] += 1
+                return
+        elif not s.registered:
+            self.counters["plain_rejected"] += 1
+            return
+        self.rx.datagram_received(data, now)
+
+    def _on_air_changed(self, wall: float) -> None:
+        key = tuple(x["broadcast"] for x in self.session.on_air)
+        if key == self._now_key:
+            return
+        new = [b for b in key if b not in self._now_key]
+        self._now_key = key
+        # The now-playing message may trail the audio by a poll interval: audio that began
+        # just before it belongs to the new broadcast.
+        if self._audio_since is not None and wall - self._audio_since < 1.0:
+            for b in new:
+                if b not in self.played:
+                    self.played[b] = {"first": self._audio_since, "last": wall, "audio_s": 0.0}
+        self.session.report_now()
+
+    def tick(self, now: float, wall: float) -> list[tuple[bytes, Addr]]:
+        n = self.rx.tick(now)
+        if n:
+            if self._last_written == 0.0 or wall - self._last_written > 0.2:
+                self._audio_since = wall
+            self._last_written = wall
+            for b in self._now_key:
+                p = self.played.get(b)
+                if p is None:
+                    p = self.played[b] = {"first": wall - n / SAMPLE_RATE, "last": wall,
+                                          "audio_s": 0.0}
+                    while len(self.played) > 6:
+                        self.played.popitem(last=False)
+                p["last"] = wall
+                p["audio_s"] += n / SAMPLE_RATE
+        return self.session.poll(now, wall, self.report)
+
+    def report(self) -> dict:
+        snap = self.rx.snapshot()
+        rec, lost, conc = snap["received"], snap["lost"], snap["concealed"]
+        d_rec, d_lost, d_conc = (rec - self._prev[0], lost - self._prev[1],
+                                 conc - self._prev[2])
+        self._prev = (rec, lost, conc)
+        expected = d_rec + d_lost
+        playing = self._last_written > 0 and time.time() - self._last_written < 1.0
+        on = self.session.on_air[0] if self.session.on_air else {}
+        body = {"fraction_lost": round(d_lost / expected, 4) if expected > 0 else 0.0,
+                "cumulative_lost": lost, "jitter_ms": snap["jitter_ms"],
+                "concealed_pct": round(100.0 * d_conc / (d_rec + d_conc), 2)
+                if d_rec + d_conc > 0 else 0.0,
+                "jb_depth_ms": snap["buffered_ms"], "jb_target_ms": snap["target_ms"],
+                "volume": self.volume, "uptime_s": round(time.monotonic() - self.started, 1),
+                "version": VERSION, "received": rec, "playing": playing,
+                "played": {b: {k: round(v, 3) for k, v in p.items()}
+                           for b, p in self.played.items()}}
+        if playing and on:
+            body["broadcast"] = on.get("broadcast")
+            body["level"] = on.get("level")
+        if self._sr is not None:
+            body["lsr"] = self._sr[0]
+            body["dlsr"] = round(time.monotonic() - self._sr[1], 4)
+        return body
+
+    def snapshot(self) -> dict:
+        s = self.rx.snapshot()
+        s.update(self.counters)
+        s.update({f"session_{k}": v for k, v in self.session.counters.items()})
+        s["registered"] = self.session.registered
+        s["server"] = f"{self.session.server[0]}:{self.session.server[1]}"
+        s["srtp"] = self.session.srtp
+        s["srtp_failed"] = self.session.keys.failed
+        return s
+
+    async def run(self, sock: socket.socket, *, duration: float | None = None,
+                  stop: asyncio.Event | None = None) -> dict:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        stop = stop or asyncio.Event()
+        start = time.monotonic_ns()
+        end = start + int(duration * 1e9) if duration else None
+        k = 0
+        try:
+            while not stop.is_set():
+                k += 1
+                target = start + k * FRAME_NS
+                now = time.monotonic_ns()
+                if target > now:
+                    await asyncio.sleep((target - now) / 1e9)
+                    now = time.monotonic_ns()
+                elif now - target > 10 * FRAME_NS:
+                    self.rx.stats.late_ticks += 1
+                    k = (now - start) // FRAME_NS
+                for data, addr in self.tick(now / 1e9, time.time()):
+                    try:
+                        transport.sendto(data, addr)
+                    except OSError:
+                        self.rx.stats.socket_errors += 1
+                if end is not None and now >= end:
+                    break
+        finally:
+            transport.close()
+        return self.snapshot()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, fr: FieldReceiver) -> None:
+        self._fr = fr
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+        self._fr.datagram_received(data, addr[:2], time.monotonic(), time.time())
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a dead server lands here; failover is driven by time
+        self._fr.rx.stats.socket_errors += 1
+
+
+def resolve_servers(servers: list[Addr]) -> list[Addr]:
+    """Host names → IPv4 addresses once at start (the session compares source addresses)."""
+    out = []
+    for host, port in servers:
+        info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+        out.append((info[0][4][0], port))
+    return out
