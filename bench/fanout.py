@@ -156,6 +156,7 @@ def _child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("LOA_SEND_PORT", "0")  # any free media port: 5004 may be taken
     return env
 
 

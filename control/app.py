@@ -205,6 +205,11 @@ class LoaApp(ResourceHandlers):
                                  if settings.admin_token and settings.admin_token.get_secret_value()
                                  else None)
         self._users_exist = False
+        #: receiver id -> (secret, zone), kept in memory: the receiver protocol looks it up for
+        #: every datagram and must never wait on the database
+        self.receiver_secrets: dict[str, tuple[bytes, str]] = {}
+        self.registry = None
+        self.link = None
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -244,11 +249,27 @@ class LoaApp(ResourceHandlers):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.db.close()
 
+    def receiver_secret_cached(self, rid: str) -> tuple[bytes, str] | None:
+        return self.receiver_secrets.get(rid)
+
+    async def refresh_receiver_secrets(self) -> None:
+        out: dict[str, tuple[bytes, str]] = {}
+        for r in await self.db.receivers():
+            if r.get("status") == "retired" or not r.get("secret_enc"):
+                continue
+            try:
+                out[r["id"]] = (self.state.box.open(r["secret_enc"], r["id"]), r["zone"])
+            except Exception:
+                log.error("cannot decrypt the secret of receiver %s (wrong secret key?)", r["id"])
+        self.receiver_secrets = out
+
     def _swap_tree(self, new: ZoneTree) -> None:
         def swap(t: ZoneTree) -> None:
             t.zones, t.groups = new.zones, new.groups
             t.version += 1
         self.engine.edit_tree(swap)
+        if self.state is not None:  # receivers may have been added, moved or retired
+            asyncio.get_running_loop().create_task(self.refresh_receiver_secrets())
 
     def _on_event(self, ev: dict) -> None:  # on the loop, from EventHub._fanout
         try:
@@ -403,6 +424,8 @@ class LoaApp(ResourceHandlers):
             "clock": self.engine.clock_stats, "encoders_active": self.engine.encoders_active,
             "broadcasts_active": len(self.engine.broadcasts), "fanout": self.engine.fanout.stats(),
             "bootstrap_mode": await self._bootstrap_active(),
+            "receiver_port": self.engine.fanout.sock.getsockname()[1],
+            "receivers_online": sum(self.registry.online_by_zone().values()) if self.registry else 0,
         })
 
     def _zone(self, zid: str) -> Zone:
@@ -525,6 +548,28 @@ class LoaApp(ResourceHandlers):
     async def get_broadcast(self, request: web.Request) -> web.Response:
         return json_response(await self._broadcast(request.match_info["id"]))
 
+    async def delivery(self, request: web.Request) -> web.Response:
+        """Which receivers played a broadcast from start to end, partly, or never, and how long
+        each took from the broadcast's start to its first audio (from receiver reports)."""
+        b = await self._broadcast(request.match_info["id"])
+        zones = set(b.get("reached_zones") or [])
+        expected = [(r["id"], r["zone"]) for r in await self.db.receivers(status="provisioned")
+                    if r["zone"] in zones]
+        return json_response(self.registry.delivery_report(b, expected=expected))
+
+    async def dashboard_page(self, request: web.Request) -> web.StreamResponse:
+        from pathlib import Path
+        return web.FileResponse(Path(__file__).parent / "static" / "dashboard.html",
+                                headers={"Cache-Control": "no-cache"})
+
+    async def dashboard_asset(self, request: web.Request) -> web.StreamResponse:
+        from pathlib import Path
+        name = request.match_info["name"]
+        if name not in ("dashboard.js", "dashboard.css"):
+            raise ApiError(404, "not_found", f"no such resource: {request.path}")
+        return web.FileResponse(Path(__file__).parent / "static" / name,
+                                headers={"Cache-Control": "no-cache"})
+
     async def stop_broadcast(self, request: web.Request) -> web.Response:
         bid = request.match_info["id"]
         current = await self._broadcast(bid)
@@ -578,7 +623,7 @@ class LoaApp(ResourceHandlers):
 
     async def metrics(self, request: web.Request) -> web.Response:
         from control.metrics import render_metrics
-        body, ctype = render_metrics(self.engine)
+        body, ctype = render_metrics(self.engine, self.registry)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     # ------------------------------------------------------------------ routes
@@ -618,7 +663,8 @@ class LoaApp(ResourceHandlers):
               errors=(401, 403, 404)),
             R("GET", "/receivers", self.list_receivers, "receivers.read",
               "Receivers, filtered by zone (and its subtree) and status",
-              query=[q("zone"), q("status", enum=["provisioned", "retired"])],
+              query=[q("zone"), q("status", enum=["provisioned", "retired"]),
+                     q("live", enum=["online", "offline", "never"])],
               errors=(400, 401, 403, 404)),
             R("POST", "/receivers", self.provision_receiver, "receivers.write",
               "Provision a receiver; the response carries its secret, shown only this once",
@@ -653,6 +699,9 @@ class LoaApp(ResourceHandlers):
               "One broadcast (active or past)", errors=(401, 404)),
             R("DELETE", "/broadcasts/{id}", self.stop_broadcast, "broadcasts.stop",
               "Stop a broadcast", errors=(401, 403, 404, 409)),
+            R("GET", "/broadcasts/{id}/delivery", self.delivery, "receivers.read",
+              "Delivery report: which receivers played it fully, partly or never, and their time "
+              "to first audio", errors=(401, 403, 404)),
             R("GET", "/asrun", self.asrun, "asrun.read", "As-run log (engine events, persisted)",
               query=[q("since", "integer", minimum=0), q("broadcast"), q("type"),
                      q("limit", "integer", minimum=1, maximum=10000)], errors=(400, 401)),
@@ -687,6 +736,12 @@ class LoaApp(ResourceHandlers):
             self.actions[route] = r.action
         route = app.router.add_route("GET", "/metrics", self.metrics)
         self.actions[route] = "metrics.read"
+        # the dashboard page is public HTML; everything it shows comes from the API with the
+        # viewer's own credentials
+        for path, handler in (("/dashboard", self.dashboard_page),
+                              ("/dashboard/{name}", self.dashboard_asset)):
+            route = app.router.add_route("GET", path, handler)
+            self.actions[route] = "health.read"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -694,31 +749,65 @@ def create_app(settings: Settings) -> web.Application:
     tree = ZoneTree()  # filled from the database (and the TOML file) at startup
     mif = settings.multicast_if
     fanout = Fanout(bind=("0.0.0.0", settings.send_port), multicast_ttl=settings.multicast_ttl,
-                    multicast_if=mif)
+                    multicast_if=mif, workers=settings.fanout_workers, batch=settings.fanout_batch)
     eng_settings = EngineSettings(
         opus=OpusSettings(bitrate=settings.opus_bitrate, complexity=settings.opus_complexity,
                           fec=settings.opus_fec, packet_loss_perc=settings.opus_packet_loss_perc,
                           application=settings.opus_application),
         payload_type=settings.payload_type, duck_db=settings.duck_db,
-        duck_ramp_ms=settings.duck_ramp_ms, resume_rewind_s=settings.resume_rewind_s)
-    engine = Engine(tree, fanout, eng_settings, on_event=hub.publish)
+        duck_ramp_ms=settings.duck_ramp_ms, resume_rewind_s=settings.resume_rewind_s,
+        realtime=settings.engine_realtime)
+    keyring = None
+    if settings.srtp:
+        from streamer.rtp.srtp import MediaKeyring
+        keyring = MediaKeyring(time.monotonic(), rotate_every_s=settings.media_key_rotate_h * 3600)
+    engine = Engine(tree, fanout, eng_settings, on_event=hub.publish, keyring=keyring)
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=settings.max_body_mb * 1024 * 1024)
     loa = LoaApp(settings, engine, hub)
+    from streamer.rtp.registry import ReceiverRegistry
+    loa.registry = ReceiverRegistry(loa.receiver_secret_cached, on_event=hub.publish,
+                                    keyring=keyring, heartbeat_s=settings.receiver_heartbeat_s)
     loa.routes(app)
     app["loa"] = loa
+    # live input: the phone page (WebRTC) and hardware encoders (RTP)
+    from control.live import setup_live, setup_rtp_ingest
+    setup_live(app, engine, hub, loa.authorize)
+    setup_rtp_ingest(app, engine, list(settings.rtp_ingest))
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
         await loa.open()
+        await loa.refresh_receiver_secrets()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, prewarm)
         engine.start()
-        log.info("engine started: %d zones, ssrc %08x", len(engine.tree.zones), engine.ssrc)
+        from streamer.rtp.link import start_receiver_endpoint
+        loa.link = await start_receiver_endpoint(engine, loa.registry)
+        log.info("engine started: %d zones, ssrc %08x, media/receiver port %d",
+                 len(engine.tree.zones), engine.ssrc, fanout.sock.getsockname()[1])
 
     async def on_cleanup(app: web.Application) -> None:
+        if getattr(loa, "link", None) is not None:
+            loa.link.close()
         engine.stop()
         fanout.close()
         await loa.close()
 
-    app.on_startup.append(on_startup)
+    app.on_startup.insert(0, on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def prewarm() -> None:
+    """Load the decoders and render the attention signals before the first alert needs them."""
+    try:
+        import av  # noqa: F401
+
+        from streamer.ingest import file as _file  # noqa: F401
+        from streamer.ingest.tones import ChimeSource, SirenSource
+        from streamer.mixer import loudness as _loudness  # noqa: F401
+        ChimeSource().read()
+        SirenSource(seconds=1.0).read()
+    except Exception:  # never fatal: it only saves time later
+        log.exception("prewarm failed")

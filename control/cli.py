@@ -41,11 +41,25 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = _split_hostport(settings.http)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    ssl_ctx = None
+    scheme = "http"
+    if settings.tls_cert or settings.tls_key:
+        import ssl
+        if not (settings.tls_cert and settings.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot load the TLS certificate/key: {e}") from None
+        scheme = "https"
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
     await site.start()
-    log.info("Loa serving on http://%s:%d (data in %s)", host, port, settings.data_dir)
-    print(f"loa: serving http://{host}:{port}/api/v1  zones: "
-          + ", ".join(app["loa"].engine.tree.zones), flush=True)
+    loa = app["loa"]
+    rport = loa.engine.fanout.sock.getsockname()[1]
+    log.info("Loa serving on %s://%s:%d (data in %s)", scheme, host, port, settings.data_dir)
+    print(f"loa: serving {scheme}://{host}:{port}/api/v1  pages: /live /dashboard  "
+          f"receivers: udp {rport}  zones: " + ", ".join(loa.engine.tree.zones), flush=True)
     if ready is not None:
         ready.set()
     stop = stop or asyncio.Event()
@@ -88,6 +102,9 @@ def cmd_serve(argv: list[str]) -> int:
         _run(serve_async(settings))
     except ApiError as e:  # the TOML zones do not fit with the stored tree
         print(f"loa serve: invalid zone configuration: {e.message}", file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError) as e:  # e.g. TLS files, an rtp_ingest entry
+        print(f"loa serve: invalid settings: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"loa serve: cannot start: {e}", file=sys.stderr)

@@ -6,8 +6,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class EngineCollector:
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, registry=None) -> None:
         self.engine = engine
+        self.registry = registry
 
     def collect(self):
         e = self.engine
@@ -30,12 +31,33 @@ class EngineCollector:
                                   value=f.get("dropped", 0))
         yield CounterMetricFamily("loa_send_errors", "RTP send errors", value=f.get("errors", 0))
         yield GaugeMetricFamily("loa_destinations", "RTP destinations", value=f.get("destinations", 0))
+        reg = self.registry
+        if reg is not None:
+            online = GaugeMetricFamily("loa_receivers_online", "Registered receivers online",
+                                       labels=["zone"])
+            for zone, n in sorted(reg.online_by_zone().items()):
+                online.add_metric([zone], n)
+            yield online
+            rx = reg.status()
+            loss = GaugeMetricFamily("loa_receiver_loss_fraction",
+                                     "Loss fraction last reported by each receiver",
+                                     labels=["receiver", "zone"])
+            for r in rx:
+                lq = r.get("link") or {}
+                if lq.get("fraction_lost") is not None:
+                    loss.add_metric([r["id"], r.get("zone", "")], float(lq["fraction_lost"]))
+            yield loss
+            proto = CounterMetricFamily("loa_receiver_protocol",
+                                        "Receiver protocol datagrams by outcome", labels=["outcome"])
+            for k, v in sorted(reg.counters.items()):
+                proto.add_metric([k], v)
+            yield proto
 
 
-def render_metrics(engine) -> tuple[bytes, str]:
+def render_metrics(engine, registry=None) -> tuple[bytes, str]:
     reg = getattr(engine, "_prom_registry", None)
     if reg is None:
         reg = CollectorRegistry()
-        reg.register(EngineCollector(engine))
+        reg.register(EngineCollector(engine, registry))
         engine._prom_registry = reg
     return generate_latest(reg), CONTENT_TYPE_LATEST

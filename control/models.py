@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control.auth import ROLES
 from control.settings import ReceiverConfig, ZoneConfig
-from streamer.zones import Zone, ZoneTree, parse_hostport
+from streamer.zones import Zone, ZoneTree, parse_destination, parse_hostport
 
 Id = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 Lang = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
@@ -110,23 +110,34 @@ class Login(_Strict):
 
 
 def zone_from_row(r: dict, extra_unicast: list[str] = ()) -> Zone:
-    uni = [parse_hostport(u, "unicast destination") for u in r.get("unicast") or []]
-    for a in extra_unicast:
-        hp = parse_hostport(a, "receiver address")
-        if hp not in uni:
-            uni.append(hp)
+    """`unicast` entries and receiver addresses may carry a packet time: HOST:PORT/40."""
+    uni: list[tuple[str, int]] = []
+    ptime: dict[tuple[str, int], int] = {}
+    for text, what in [(u, "unicast destination") for u in r.get("unicast") or []] + \
+            [(a, "receiver address") for a in extra_unicast]:
+        host, port, pt = parse_destination(text, what)
+        if (host, port) not in uni:
+            uni.append((host, port))
+            if pt != 20:
+                ptime[(host, port)] = pt
     return Zone(id=r["id"], name=r.get("name") or r["id"], parent=r.get("parent"),
                 multicast=parse_hostport(r["multicast"], "multicast") if r.get("multicast") else None,
                 unicast=uni, level=r.get("level") or "", code=r.get("code") or "",
-                language=r.get("language") or "vi")
+                language=r.get("language") or "vi", ptime=ptime)
 
 
-def tree_from_rows(zones: list[dict], groups: list[dict], receivers: list[dict]) -> ZoneTree:
-    """Raises ZoneError when the rows do not make a tree (unknown parent, cycle, bad group)."""
+def tree_from_rows(zones: list[dict], groups: list[dict], receivers: list[dict],
+                   cellular_ptime: int = 20) -> ZoneTree:
+    """Raises ZoneError when the rows do not make a tree (unknown parent, cycle, bad group).
+    A static receiver on a SIM link gets `cellular_ptime` ms packets unless its address names
+    a packet time itself."""
     addrs: dict[str, list[str]] = {}
     for rx in receivers:
         if rx.get("status") != "retired" and rx.get("address"):
-            addrs.setdefault(rx["zone"], []).append(rx["address"])
+            a = rx["address"]
+            if rx.get("link") == "sim" and cellular_ptime != 20 and "/" not in a:
+                a = f"{a}/{cellular_ptime}"
+            addrs.setdefault(rx["zone"], []).append(a)
     tree = ZoneTree()
     for r in zones:
         tree.add(zone_from_row(r, addrs.get(r["id"], ())))

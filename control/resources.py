@@ -189,7 +189,18 @@ class ResourceHandlers:
             self._zone(zone)
             zones = self.engine.tree.subtree(zone)
         rows = await self.db.receivers(status=status, zones=zones)
-        return _j({"receivers": [public_receiver(r) for r in rows]})
+        live = request.query.get("live")
+        out = [self._with_live(public_receiver(r)) for r in rows]
+        if live in ("online", "offline", "never"):
+            out = [r for r in out if r["live"]["state"] == live]
+        return _j({"receivers": out})
+
+    def _with_live(self: "LoaApp", r: dict) -> dict:
+        """What the receiver protocol knows: online/offline, last seen, address, link quality,
+        what it is playing (`never` when it has not registered since the server started)."""
+        st = self.registry.status(r["id"]) if getattr(self, "registry", None) else None
+        r["live"] = st if st else {"state": "never", "online": False}
+        return r
 
     async def _receiver(self: "LoaApp", rid: str) -> dict:
         r = await self.db.receiver(rid)
@@ -198,7 +209,7 @@ class ResourceHandlers:
         return r
 
     async def get_receiver(self: "LoaApp", request: web.Request) -> web.Response:
-        return _j(public_receiver(await self._receiver(request.match_info["id"])))
+        return _j(self._with_live(public_receiver(await self._receiver(request.match_info["id"]))))
 
     async def provision_receiver(self: "LoaApp", request: web.Request) -> web.Response:
         body = await _body(request, m.ReceiverProvision)
@@ -219,7 +230,11 @@ class ResourceHandlers:
         return _j(await self.state.update_receiver(request.match_info["id"], {"zone": body.zone}))
 
     async def retire_receiver(self: "LoaApp", request: web.Request) -> web.Response:
-        return _j(await self.state.retire_receiver(request.match_info["id"]))
+        out = await self.state.retire_receiver(request.match_info["id"])
+        # forget it in the receiver protocol and rotate the media key it knew
+        self.registry.retire(out["id"], time.monotonic(), time.time())
+        self.receiver_secrets.pop(out["id"], None)
+        return _j(out)
 
     # ------------------------------------------------------------------ media
     async def list_media(self: "LoaApp", request: web.Request) -> web.Response:

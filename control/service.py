@@ -48,10 +48,10 @@ class ControlState:
     async def _rows(self) -> tuple[list[dict], list[dict], list[dict]]:
         return await self.db.zones(), await self.db.groups(), await self.db.receivers()
 
-    @staticmethod
-    def _check(zones: list[dict], groups: list[dict], receivers: list[dict]) -> ZoneTree:
+    def _check(self, zones: list[dict], groups: list[dict], receivers: list[dict]) -> ZoneTree:
         try:
-            return tree_from_rows(zones, groups, receivers)
+            return tree_from_rows(zones, groups, receivers,
+                                  cellular_ptime=getattr(self.settings, "cellular_ptime_ms", 20))
         except ZoneError as e:
             raise ApiError(409, "invalid_tree", str(e)) from None
 
@@ -88,7 +88,7 @@ class ControlState:
                     new_rx.append(rc.id)
                 receivers[rc.id] = row
             try:
-                tree_from_rows(list(zones.values()), list(groups.values()), list(receivers.values()))
+                self._check(list(zones.values()), list(groups.values()), list(receivers.values()))
             except ZoneError as e:
                 raise ApiError(409, "invalid_tree", f"configuration: {e}") from None
             stmts = [Database.upsert_sql("zones", _zone_cols(z)) for z in zones.values()

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from streamer.zones import parse_hostport
+from streamer.zones import parse_destination, parse_hostport
 
 
 class ZoneConfig(BaseModel):
@@ -36,7 +36,7 @@ class ZoneConfig(BaseModel):
     @classmethod
     def _ucast(cls, v: list[str]) -> list[str]:
         for item in v:
-            parse_hostport(item, "unicast destination")
+            parse_destination(item, "unicast destination")
         return v
 
 
@@ -85,7 +85,24 @@ class Settings(BaseSettings):
     payload_type: int = Field(111, ge=96, le=127)
     multicast_ttl: int = Field(1, ge=0, le=255)
     multicast_if: str | None = None
-    send_port: int = Field(0, ge=0, le=65535)
+    # the UDP port media leaves from; registered receivers send their register/heartbeat/report
+    # messages here (media must leave from the port they talk to, or NAT drops it). 0: any
+    send_port: int = Field(5004, ge=0, le=65535)
+    fanout_workers: int = Field(0, ge=0, le=64)  # sender processes sharing the receivers
+    fanout_batch: int = Field(512, ge=1, le=1024)  # destinations per sendmmsg call
+    cellular_ptime_ms: Literal[20, 40, 60] = 40  # packet time for receivers on SIM links
+    engine_realtime: bool = True  # SCHED_FIFO (else nice -10) for the tick thread if permitted
+    # registered receivers (issue: receivers in the field)
+    srtp: bool = True  # registered receivers get SRTP; static destinations stay plain RTP
+    media_key_rotate_h: float = Field(6.0, gt=0, le=24 * 30)
+    receiver_heartbeat_s: float = Field(15.0, ge=1, le=600)
+    # live input
+    rtp_ingest: list[dict] = []  # [{port, zones, allow, level, codec, payload_type, name, idle_s}]
+    webrtc_grace_s: float = Field(3.0, ge=0, le=60)
+    webrtc_loopback_only: bool = False  # tests: ICE host candidates on 127.0.0.1 only
+    webrtc_ice_servers: list[str] = []  # e.g. ["stun:stun.example.vn:3478"]; none by default
+    tls_cert: Path | None = None  # HTTPS (phones only allow the microphone on secure pages)
+    tls_key: Path | None = None
     # mixing
     duck_db: float = Field(-15.0, le=0, ge=-60)
     duck_ramp_ms: float = Field(200.0, ge=0, le=5000)

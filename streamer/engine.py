@@ -178,7 +178,7 @@ class ProgramChannel:
 
 class Engine:
     def __init__(self, tree: ZoneTree, fanout: Fanout, settings: EngineSettings | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, keyring=None) -> None:
         self.tree = tree
         self.fanout = fanout
         self.settings = settings or EngineSettings()
@@ -197,6 +197,11 @@ class Engine:
         self._ptime_seq = {pt: secrets.randbits(16) for pt in PTIMES if pt != 20}
         self._ptime_active: dict[int, set[str]] = {pt: set() for pt in PTIMES if pt != 20}
         self._repacketizer: OpusRepacketizer | None = None
+        # Registered receivers get SRTP (one protect per program packet, per packet time);
+        # static destinations (stock clients playing the SDP, multicast groups) stay plain RTP.
+        self.keyring = keyring
+        self._protectors: dict[int, object] = {}
+        self._secure_zones: dict[int, set[str]] = {pt: set() for pt in PTIMES}
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -363,28 +368,36 @@ class Engine:
             if zone_id in self.tree.zones:
                 self._apply_dests(zone_id)
 
-    def _zone_dests(self, zone_id: str) -> dict[int, list[tuple[str, int]]]:
-        groups = self.tree.destinations_by_ptime(zone_id)
-        dyn = self.dynamic_dests.get(zone_id)
-        if dyn:
-            seen = {a for lst in groups.values() for a in lst}
-            for d in dyn:
-                addr, pt = (d[0], d[1]), (d[2] if len(d) > 2 else 20)
-                if addr not in seen:
-                    groups.setdefault(pt if pt in PTIMES else 20, []).append(addr)
-                    seen.add(addr)
-        return groups
+    @staticmethod
+    def _key(zone_id: str, ptime: int, secure: bool) -> str:
+        return (zone_id if ptime == 20 else f"{zone_id}|{ptime}") + ("#s" if secure else "")
 
     def _apply_dests(self, zone_id: str) -> None:
-        groups = self._zone_dests(zone_id)
+        plain = self.tree.destinations_by_ptime(zone_id)
+        secure: dict[int, list[tuple[str, int]]] = {}
+        dyn = self.dynamic_dests.get(zone_id) or []
+        seen = {a for lst in plain.values() for a in lst}
+        target = secure if self.keyring is not None else plain
+        for d in dyn:
+            addr, pt = (d[0], d[1]), (d[2] if len(d) > 2 else 20)
+            if addr not in seen:
+                target.setdefault(pt if pt in PTIMES else 20, []).append(addr)
+                seen.add(addr)
         slow = set()
         for pt in PTIMES:
-            key = zone_id if pt == 20 else f"{zone_id}|{pt}"
-            addrs = groups.get(pt, [])
-            if pt != 20 and addrs:
-                slow.add(pt)
-            if addrs or pt == 20 or pt in self._zone_ptimes.get(zone_id, ()):
-                self.fanout.set_destinations(key, addrs)
+            for is_secure, groups in ((False, plain), (True, secure)):
+                addrs = groups.get(pt, [])
+                if pt != 20 and addrs:
+                    slow.add(pt)
+                key = self._key(zone_id, pt, is_secure)
+                had = zone_id in self._secure_zones[pt] if is_secure else \
+                    (pt == 20 or pt in self._zone_ptimes.get(zone_id, ()))
+                if addrs or had:
+                    self.fanout.set_destinations(key, addrs)
+            if secure.get(pt):
+                self._secure_zones[pt].add(zone_id)
+            else:
+                self._secure_zones[pt].discard(zone_id)
         if slow:
             self._zone_ptimes[zone_id] = slow
         else:
@@ -392,8 +405,27 @@ class Engine:
 
     def _drop_dests(self, zone_id: str) -> None:
         for pt in PTIMES:
-            self.fanout.set_destinations(zone_id if pt == 20 else f"{zone_id}|{pt}", [])
+            for is_secure in (False, True):
+                self.fanout.set_destinations(self._key(zone_id, pt, is_secure), [])
+            self._secure_zones[pt].discard(zone_id)
         self._zone_ptimes.pop(zone_id, None)
+
+    def _protector(self, ptime: int):
+        p = self._protectors.get(ptime)
+        if p is None:
+            from streamer.rtp.srtp import MediaProtector
+            p = self._protectors[ptime] = MediaProtector(self.keyring)
+        return p
+
+    def _send(self, packet, zones: list[str], ptime: int = 20) -> None:
+        """Plain RTP to the zones' static destinations; SRTP (protected once) to their
+        registered receivers."""
+        self.fanout.send(packet, zones if ptime == 20 else [f"{z}|{ptime}" for z in zones])
+        sec = self._secure_zones[ptime]
+        if sec:
+            keys = [self._key(z, ptime, True) for z in zones if z in sec]
+            if keys:
+                self.fanout.send(self._protector(ptime).protect(packet), keys)
 
     def edit_tree(self, fn: Callable[[ZoneTree], object]):
         """Apply a change to the zone tree; takes effect on the next tick."""
@@ -556,7 +588,7 @@ class Engine:
                     for keys, marker in ((old, False), (new, True)):
                         if keys:
                             write_header(pkt, pt, s, pts_, self.ssrc, marker=marker)
-                            self.fanout.send(pkt, [f"{z}|{ptime}" for z in keys])
+                            self._send(pkt, keys, ptime)
                 active.update(zones)
             self._ptime_active[ptime] = active
 
@@ -745,10 +777,10 @@ class Engine:
                     plain.append(z)
             if plain:
                 write_header(buf, pt, seq, ts, self.ssrc, marker=False)
-                self.fanout.send(ch.view[:n], plain)
+                self._send(ch.view[:n], plain)
             if marked:
                 write_header(buf, pt, seq, ts, self.ssrc, marker=True)
-                self.fanout.send(ch.view[:n], marked)
+                self._send(ch.view[:n], marked)
             self.packets_built += 1
             if slow_frames is not None:
                 payload_bytes = None

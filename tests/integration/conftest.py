@@ -45,7 +45,8 @@ class Server:
         self.cfg = tmp / "loa.toml"
         self.cfg.write_text(toml, encoding="utf-8")
         self.log = open(tmp / "serve.log", "w+b")
-        e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        # any free media/receiver port unless the test names one (5004 may be in use)
+        e = {**os.environ, "PYTHONUNBUFFERED": "1", "LOA_SEND_PORT": "0", **(env or {})}
         self.proc = subprocess.Popen(
             LOA + ["serve", "--config", str(self.cfg), "--http", f"127.0.0.1:{self.port}",
                    "--data-dir", str(tmp / "data")],

@@ -212,3 +212,39 @@ def test_dynamic_destinations_with_ptime():
     assert ("10.0.0.1", 5000) in fan.dests["z0"] and fan.dests["z0|40"] == [("10.0.0.2", 5000)]
     eng.set_dynamic_destinations("z0", [])
     assert fan.dests["z0|40"] == [] and ("10.0.0.1", 5000) not in fan.dests["z0"]
+
+
+def test_registered_receivers_get_srtp_static_destinations_plain_rtp():
+    import time as _t
+
+    from streamer.rtp.srtp import MediaAuthError, MediaKeyring, MediaUnprotector
+    tree = ZoneTree()
+    tree.add(Zone("a", unicast=[("127.0.0.1", 1)]))
+    tree.add(Zone("b"))
+    fan = RecordingFanout()
+    keyring = MediaKeyring(_t.monotonic())
+    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
+    run(eng, fan, 1)
+    eng.set_dynamic_destinations("a", [("10.0.0.1", 4000)])
+    eng.set_dynamic_destinations("b", [("10.0.0.2", 4000)])
+    assert fan.dests["a#s"] == [("10.0.0.1", 4000)] and fan.dests["a"] == [("127.0.0.1", 1)]
+    eng.start_broadcast(spec(["a"], freq=500, seconds=1))
+    eng.start_broadcast(spec(["b"], freq=900, seconds=1))  # a second program in the same ticks
+    fan.sent.clear()
+    run(eng, fan, 20, 1)
+    plain = [p for _, p, keys in fan.sent if keys == ["a"]]
+    secure_a = [p for _, p, keys in fan.sent if keys == ["a#s"]]
+    secure_b = [p for _, p, keys in fan.sent if keys == ["b#s"]]
+    assert len(plain) == len(secure_a) == len(secure_b) == 20
+    RtpPacket.parse(plain[0])  # stock clients read it as is
+    rx = MediaUnprotector()
+    rx.set_keys(keyring.for_receivers())
+    dec = OpusDecoder()
+    pcm = np.concatenate([dec.decode(RtpPacket.parse(rx.unprotect(p)).payload) for p in secure_a])
+    assert abs(dominant_freq(pcm[4800:]) - 500) < 15
+    # same seq, different programs: different key slots, so no keystream is ever reused
+    from streamer.rtp.srtp import TRAILER
+    slots = {TRAILER.unpack_from(p, len(p) - TRAILER.size)[1] for p in (secure_a[5], secure_b[5])}
+    assert len(slots) == 2
+    with pytest.raises(MediaAuthError):
+        rx.unprotect(plain[0])
