@@ -136,8 +136,8 @@ async def test_join_play_injection_spoof_move_offline():
         hb = cp.encode(cp.MsgType.HEARTBEAT, "rx1", SECRETS["rx1"][0],
                        timestamp_ms=int(time.time() * 1000) - 20_000)
         attacker.sendto(hb, srv.addr)
-        await until(lambda: srv.registry.counters["bad_mac"] == 1
-                    and srv.registry.counters["replay"] == 1, 2, "spoof counted")
+        await until(lambda: srv.registry.counters["bad_mac"] >= 1
+                    and srv.registry.counters["replay"] >= 1, 5, "spoof counted")
         assert srv.engine.fanout.destinations("z1") == [rx.addr]
         attacker.close()
 
