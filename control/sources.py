@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 import os
 from typing import Annotated, Literal, Union
 
@@ -100,11 +102,29 @@ def _length(src: Source) -> float:
     return float(d) if d else 3.0
 
 
-def file_factory(path: str, loudness_target: float | None):
-    """Probe (raises MediaError) and measure a file; runs off the event loop."""
-    from streamer.ingest.file import FileSource, probe
+_ANALYSIS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_ANALYSIS_LOCK = threading.Lock()
+_ANALYSIS_MAX = 512
+
+
+def analyse(path: str, loudness_target: float | None):
+    """(MediaInfo, measured LUFS or None) for a file, cached by (path, size, mtime): an alert
+    that replays the same recording must not decode it twice before it can air. A changed file
+    has a new key, so it is probed again."""
+    from streamer.ingest.file import probe
     from streamer.mixer.loudness import measure_file
-    info = probe(path)
+    try:
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns, loudness_target is not None)
+    except OSError:
+        key = None
+    if key is not None:
+        with _ANALYSIS_LOCK:
+            hit = _ANALYSIS.get(key)
+            if hit is not None:
+                _ANALYSIS.move_to_end(key)
+                return hit
+    info = probe(path)  # raises MediaError with a message for users
     measured = None
     if loudness_target is not None:
         try:
@@ -115,6 +135,18 @@ def file_factory(path: str, loudness_target: float | None):
             measured = None
         if measured is not None and not math.isfinite(measured):
             measured = None
+    if key is not None:
+        with _ANALYSIS_LOCK:
+            _ANALYSIS[key] = (info, measured)
+            while len(_ANALYSIS) > _ANALYSIS_MAX:
+                _ANALYSIS.popitem(last=False)
+    return info, measured
+
+
+def file_factory(path: str, loudness_target: float | None):
+    """Probe (raises MediaError) and measure a file; runs off the event loop."""
+    from streamer.ingest.file import FileSource
+    info, measured = analyse(path, loudness_target)
 
     def make(start_s: float) -> Source:
         src = FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured)
@@ -142,8 +174,7 @@ def build_source(req: BroadcastRequest, loudness_target: float | None,
     if isinstance(s, MediaSpec):
         if media is None:
             raise MediaError(f"no media with id {s.id!r}")
-        from streamer.ingest.file import probe
-        probe(media["path"])  # still there and readable
+        analyse(media["path"], None)  # still there and readable (cached while unchanged)
         make = media_factory(media, loudness_target)
         duration = media.get("duration_s")
         desc = {"media_id": media["id"], "title": media.get("title") or media.get("filename"),

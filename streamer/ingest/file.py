@@ -250,6 +250,22 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
 
 # ----------------------------------------------------------------------------- the Source
 
+#: the first frames of recently played files, decoded and gained, so the same recording (an
+#: alert played again, a jingle) is ready the moment it is asked for, before its decoder is up
+PREFIX_FRAMES = 25  # 0.5 s
+_PREFIX_MAX = 64
+_PREFIX: "dict[tuple, list[np.ndarray]]" = {}
+_PREFIX_LOCK = threading.Lock()
+
+
+def _prefix_key(path: str, gain_db: float) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns, round(gain_db, 3))
+
+
 class FileSource(Source):
     kind = "file"
 
@@ -282,6 +298,8 @@ class FileSource(Source):
         self._hist_count = 0   # frames written to the ring so far (total)
         self._replay = 0       # frames of history still to replay before new ones
         self._position = 0     # frame index in the media of the next frame read() returns
+        self._prefix_key = _prefix_key(self.path, self.gain_db)
+        self._skip = 0         # frames the worker decodes but does not queue (prefilled)
 
     # -- gain -------------------------------------------------------------------------
     @property
@@ -305,6 +323,17 @@ class FileSource(Source):
     def start(self) -> None:
         if self._thread is not None or self._closed:
             return
+        prefix = None
+        if self._prefix_key is not None:
+            with _PREFIX_LOCK:
+                prefix = _PREFIX.get(self._prefix_key)
+        if prefix:
+            for f in prefix[: self.queue_frames]:
+                self._queue.put_nowait(f)
+                self._skip += 1
+            self.decoded_frames = self._skip
+            self.ready_ns = time.monotonic_ns()
+            self._has_data.set()
         self._thread = threading.Thread(
             target=self._run, name=f"loa-file-{os.path.basename(self.path)}", daemon=True)
         self._thread.start()
@@ -324,6 +353,9 @@ class FileSource(Source):
             gen = decode_mono48(self.path, self.max_decode_errors, stop=self._stop.is_set)
             acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
             fill = 0
+            produced = 0
+            prefilled = self._skip > 0
+            learn: list[np.ndarray] = []
             for chunk in gen:
                 i, n = 0, chunk.shape[0]
                 while i < n:
@@ -333,6 +365,15 @@ class FileSource(Source):
                     i += take
                     if fill == FRAME_SAMPLES:
                         self._apply_gain(acc)
+                        produced += 1
+                        if produced <= PREFIX_FRAMES and not prefilled:
+                            learn.append(acc.copy())
+                            if produced == PREFIX_FRAMES:
+                                self._remember(learn)
+                        if produced <= self._skip:
+                            acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+                            fill = 0
+                            continue  # already queued from the prefix cache
                         if not self._put(acc):
                             return
                         self.decoded_frames += 1
@@ -355,6 +396,16 @@ class FileSource(Source):
                 gen.close()
             self._done.set()
             self._has_data.set()
+
+    def _remember(self, frames: list[np.ndarray]) -> None:
+        if self._prefix_key is None or self.error:
+            return
+        for f in frames:
+            f.setflags(write=False)
+        with _PREFIX_LOCK:
+            _PREFIX[self._prefix_key] = frames
+            while len(_PREFIX) > _PREFIX_MAX:
+                _PREFIX.pop(next(iter(_PREFIX)))
 
     # -- Source interface ------------------------------------------------------------------
     def ready(self) -> bool:
