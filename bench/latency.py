@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.common import machine_info
 from bench.fanout import REPO, Proc, _child_env, _free_tcp_port, _http
-from bench.preempt import summary
+from bench.preempt import summary, wait_healthy
 
 RATE = 48_000
 
@@ -95,14 +95,7 @@ def run_latency(source: str = "file", onsets: int = 20, jitter_ms: float = 60.0,
             report["valid"] = False
             report["invalid_reasons"].append("receiver did not start: " + " | ".join(rx.err[-5:]))
             return report
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if _http("GET", base + "/api/v1/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not wait_healthy(base, server):
             report["valid"] = False
             report["invalid_reasons"].append("loa serve did not start")
             return report

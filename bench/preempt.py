@@ -39,6 +39,21 @@ def summary(vals: list[float]) -> dict:
             "mean": round(statistics.fmean(vals), 3) if vals else None}
 
 
+def wait_healthy(base: str, server: Proc, timeout: float = 30.0) -> bool:
+    """True once `loa serve` answers its health check; False if it died or never answered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            return False
+        try:
+            if _http("GET", base + "/api/v1/health", timeout=2)[0] == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def _alert_file(path: Path, seconds: float = 3.0) -> Path:
     from streamer.ingest.tones import write_tone_wav
     return write_tone_wav(path, 1500, seconds)
@@ -105,14 +120,7 @@ def run_preempt(receivers: int = 1000, alerts: int = 20, attention: bool = False
             f"127.0.0.1:{http}", "--data-dir", str(work / "data")], env=env, name="loa serve",
             cwd=str(REPO))
         base = f"http://127.0.0.1:{http}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if _http("GET", base + "/api/v1/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not wait_healthy(base, server):
             report["valid"] = False
             report["invalid_reasons"].append("loa serve did not start: " + " | ".join(server.err[-5:]))
             return report

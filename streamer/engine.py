@@ -487,6 +487,18 @@ class Engine:
         b.playheads.append(fork)
         return fork
 
+    def _resume(self, b: Broadcast, p: Playhead, zones: set[str]) -> None:
+        """A paused playhead plays again: a little before where it was cut, unless it is a fork
+        that was opened there already."""
+        p.paused = False
+        if not p.rewound and p.started:
+            p.source.rewind(self.settings.resume_rewind_s)
+        p.rewound = False
+        if p.started or p.was_cut:
+            b.preempted -= zones
+            self.emit("broadcast.resumed", b, zones=sorted(zones),
+                      position_s=round(p.source.position_s, 2))
+
     def _manage_playheads(self, b: Broadcast, audible: set[str]) -> None:
         now = time.time()
         if b.spec.live:
@@ -508,14 +520,7 @@ class Engine:
             aud = p.zones & audible
             if aud == p.zones:
                 if p.paused:
-                    p.paused = False
-                    if not p.rewound and p.started:
-                        p.source.rewind(self.settings.resume_rewind_s)
-                    p.rewound = False
-                    if p.started or p.was_cut:
-                        b.preempted -= p.zones
-                        self.emit("broadcast.resumed", b, zones=sorted(p.zones),
-                                  position_s=round(p.source.position_s, 2))
+                    self._resume(b, p, p.zones)
             elif not aud:
                 if not p.paused:
                     p.paused = True
@@ -537,13 +542,7 @@ class Engine:
                     # never played yet: the waiting zones start from the beginning later
                     self._fork(b, p, rest, 0.0)
                 if p.paused:
-                    p.paused = False
-                    if not p.rewound and p.started:
-                        p.source.rewind(self.settings.resume_rewind_s)
-                    p.rewound = False
-                    if p.started or p.was_cut:
-                        b.preempted -= aud
-                        self.emit("broadcast.resumed", b, zones=sorted(aud))
+                    self._resume(b, p, aud)
         if audible and b.started_at is None:
             b.started_at = now
 
