@@ -96,7 +96,13 @@ class ResourceHandlers:
         return resp
 
     async def me(self: "LoaApp", request: web.Request) -> web.Response:
-        return _j(request["principal"].to_dict())
+        p: auth.Principal = request["principal"]
+        lim = auth.ROLE_LIMITS[p.role]
+        # what the caller may start (the live page shows only these): the highest level, and
+        # the zones whose subtrees it may address (None: everywhere)
+        return _j(dict(p.to_dict(),
+                       max_level=lim.max_level.label if lim.max_level is not None else None,
+                       zones=None if lim.anywhere else list(p.scope)))
 
     async def logout(self: "LoaApp", request: web.Request) -> web.Response:
         sid = request.cookies.get("loa_session")

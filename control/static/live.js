@@ -90,18 +90,18 @@
   // ------------------------------------------------------------------ login
   async function loadMe() {
     let r;
-    try {
-      r = await api("GET", "/me");
-      if (r.status === 404 || r.status === 405) r = await api("GET", "/session");
-    } catch (e) { r = { status: 0 }; }
+    try { r = await api("GET", "/session"); } catch (e) { r = { status: 0 }; }
     if (r.status === 200 && r.data) {
-      const u = r.data.user || r.data;
-      // GET /me gives {name, role, zones, max_level}; GET /session gives {name, role, scope}
-      S.user = { name: u.name || u.username, role: u.role, max_level: u.max_level,
-        zones: u.zones || (u.scope && u.scope.length ? u.scope : null) };
+      const u = r.data;
+      // GET /api/v1/session: {name, role, user_id, scope, via, max_level, zones}; zones null =
+      // everywhere (older servers without it: the scope, empty meaning everywhere)
+      S.user = { name: u.name, role: u.role, max_level: u.max_level,
+        zones: "zones" in u ? u.zones : (u.scope && u.scope.length ? u.scope : null) };
       return showConsole();
     }
     S.user = null;
+    if (es) { es.close(); es = null; }
+    if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
     $("console").classList.add("hidden"); $("logout").classList.add("hidden");
     $("login").classList.remove("hidden"); $("who").textContent = "";
   }
@@ -110,10 +110,7 @@
     const e = $("login-error"); e.classList.add("hidden");
     let r;
     const cred = { username: $("username").value, password: $("password").value };
-    try {
-      r = await api("POST", "/login", cred);
-      if (r.status === 404 || r.status === 405) r = await api("POST", "/session", cred);
-    } catch (x) { r = { status: 0, data: null }; }
+    try { r = await api("POST", "/session", cred); } catch (x) { r = { status: 0, data: null }; }
     if (r.status >= 200 && r.status < 300) { $("password").value = ""; return loadMe(); }
     e.textContent = r.status === 401 ? t("bad_login") : r.status === 429 ? t("throttled")
       : t("login_failed") + (errMsg(r.data) || r.status);
@@ -121,10 +118,7 @@
   });
   $("logout").addEventListener("click", async () => {
     await stopLive("logout");
-    try {
-      const r = await api("POST", "/logout");
-      if (r.status === 404 || r.status === 405) await api("DELETE", "/session");
-    } catch (e) { /* offline */ }
+    try { await api("DELETE", "/session"); } catch (e) { /* offline */ }
     loadMe();
   });
 
@@ -164,14 +158,17 @@
   function renderLevels() {
     const box = $("levels"); if (!box || !S.user) return;
     const cur = selectedLevel() || qs.get("level") || "normal";
-    const max = LEVEL_RANK[S.user.max_level] !== undefined ? LEVEL_RANK[S.user.max_level] : 2;
-    const levels = ["normal", "priority"].filter((l) => LEVEL_RANK[l] <= Math.max(max, 1));
-    if (S.user.role === "alert_authority") levels.push("emergency");
+    // the server says the highest level this user may start (null: none, e.g. a viewer);
+    // alert authorities start emergencies only
+    const ml = S.user.max_level;
+    const max = ml === null ? -1 : LEVEL_RANK[ml] !== undefined ? LEVEL_RANK[ml] : LEVEL_RANK.priority;
+    const levels = S.user.role === "alert_authority" ? ["emergency"]
+      : ["normal", "priority", "emergency"].filter((l) => LEVEL_RANK[l] <= max);
     box.textContent = "";
     for (const l of levels) {
       const lab = document.createElement("label"); lab.className = "level " + l;
       const rb = document.createElement("input"); rb.type = "radio"; rb.name = "level"; rb.value = l;
-      rb.checked = l === cur || (l === "normal" && !levels.includes(cur));
+      rb.checked = l === cur || (l === levels[0] && !levels.includes(cur));
       const span = document.createElement("span"); span.textContent = t(l);
       lab.append(rb, span); box.appendChild(lab);
     }

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bench.latency_live import RtpCapture, dominant_hz
 from control.app import create_app
-from control.live import setup_rtp_ingest
+from control.live import RTP_INGESTS
 from control.settings import Settings
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
 from streamer.rtp.opus import OpusEncoder, OpusSettings
@@ -36,19 +36,20 @@ async def rtp_server(tmp_path):
     settings = Settings(zones=[{"id": "xa", "name": "Xã"},
                                {"id": "thon-1", "name": "Thôn 1", "parent": "xa",
                                 "unicast": [f"127.0.0.1:{cap.port}"]}],
-                        data_dir=tmp_path, http="127.0.0.1:0")
-    app = create_app(settings)
-    engine = app["loa"].engine
-    ingests = setup_rtp_ingest(app, engine, [
+                        data_dir=tmp_path, http="127.0.0.1:0", send_port=0, rtp_ingest=[
         {"port": opus_port, "bind": "127.0.0.1", "allow": ["127.0.0.1/32"], "zones": ["thon-1"],
          "level": "priority", "codec": "opus", "name": "studio", "idle_s": 1.0},
         {"port": pcmu_port, "bind": "127.0.0.1", "allow": ["127.0.0.1"], "zones": ["thon-1"],
          "level": "normal", "codec": "pcmu", "name": "encoder-box", "idle_s": 1.0},
     ])
+    app = create_app(settings)  # starts the configured ingests with the app
+    engine = app["loa"].engine
+    ingests = app[RTP_INGESTS]
+    assert [i.config.port for i in ingests] == [opus_port, pcmu_port]
     runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
         yield engine, ingests, cap
     finally:
         await runner.cleanup()

@@ -4,10 +4,11 @@ hang-up and page close free the zone. Plus the network-drop grace period with ai
 
 The page is driven and read through Chromium's DevTools protocol (Runtime.evaluate): it logs in
 through its own form, ticks the zone, presses the on-air toggle, and `window.loaState` / the DOM
-say what the official sees.
+say what the official sees. Everything runs against the real wiring of create_app() and the real
+auth: the officials and the alert authority are users in the database; the page signs in through
+POST /api/v1/session (cookie), the other clients use bearer tokens.
 """
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -23,73 +24,50 @@ from aiohttp import web
 
 from bench.latency_live import RtpCapture, dominant_hz
 from control.app import create_app
-from control.live import setup_live
+from control.live import LIVE_SESSIONS
 from control.settings import Settings
 from streamer.ingest.webrtc import restrict_ice_to_loopback
 from tests.conftest import write_wav
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-USERS = {"ong-a": ("pw-a", {"name": "Ông A", "role": "official", "zones": ["xa"]}),
-         "ba-b": ("pw-b", {"name": "Bà B", "role": "official", "zones": ["thon-1"]})}
-COOKIE = "loa_test_user"
-
-
-async def stand_in_authorize(request, action, zones, level):
-    """What the auth layer will do, reduced to a cookie naming the user (tests only)."""
-    u = request.cookies.get(COOKIE) or request.headers.get("X-Test-User")
-    if u not in USERS:
-        raise web.HTTPUnauthorized(text="sign in first")
-    user = USERS[u][1]
-    if level == "emergency" and user["role"] != "alert_authority":
-        raise web.HTTPForbidden(text="emergency is for alert authorities")
-    return user
-
-
-def add_stand_in_login(app: web.Application) -> None:
-    async def login(request):
-        body = await request.json()
-        entry = USERS.get(body.get("username"))
-        if entry is None or entry[0] != body.get("password"):
-            return web.json_response({"error": {"code": "invalid_credentials",
-                                                "message": "wrong"}}, status=401)
-        resp = web.json_response({"ok": True})
-        resp.set_cookie(COOKIE, body["username"], path="/", httponly=True, samesite="Strict")
-        return resp
-
-    async def me(request):
-        u = request.cookies.get(COOKIE)
-        if u not in USERS:
-            return web.json_response({"error": {"code": "unauthenticated", "message": "no"}},
-                                     status=401)
-        d = dict(USERS[u][1])
-        return web.json_response(dict(d, max_level="priority"))
-    app.router.add_post("/api/v1/login", login)
-    app.router.add_get("/api/v1/me", me)
+# username -> (password, role, scope). The name shown to others (holder, owner) is the username.
+USERS = {"ong-a": ("mat-khau-ong-a", "official", ["xa"]),
+         "ba-b": ("mat-khau-ba-b", "official", ["thon-1"]),
+         "canh-bao": ("mat-khau-canh-bao", "alert_authority", [])}
 
 
 @pytest.fixture
 async def live_server(tmp_path):
-    restrict_ice_to_loopback(True)
     cap = RtpCapture()
     settings = Settings(zones=[{"id": "xa", "name": "Xã Nhơn Lý"},
                                {"id": "thon-1", "name": "Thôn 1", "parent": "xa",
                                 "unicast": [f"127.0.0.1:{cap.port}"]}],
-                        data_dir=tmp_path, http="127.0.0.1:0")
-    app = create_app(settings)
-    add_stand_in_login(app)
-    api = setup_live(app, app["loa"].engine, app["loa"].hub, stand_in_authorize, grace_s=1.0)
+                        data_dir=tmp_path, http="127.0.0.1:0", send_port=0,
+                        webrtc_grace_s=1.0, webrtc_loopback_only=True)
+    app = create_app(settings)  # the live page and its API are wired in by create_app
     runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", app["loa"].engine, api, cap
+        await runner.setup()
+        state = app["loa"].state
+        tokens = {}
+        for name, (pw, role, scope) in USERS.items():
+            u = await state.create_user(name, role, scope, pw)
+            tokens[name] = (await state.create_token(u["id"], "test"))["token"]
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        yield (f"http://127.0.0.1:{port}", app["loa"].engine, app[LIVE_SESSIONS], cap, tokens)
     finally:
         await runner.cleanup()
         cap.close()
         restrict_ice_to_loopback(False)
+
+
+def as_user(tokens: dict, name: str) -> aiohttp.ClientSession:
+    """An API client acting as `name` (bearer token; the browser uses the login form)."""
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens[name]}"},
+                                 timeout=aiohttp.ClientTimeout(total=15))
 
 
 class Browser:
@@ -194,14 +172,14 @@ async def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def aiortc_offer(url: str, user: str, zones: list[str]):
+async def aiortc_offer(url: str, tokens: dict, user: str, zones: list[str]):
     """A second official's phone, played by aiortc: a real offer with a tone track."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import AudioStreamTrack
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(AudioStreamTrack())
     await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession(cookies={COOKIE: user}) as s:
+    async with as_user(tokens, user) as s:
         async with s.post(f"{url}/api/v1/live/offer", json={
                 "sdp": pc.localDescription.sdp, "type": "offer", "zones": zones,
                 "level": "normal"}) as r:
@@ -214,12 +192,20 @@ async def aiortc_offer(url: str, user: str, zones: list[str]):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
 async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, tmp_path):
-    url, engine, api, cap = live_server
+    url, engine, sessions, cap, tokens = live_server
     t = np.arange(48000 * 2) / 48000
     wav = write_wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 48000)
 
-    # Bà B is already live on thon-1 (through her own phone, played here by aiortc)
-    st, b_body, b_pc = await aiortc_offer(url, "ba-b", ["thon-1"])
+    # the page itself is public; the API behind it is not
+    async with aiohttp.ClientSession() as s:
+        for path in ("/live", "/live/live.js", "/live/live.css"):
+            async with s.get(url + path) as r:
+                assert r.status == 200, path
+        async with s.get(f"{url}/api/v1/session") as r:
+            assert r.status == 401
+
+    # ba-b is already live on thon-1 (through her own phone, played here by aiortc)
+    st, b_body, b_pc = await aiortc_offer(url, tokens, "ba-b", ["thon-1"])
     assert st == 201, b_body
     b_id = b_body["broadcast"]["id"]
 
@@ -235,24 +221,25 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
                     "document.getElementById('login-btn').click(); true")
         await br.wait("!document.getElementById('login-error').classList.contains('hidden')", 5,
                       "the wrong-password message")
-        await br.js("document.getElementById('password').value='pw-a';"
+        await br.js("document.getElementById('password').value='mat-khau-ong-a';"
                     "document.getElementById('login-btn').click(); true")
         await br.wait("document.querySelectorAll('#zones input').length == 2", 10,
                       "the zone picker")
         levels = await br.js("[...document.querySelectorAll('#levels input')].map(i=>i.value)")
         assert levels == ["normal", "priority"]  # no emergency for an official
-        await br.wait("document.getElementById('others').textContent.includes('Bà B')", 10,
-                      "Bà B in the who-else-is-live list")
+        assert "ong-a" in await br.js("document.getElementById('who').textContent")
+        await br.wait("document.getElementById('others').textContent.includes('ba-b')", 10,
+                      "ba-b in the who-else-is-live list")
         await br.js("document.querySelector('#zones input[value=\"thon-1\"]').click(); true")
 
-        # refused: Bà B holds thon-1, and the page says so by name
+        # refused: ba-b holds thon-1, and the page says so by name
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'refused'", 15, "the refusal")
         text = await br.js("document.getElementById('notice').textContent")
-        assert "Bà B" in text and "bận" in text
+        assert "ba-b" in text and "bận" in text
 
-        # Bà B hangs up; the zone is free; Ông A goes live
-        async with aiohttp.ClientSession(cookies={COOKIE: "ba-b"}) as s:
+        # ba-b hangs up; the zone is free; ong-a goes live
+        async with as_user(tokens, "ba-b") as s:
             async with s.delete(f"{url}/api/v1/live/{b_id}") as r:
                 assert r.status == 200
         await b_pc.close()
@@ -272,16 +259,16 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         assert "Thôn 1" in await br.js("document.getElementById('reached').textContent")
         assert await br.js("document.getElementById('elapsed').textContent") != "00:00"
         (b,) = engine.list_broadcasts()
-        assert b["id"] == a_id and b["owner"] == "Ông A" and b["source"]["kind"] == "webrtc"
+        assert b["id"] == a_id and b["owner"] == "ong-a" and b["source"]["kind"] == "webrtc"
 
         # a second official on the same zone is refused with the holder's name
-        st, body, pc2 = await aiortc_offer(url, "ba-b", ["thon-1"])
+        st, body, pc2 = await aiortc_offer(url, tokens, "ba-b", ["thon-1"])
         await pc2.close()
-        assert st == 409 and body["error"]["holder_name"] == "Ông A"
-        assert "Ông A" in body["error"]["message"]
+        assert st == 409 and body["error"]["holder_name"] == "ong-a"
+        assert "ong-a" in body["error"]["message"]
 
         # an emergency preempts the talk: the page shows the notice, then the talk resumes
-        async with aiohttp.ClientSession() as s:  # loopback bootstrap admin of the real API
+        async with as_user(tokens, "canh-bao") as s:  # an alert authority, through the real API
             async with s.post(f"{url}/api/v1/broadcasts", json={
                     "zones": ["thon-1"], "level": "emergency",
                     "source": {"kind": "tone", "freq_hz": 440, "seconds": 3.0}}) as r:
@@ -309,9 +296,9 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         n = cap.count
         await asyncio.sleep(0.5)
         assert cap.count - n <= 2
-        st, body, pc3 = await aiortc_offer(url, "ba-b", ["thon-1"])
+        st, body, pc3 = await aiortc_offer(url, tokens, "ba-b", ["thon-1"])
         assert st == 201  # free for the next official
-        async with aiohttp.ClientSession(cookies={COOKIE: "ba-b"}) as s:
+        async with as_user(tokens, "ba-b") as s:
             async with s.delete(f"{url}/api/v1/live/{body['broadcast']['id']}") as r:
                 assert r.status == 200
         await pc3.close()
@@ -323,7 +310,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         await br.close_page()
         await wait_for(lambda: engine.list_broadcasts() == [], 8, "release after page close")
         assert engine.get(c_id)["state"] == "stopped"
-        assert not api.sessions
+        assert not sessions
     finally:
         await br.stop()
 
@@ -333,7 +320,7 @@ async def test_network_drop_keeps_the_zone_for_the_grace_period(live_server):
     (released, with the reason)."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import AudioStreamTrack
-    url, engine, api, cap = live_server
+    url, engine, sessions, cap, tokens = live_server
 
     class Stalling(AudioStreamTrack):
         stall_until = 0.0
@@ -347,7 +334,7 @@ async def test_network_drop_keeps_the_zone_for_the_grace_period(live_server):
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(track)
     await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession(cookies={COOKIE: "ba-b"}) as s:
+    async with as_user(tokens, "ba-b") as s:
         async with s.post(f"{url}/api/v1/live/offer", json={
                 "sdp": pc.localDescription.sdp, "type": "offer", "zones": ["thon-1"]}) as r:
             assert r.status == 201
@@ -355,9 +342,9 @@ async def test_network_drop_keeps_the_zone_for_the_grace_period(live_server):
     await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
     bid = body["broadcast"]["id"]
     try:
-        await wait_for(lambda: bid in api.sessions and api.sessions[bid].frames_received > 10,
+        await wait_for(lambda: bid in sessions and sessions[bid].frames_received > 10,
                        10, "audio from the aiortc phone")
-        session = api.sessions[bid]
+        session = sessions[bid]
         track.stall_until = time.monotonic() + 0.5
         await asyncio.sleep(1.2)
         assert engine.get(bid)["state"] in ("playing", "queued")  # kept through the drop
