@@ -336,7 +336,7 @@ class LoaApp(ResourceHandlers):
                 u = await self.db.user(s["user_id"])
                 if u is not None and not u["disabled"]:
                     return auth.Principal(u["username"], u["role"], u["id"], tuple(u["scope"]),
-                                          via="session")
+                                          via="session", display_name=u.get("display_name") or "")
             if not public:
                 raise ApiError(401, "session_expired", "the session has ended; sign in again")
             return None
@@ -366,7 +366,8 @@ class LoaApp(ResourceHandlers):
         u = await self.db.user(t["user_id"])
         if u is None or u["disabled"]:
             return None
-        return auth.Principal(u["username"], u["role"], u["id"], tuple(u["scope"]), via="token")
+        return auth.Principal(u["username"], u["role"], u["id"], tuple(u["scope"]), via="token",
+                              display_name=u.get("display_name") or "")
 
     async def authorize(self, request: web.Request, action: str, zones: list[str],
                         level: str) -> dict:
@@ -397,7 +398,8 @@ class LoaApp(ResourceHandlers):
             request["audit_detail"] = {"zones": list(zones)[:50], "level": level}
             await self.audit(request, action, principal, 200, "ok", "", force=True)
         lim = auth.ROLE_LIMITS[principal.role]
-        return {"name": principal.name, "role": principal.role, "zones": list(principal.scope),
+        return {"name": principal.name, "display_name": principal.label, "role": principal.role,
+                "zones": list(principal.scope),
                 "max_level": lim.max_level.label if lim.max_level is not None else None}
 
     async def audit(self, request: web.Request, action: str, principal: auth.Principal | None,
@@ -500,6 +502,7 @@ class LoaApp(ResourceHandlers):
             spec = BroadcastSpec(targets=req.zones, level=req.level_enum, source_factory=make,
                                  kind=req.source.kind, description=desc, mode=req.mode,
                                  gain_db=req.gain_db, owner=principal.name,
+                                 owner_name=principal.label,
                                  duration_s=duration, id=req.id)
             try:
                 b = await loop.run_in_executor(None, self.engine.start_broadcast, spec)
@@ -555,7 +558,7 @@ class LoaApp(ResourceHandlers):
         zones = set(b.get("reached_zones") or [])
         expected = [(r["id"], r["zone"]) for r in await self.db.receivers(status="provisioned")
                     if r["zone"] in zones]
-        return json_response(self.registry.delivery_report(b, expected=expected))
+        return json_response(self.registry.delivery_report(b, expected=expected, wall=time.time()))
 
     async def dashboard_page(self, request: web.Request) -> web.StreamResponse:
         from pathlib import Path
@@ -608,6 +611,8 @@ class LoaApp(ResourceHandlers):
             while True:
                 try:
                     ev = await asyncio.wait_for(q_.get(), timeout=15.0)
+                    if ev is None:  # the server is shutting down
+                        break
                     await resp.write(EventHub.sse(ev))
                 except asyncio.TimeoutError:
                     await resp.write(b": keep-alive\n\n")
@@ -794,7 +799,11 @@ def create_app(settings: Settings) -> web.Application:
         fanout.close()
         await loa.close()
 
+    async def on_shutdown(app: web.Application) -> None:
+        hub.close_streams()  # open event streams end now, not at their next keep-alive
+
     app.on_startup.insert(0, on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
 

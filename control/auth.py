@@ -71,10 +71,16 @@ class Principal:
     user_id: int | None = None
     scope: tuple[str, ...] = ()  # zone ids whose subtrees this user may address
     via: str = "token"  # token | session | admin-token | bootstrap
+    display_name: str = ""
+
+    @property
+    def label(self) -> str:
+        """What other people see (a refusal names the holder by it)."""
+        return self.display_name or self.name
 
     def to_dict(self) -> dict:
         return {"name": self.name, "role": self.role, "user_id": self.user_id,
-                "scope": list(self.scope), "via": self.via}
+                "scope": list(self.scope), "via": self.via, "display_name": self.label}
 
 
 class Denied(Exception):

@@ -38,7 +38,7 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
     from control.app import create_app
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_hostport(settings.http)
     ssl_ctx = None
@@ -341,6 +341,7 @@ def cmd_admin(argv: list[str]) -> int:
                                                  "token is configured).")
     p.add_argument("username")
     p.add_argument("--role", default="admin", choices=ROLES)
+    p.add_argument("--name", default="", help='the name others see, e.g. "Ông Nguyễn Văn An"')
     p.add_argument("--scope", action="append", default=[], help="zone id (repeatable)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--token", metavar="NAME", help="also create an API token and print it once")
@@ -357,14 +358,15 @@ def cmd_admin(argv: list[str]) -> int:
     from control.models import UserCreate
     from pydantic import ValidationError
     try:
-        UserCreate(username=args.username, role=args.role, scope=args.scope, password=password)
+        UserCreate(username=args.username, role=args.role, scope=args.scope, password=password,
+                   display_name=args.name)
     except ValidationError as e:
         print(f"loa admin create-user: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
               file=sys.stderr)
         return 2
 
     async def go(state):
-        u = await state.create_user(args.username, args.role, args.scope, password)
+        u = await state.create_user(args.username, args.role, args.scope, password, args.name)
         if args.token:
             u["token"] = await state.create_token(u["id"], args.token)
         return u

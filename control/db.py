@@ -81,6 +81,10 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 2: the name people see (officials are "Ông Nguyễn Văn An", not "an.nv")
+    """
+    ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
@@ -340,11 +344,12 @@ class Database:
         return (await self._one("SELECT COUNT(*) AS n FROM users"))["n"]
 
     async def insert_user(self, username: str, role: str, scope: list[str],
-                          password_hash: str | None) -> int:
+                          password_hash: str | None, display_name: str = "") -> int:
         now = utc_iso()
         cur = await self.conn.execute(
-            "INSERT INTO users (username, role, scope, password_hash, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (username, role, json.dumps(scope), password_hash, now, now))
+            "INSERT INTO users (username, role, scope, password_hash, created_at, updated_at, "
+            "display_name) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (username, role, json.dumps(scope), password_hash, now, now, display_name))
         return cur.lastrowid
 
     async def update_user(self, uid: int, **fields: Any) -> None:

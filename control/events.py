@@ -56,6 +56,14 @@ class EventHub:
         self._subs.add(q)
         return q
 
+    def close_streams(self) -> None:
+        for q in list(self._subs):
+            try:
+                q.put_nowait(None)
+            except asyncio.QueueFull:
+                q.get_nowait()
+                q.put_nowait(None)
+
     def unsubscribe(self, q: asyncio.Queue) -> None:
         self._subs.discard(q)
 

@@ -105,13 +105,14 @@ class LiveApi:
         owner = str(user.get("name") or "")
         spec = BroadcastSpec(targets=list(zones), level=Level.parse(level_s),
                              source_factory=lambda start_s: source, kind="webrtc", live=True,
-                             owner=owner, description={"role": user.get("role")})
+                             owner=owner, owner_name=str(user.get("display_name") or owner),
+                             description={"role": user.get("role")})
         try:
             b = self.engine.start_broadcast(spec)
         except BroadcastRefused as e:
             holder = e.holder or {}
             return _error(409, "zone_busy", e.reason, holder=holder,
-                          holder_name=holder.get("owner", ""))
+                          holder_name=holder.get("owner_name") or holder.get("owner", ""))
         except ZoneError as e:
             return _error(404, "unknown_zone", str(e))
         bid = b.id

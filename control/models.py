@@ -88,12 +88,14 @@ Password = Annotated[str, Field(min_length=8, max_length=256)]
 
 class UserCreate(_Strict):
     username: Username
+    display_name: str = Field("", max_length=100)  # e.g. "Ông Nguyễn Văn An"
     password: Password | None = None
     role: Literal[ROLES]  # type: ignore[valid-type]
     scope: list[Id] = Field(default_factory=list, max_length=1000)
 
 
 class UserUpdate(_Strict):
+    display_name: str | None = Field(None, max_length=100)
     password: Password | None = None
     role: Literal[ROLES] | None = None  # type: ignore[valid-type]
     scope: list[Id] | None = Field(None, max_length=1000)

@@ -426,7 +426,8 @@ class ResourceHandlers:
         body = await _body(request, m.UserCreate)
         request["audit_target"] = body.username
         request["audit_detail"] = {"role": body.role, "scope": body.scope}
-        u = await self.state.create_user(body.username, body.role, body.scope, body.password)
+        u = await self.state.create_user(body.username, body.role, body.scope, body.password,
+                                         body.display_name)
         self._users_exist = True  # ends local bootstrap mode at once
         return _j(u, status=201)
 

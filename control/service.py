@@ -31,6 +31,7 @@ def public_receiver(r: dict) -> dict:
 
 def public_user(u: dict) -> dict:
     return {"id": u["id"], "username": u["username"], "role": u["role"], "scope": u["scope"],
+            "display_name": u.get("display_name") or "",
             "disabled": bool(u["disabled"]), "has_password": bool(u.get("password_hash")),
             "created_at": u["created_at"], "updated_at": u["updated_at"]}
 
@@ -218,6 +219,8 @@ class ControlState:
             if not any(z["id"] == data["zone"] for z in zones):
                 raise ApiError(404, "unknown_zone", f"no zone with id {data['zone']!r}")
             secret = secrets.token_bytes(32)
+            while auth._b64(secret)[0] == "-":  # `--secret -x...` would read as an option
+                secret = secrets.token_bytes(32)
             row = {"id": rid, "zone": data["zone"], "name": data.get("name") or "",
                    "address": data.get("address"), "lat": data.get("lat"), "lon": data.get("lon"),
                    "link": data.get("link") or "ethernet", "notes": data.get("notes") or "",
@@ -265,20 +268,21 @@ class ControlState:
 
     # ------------------------------------------------------------------ users and tokens
     async def create_user(self, username: str, role: str, scope: list[str],
-                          password: str | None) -> dict:
+                          password: str | None, display_name: str = "") -> dict:
         if role not in auth.ROLES:
             raise ApiError(422, "invalid_role", f"role must be one of {', '.join(auth.ROLES)}")
         if await self.db.user_by_name(username) is not None:
             raise ApiError(409, "user_exists", f"user {username!r} already exists")
         ph = await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password) \
             if password else None
-        uid = await self.db.insert_user(username, role, scope, ph)
+        uid = await self.db.insert_user(username, role, scope, ph, display_name)
         return public_user(await self.db.user(uid))
 
     async def update_user(self, uid: int, changes: dict) -> dict:
         if await self.db.user(uid) is None:
             raise ApiError(404, "unknown_user", f"no user with id {uid}")
-        fields = {k: v for k, v in changes.items() if k in ("role", "scope", "disabled")}
+        fields = {k: v for k, v in changes.items()
+                  if k in ("role", "scope", "disabled", "display_name")}
         if "disabled" in fields:
             fields["disabled"] = int(bool(fields["disabled"]))
         if changes.get("password"):

@@ -123,7 +123,24 @@ def _field_settings(args, ap) -> tuple[str, bytes, list[tuple[str, int]]] | None
         ap.error("--server needs --id and --secret (or id and secret in --config)")
     if args.listen is None and conf.get("listen"):
         args.listen = host_port(str(conf["listen"]))
-    return str(rid), str(secret).encode(), servers
+    return str(rid), decode_secret(str(secret)), servers
+
+
+def decode_secret(text: str) -> bytes:
+    """The secret as `loa receivers provision` prints it: URL-safe base64 of 32 random bytes
+    (padding optional). Anything else is taken as the UTF-8 bytes of the text, for
+    hand-written test secrets."""
+    import base64
+    import binascii
+    t = text.strip()
+    if len(t) in (43, 44):
+        try:
+            raw = base64.urlsafe_b64decode(t + "=" * (-len(t) % 4))
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    return t.encode()
 
 
 def _line(tag: str, snap: dict, keys: tuple[str, ...]) -> str:

@@ -71,9 +71,10 @@ class BroadcastSpec:
     mode: str = "preempt"
     gain_db: float = 0.0
     live: bool = False
-    owner: str = ""
+    owner: str = ""  # the account (unique): ownership checks
     duration_s: float | None = None
     id: str | None = None
+    owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
 
 
 class Playhead:
@@ -141,6 +142,7 @@ class Broadcast:
             "source": dict(self.spec.description, kind=self.spec.kind),
             "live": self.spec.live,
             "owner": self.spec.owner,
+            "owner_name": self.spec.owner_name or self.spec.owner,
             "state": self.state,
             "on_air_zones": sorted(self.audible),
             "preempted_zones": sorted(self.preempted),
@@ -302,7 +304,7 @@ class Engine:
             conflict = live_conflict(b.claim(), (x.claim() for x in self.broadcasts.values()))
             if conflict is not None:
                 holder = self.broadcasts[conflict.id]
-                who = holder.spec.owner or holder.id
+                who = holder.spec.owner_name or holder.spec.owner or holder.id
                 shared = sorted(holder.zones & zones)
                 reason = (f"zone {', '.join(shared)} is held by live broadcast {holder.id} "
                           f"({who}, level {holder.level.label})")

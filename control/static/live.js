@@ -95,7 +95,7 @@
       const u = r.data;
       // GET /api/v1/session: {name, role, user_id, scope, via, max_level, zones}; zones null =
       // everywhere (older servers without it: the scope, empty meaning everywhere)
-      S.user = { name: u.name, role: u.role, max_level: u.max_level,
+      S.user = { name: u.name, display_name: u.display_name, role: u.role, max_level: u.max_level,
         zones: "zones" in u ? u.zones : (u.scope && u.scope.length ? u.scope : null) };
       return showConsole();
     }
@@ -131,7 +131,7 @@
   async function showConsole() {
     $("login").classList.add("hidden"); $("console").classList.remove("hidden");
     $("logout").classList.remove("hidden");
-    $("who").textContent = S.user.name + (S.user.role ? " · " + S.user.role : "");
+    $("who").textContent = (S.user.display_name || S.user.name) + (S.user.role ? " · " + S.user.role : "");
     const r = await api("GET", "/zones");
     const zones = (r.data && r.data.zones) || [];
     zonesById = {}; zones.forEach((z) => (zonesById[z.id] = z));
@@ -382,17 +382,17 @@
       if (r.status === 401) { polling = false; return loadMe(); }
       const all = (r.data && r.data.broadcasts) || [];
       S.others = all.filter((b) => b.id !== S.broadcast && (b.live || b.level === "emergency"))
-        .map((b) => ({ id: b.id, owner: b.owner, level: b.level, zones: b.reached_zones, live: b.live }));
+        .map((b) => ({ id: b.id, owner: b.owner, owner_name: b.owner_name, level: b.level, zones: b.reached_zones, live: b.live }));
       const ul = $("others"); ul.textContent = "";
       for (const b of S.others.filter((x) => x.live)) {
         const li = document.createElement("li");
-        li.textContent = (b.owner || b.id) + " — " + zoneList(b.zones) + " (" + t(b.level) + ")";
+        li.textContent = (b.owner_name || b.owner || b.id) + " — " + zoneList(b.zones) + " (" + t(b.level) + ")";
         ul.appendChild(li);
       }
       document.querySelectorAll("#zones .zone").forEach((lab) => {
         const h = S.others.find((b) => b.live && (b.zones || []).includes(lab.dataset.zone));
         lab.classList.toggle("busy", !!h);
-        lab.querySelector(".busy-by").textContent = h ? "● " + (h.owner || "") : "";
+        lab.querySelector(".busy-by").textContent = h ? "● " + (h.owner_name || h.owner || "") : "";
       });
       const me = all.find((b) => b.id === S.broadcast);
       if (me) {

@@ -31,10 +31,10 @@ from tests.conftest import write_wav
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# username -> (password, role, scope). The name shown to others (holder, owner) is the username.
-USERS = {"ong-a": ("mat-khau-ong-a", "official", ["xa"]),
-         "ba-b": ("mat-khau-ba-b", "official", ["thon-1"]),
-         "canh-bao": ("mat-khau-canh-bao", "alert_authority", [])}
+# username -> (password, role, scope, the name others see: holder on a refusal, who is live)
+USERS = {"ong-a": ("mat-khau-ong-a", "official", ["xa"], "Ông A"),
+         "ba-b": ("mat-khau-ba-b", "official", ["thon-1"], "Bà B"),
+         "canh-bao": ("mat-khau-canh-bao", "alert_authority", [], "")}
 
 
 @pytest.fixture
@@ -51,8 +51,8 @@ async def live_server(tmp_path):
         await runner.setup()
         state = app["loa"].state
         tokens = {}
-        for name, (pw, role, scope) in USERS.items():
-            u = await state.create_user(name, role, scope, pw)
+        for name, (pw, role, scope, display) in USERS.items():
+            u = await state.create_user(name, role, scope, pw, display)
             tokens[name] = (await state.create_token(u["id"], "test"))["token"]
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -227,16 +227,16 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
                       "the zone picker")
         levels = await br.js("[...document.querySelectorAll('#levels input')].map(i=>i.value)")
         assert levels == ["normal", "priority"]  # no emergency for an official
-        assert "ong-a" in await br.js("document.getElementById('who').textContent")
-        await br.wait("document.getElementById('others').textContent.includes('ba-b')", 10,
-                      "ba-b in the who-else-is-live list")
+        assert "Ông A" in await br.js("document.getElementById('who').textContent")
+        await br.wait("document.getElementById('others').textContent.includes('Bà B')", 10,
+                      "Bà B in the who-else-is-live list")
         await br.js("document.querySelector('#zones input[value=\"thon-1\"]').click(); true")
 
         # refused: ba-b holds thon-1, and the page says so by name
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'refused'", 15, "the refusal")
         text = await br.js("document.getElementById('notice').textContent")
-        assert "ba-b" in text and "bận" in text
+        assert "Bà B" in text and "bận" in text
 
         # ba-b hangs up; the zone is free; ong-a goes live
         async with as_user(tokens, "ba-b") as s:
@@ -264,8 +264,8 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         # a second official on the same zone is refused with the holder's name
         st, body, pc2 = await aiortc_offer(url, tokens, "ba-b", ["thon-1"])
         await pc2.close()
-        assert st == 409 and body["error"]["holder_name"] == "ong-a"
-        assert "ong-a" in body["error"]["message"]
+        assert st == 409 and body["error"]["holder_name"] == "Ông A"
+        assert "Ông A" in body["error"]["message"]
 
         # an emergency preempts the talk: the page shows the notice, then the talk resumes
         async with as_user(tokens, "canh-bao") as s:  # an alert authority, through the real API

@@ -128,7 +128,8 @@ def test_path_allowed(tmp_path):
 
 async def test_db_migrations_audit_append_only_and_interrupted(tmp_path):
     db = await Database(tmp_path / "s.db").open()
-    assert await db.migrate() == 1  # applying again is a no-op
+    from control.db import MIGRATIONS
+    assert await db.migrate() == len(MIGRATIONS)  # applying again is a no-op
     await db.audit(actor="a", action="x", result="ok", status=200)
     await db.record_event({"type": "broadcast.created", "broadcast": "b1", "time": "t"},
                           {"id": "b1", "state": "playing", "level": "normal", "reached_zones": ["z"]})
@@ -228,7 +229,7 @@ async def test_authorize_hook_for_self_checking_routes(tmp_path):
             r = await c.post("/api/v1/test-live", json={"zones": zones, "level": level}, headers=h)
             return r.status, await r.json()
         st, user = await call(tokens["off"], ["thon"], "priority")
-        assert st == 200 and user == {"name": "off", "role": "official", "zones": ["thon"],
+        assert st == 200 and user == {"name": "off", "display_name": "off", "role": "official", "zones": ["thon"],
                                       "max_level": "priority"}
         assert (await call(tokens["off"], ["xa"], "normal"))[1]["error"]["code"] == "out_of_scope"
         assert (await call(tokens["off"], ["thon"], "emergency"))[0] == 403
