@@ -111,9 +111,26 @@ class ReceiverLink(asyncio.DatagramProtocol):
             self.transport = None
 
 
-def _on_destinations(engine):  # noqa: ANN001, ANN202
+def _on_destinations(engine, loop: asyncio.AbstractEventLoop,  # noqa: ANN001, ANN202
+                     coalesce_s: float = 0.02):
+    """Destination changes are applied at most every `coalesce_s` per zone: when thousands of
+    receivers register at once (after a server restart, say), each zone's destination list is
+    rebuilt once per window instead of once per receiver (which is O(n²) under the engine
+    lock, and the tick waits on that lock)."""
+    pending: dict[str, list[tuple[str, int]]] = {}
+    handle: list[asyncio.TimerHandle | None] = [None]
+
+    def flush() -> None:
+        handle[0] = None
+        items = list(pending.items())
+        pending.clear()
+        for zone, addrs in items:
+            engine.set_dynamic_destinations(zone, addrs)
+
     def push(zone: str, addrs: list[tuple[str, int]]) -> None:
-        engine.set_dynamic_destinations(zone, addrs)
+        pending[zone] = list(addrs)
+        if handle[0] is None:
+            handle[0] = loop.call_later(coalesce_s, flush)
     return push
 
 
@@ -136,9 +153,9 @@ async def start_receiver_endpoint(engine, registry: ReceiverRegistry,  # noqa: A
         raise ValueError(f"the media socket is bound to {bhost}, not {host}")
     sock = socket.fromfd(media.fileno(), media.family, media.type)   # dup: same socket
     sock.setblocking(False)
-    registry.on_destinations = _on_destinations(engine)
-    registry.media_ssrc = engine.ssrc
     loop = asyncio.get_running_loop()
+    registry.on_destinations = _on_destinations(engine, loop)
+    registry.media_ssrc = engine.ssrc
     link = ReceiverLink(engine, registry, poll_interval=poll_interval, sr_interval=sr_interval)
     await loop.create_datagram_endpoint(lambda: link, sock=sock)
     link.address = (bhost, bport)

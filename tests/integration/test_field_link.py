@@ -110,7 +110,8 @@ async def test_join_play_injection_spoof_move_offline():
     try:
         await until(lambda: rx.session.registered, 3, "registration")
         assert rx.session.srtp and rx.session.keys.ready
-        assert srv.engine.fanout.destinations("z1") == [rx.addr]
+        # destination changes are applied in 20 ms batches
+        await until(lambda: srv.engine.fanout.destinations("z1") == [rx.addr], 1, "destination")
         srv.tone(["z1"], seconds=20)
         await until(lambda: rx.audio_s > 1.0, 5, "audio")
         snap = rx.fr.snapshot()
@@ -162,7 +163,7 @@ async def test_join_play_injection_spoof_move_offline():
         # silence: 3 missed heartbeats -> offline, removed from the destinations
         await rx.stop()
         await until(lambda: not srv.registry.status("rx1")["online"], 3 * HB + 2, "offline")
-        assert srv.engine.fanout.destinations("z1") == []
+        await until(lambda: srv.engine.fanout.destinations("z1") == [], 1, "removed")
         assert [e["receiver"] for e in srv.events if e["type"] == "receiver.offline"] == ["rx1"]
     finally:
         if not rx.task.done():
