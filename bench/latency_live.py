@@ -1,6 +1,9 @@
 """Live ingest latency: tone onset at the sender → onset in what a zone's receiver gets.
 
     python -m bench.latency_live --source rtp [--onsets 30]
+    python -m bench.latency_live --source webrtc [--sender both|aiortc|chromium] [--onsets 20]
+                                 [--jitter-ms 60] [--json FILE]
+    (`loa bench latency --source webrtc ...` forwards here and runs both senders)
 
 `RtpCapture` (a UDP socket in a thread that keeps every Opus RTP packet with its arrival time
 and decodes them in order with libopus) is also what the live integration tests listen with.
@@ -10,6 +13,10 @@ RtpIngest on a loopback port, and a sender thread that paces Opus RTP of silence
 bursts every 500 ms. Latency per onset = arrival of the first zone packet whose decoded audio
 crosses -30 dBFS minus the send time of the first sender packet carrying the burst. A
 reference receiver adds its jitter buffer (60 ms by default) on top; that is reported apart.
+
+WebRTC source: mouth → reference receiver's output, end to end, with a real `loa serve`; see
+the comment above `run_webrtc` for how each end is timed. Exit 3 only for an invalid run (too
+few onsets matched, the server died, the sender failed), 2 for bad usage.
 """
 from __future__ import annotations
 
@@ -175,19 +182,565 @@ def _bench_rtp(onsets: int, period_s: float = 0.5, burst_s: float = 0.2) -> dict
             "ingest": ing.status()["stats"]}
 
 
+# ---------------------------------------------------------------------------- WebRTC bench
+#
+# Mouth → reference receiver, with a real `loa serve` (webrtc_loopback_only) whose one zone's
+# unicast destination is a reference `loa receiver`. Every time is this machine's wall clock
+# (time.time() in Python, performance.timeOrigin + performance.now() in the page), so there is
+# no clock-sync error between the two ends.
+#
+# Sender "aiortc": a MediaStreamTrack paced at real time like a microphone: frame k covers
+#   [t0 + 20k ms, t0 + 20(k+1) ms) and is handed to aiortc at the end of that interval, as a
+#   capture device would; an onset on the first sample of frame k was "spoken" at t0 + 20k ms.
+# Sender "chromium": the real /live page in headless Chromium, fake microphone playing a WAV of
+#   bursts. A script injected before the page loads wraps getUserMedia and reads a clone of the
+#   captured track with MediaStreamTrackProcessor: each AudioData carries Chromium's capture
+#   timestamp (TimeTicks = CLOCK_MONOTONIC, µs), mapped to wall time with Python's
+#   time.time() - time.monotonic(); the wall time at which the page saw the buffer is kept too,
+#   and the mapping is checked against it (0 ≤ seen − captured < 200 ms, or the "seen" time is
+#   used instead, which can only make the latency look smaller).
+# Receiver side: onsets in the receiver's WAV output (|x| > 0.05 after ≥ 0.2 s quiet), each
+#   mapped to the wall time it was handed to the output through the receiver's spurt record
+#   (`played_utc` of the spurt's first sample at output position `output_s`).
+
+RATE = SAMPLE_RATE
+PERIOD_S = 0.6   # onset spacing: pairing is unambiguous while the latency stays below this
+BURST_S = 0.25
+
+
+def _chromium_path() -> str | None:
+    import shutil
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    import os
+    return "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+
+
+def _tone(n: int, start: int) -> np.ndarray:
+    t = (np.arange(n) + start) / RATE
+    return (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+
+
+def _played_onsets(wav_path, stats: dict) -> tuple[list[float], dict]:
+    """Wall times at which the receiver handed each onset in its output to the sink."""
+    import wave
+
+    from bench.latency import find_onsets
+    with wave.open(str(wav_path), "rb") as w:
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    spurts = sorted((sp for sp in stats.get("spurts", []) if sp.get("played_utc") is not None
+                     and sp.get("output_s") is not None), key=lambda sp: sp["output_s"])
+    out = []
+    for q in find_onsets(x, RATE):
+        sp = None
+        for cand in spurts:
+            if cand["output_s"] <= q + 1e-6:
+                sp = cand
+        if sp is not None:
+            out.append(sp["played_utc"] + (q - sp["output_s"]))
+    info = {"output_s": round(len(x) / RATE, 3), "spurts": len(spurts)}
+    if spurts:
+        last = spurts[-1]
+        info["timeline_end_utc"] = last["played_utc"] + (len(x) / RATE - last["output_s"])
+    return out, info
+
+
+def _capture_calibration(rows: list) -> dict | None:
+    """Wall time of the page's captured-audio timeline (AudioData.timestamp, µs, counted by
+    Chromium from the start of the track, sample-accurate).
+
+    Every buffer [ts, ts + n/sr) was complete when the page read it at wall time `seen`, so
+    seen - (ts + n/sr) >= offset; the smallest such value over all buffers is the anchor: a
+    sample is dated as if it had reached the page with the fastest delivery seen. The slope of
+    seen against ts checks that the timeline runs at wall-clock rate (no gaps, no drift).
+    """
+    if len(rows) < 20:
+        return None
+    a = np.array(rows, dtype=float)
+    ts_end = a[:, 0] / 1e6 + a[:, 2] / a[:, 3]
+    seen = a[:, 1] / 1000
+    d = seen - ts_end
+    off = float(d.min())
+    slope = float(np.polyfit(ts_end - ts_end[0], seen - seen[0], 1)[0])
+    return {"offset_s": off, "buffers": len(rows),
+            "buffer_ms": round(float(np.median(a[:, 2] / a[:, 3])) * 1000, 2),
+            "delivery_jitter_ms_p50": round(float(np.median(d - off)) * 1000, 2),
+            "delivery_jitter_ms_p95": round(float(np.percentile(d - off, 95)) * 1000, 2),
+            "timeline_rate": round(slope, 5)}
+
+
+def _pair(sent: list[float], played: list[float], period: float) -> list[tuple[float, float]]:
+    """Each sent onset with the first played onset in [sent - 50 ms, sent + period - 50 ms)."""
+    pairs = []
+    for s in sent:
+        cand = [p for p in played if s - 0.05 <= p < s + period - 0.05]
+        if cand:
+            pairs.append((s, cand[0]))
+    return pairs
+
+
+class _ToneTrack:
+    """aiortc audio track: silence, then `onsets` bursts every PERIOD_S, paced at real time."""
+
+    def __new__(cls, *a, **kw):  # a MediaStreamTrack subclass made lazily (aiortc import)
+        from aiortc.mediastreams import MediaStreamTrack
+
+        class ToneTrack(MediaStreamTrack):
+            kind = "audio"
+
+            def __init__(self, onsets: int, lead_s: float) -> None:
+                super().__init__()
+                self.onsets = onsets
+                self.lead_frames = int(round(lead_s * 50))
+                self.period_frames = int(round(PERIOD_S * 50))
+                self.burst_frames = int(round(BURST_S * 50))
+                self.k = 0
+                self.t0_mono: float | None = None
+                self.t0_wall = 0.0
+                self.sent: list[float] = []   # wall time of each onset's first sample
+                self.late_frames = 0          # frames handed over > 5 ms after their due time
+
+            def _burst_index(self, k: int) -> tuple[int, int] | None:
+                j = k - self.lead_frames
+                if j < 0:
+                    return None
+                n, r = divmod(j, self.period_frames)
+                if n >= self.onsets or r >= self.burst_frames:
+                    return None
+                return n, r
+
+            async def recv(self):
+                import asyncio
+                import fractions
+
+                import av
+                if self.t0_mono is None:
+                    self.t0_mono = time.monotonic()
+                    self.t0_wall = time.time() - (time.monotonic() - self.t0_mono)
+                k = self.k
+                self.k += 1
+                due = self.t0_mono + (k + 1) * 0.02   # the end of this frame's capture interval
+                d = due - time.monotonic()
+                if d > 0:
+                    await asyncio.sleep(d)
+                elif d < -0.005:
+                    self.late_frames += 1
+                b = self._burst_index(k)
+                if b is None:
+                    pcm = np.zeros(FRAME_SAMPLES, np.float32)
+                else:
+                    pcm = _tone(FRAME_SAMPLES, b[1] * FRAME_SAMPLES)
+                    if b[1] == 0:
+                        self.sent.append(self.t0_wall + k * 0.02)
+                frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+                frame.planes[0].update((pcm * 32767).astype("<i2").tobytes())
+                frame.sample_rate = RATE
+                frame.pts = k * FRAME_SAMPLES
+                frame.time_base = fractions.Fraction(1, RATE)
+                return frame
+
+            @property
+            def done(self) -> bool:
+                return self.k >= self.lead_frames + self.onsets * self.period_frames + 25
+
+        return ToneTrack(*a, **kw)
+
+
+async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> dict:
+    import asyncio
+
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    track = _ToneTrack(onsets, lead_s=1.5)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(track)
+    out: dict = {"sender": "aiortc", "capture_clock": "scheduled frame time (time.time)"}
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            async with s.post(f"{base}/api/v1/live/offer", json={
+                    "sdp": pc.localDescription.sdp, "type": "offer", "zones": [zone],
+                    "level": "normal"}) as r:
+                body = await r.json()
+                if r.status != 201:
+                    out["error"] = f"offer refused: HTTP {r.status} {body}"
+                    return out
+        await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
+        out["broadcast"] = body["broadcast"]["id"]
+        end = time.monotonic() + deadline_s
+        while not track.done:
+            if time.monotonic() > end:
+                out["error"] = (f"sender did not finish in {deadline_s:.0f} s "
+                                f"(connection {pc.connectionState}, {track.k} frames)")
+                break
+            await asyncio.sleep(0.05)
+        out["onsets_wall"] = list(track.sent)
+        out["late_frames"] = track.late_frames
+        out["connection"] = pc.connectionState
+        out["stop_wall"] = time.time()
+        return out
+    finally:
+        out.setdefault("onsets_wall", list(track.sent))
+        out["_pc"] = pc  # closed by the caller after the receiver has stopped
+
+
+_PROBE_JS = r"""
+(() => {
+  const P = window.__loaProbe = { onsets: [], frames: 0, error: null, kind: null, map: [] };
+  const md = navigator.mediaDevices;
+  if (!md || !md.getUserMedia) { P.error = "no getUserMedia"; return; }
+  const orig = md.getUserMedia.bind(md);
+  md.getUserMedia = async (c) => {
+    const s = await orig(c);
+    try { watch(s.getAudioTracks()[0].clone()); } catch (e) { P.error = String(e); }
+    return s;
+  };
+  async function watch(track) {
+    if (typeof MediaStreamTrackProcessor === "undefined") { P.error = "no MediaStreamTrackProcessor"; return; }
+    P.kind = "MediaStreamTrackProcessor";
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    const THR = 0.05, GAP_US = 200000;
+    let lastLoud = -1e18, buf = null;
+    for (;;) {
+      const { value: ad, done } = await reader.read();
+      if (done) break;
+      const seen = performance.timeOrigin + performance.now();
+      const n = ad.numberOfFrames, sr = ad.sampleRate, ts = ad.timestamp;
+      if (!buf || buf.length < n) buf = new Float32Array(n);
+      try { ad.copyTo(buf, { planeIndex: 0, format: "f32-planar" }); }
+      catch (e) { P.error = "copyTo: " + e + " (format " + ad.format + ")"; ad.close(); break; }
+      ad.close();
+      P.frames++;
+      if (P.map.length < 20000) P.map.push([ts, seen, n, sr]);
+      for (let i = 0; i < n; i++) {
+        if (Math.abs(buf[i]) > THR) {
+          const t = ts + i * 1e6 / sr;
+          if (t - lastLoud > GAP_US) P.onsets.push({ ts_us: t, seen_ms: seen, idx: i, n, sr });
+          lastLoud = t;
+        }
+      }
+    }
+  }
+})();
+"""
+
+
+async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
+                         deadline_s: float) -> dict:
+    import asyncio
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import aiohttp
+
+    from bench.latency import burst_file
+    wav = work / "bursts.wav"
+    # the fake device loops the file; make it long enough never to matter
+    burst_file(wav, onsets + 30, period_s=PERIOD_S, on_s=BURST_S, lead_s=0.5)
+    profile = work / "chromium-profile"
+    profile.mkdir()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-quic", "--no-first-run", "--no-default-browser-check",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--mute-audio", f"--user-data-dir={profile}", "--use-fake-ui-for-media-stream",
+             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
+             "--autoplay-policy=no-user-gesture-required",
+             "--disable-features=WebRtcHideLocalIpsWithMdns",
+             "--allow-loopback-in-peer-connection", "--remote-debugging-port=0",
+             "--remote-allow-origins=*", "about:blank"]
+    proc = subprocess.Popen([chromium, *flags], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    out: dict = {"sender": "chromium"}
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+    ws = None
+    ids = iter(range(1, 1 << 30))
+    end = time.monotonic() + deadline_s
+
+    async def cdp(method: str, **params):
+        my = next(ids)
+        await ws.send_json({"id": my, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(ws.receive_json(), 10)
+            if msg.get("id") == my:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def js(expr: str):
+        r = await cdp("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"page error in {expr!r}: {r['exceptionDetails']}")
+        return r.get("result", {}).get("value")
+
+    async def wait(expr: str, what: str, timeout: float):
+        t_end = min(end, time.monotonic() + timeout)
+        while time.monotonic() < t_end:
+            try:
+                v = await js(expr)
+            except RuntimeError:
+                v = None
+            if v:
+                return v
+            await asyncio.sleep(0.05)
+        state = await js("JSON.stringify({s: window.loaState || null, p: window.__loaProbe || null,"
+                         " n: (document.getElementById('notice')||{}).textContent})")
+        raise TimeoutError(f"timed out waiting for {what}; page: {str(state)[:600]}")
+
+    async def stop_browser() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            for _ in range(50):
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        shutil.rmtree(profile, ignore_errors=True)
+
+    try:
+        port_file = profile / "DevToolsActivePort"
+        while not port_file.exists() or not port_file.read_text().strip():
+            if time.monotonic() > end or proc.poll() is not None:
+                out["error"] = "Chromium did not open its DevTools port"
+                return out
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        while True:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                pages = [p for p in await r.json() if p.get("type") == "page"]
+            if pages:
+                break
+            if time.monotonic() > end:
+                out["error"] = "no page target in Chromium"
+                return out
+            await asyncio.sleep(0.05)
+        ws = await http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        out["browser"] = (await cdp("Browser.getVersion")).get("product")
+        await cdp("Page.enable")
+        await cdp("Page.addScriptToEvaluateOnNewDocument", source=_PROBE_JS)
+        await cdp("Page.navigate", url=f"{base}/live?zones={zone}&level=normal")
+        await wait(f"document.querySelector('#zones input[value=\"{zone}\"]:checked') !== null",
+                   "the /live console with the zone ticked (local bootstrap admin)", 20)
+        await js("document.getElementById('latch').click(); true")
+        await wait("window.loaState && window.loaState.phase == 'on_air'", "on air", 20)
+        out["on_air_wall"] = time.time()
+        out["broadcast"] = await js("window.loaState.broadcast")
+        # warm-up (1 s) + the onsets + one spare period, checking the talk stays on air
+        t_stop = time.monotonic() + 1.0 + (onsets + 1.5) * PERIOD_S
+        while time.monotonic() < t_stop:
+            if time.monotonic() > end:
+                out["error"] = f"did not finish within {deadline_s:.0f} s"
+                break
+            phase = await js("window.loaState.phase")
+            if phase != "on_air":
+                out["error"] = f"the page left on_air: {phase}"
+                break
+            await asyncio.sleep(0.2)
+        probe = await js("JSON.stringify(window.__loaProbe)")
+        import json as _json
+        probe = _json.loads(probe or "null") or {}
+        out["stop_wall"] = time.time()
+        out["probe"] = {"kind": probe.get("kind"), "frames": probe.get("frames"),
+                        "error": probe.get("error")}
+        cal = _capture_calibration(probe.get("map", []))
+        out["capture_calibration"] = cal
+        out["capture_clock"] = ("page: AudioData timeline anchored at the earliest delivery "
+                                "to the page" if cal else "none")
+        wall = [o["ts_us"] / 1e6 + cal["offset_s"] for o in probe.get("onsets", [])] if cal else []
+        out["onsets_all_wall"] = wall
+        warm = out["on_air_wall"] + 1.0
+        out["onsets_wall"] = [w for w in wall if w >= warm]
+        out["onsets_before_warmup"] = len(wall) - len(out["onsets_wall"])
+
+        async def hang_up() -> None:
+            try:
+                await js("document.getElementById('latch').click(); true")
+                await asyncio.sleep(0.3)
+            except Exception:
+                pass
+            if ws is not None:
+                await ws.close()
+            await http.close()
+            await stop_browser()
+        out["_hangup"] = hang_up
+        return out
+    except (TimeoutError, asyncio.TimeoutError, RuntimeError, aiohttp.ClientError, OSError) as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+        return out
+    finally:
+        if "_hangup" not in out:
+            if ws is not None:
+                await ws.close()
+            await http.close()
+            await stop_browser()
+
+
+def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
+               chromium: str | None = None) -> dict:
+    """One variant against a fresh `loa serve` + reference receiver; the report of that run."""
+    import asyncio
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from bench.fanout import REPO, Proc, _child_env, _free_tcp_port
+    from bench.preempt import summary, wait_healthy
+    work = Path(tempfile.mkdtemp(prefix=f"loa-bench-live-{sender}-"))
+    res: dict = {"sender": sender, "valid": True, "invalid_reasons": [],
+                 "settings": {"onsets": onsets, "period_s": PERIOD_S, "burst_s": BURST_S,
+                              "tone_hz": 1000, "receiver_jitter_ms": jitter_ms}}
+
+    def invalid(why: str) -> dict:
+        res["valid"] = False
+        res["invalid_reasons"].append(why)
+        return res
+
+    env = _child_env()
+    env["LOA_SEND_PORT"] = "0"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    rx_port = s.getsockname()[1]
+    s.close()
+    zone = "lat"
+    cfg = work / "bench.toml"
+    cfg.write_text("webrtc_loopback_only = true\nwebrtc_grace_s = 3.0\n\n"
+                   f'[[zones]]\nid = "{zone}"\nname = "latency"\n'
+                   f'unicast = ["127.0.0.1:{rx_port}"]\n')
+    wav_out, stats_path = work / "rx.wav", work / "rx.json"
+    rx = Proc([sys.executable, "-m", "loa.cli", "receiver", "--listen", f"127.0.0.1:{rx_port}",
+               "--out", str(wav_out), "--stats-json", str(stats_path),
+               "--jitter-ms", str(jitter_ms)], env=env, name="receiver", cwd=str(REPO))
+    http = _free_tcp_port()
+    server = Proc([sys.executable, "-m", "loa.cli", "serve", "--config", str(cfg), "--http",
+                   f"127.0.0.1:{http}", "--data-dir", str(work / "data")], env=env,
+                  name="loa serve", cwd=str(REPO))
+    base = f"http://127.0.0.1:{http}"
+    sent: dict = {}
+    try:
+        if rx.expect(lambda l: "listening" in l, 15) is None:
+            return invalid("receiver did not start: " + " | ".join(rx.err[-5:]))
+        if not wait_healthy(base, server):
+            return invalid("loa serve did not start: " + " | ".join(server.err[-5:]))
+        deadline = 40.0 + onsets * PERIOD_S * 2
+
+        async def go() -> dict:
+            from streamer.ingest.webrtc import restrict_ice_to_loopback
+            restrict_ice_to_loopback(True)   # our own aiortc peer too (client side)
+            try:
+                if sender == "aiortc":
+                    r = await _send_aiortc(base, zone, onsets, deadline)
+                else:
+                    r = await _send_chromium(base, zone, onsets, work, chromium or "", deadline)
+                # stop the receiver while the talk is still on air: its output timeline then
+                # runs to the moment we stopped it (checked below)
+                r["rx_stop_wall"] = time.time()
+                rx.p.send_signal(2)
+                await asyncio.get_running_loop().run_in_executor(None, rx.p.wait, 10)
+                if "_pc" in r:
+                    await r.pop("_pc").close()
+                if "_hangup" in r:
+                    await r.pop("_hangup")()
+                return r
+            finally:
+                restrict_ice_to_loopback(False)
+
+        sent = asyncio.run(go())
+        res["server_alive"] = server.alive()
+        for k in ("browser", "capture_clock", "capture_calibration", "late_frames", "probe",
+                  "onsets_before_warmup", "connection"):
+            if k in sent:
+                res[k] = sent[k]
+        if sent.get("error"):
+            invalid(f"{sender} sender: {sent['error']}")
+        if not res["server_alive"]:
+            return invalid("loa serve died: " + " | ".join(server.err[-5:]))
+        if not stats_path.exists() or not wav_out.exists():
+            return invalid("the receiver wrote no stats or no output")
+        st = json.loads(stats_path.read_text())
+        played, info = _played_onsets(wav_out, st)
+        res["receiver"] = {k: st.get(k) for k in ("received", "lost", "late", "concealed",
+                                                    "jitter_ms", "audio_seconds")}
+        res["receiver"]["spurts"] = info["spurts"]
+        if "timeline_end_utc" in info:
+            # output timeline (first spurt's played_utc + audio written) vs. when we stopped it:
+            # a hole in the output that the spurt record does not know of would show here
+            res["receiver"]["timeline_slip_ms"] = round(
+                (sent["rx_stop_wall"] - info["timeline_end_utc"]) * 1000, 1)
+        src = sorted(sent.get("onsets_wall", []))
+        pairs = _pair(src, played, PERIOD_S)
+        if sender == "chromium":
+            pairs = pairs[:onsets]
+        lat = [(p - s_) * 1000 for s_, p in pairs]
+        res["onsets_sent"] = len(src)
+        res["onsets_played"] = len(played)
+        res["onsets_matched"] = len(lat)
+        res["latency_ms"] = summary(lat)
+        if lat:
+            res["latency_ms"]["min"] = round(min(lat), 3)
+        res["samples_ms"] = [round(v, 2) for v in lat]
+        if len(lat) < onsets:
+            invalid(f"matched {len(lat)} of {onsets} onsets ({len(src)} sent, "
+                    f"{len(played)} found in the receiver's output)")
+        return res
+    finally:
+        server.stop()
+        rx.stop()
+        if res.get("valid"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            res["workdir"] = str(work)
+
+
+def render_webrtc(report: dict, console) -> None:
+    from rich.table import Table
+    m = report["machine"]
+    console.print(f"[bold]loa bench latency --source webrtc[/] — {m['nproc']} cores, "
+                  f"{m['cpu_model']} ({m['virtualization']}), load {m['loadavg_before']}")
+    t = Table(title="tone onset captured at the sender → played by the reference receiver (ms)")
+    for c in ("sender", "n", "p50", "p95", "max", "min", "mean", "capture clock"):
+        t.add_column(c)
+    for r in report["runs"]:
+        s = r.get("latency_ms") or {}
+        t.add_row(r["sender"] + ("" if r["valid"] else " [red](invalid)[/]"),
+                  f"{s.get('n', 0)}/{r['settings']['onsets']}",
+                  *(str(s.get(k)) for k in ("p50", "p95", "max", "min", "mean")),
+                  str(r.get("capture_clock", "")))
+    console.print(t)
+    for r in report["runs"]:
+        console.print(f"{r['sender']}: receiver {r.get('receiver')}"
+                      + (f"; {r['browser']}" if r.get("browser") else ""))
+        if not r["valid"]:
+            console.print(f"[red]{r['sender']} INVALID: {r['invalid_reasons']}[/]")
+    for note in report.get("notes", []):
+        console.print(f"[yellow]{note}[/]")
+    console.print(f"includes the receiver's jitter buffer "
+                  f"({report['settings']['receiver_jitter_ms']:g} ms target)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="loa bench latency",
-                                 description="live ingest latency (tone onset → zone packet)")
+                                 description="live ingest latency (tone onset → zone packet / "
+                                             "receiver output)")
     ap.add_argument("--source", choices=["rtp", "webrtc"], default="rtp")
+    ap.add_argument("--sender", choices=["both", "aiortc", "chromium"], default="both",
+                    help="webrtc: who plays the phone (default both; chromium is skipped when "
+                         "not installed)")
     ap.add_argument("--onsets", type=int, default=30)
+    ap.add_argument("--jitter-ms", type=float, default=60.0,
+                    help="webrtc: the reference receiver's jitter buffer target")
     ap.add_argument("--json", help="write the result here as JSON")
     a = ap.parse_args(argv)
+    if a.onsets < 5 or a.onsets > 1000:
+        ap.error("--onsets must be 5..1000 (at least 20 for a meaningful p95)")
+    if a.source == "webrtc":
+        return _main_webrtc(a)
     if a.onsets < 20:
         ap.error("--onsets must be at least 20 for a meaningful p95")
-    if a.source == "webrtc":
-        print("loa bench latency --source webrtc: not implemented yet (needs onset timestamps "
-              "from the page); use --source rtp", file=sys.stderr)
-        return 2
     res = _bench_rtp(a.onsets)
     print(f"{'source':8} {'onsets':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     print(f"{res['source']:8} {res['onsets_matched']:>4}/{res['onsets_sent']:<3}"
@@ -197,6 +750,39 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
     return 0
+
+
+def _main_webrtc(a) -> int:
+    from rich.console import Console
+
+    from bench.common import machine_info
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)
+    chromium = _chromium_path()
+    senders = ["aiortc", "chromium"] if a.sender == "both" else [a.sender]
+    report: dict = {"benchmark": "latency", "source": "webrtc", "machine": machine_info(),
+                    "settings": {"onsets": a.onsets, "receiver_jitter_ms": a.jitter_ms,
+                                 "senders": senders},
+                    "runs": [], "notes": [], "valid": True}
+    if "chromium" in senders and chromium is None:
+        if a.sender == "chromium":
+            console.print("[red]chromium is not installed[/]")
+            return 2
+        senders.remove("chromium")
+        report["notes"].append("chromium not installed: the browser variant was skipped")
+    if a.onsets < 20:
+        report["notes"].append(f"only {a.onsets} onsets: p95 is not meaningful below 20")
+    for s in senders:
+        r = run_webrtc(s, a.onsets, a.jitter_ms, chromium)
+        report["runs"].append(r)
+        report["valid"] = report["valid"] and r["valid"]
+    render_webrtc(report, console)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=2)
+        console.print(f"results written to {a.json}")
+    return 0 if report["valid"] else 3
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ class FieldReceiver:
         self._last_written = 0.0
         self._now_key: tuple = ()
         self._prev = (0, 0, 0)                          # (received, lost, concealed) at last report
+        self._prev_red = 0                              # red_recovered at last report
 
     def datagram_received(self, data: bytes, addr: Addr, now: float, wall: float) -> None:
         s = self.session
@@ -245,9 +246,13 @@ class FieldReceiver:
     def report(self) -> dict:
         snap = self.rx.snapshot()
         rec, lost, conc = snap["received"], snap["lost"], snap["concealed"]
+        red_rec = snap.get("red_recovered", 0)
         d_rec, d_lost, d_conc = (rec - self._prev[0], lost - self._prev[1],
                                  conc - self._prev[2])
+        # the network's loss, before redundancy repaired it: what the server decides on
+        d_lost += red_rec - self._prev_red
         self._prev = (rec, lost, conc)
+        self._prev_red = red_rec
         expected = d_rec + d_lost
         playing = self._last_written > 0 and time.time() - self._last_written < 1.0
         on = self.session.on_air[0] if self.session.on_air else {}

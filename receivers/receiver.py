@@ -20,6 +20,7 @@ from receivers.jitter import Action, Arrival, JitterBuffer, Playout
 from receivers.output import Sink
 from streamer.audio import FRAME_NS, SAMPLE_RATE
 from streamer.rtp.opus import OpusDecoder, OpusError, packet_samples
+from streamer.rtp import red
 from streamer.rtp.packet import RtpError, RtpPacket, ts_diff
 
 _MAX_PACKET_SAMPLES = SAMPLE_RATE * 120 // 1000
@@ -35,6 +36,7 @@ class ReceiverStats:
     decode_errors: int = 0        # libopus refused it at playout (concealed instead)
     socket_errors: int = 0
     late_ticks: int = 0           # playout ticks that ran more than 10 frames late
+    red_recovered: int = 0        # lost packets recovered from the next packet's RFC 2198 copy
     stretched: int = 0            # adaptive delay: concealment frames inserted (delay +20 ms)
     shrunk: int = 0               # adaptive delay: frame pairs merged (delay -20 ms)
 
@@ -72,6 +74,9 @@ class Receiver:
             st.invalid += 1
             return
         pt = pkt.payload_type
+        if pt == red.RED_PT:
+            self._redundant(pkt, arrival)
+            return
         if self.payload_type is not None:
             if pt != self.payload_type:
                 st.wrong_payload_type += 1
@@ -95,6 +100,37 @@ class Receiver:
                      "seq": pkt.sequence_number, "rtp_ts": pkt.timestamp, "output_s": None}
             self.spurts.append(entry)
             self._spurt_by_ts[pkt.timestamp] = entry
+
+    def _redundant(self, pkt: RtpPacket, arrival: float) -> None:
+        """RFC 2198: the primary block is this packet's frame; an older block recovers the
+        packet before it if that one was lost (and is not counted as received)."""
+        try:
+            blocks = red.parse(pkt.payload)
+        except red.RedError:
+            self.stats.bad_payload += 1
+            return
+        primary = blocks[-1]
+        n = packet_samples(primary.data)
+        if n <= 0 or n > _MAX_PACKET_SAMPLES:
+            self.stats.bad_payload += 1
+            return
+        self.jitter.push(RtpPacket(primary.payload_type, pkt.sequence_number, pkt.timestamp,
+                                   pkt.ssrc, pkt.marker, primary.data), arrival, n)
+        jb = self.jitter.stats
+        for i, b in enumerate(reversed(blocks[:-1]), start=1):
+            m = packet_samples(b.data)
+            if m <= 0 or m > _MAX_PACKET_SAMPLES:
+                continue
+            before = (jb.duplicate, jb.late, jb.received)
+            res = self.jitter.push(RtpPacket(b.payload_type, (pkt.sequence_number - i) & 0xFFFF,
+                                             (pkt.timestamp - b.ts_offset) & 0xFFFFFFFF,
+                                             pkt.ssrc, False, b.data), arrival, m)
+            # the copy of a packet we already have is not news; one we lacked is a recovery
+            jb.duplicate, jb.late = before[0], before[1]
+            if jb.received > before[2]:
+                jb.received = before[2]
+                self.stats.red_recovered += 1
+            del res
 
     def tick(self, now: float) -> int:
         """Play every slot due at `now` into the sink; returns samples written."""

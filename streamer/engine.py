@@ -29,6 +29,7 @@ from streamer.mixer.arbitration import Claim, Layer, Level, arbitrate, live_conf
 from streamer.mixer.mix import GainRamp, SoftLimiter, add_scaled
 from streamer.rtp.fanout import Fanout
 from streamer.rtp.opus import OpusEncoder, OpusRepacketizer, OpusSettings
+from streamer.rtp import red
 from streamer.rtp.packet import HEADER_SIZE, write_header
 from streamer.zones import PTIMES, Zone, ZoneError, ZoneTree
 
@@ -204,6 +205,7 @@ class Engine:
         self.keyring = keyring
         self._protectors: dict[int, object] = {}
         self._secure_zones: dict[int, set[str]] = {pt: set() for pt in PTIMES}
+        self._red_zones: set[str] = set()  # zones with receivers on redundant (RFC 2198) packets
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -380,11 +382,23 @@ class Engine:
         dyn = self.dynamic_dests.get(zone_id) or []
         seen = {a for lst in plain.values() for a in lst}
         target = secure if self.keyring is not None else plain
+        red_addrs: list[tuple[str, int]] = []
         for d in dyn:
             addr, pt = (d[0], d[1]), (d[2] if len(d) > 2 else 20)
-            if addr not in seen:
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if len(d) > 3 and d[3] and pt == 20:
+                red_addrs.append(addr)  # a lossy link: RFC 2198 packets instead
+            else:
                 target.setdefault(pt if pt in PTIMES else 20, []).append(addr)
-                seen.add(addr)
+        red_key = f"{zone_id}#r{'s' if self.keyring is not None else ''}"
+        if red_addrs or zone_id in self._red_zones:
+            self.fanout.set_destinations(red_key, red_addrs)
+        if red_addrs:
+            self._red_zones.add(zone_id)
+        else:
+            self._red_zones.discard(zone_id)
         slow = set()
         for pt in PTIMES:
             for is_secure, groups in ((False, plain), (True, secure)):
@@ -410,6 +424,9 @@ class Engine:
             for is_secure in (False, True):
                 self.fanout.set_destinations(self._key(zone_id, pt, is_secure), [])
             self._secure_zones[pt].discard(zone_id)
+        for suffix in ("#r", "#rs"):
+            self.fanout.set_destinations(zone_id + suffix, [])
+        self._red_zones.discard(zone_id)
         self._zone_ptimes.pop(zone_id, None)
 
     def _protector(self, ptime: int):
@@ -548,12 +565,31 @@ class Engine:
         if audible and b.started_at is None:
             b.started_at = now
 
-    def _send_long_packets(self, k: int, frames: dict[str, bytes]) -> None:
+    def _send_redundant(self, k: int, frames: dict[str, bytes], seq: int, ts: int) -> None:
+        """RFC 2198 packets (this tick's frame + the previous one) for registered receivers on
+        lossy links: built once per distinct frame pair, same sequence number and timestamp as
+        the plain packet of this tick."""
+        prev = self._frame_hist[-2][1] if len(self._frame_hist) > 1 and \
+            self._frame_hist[-2][0] == k - 1 else {}
+        groups: dict[tuple, list[str]] = {}
+        for z in self._red_zones:
+            cur = frames.get(z)
+            if cur is not None:
+                groups.setdefault((prev.get(z), cur), []).append(z)
+        secure = self.keyring is not None
+        for (before, cur), zones in groups.items():
+            payload = red.build(self.settings.payload_type, cur, before, FRAME_SAMPLES)
+            pkt = bytearray(HEADER_SIZE + len(payload))
+            pkt[HEADER_SIZE:] = payload
+            write_header(pkt, red.RED_PT, seq, ts, self.ssrc, marker=before is None)
+            keys = [f"{z}#r{'s' if secure else ''}" for z in zones]
+            self.fanout.send(self._protector(20).protect(pkt) if secure else pkt, keys)
+
+    def _send_long_packets(self, k: int) -> None:
         """Every 2 (3) ticks, join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms
         packet: built once per distinct frame sequence, sent to every zone that heard it. These
         streams have their own sequence numbers (one per packet time), the node's SSRC and the
         timestamp of their first frame."""
-        self._frame_hist.append((k, frames))
         pt = self.settings.payload_type
         for ptime in (40, 60):
             per = ptime // 20
@@ -756,7 +792,8 @@ class Engine:
             self._free_channels = keep
         self._channels = used
         pt = self.settings.payload_type
-        slow_frames: dict[str, bytes] | None = {} if self._zone_ptimes else None
+        slow_frames: dict[str, bytes] | None = {} if (self._zone_ptimes or self._red_zones) \
+            else None
         for key, zones in programs.items():
             ch = used[key]
             ch.last_used = now
@@ -786,13 +823,19 @@ class Engine:
             if slow_frames is not None:
                 payload_bytes = None
                 for z in zones:
-                    if z in self._zone_ptimes:
+                    if z in self._zone_ptimes or z in self._red_zones:
                         if payload_bytes is None:
                             payload_bytes = bytes(buf[HEADER_SIZE:n])
                         slow_frames[z] = payload_bytes
         self.encoders_active = len(programs)
-        if self._zone_ptimes:
-            self._send_long_packets(k, slow_frames or {})
+        if slow_frames is not None:
+            self._frame_hist.append((k, slow_frames))
+            if self._zone_ptimes:
+                self._send_long_packets(k)
+            if self._red_zones:
+                self._send_redundant(k, slow_frames, seq, ts)
+        elif self._frame_hist:
+            self._frame_hist.clear()
         if programs:
             sent_ns = time.monotonic_ns()
             for b in self.broadcasts.values():

@@ -71,6 +71,8 @@ class _Receiver:
     played: dict[str, dict] = field(default_factory=dict)   # broadcast -> first/last/audio_s
     rtt_ms: float | None = None
     now_key: str | None = None
+    redundant: bool = False          # gets RFC 2198 packets (previous frame repeated)
+    redundant_since: float = 0.0
 
 
 class ReceiverRegistry:
@@ -121,7 +123,7 @@ class ReceiverRegistry:
                        address=f"{addr[0]}:{addr[1]}", count=self.counters[reason])
 
     def _push_destinations(self, zone: str) -> None:
-        addrs = sorted(r.addr for r in self._rx.values()
+        addrs = sorted((r.addr[0], r.addr[1], 20, r.redundant) for r in self._rx.values()
                        if r.zone == zone and r.online and r.addr is not None)
         try:
             self.on_destinations(zone, addrs)
@@ -223,6 +225,23 @@ class ReceiverRegistry:
         self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason=reason,
                    last_seen=_iso(r.last_seen_wall))
 
+    #: network loss (before repair) at which a receiver gets redundant packets, and below which
+    #: (after at least `RED_HOLD_S`) it goes back to plain ones
+    RED_ON, RED_OFF, RED_HOLD_S = 0.03, 0.01, 60.0
+
+    def _choose_redundancy(self, r: _Receiver, loss: float | None, wall: float) -> None:
+        if loss is None:
+            return
+        if not r.redundant and loss >= self.RED_ON:
+            r.redundant, r.redundant_since = True, wall
+        elif r.redundant and loss < self.RED_OFF and wall - r.redundant_since >= self.RED_HOLD_S:
+            r.redundant = False
+        else:
+            return
+        self._emit("receiver.redundancy", wall, receiver=r.id, zone=r.zone, on=r.redundant,
+                   fraction_lost=loss)
+        self._push_destinations(r.zone)
+
     def _welcome(self, r: _Receiver, secret: bytes, wall: float) -> bytes:
         body: dict = {"server": self.server_name, "zone": r.zone, "heartbeat_s": self.heartbeat_s,
                       "report_s": self.report_s, "observed": f"{r.addr[0]}:{r.addr[1]}",
@@ -252,6 +271,7 @@ class ReceiverRegistry:
         rep["playing"] = body.get("playing") is True
         r.report = rep
         r.report_wall = wall
+        self._choose_redundancy(r, rep.get("fraction_lost"), wall)
         lsr, dlsr = body.get("lsr"), _num(body.get("dlsr"), 0, 3600)
         if isinstance(lsr, int) and dlsr is not None:
             sent = self._sr_sent.get((r.id, lsr))
@@ -355,6 +375,7 @@ class ReceiverRegistry:
                      "jitter_ms": rep.get("jitter_ms"), "concealed_pct": conc,
                      "jb_depth_ms": rep.get("jb_depth_ms"), "jb_target_ms": rep.get("jb_target_ms"),
                      "rtt_ms": r.rtt_ms},
+            "redundancy": r.redundant,
             "playing": ({"broadcast": rep.get("broadcast"), "level": rep.get("level")}
                         if rep.get("playing") else None),
             "volume": rep.get("volume"), "uptime_s": rep.get("uptime_s"),

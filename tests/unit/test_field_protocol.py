@@ -89,7 +89,7 @@ def test_register_welcome_destinations_and_sealed_keys():
         cp.unseal(SECRETS["rx2"][0], "rx1", w.body["keys"])
     with pytest.raises(cp.ProtocolError):
         cp.unseal(SECRETS["rx1"][0], "rx2", w.body["keys"])
-    assert dests == {"z1": [("203.0.113.5", 40000)]}
+    assert dests == {"z1": [("203.0.113.5", 40000, 20, False)]}
     assert [e["type"] for e in events] == ["receiver.online"]
     st_ = reg.status("rx1")
     assert st_["online"] and st_["address"] == "203.0.113.5:40000" and st_["zone"] == "z1"
@@ -119,7 +119,7 @@ def test_replay_stale_and_spoofed_register_cannot_redirect():
     assert reg.datagram_received(unk, ("198.51.100.66", 5555), 1.5, T0 + 1) == []
     assert reg.counters["unknown_id"] == 1 and reg.status("nobody") is None
     # the stream still goes to the real receiver
-    assert dests == {"z1": [("203.0.113.5", 40000)]}
+    assert dests == {"z1": [("203.0.113.5", 40000, 20, False)]}
     assert reg.status("rx1")["address"] == "203.0.113.5:40000"
     rej = [e for e in events if e["type"] == "receiver.rejected"]
     assert {e["reason"] for e in rej} == {"replay", "stale", "bad_mac", "unknown_id"}
@@ -136,14 +136,14 @@ def test_address_change_from_next_heartbeat_and_offline_after_three_missed():
     out = reg.datagram_received(msg(cp.MsgType.HEARTBEAT, wall=T0 + 15), ("203.0.113.77", 1234),
                                 15.0, T0 + 15)
     assert cp.parse(out[0][0]).body["observed"] == "203.0.113.77:1234"
-    assert dests["z1"] == [("203.0.113.6", 40001), ("203.0.113.77", 1234)]
+    assert [d[:2] for d in dests["z1"]] == [("203.0.113.6", 40001), ("203.0.113.77", 1234)]
     assert events[-1]["type"] == "receiver.address_changed"
     assert events[-1]["previous"] == "203.0.113.5:40000"
     reg.poll(44.0, T0 + 44)          # rx2 silent for 44 s < 45 s
     assert reg.status("rx2")["online"]
     reg.poll(45.5, T0 + 45.5)
     assert not reg.status("rx2")["online"] and reg.status("rx1")["online"]
-    assert dests["z1"] == [("203.0.113.77", 1234)]
+    assert [d[:2] for d in dests["z1"]] == [("203.0.113.77", 1234)]
     off = [e for e in events if e["type"] == "receiver.offline"]
     assert len(off) == 1 and off[0]["receiver"] == "rx2"
     # it comes back

@@ -1,0 +1,48 @@
+"""`loa bench latency --source webrtc`: the plumbing of both senders (numbers belong to the
+benchmark, not here). A real `loa serve` on loopback, a reference receiver, 5 onsets."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.latency_live import _chromium_path
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def run_live(sender: str, tmp_path, timeout: float = 150) -> dict:
+    out = tmp_path / f"{sender}.json"
+    p = subprocess.run([sys.executable, "-m", "bench.latency_live", "--source", "webrtc",
+                        "--sender", sender, "--onsets", "5", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def check(report: dict, sender: str) -> dict:
+    assert report["valid"] and report["source"] == "webrtc"
+    (run,) = report["runs"]
+    assert run["sender"] == sender and run["valid"], run["invalid_reasons"]
+    lat = run["latency_ms"]
+    assert lat["n"] == 5 and run["onsets_matched"] == 5
+    # the receiver's 60 ms jitter buffer plus a 20 ms capture frame set a floor; a broken clock
+    # pairing (or an onset paired with its neighbour) would not land in this range
+    assert 20 < lat["p50"] < 1000 and lat["max"] < 1000
+    assert run["receiver"]["lost"] == 0 and run["server_alive"]
+    assert report["machine"]["nproc"] >= 1
+    return run
+
+
+def test_webrtc_latency_with_aiortc_as_the_phone(tmp_path):
+    run = check(run_live("aiortc", tmp_path), "aiortc")
+    assert run["connection"] == "connected"
+
+
+@pytest.mark.skipif(_chromium_path() is None, reason="chromium not installed")
+def test_webrtc_latency_with_chromium_on_the_live_page(tmp_path):
+    run = check(run_live("chromium", tmp_path), "chromium")
+    assert run["probe"]["kind"] == "MediaStreamTrackProcessor" and not run["probe"]["error"]
+    cal = run["capture_calibration"]
+    assert cal["buffers"] > 100 and abs(cal["timeline_rate"] - 1) < 0.01

@@ -1,0 +1,135 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from streamer.rtp.red import RedError, build, parse
+
+
+def test_round_trip_with_previous_frame():
+    p = build(111, b"cur" * 30, b"prev" * 20, 960)
+    blocks = parse(p)
+    assert [(b.payload_type, b.ts_offset, b.data) for b in blocks] == [
+        (111, 960, b"prev" * 20), (111, 0, b"cur" * 30)]
+
+
+def test_primary_only_when_there_is_no_previous_frame():
+    assert [b.data for b in parse(build(111, b"x" * 50, None, 960))] == [b"x" * 50]
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x80", b"\x80\x00\x0f\x00", b"\x80\x00\x3c\xff\x6f"])
+def test_malformed_is_an_error(bad):
+    with pytest.raises(RedError):
+        parse(bad)
+
+
+@given(st.binary(max_size=300))
+def test_parser_never_crashes(data):
+    try:
+        parse(data)
+    except RedError:
+        pass
+
+
+def _engine_with_red_receiver():
+    import time as _t
+
+    from streamer.engine import Engine, EngineSettings
+    from streamer.rtp.srtp import MediaKeyring
+    from streamer.zones import Zone, ZoneTree
+    from tests.unit.test_engine import RecordingFanout, run, spec
+    tree = ZoneTree()
+    tree.add(Zone("z"))
+    fan = RecordingFanout()
+    keyring = MediaKeyring(_t.monotonic())
+    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
+    run(eng, fan, 1)
+    eng.set_dynamic_destinations("z", [("10.0.0.1", 4000, 20, False), ("10.0.0.2", 4000, 20, True)])
+    eng.start_broadcast(spec(["z"], freq=600, seconds=2))
+    fan.sent.clear()
+    run(eng, fan, 100, 1)
+    return fan, keyring
+
+
+def test_lossy_receivers_get_red_packets_built_once_per_tick():
+    from streamer.rtp.packet import RtpPacket
+    from streamer.rtp.srtp import MediaUnprotector
+    fan, keyring = _engine_with_red_receiver()
+    assert fan.dests["z#s"] == [("10.0.0.1", 4000)]
+    assert fan.dests["z#rs"] == [("10.0.0.2", 4000)]
+    plain = [p for _, p, keys in fan.sent if keys == ["z#s"]]
+    redp = [p for _, p, keys in fan.sent if keys == ["z#rs"]]
+    assert len(plain) == len(redp) == 100
+    rx = MediaUnprotector()
+    rx.set_keys(keyring.for_receivers())
+    a = [RtpPacket.parse(rx.unprotect(p)) for p in plain]
+    b = [RtpPacket.parse(rx.unprotect(p)) for p in redp]
+    assert [x.sequence_number for x in a] == [x.sequence_number for x in b]
+    assert all(x.payload_type == 121 for x in b)
+    for i in range(1, 100):
+        blocks = parse(b[i].payload)
+        assert blocks[-1].data == a[i].payload and blocks[0].data == a[i - 1].payload
+    assert len(parse(b[0].payload)) == 1 and b[0].marker
+
+
+def test_receiver_recovers_lost_packets_from_red_copies():
+    import numpy as np
+
+    from receivers.receiver import Receiver
+    from streamer.rtp.packet import RtpPacket
+    from streamer.rtp.srtp import MediaUnprotector
+
+    class Sink:
+        samples_written = 0
+        description = "mem"
+
+        def __init__(self):
+            self.chunks = []
+
+        def write(self, pcm):
+            self.chunks.append(pcm)
+            self.samples_written += len(pcm)
+
+        def close(self):
+            pass
+    fan, keyring = _engine_with_red_receiver()
+    un = MediaUnprotector()
+    un.set_keys(keyring.for_receivers())
+    redp = [un.unprotect(p) for _, p, keys in fan.sent if keys == ["z#rs"]]
+    rx = Receiver(Sink())
+    t = 100.0
+    dropped = 0
+    for i, p in enumerate(redp):
+        if i % 7 == 3:  # one packet in seven never arrives
+            dropped += 1
+        else:
+            rx.datagram_received(p, t)
+        t += 0.02
+        rx.tick(t)
+    for _ in range(20):
+        t += 0.02
+        rx.tick(t)
+    snap = rx.snapshot()
+    assert snap["red_recovered"] == dropped
+    assert snap["concealed_plc"] == 0 and snap["lost"] == 0
+    assert snap["received"] == len(redp) - dropped
+    pcm = np.concatenate(rx.sink.chunks)
+    assert len(pcm) >= 98 * 960
+
+
+def test_registry_turns_redundancy_on_at_loss_and_off_only_after_a_quiet_hold():
+    from streamer.rtp import control_protocol as cp
+    from streamer.rtp.registry import ReceiverRegistry, _Receiver
+    dests, events = {}, []
+    reg = ReceiverRegistry(lambda rid: None, on_event=events.append,
+                           on_destinations=lambda z, a: dests.__setitem__(z, list(a)))
+    r = _Receiver("rx1", "z1", cp.ReplayGuard(), addr=("203.0.113.9", 5000), online=True)
+    reg._rx["rx1"] = r
+    reg._take_report(r, {"fraction_lost": 0.005}, 1000.0)
+    assert not r.redundant and dests == {}
+    reg._take_report(r, {"fraction_lost": 0.06}, 1005.0)
+    assert r.redundant and dests["z1"] == [("203.0.113.9", 5000, 20, True)]
+    reg._take_report(r, {"fraction_lost": 0.0}, 1010.0)  # repaired loss looks low: hold on
+    assert r.redundant
+    reg._take_report(r, {"fraction_lost": 0.0}, 1070.0)
+    assert not r.redundant and dests["z1"] == [("203.0.113.9", 5000, 20, False)]
+    assert [e["on"] for e in events if e["type"] == "receiver.redundancy"] == [True, False]
+    assert reg.status("rx1")["redundancy"] is False
