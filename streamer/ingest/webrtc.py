@@ -121,7 +121,23 @@ class WebRtcSession:
         def _track(track) -> None:
             if track.kind != "audio" or self._task is not None:
                 return
+            self._shorten_jitter_buffer(track)
             self._task = asyncio.ensure_future(self._consume(track))
+
+    def _shorten_jitter_buffer(self, track) -> None:
+        """aiortc holds 4 audio packets (80 ms) before it decodes the first; Loa's LiveSource
+        already has its own small jitter queue, so one packet of prefetch is enough. This saves
+        ~60 ms of mouth-to-loudspeaker delay. aiortc keeps the buffer in a private attribute:
+        if a future version moves it, we keep its default and say so once."""
+        try:
+            from aiortc.jitterbuffer import JitterBuffer
+            for r in self.pc.getReceivers():
+                if r.track is track and hasattr(r, "_RTCRtpReceiver__jitter_buffer"):
+                    r._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=1)
+                    return
+            log.warning("aiortc's audio jitter buffer not found; its 80 ms prefetch stays")
+        except Exception:
+            log.warning("could not shorten aiortc's audio jitter buffer", exc_info=True)
 
     async def accept(self, sdp: str, type_: str = "offer") -> dict:
         """Apply the browser's offer and return the answer {sdp, type} (ICE gathered)."""
