@@ -194,14 +194,17 @@ def loa_server_available() -> bool:
     return (REPO / "control" / "cli.py").exists() and (REPO / "control" / "app.py").exists()
 
 
-def write_toml(path: Path, n: int, port: int, zones: int) -> None:
+def write_toml(path: Path, n: int, port: int, zones: int, frame_ms: int = 20) -> None:
+    """N unicast receivers over `zones` zones; with 40/60 ms frames every receiver is marked
+    with that packet time (HOST:PORT/40), as cellular clusters are."""
     addrs = receivers(n, port)
+    suffix = f"/{frame_ms}" if frame_ms != 20 else ""
     zones = max(1, min(zones, n))
     with open(path, "w") as f:
         for z in range(zones):
             f.write(f'[[zones]]\nid = "bench{z}"\nname = "bench zone {z}"\nunicast = [\n')
             for h, p in addrs[z::zones]:
-                f.write(f'  "{h}:{p}",\n')
+                f.write(f'  "{h}:{p}{suffix}",\n')
             f.write("]\n\n")
 
 
@@ -257,7 +260,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             ok = sender.expect(lambda s: s == "ready", 60)
         elif kind == "loa":
             toml = workdir / f"bench-{run}.toml"
-            write_toml(toml, n, port, opts.zones)
+            write_toml(toml, n, port, opts.zones, opts.frame_ms)
             http = f"127.0.0.1:{_free_tcp_port()}"
             senv = dict(env, LOA_OPUS_BITRATE=str(opts.bitrate), LOA_LOG_LEVEL="WARNING",
                         LOA_FANOUT_WORKERS=str(opts.workers), LOA_FANOUT_BATCH=str(opts.batch))
