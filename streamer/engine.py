@@ -206,6 +206,10 @@ class Engine:
         self._protectors: dict[int, object] = {}
         self._secure_zones: dict[int, set[str]] = {pt: set() for pt in PTIMES}
         self._red_zones: set[str] = set()  # zones with receivers on redundant (RFC 2198) packets
+        self._dest_version = 0
+        self._plan: dict = {}
+        self._plan_sig: tuple | None = None
+        self._sec_cache: dict = {}
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -377,6 +381,8 @@ class Engine:
         return (zone_id if ptime == 20 else f"{zone_id}|{ptime}") + ("#s" if secure else "")
 
     def _apply_dests(self, zone_id: str) -> None:
+        self._dest_version += 1
+        self._sec_cache = {}
         plain = self.tree.destinations_by_ptime(zone_id)
         secure: dict[int, list[tuple[str, int]]] = {}
         dyn = self.dynamic_dests.get(zone_id) or []
@@ -420,6 +426,8 @@ class Engine:
             self._zone_ptimes.pop(zone_id, None)
 
     def _drop_dests(self, zone_id: str) -> None:
+        self._dest_version += 1
+        self._sec_cache = {}
         for pt in PTIMES:
             for is_secure in (False, True):
                 self.fanout.set_destinations(self._key(zone_id, pt, is_secure), [])
@@ -436,13 +444,18 @@ class Engine:
             p = self._protectors[ptime] = MediaProtector(self.keyring)
         return p
 
-    def _send(self, packet, zones: list[str], ptime: int = 20) -> None:
+    def _send(self, packet, zones, ptime: int = 20) -> None:
         """Plain RTP to the zones' static destinations; SRTP (protected once) to their
         registered receivers."""
         self.fanout.send(packet, zones if ptime == 20 else [f"{z}|{ptime}" for z in zones])
         sec = self._secure_zones[ptime]
         if sec:
-            keys = [self._key(z, ptime, True) for z in zones if z in sec]
+            ck = (ptime, zones) if type(zones) is tuple else None
+            keys = self._sec_cache.get(ck) if ck is not None else None
+            if keys is None:
+                keys = tuple(self._key(z, ptime, True) for z in zones if z in sec)
+                if ck is not None:
+                    self._sec_cache[ck] = keys
             if keys:
                 self.fanout.send(self._protector(ptime).protect(packet), keys)
 
@@ -680,8 +693,16 @@ class Engine:
                     p.finished = True
                     b.done_zones |= p.zones
                     b.error = b.error or p.source.error
-            if all(p.finished for p in b.playheads) or b.zones <= b.done_zones:
+            if all(p.finished for p in b.playheads) or (
+                    len(b.done_zones) >= len(b.zones) and b.zones <= b.done_zones):
                 self._end(b, "finished")
+        # Steady state (nothing started, stopped, finished, moved or ramping since the last tick):
+        # the previous tick's plan (who plays where, which zones share a program) still holds,
+        # so per-tick work is per program and per playhead, never per zone.
+        sig = self._plan_signature()
+        if sig == self._plan_sig:
+            self._run_plan(k, self._plan, fast=True)
+            return
         # 2. arbitration
         claims = [b.claim() for b in self.broadcasts.values()]
         layers = arbitrate(claims, duck_db=self.settings.duck_db)
@@ -708,7 +729,8 @@ class Engine:
                 b.state = "playing"
             b.audible = audible[b.id]
             b.ducked = ducked[b.id]
-        # 3. pull one frame from every playhead that plays this tick
+        # 3. which playheads play this tick
+        reads = []
         for b in self.broadcasts.values():
             for p in b.playheads:
                 if p.finished:
@@ -717,16 +739,11 @@ class Engine:
                     continue
                 if not (p.zones & b.audible) and not b.spec.live:
                     continue
-                f = p.source.read()
-                if f is None:
-                    p.frame = SILENCE
-                else:
-                    p.frame = f
-                    p.started = True
+                reads.append((b, p))
         # 4. programs: zones with the same layers (playhead, gain ramp) share one encode
         programs: dict[tuple, list[str]] = {}
-        frames: dict[int, tuple[np.ndarray, float]] = {}
         winners: dict[str, int] = {}
+        steady = True
         for z, ls in layers.items():
             key_items = []
             for layer in ls:
@@ -739,8 +756,9 @@ class Engine:
                     ramp = self._ramps[(z, b.id)] = GainRamp(layer.gain_db, self.settings.duck_ramp_ms)
                 ramp.target_db = layer.gain_db
                 g0, g1 = ramp.advance()
+                if g0 != g1 or not ramp.settled:
+                    steady = False
                 key_items.append((p.id, round(g0 * b.gain, 5), round(g1 * b.gain, 5)))
-                frames[p.id] = (p.frame, b.gain)
             if not key_items:
                 continue
             key = tuple(key_items)
@@ -752,13 +770,115 @@ class Engine:
             for pair in list(self._ramps):
                 if pair not in live_pairs:
                     del self._ramps[pair]
-        # 5. encode once per program and send
+        plan = {
+            "programs": {key: tuple(zones) for key, zones in programs.items()},
+            "winners": winners,
+            "reads": reads,
+            "slow": {key: tuple(z for z in zones if z in self._zone_ptimes or z in self._red_zones)
+                     for key, zones in programs.items()},
+        }
+        self._run_plan(k, plan, fast=False)
+        self._plan = plan
+        # a plan is reused only once every ramp has settled and every playhead has started
+        # (the first frame flips `started`, which is part of the signature)
+        self._plan_sig = self._plan_signature() if steady else None
+        self._sec_cache = {}
+
+    def _plan_signature(self) -> tuple:
+        """Cheap (per broadcast and playhead): changes whenever arbitration could decide
+        differently."""
+        return (self.tree.version, self._dest_version, tuple(
+            (b.id, b.state, len(b.done_zones), len(b.zones),
+             any(p.started or p.source.ready() or p.source.finished
+                 for p in b.playheads if not p.finished),
+             tuple((p.id, p.paused, p.finished, p.started, len(p.zones)) for p in b.playheads))
+            for b in self.broadcasts.values()))
+
+    def _run_plan(self, k: int, plan: dict, fast: bool) -> None:
+        """Read, mix, encode once per program, send. `fast`: the plan is last tick's, so no
+        zone changed program (no marker bits) and nothing per zone needs recomputing."""
+        programs: dict[tuple, tuple] = plan["programs"]
+        winners = plan["winners"]
+        frames: dict[int, np.ndarray] = {}
+        for b, p in plan["reads"]:
+            f = p.source.read()
+            if f is None:
+                p.frame = SILENCE
+            else:
+                p.frame = f
+                p.started = True
+            frames[p.id] = p.frame
         if programs:
             seq = self.seq = (self.seq + 1) & 0xFFFF
         else:
             seq = self.seq
         ts = (self.ts0 + k * FRAME_SAMPLES) & 0xFFFFFFFF
         now = time.monotonic()
+        if fast:
+            used = self._channels
+        else:
+            used = self._assign_channels(programs, now)
+        pt = self.settings.payload_type
+        slow_frames: dict[str, bytes] | None = {} if (self._zone_ptimes or self._red_zones) \
+            else None
+        for key, zones in programs.items():
+            ch = used[key]
+            ch.last_used = now
+            bus = ch.bus
+            bus.fill(0.0)
+            for pid, g0, g1 in key:
+                add_scaled(bus, frames[pid], g0, g1, ch.scratch)
+            ch.limiter.process(bus)
+            payload = ch.encoder.encode(bus)
+            n = HEADER_SIZE + len(payload)
+            buf = ch.buf
+            buf[HEADER_SIZE:n] = payload
+            if fast:
+                plain, marked = zones, ()
+            else:
+                pl, mk = [], []
+                for z in zones:
+                    (mk if self._zone_winner.get(z) != winners[z] else pl).append(z)
+                plain, marked = tuple(pl), tuple(mk)
+            if plain:
+                write_header(buf, pt, seq, ts, self.ssrc, marker=False)
+                self._send(ch.view[:n], plain)
+            if marked:
+                write_header(buf, pt, seq, ts, self.ssrc, marker=True)
+                self._send(ch.view[:n], marked)
+            self.packets_built += 1
+            if slow_frames is not None:
+                slow = plan["slow"].get(key, ())
+                if slow:
+                    payload_bytes = bytes(buf[HEADER_SIZE:n])
+                    for z in slow:
+                        slow_frames[z] = payload_bytes
+        self.encoders_active = len(programs)
+        if slow_frames is not None:
+            self._frame_hist.append((k, slow_frames))
+            if self._zone_ptimes:
+                self._send_long_packets(k)
+            if self._red_zones:
+                self._send_redundant(k, slow_frames, seq, ts)
+        elif self._frame_hist:
+            self._frame_hist.clear()
+        if programs:
+            sent_ns = time.monotonic_ns()
+            for b in self.broadcasts.values():
+                if b.first_packet_ns is None and b.audible:
+                    b.first_packet_ns = sent_ns
+                    if b.playheads:
+                        b.ready_ns = b.playheads[0].source.ready_ns
+        if not fast:
+            new_keys = {}
+            for key, zones in programs.items():
+                for z in zones:
+                    new_keys[z] = key
+            self._zone_key = new_keys
+            self._zone_winner = winners
+        self.tick_index = k
+
+    def _assign_channels(self, programs: dict, now: float) -> dict:
         used: dict[tuple, ProgramChannel] = {}
         for key in programs:
             ch = self._channels.get(key)
@@ -791,62 +911,4 @@ class Engine:
                     keep.append(ch)
             self._free_channels = keep
         self._channels = used
-        pt = self.settings.payload_type
-        slow_frames: dict[str, bytes] | None = {} if (self._zone_ptimes or self._red_zones) \
-            else None
-        for key, zones in programs.items():
-            ch = used[key]
-            ch.last_used = now
-            bus = ch.bus
-            bus.fill(0.0)
-            for pid, g0, g1 in key:
-                frame, _ = frames[pid]
-                add_scaled(bus, frame, g0, g1, ch.scratch)
-            ch.limiter.process(bus)
-            payload = ch.encoder.encode(bus)
-            n = HEADER_SIZE + len(payload)
-            buf = ch.buf
-            buf[HEADER_SIZE:n] = payload
-            plain, marked = [], []
-            for z in zones:
-                if self._zone_winner.get(z) != winners[z]:
-                    marked.append(z)
-                else:
-                    plain.append(z)
-            if plain:
-                write_header(buf, pt, seq, ts, self.ssrc, marker=False)
-                self._send(ch.view[:n], plain)
-            if marked:
-                write_header(buf, pt, seq, ts, self.ssrc, marker=True)
-                self._send(ch.view[:n], marked)
-            self.packets_built += 1
-            if slow_frames is not None:
-                payload_bytes = None
-                for z in zones:
-                    if z in self._zone_ptimes or z in self._red_zones:
-                        if payload_bytes is None:
-                            payload_bytes = bytes(buf[HEADER_SIZE:n])
-                        slow_frames[z] = payload_bytes
-        self.encoders_active = len(programs)
-        if slow_frames is not None:
-            self._frame_hist.append((k, slow_frames))
-            if self._zone_ptimes:
-                self._send_long_packets(k)
-            if self._red_zones:
-                self._send_redundant(k, slow_frames, seq, ts)
-        elif self._frame_hist:
-            self._frame_hist.clear()
-        if programs:
-            sent_ns = time.monotonic_ns()
-            for b in self.broadcasts.values():
-                if b.first_packet_ns is None and b.audible:
-                    b.first_packet_ns = sent_ns
-                    if b.playheads:
-                        b.ready_ns = b.playheads[0].source.ready_ns
-        new_keys = {}
-        for key, zones in programs.items():
-            for z in zones:
-                new_keys[z] = key
-        self._zone_key = new_keys
-        self._zone_winner = winners
-        self.tick_index = k
+        return used
