@@ -210,6 +210,7 @@ class Engine:
         self._plan: dict = {}
         self._plan_sig: tuple | None = None
         self._sec_cache: dict = {}
+        self._zone_status_cache: tuple | None = None
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
         self.ts0 = secrets.randbits(32)
@@ -352,16 +353,24 @@ class Engine:
             return out
 
     def zone_status(self) -> dict[str, dict]:
+        """What each zone is hearing. Cached while the plan holds: the receiver endpoint asks
+        several times a second, and with thousands of zones rebuilding it each time would hold
+        the engine lock (and so the tick) for milliseconds."""
         with self.lock:
-            out = {}
-            for zid in self.tree.zones:
-                key = self._zone_key.get(zid)
-                on = []
-                for b in self.broadcasts.values():
-                    if zid in b.audible:
-                        on.append({"broadcast": b.id, "level": b.level.label,
-                                   "ducked": zid in b.ducked})
-                out[zid] = {"on_air": on, "program": hash(key) if key else None}
+            sig = self._plan_sig
+            cached = self._zone_status_cache
+            if sig is not None and cached is not None and cached[0] == sig:
+                return cached[1]
+            out = {zid: {"on_air": [], "program": None} for zid in self.tree.zones}
+            for b in sorted(self.broadcasts.values(), key=lambda x: x.order):
+                item = {"broadcast": b.id, "level": b.level.label}
+                for zid in b.audible:
+                    if zid in out:
+                        out[zid]["on_air"].append(dict(item, ducked=zid in b.ducked))
+            for zid, key in self._zone_key.items():
+                if zid in out:
+                    out[zid]["program"] = hash(key)
+            self._zone_status_cache = (sig, out)
             return out
 
     def set_dynamic_destinations(self, zone_id: str, addrs: list[tuple]) -> None:
