@@ -60,6 +60,7 @@ class EngineSettings:
     limiter_ceiling_db: float = -0.1
     idle_channel_ttl_s: float = 10.0
     realtime: bool = True  # SCHED_FIFO (or nice -10) for the tick thread where permitted
+    dest_apply_interval_s: float = 0.25  # registered receivers' address changes, batched
 
 
 @dataclass
@@ -76,6 +77,12 @@ class BroadcastSpec:
     duration_s: float | None = None
     id: str | None = None
     owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
+
+
+def _phase(zone: str, per: int) -> int:
+    """Which of the `per` ticks a zone's long packets leave on (stable across restarts)."""
+    import zlib
+    return zlib.crc32(zone.encode()) % per
 
 
 class Playhead:
@@ -197,8 +204,8 @@ class Engine:
         #: zones with destinations on longer packet times (40/60 ms), and those packets' state
         self._zone_ptimes: dict[str, set[int]] = {}
         self._frame_hist: collections.deque = collections.deque(maxlen=3)  # (k, {zone: payload})
-        self._ptime_seq = {pt: secrets.randbits(16) for pt in PTIMES if pt != 20}
-        self._ptime_active: dict[int, set[str]] = {pt: set() for pt in PTIMES if pt != 20}
+        self._ptime_seq: dict[tuple[int, int], int] = {}  # (packet time, phase) -> last seq
+        self._ptime_active: dict[tuple[int, int], set[str]] = {}
         self._repacketizer: OpusRepacketizer | None = None
         # Registered receivers get SRTP (one protect per program packet, per packet time);
         # static destinations (stock clients playing the SDP, multicast groups) stay plain RTP.
@@ -207,6 +214,9 @@ class Engine:
         self._secure_zones: dict[int, set[str]] = {pt: set() for pt in PTIMES}
         self._red_zones: set[str] = set()  # zones with receivers on redundant (RFC 2198) packets
         self._dest_version = 0
+        self._pending_dests: dict[str, list[tuple]] = {}
+        self._pending_lock = threading.Lock()
+        self._dests_applied_at = 0.0
         self._plan: dict = {}
         self._plan_sig: tuple | None = None
         self._sec_cache: dict = {}
@@ -377,9 +387,27 @@ class Engine:
         """Registered receivers of a zone: (host, port) or (host, port, ptime_ms) as observed
         (e.g. behind NAT). Takes effect at once; call only when membership or an address
         changes, never per tick."""
-        with self.lock:
+        # Recorded under a small lock of its own and applied by the tick at most every
+        # `dest_apply_interval_s`: provisioning thousands of receivers one by one must neither
+        # wait for the tick nor make it rebuild its destination arrays thousands of times.
+        with self._pending_lock:
+            self._pending_dests[zone_id] = list(addrs)
+        if self._thread is None:  # not ticking (tests, tools): apply at once
+            with self.lock:
+                self._apply_pending_dests(force=True)
+
+    def _apply_pending_dests(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._dests_applied_at < self.settings.dest_apply_interval_s:
+            return
+        with self._pending_lock:
+            if not self._pending_dests:
+                return
+            pending, self._pending_dests = self._pending_dests, {}
+        self._dests_applied_at = now
+        for zone_id, addrs in pending.items():
             if addrs:
-                self.dynamic_dests[zone_id] = list(addrs)
+                self.dynamic_dests[zone_id] = addrs
             else:
                 self.dynamic_dests.pop(zone_id, None)
             if zone_id in self.tree.zones:
@@ -608,27 +636,29 @@ class Engine:
             self.fanout.send(self._protector(20).protect(pkt) if secure else pkt, keys)
 
     def _send_long_packets(self, k: int) -> None:
-        """Every 2 (3) ticks, join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms
-        packet: built once per distinct frame sequence, sent to every zone that heard it. These
-        streams have their own sequence numbers (one per packet time), the node's SSRC and the
-        timestamp of their first frame."""
+        """Join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms packet, built once
+        per distinct frame sequence and sent to every zone that heard it. Zones are spread over
+        the 2 (3) ticks by a fixed phase, so the long packets of a province go out evenly, not
+        as one burst every other tick. Each (packet time, phase) stream has its own sequence
+        numbers; the SSRC is the node's; the timestamp is that of the packet's first frame."""
         pt = self.settings.payload_type
         for ptime in (40, 60):
             per = ptime // 20
-            if (k + 1) % per:
-                continue
+            phase = (k + 1) % per  # zones of this phase complete a window now
             hist = [h for h in self._frame_hist if h[0] > k - per]
             groups: dict[tuple, list[str]] = {}
             for zone, pts in self._zone_ptimes.items():
-                if ptime not in pts:
+                if ptime not in pts or _phase(zone, per) != phase:
                     continue
                 seq_frames = tuple((kk, fr[zone]) for kk, fr in hist if zone in fr)
                 if seq_frames:
                     groups.setdefault(seq_frames, []).append(zone)
+            sk = (ptime, phase)
+            active_before = self._ptime_active.get(sk, set())
             if not groups:
-                self._ptime_active[ptime] = set()
+                self._ptime_active[sk] = set()
                 continue
-            self._ptime_seq[ptime] = seq = (self._ptime_seq[ptime] + 1) & 0xFFFF
+            seq = self._ptime_seq[sk] = (self._ptime_seq.get(sk, secrets.randbits(16)) + 1) & 0xFFFF
             if self._repacketizer is None:
                 self._repacketizer = OpusRepacketizer()
             active = set()
@@ -637,19 +667,19 @@ class Engine:
                 for i, (payload, pts_) in enumerate(parts):
                     pkt = bytearray(HEADER_SIZE + len(payload))
                     pkt[HEADER_SIZE:] = payload
-                    new = [z for z in zones if z not in self._ptime_active[ptime]]
-                    old = [z for z in zones if z in self._ptime_active[ptime]]
+                    new = [z for z in zones if z not in active_before]
+                    old = [z for z in zones if z in active_before]
                     if i:  # a split window: later parts continue the same spurt
                         old, new = old + new, []
-                    s = seq if i == 0 else (self._ptime_seq[ptime] + 1) & 0xFFFF
+                    s = seq if i == 0 else (self._ptime_seq[sk] + 1) & 0xFFFF
                     if i:
-                        self._ptime_seq[ptime] = s
+                        self._ptime_seq[sk] = s
                     for keys, marker in ((old, False), (new, True)):
                         if keys:
                             write_header(pkt, pt, s, pts_, self.ssrc, marker=marker)
                             self._send(pkt, keys, ptime)
                 active.update(zones)
-            self._ptime_active[ptime] = active
+            self._ptime_active[sk] = active
 
     def _join_runs(self, seq_frames: tuple) -> list[tuple[bytes, int]]:
         """(payload, timestamp) packets: as few as the frames' Opus configurations allow (frames
@@ -688,6 +718,8 @@ class Engine:
 
     def _tick_locked(self, k: int) -> None:
         self._sync_tree()
+        if self._pending_dests:
+            self._apply_pending_dests()
         # 1. retire finished playheads and broadcasts
         for b in list(self.broadcasts.values()):
             for p in b.playheads:

@@ -190,8 +190,9 @@ def test_cellular_destinations_get_longer_packets(ptime):
     per = ptime // 20
     assert len(short) == 60
     # an encoder's first frames may switch Opus mode, and such frames cannot share a packet
-    assert 60 // per <= len(long_) <= 60 // per + 2
-    assert sum(packet_samples(p.payload) for p in long_) == 960 * 60
+    assert 60 // per - 1 <= len(long_) <= 60 // per + 2
+    # the zone's window phase may leave the last frame(s) for the next tick
+    assert 960 * (60 - per) <= sum(packet_samples(p.payload) for p in long_) <= 960 * 60
     assert sum(packet_samples(p.payload) == 960 * per for p in long_) >= 60 // per - 2
     assert long_[0].marker and not any(p.marker for p in long_[1:])
     assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in zip(long_, long_[1:]))
