@@ -205,6 +205,8 @@ class Engine:
         self._zone_ptimes: dict[str, set[int]] = {}
         self._frame_hist: collections.deque = collections.deque(maxlen=3)  # (k, {zone: payload})
         self._ptime_seq: dict[tuple[int, int], int] = {}  # (packet time, phase) -> last seq
+        self._ptime_base: dict[int, int] = {}
+        self._ptime_extra: dict[int, int] = {}  # numbers taken by split windows
         self._ptime_active: dict[tuple[int, int], set[str]] = {}
         self._repacketizer: OpusRepacketizer | None = None
         # Registered receivers get SRTP (one protect per program packet, per packet time);
@@ -639,8 +641,10 @@ class Engine:
         """Join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms packet, built once
         per distinct frame sequence and sent to every zone that heard it. Zones are spread over
         the 2 (3) ticks by a fixed phase, so the long packets of a province go out evenly, not
-        as one burst every other tick. Each (packet time, phase) stream has its own sequence
-        numbers; the SSRC is the node's; the timestamp is that of the packet's first frame."""
+        as one burst every other tick. One sequence space per packet time: window n is numbered
+        base + n in every zone and phase. The SSRC is the node's; the timestamp is that of the
+        packet's first frame. (A window whose frames cannot share one Opus packet, around an
+        encoder mode switch, goes out as two packets; later windows are numbered one higher.)"""
         pt = self.settings.payload_type
         for ptime in (40, 60):
             per = ptime // 20
@@ -658,7 +662,10 @@ class Engine:
             if not groups:
                 self._ptime_active[sk] = set()
                 continue
-            seq = self._ptime_seq[sk] = (self._ptime_seq.get(sk, secrets.randbits(16)) + 1) & 0xFFFF
+            # one sequence space per packet time, whatever the phase: window n is numbered
+            # base + n in every zone, so all receivers on 40 ms packets see one numbering
+            base = self._ptime_base.setdefault(ptime, secrets.randbits(16))
+            seq = self._ptime_seq[sk] = (base + k // per + self._ptime_extra.get(ptime, 0)) & 0xFFFF
             if self._repacketizer is None:
                 self._repacketizer = OpusRepacketizer()
             active = set()
@@ -674,6 +681,7 @@ class Engine:
                     s = seq if i == 0 else (self._ptime_seq[sk] + 1) & 0xFFFF
                     if i:
                         self._ptime_seq[sk] = s
+                        self._ptime_extra[ptime] = self._ptime_extra.get(ptime, 0) + 1
                     for keys, marker in ((old, False), (new, True)):
                         if keys:
                             write_header(pkt, pt, s, pts_, self.ssrc, marker=marker)
