@@ -27,10 +27,16 @@ parent = "xa"
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe), "run", f"{s.url}/api/v1/openapi.json",
            "--checks", "not_a_server_error", "--max-examples", "10", "--max-time", "30",
-           "--seed", "4", "--request-timeout", "10", "--workers", "2",
+           # one worker: hypothesis' lambda descriptions call ast.parse, which is not thread-safe
+           # on CPython 3.11 ("AST constructor recursion depth mismatch" with 2 workers)
+           "--seed", "4", "--request-timeout", "10", "--workers", "1",
            "-H", f"Authorization: Bearer {TOKEN}",
            "--exclude-path", "/api/v1/events"]  # an endless stream by design
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    if r.returncode != 0 and "SystemError" in r.stdout + r.stderr \
+            and "Server error" not in r.stdout:
+        # the fuzzer itself crashed (not our server): run it once more
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     tail = (r.stdout + r.stderr)[-4000:]
     assert r.returncode == 0, tail
     assert "generated" in r.stdout and "passed" in r.stdout, tail
