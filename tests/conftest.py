@@ -55,17 +55,34 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> Path:
     return path
 
 
+def require_tool(name: str, why: str = "") -> str:
+    """The path of a program this test needs. `make test` installs every one of them (see
+    APT_PACKAGES in the Makefile), so a missing one is a broken set-up: fail, never skip."""
+    import shutil
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is required{' (' + why + ')' if why else ''}; `make test` "
+                    f"installs it (Makefile APT_PACKAGES)", pytrace=False)
+    return path
+
+
+def require_root(why: str) -> None:
+    import os
+    if os.geteuid() != 0:
+        pytest.fail(f"this test must run as root ({why}); `make test` and CI run as root",
+                    pytrace=False)
+
+
 def make_audio_file(path: str | Path, samples: np.ndarray, rate: int, fmt: str) -> Path:
     """Write `samples` (float, (n,) or (n, ch)) at `rate` as `fmt` (a key of _CODEC_ARGS)."""
     path = Path(path)
     if fmt == "wav":
         return write_wav(path, samples, rate)
-    if FFMPEG is None:
-        pytest.skip("ffmpeg command-line tool not installed")
+    ffmpeg = require_tool("ffmpeg", "encodes the test media")
     src = path.with_name(path.name + ".src.wav")
     write_wav(src, samples, rate)
     try:
-        cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+        cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
                *_CODEC_ARGS[fmt], str(path)]
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     finally:

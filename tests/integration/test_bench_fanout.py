@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main as bench_main
-from bench.fanout import loa_server_available
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +74,6 @@ def test_invalid_usage_is_exit_2_not_a_crash(tmp_path):
     assert r.returncode == 2
 
 
-@pytest.mark.skipif(not loa_server_available(), reason="control/cli.py (loa serve) missing")
 def test_loa_serve_run_every_receiver_gets_every_packet(tmp_path):
     out = tmp_path / "loa.json"
     code = bench_main(["fanout", "--receivers", "200", "--seconds", "3", "--target", "loa",

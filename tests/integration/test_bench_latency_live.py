@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bench.latency_live import _chromium_path
+from tests.conftest import require_tool
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,8 @@ def test_webrtc_latency_with_aiortc_as_the_phone(tmp_path):
     assert run["connection"] == "connected"
 
 
-@pytest.mark.skipif(_chromium_path() is None, reason="chromium not installed")
 def test_webrtc_latency_with_chromium_on_the_live_page(tmp_path):
+    require_tool("chromium", "the phone is a real browser")
     run = check(run_live("chromium", tmp_path), "chromium")
     assert run["probe"]["kind"] == "MediaStreamTrackProcessor" and not run["probe"]["error"]
     cal = run["capture_calibration"]

@@ -24,6 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import require_tool
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -191,8 +193,8 @@ def row_state(rid: str) -> str:
     return f"(document.querySelector('tr.rx-row[data-receiver=\"{rid}\"]') || {{}}).dataset?.state"
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
 def test_dashboard_live_state_and_offline_alarm(serve, receivers, browser):
+    require_tool("chromium", "the dashboard is checked in a real browser")
     t0 = time.monotonic()
     server = serve(TOML, env={"LOA_ADMIN_TOKEN": TOKEN,
                               "LOA_RECEIVER_HEARTBEAT_S": str(HEARTBEAT_S)})

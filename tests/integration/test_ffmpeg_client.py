@@ -1,5 +1,4 @@
 """ffmpeg, which no one here wrote, plays a zone's SDP from the API and hears the tone."""
-import shutil
 import signal
 import subprocess
 import time
@@ -7,15 +6,15 @@ import time
 import pytest
 
 from streamer.ingest.tones import write_tone_wav
+from tests.conftest import require_tool
 from tests.integration.conftest import free_udp_ports, read_wav, tone_stats
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")]
+pytestmark = pytest.mark.integration
 
 
 def start_ffmpeg(sdp_path, out):
     return subprocess.Popen(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist",
+        [require_tool("ffmpeg", "an RTP client no one here wrote"), "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist",
          "file,udp,rtp", "-i", str(sdp_path), "-ac", "1", "-ar", "48000", "-y", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 

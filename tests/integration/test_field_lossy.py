@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
 import subprocess
 
 import numpy as np
@@ -21,6 +20,7 @@ from streamer.mixer.arbitration import Level
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.rtcp import is_rtcp
+from tests.conftest import require_tool
 from tests.integration.test_field_link import FieldServer, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -109,8 +109,7 @@ class Relay:
 
 
 def speech_file(tmp_path):
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (needed for a speech test signal)")
+    require_tool("espeak-ng", "speech is the test signal")
     path = tmp_path / "speech.wav"
     text = ("Thông báo của Ủy ban nhân dân xã. Bão số ba đang tiến vào đất liền, "
             "bà con ngư dân khẩn trương đưa tàu thuyền vào nơi trú ẩn an toàn. ") * 2

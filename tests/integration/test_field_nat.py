@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
+from tests.conftest import require_root, require_tool
 from tests.integration.test_field_link import SECRETS, FieldServer, until
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,9 @@ def sh(*cmd, check=True):
 
 
 def nat_network():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
+    require_root("it creates network namespaces and an iptables NAT")
     for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed")
+        require_tool(tool, "builds the NAT test network")
     steps = [
         ("ip", "netns", "add", NS_NAT), ("ip", "netns", "add", NS_RX),
         ("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NAT_OUT),
@@ -60,8 +58,8 @@ def nat_network():
         r = sh(*cmd, check=False)
         if r.returncode != 0:
             cleanup()
-            pytest.skip(f"cannot build the NAT test network ({' '.join(cmd)}): "
-                        f"{r.stderr.strip()}")
+            pytest.fail(f"cannot build the NAT test network ({' '.join(cmd)}): "
+                        f"{r.stderr.strip()}", pytrace=False)
 
 
 def cleanup():

@@ -27,7 +27,7 @@ from control.app import create_app
 from control.live import LIVE_SESSIONS
 from control.settings import Settings
 from streamer.ingest.webrtc import restrict_ice_to_loopback
-from tests.conftest import write_wav
+from tests.conftest import require_tool, write_wav
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -190,8 +190,8 @@ async def aiortc_offer(url: str, tokens: dict, user: str, zones: list[str]):
     return status, body, pc
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
 async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, tmp_path):
+    require_tool("chromium", "the phone is a real browser")
     url, engine, sessions, cap, tokens = live_server
     t = np.arange(48000 * 2) / 48000
     wav = write_wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 48000)

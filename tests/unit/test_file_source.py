@@ -12,7 +12,7 @@ import streamer.ingest.file as file_mod
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.base import MediaError
 from streamer.ingest.file import DecodeError, FileSource, MediaInfo, PEAK_CEILING, probe
-from tests.conftest import FFMPEG, tone, write_wav
+from tests.conftest import FFMPEG, require_tool, tone, write_wav
 
 
 def drain(src: FileSource, timeout: float = 5.0, limit: int | None = None) -> list[np.ndarray]:
@@ -144,8 +144,7 @@ def test_missing_file(tmp_path):
 
 
 def test_no_audio_stream(tmp_path):
-    if FFMPEG is None:
-        pytest.skip("ffmpeg not installed")
+    require_tool("ffmpeg", "draws a picture with no audio stream")
     p = tmp_path / "picture.png"
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     "color=red:s=16x16", "-frames:v", "1", str(p)], check=True, timeout=30)

@@ -74,7 +74,6 @@ def test_receiver_recovers_lost_packets_from_red_copies():
     import numpy as np
 
     from receivers.receiver import Receiver
-    from streamer.rtp.packet import RtpPacket
     from streamer.rtp.srtp import MediaUnprotector
 
     class Sink:
