@@ -16,8 +16,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from receivers.receiver import Receiver
-from streamer.audio import FRAME_NS, SAMPLE_RATE
+from receivers.receiver import Receiver, playout_ticks
+from streamer.audio import SAMPLE_RATE
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.rtcp import RtcpError, SenderReport, is_rtcp
 from streamer.rtp.srtp import MediaAuthError, MediaUnprotector
@@ -287,28 +287,13 @@ class FieldReceiver:
                   stop: asyncio.Event | None = None) -> dict:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        stop = stop or asyncio.Event()
-        start = time.monotonic_ns()
-        end = start + int(duration * 1e9) if duration else None
-        k = 0
         try:
-            while not stop.is_set():
-                k += 1
-                target = start + k * FRAME_NS
-                now = time.monotonic_ns()
-                if target > now:
-                    await asyncio.sleep((target - now) / 1e9)
-                    now = time.monotonic_ns()
-                elif now - target > 10 * FRAME_NS:
-                    self.rx.stats.late_ticks += 1
-                    k = (now - start) // FRAME_NS
+            async for now in playout_ticks(self.rx.stats, stop, duration):
                 for data, addr in self.tick(now / 1e9, time.time()):
                     try:
                         transport.sendto(data, addr)
                     except OSError:
                         self.rx.stats.socket_errors += 1
-                if end is not None and now >= end:
-                    break
         finally:
             transport.close()
         return self.snapshot()

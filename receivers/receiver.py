@@ -213,28 +213,11 @@ class Receiver:
         """Receive on `sock` and play out until `stop` is set or `duration` seconds pass."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        stop = stop or asyncio.Event()
-        start = time.monotonic_ns()
-        end = start + int(duration * 1e9) if duration else None
         every = int(stats_interval * 1e9) if stats_interval and stats_interval > 0 else 0
-        next_stats = start + every
-        k = 0
+        next_stats = time.monotonic_ns() + every
         try:
-            while not stop.is_set():
-                k += 1
-                target = start + k * FRAME_NS
-                now = time.monotonic_ns()
-                if target > now:
-                    await asyncio.sleep((target - now) / 1e9)
-                    now = time.monotonic_ns()
-                elif now - target > 10 * FRAME_NS:
-                    # Suspended or starved: do not replay the missed ticks one by one (pop
-                    # catches the media up by itself); resume on the grid.
-                    self.stats.late_ticks += 1
-                    k = (now - start) // FRAME_NS
+            async for now in playout_ticks(self.stats, stop, duration):
                 self.tick(now / 1e9)
-                if end is not None and now >= end:
-                    break
                 if every and now >= next_stats:
                     next_stats += every
                     if on_stats is not None:
@@ -246,6 +229,31 @@ class Receiver:
     def close(self) -> None:
         self.sink.close()
         self.decoder.close()
+
+
+async def playout_ticks(stats: ReceiverStats, stop: asyncio.Event | None,
+                        duration: float | None):
+    """Yield monotonic ns once per 20 ms playout slot, on targets start + k·20 ms, until `stop`
+    is set or `duration` has passed (the last slot is yielded, then it ends)."""
+    stop = stop or asyncio.Event()
+    start = time.monotonic_ns()
+    end = start + int(duration * 1e9) if duration else None
+    k = 0
+    while not stop.is_set():
+        k += 1
+        target = start + k * FRAME_NS
+        now = time.monotonic_ns()
+        if target > now:
+            await asyncio.sleep((target - now) / 1e9)
+            now = time.monotonic_ns()
+        elif now - target > 10 * FRAME_NS:
+            # Suspended or starved: do not replay the missed ticks one by one (pop catches the
+            # media up by itself); resume on the grid.
+            stats.late_ticks += 1
+            k = (now - start) // FRAME_NS
+        yield now
+        if end is not None and now >= end:
+            return
 
 
 class _Protocol(asyncio.DatagramProtocol):
