@@ -189,3 +189,26 @@ def tone_stats(x, rate: int, threshold_db: float = -40.0):
     spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
     freq = np.fft.rfftfreq(len(seg), 1 / rate)[np.argmax(spec)]
     return float(freq), len(on) * win / rate, on[0] * win / rate
+
+
+def wait_for(what: str, fn, timeout: float, interval: float = 0.1):  # noqa: ANN001
+    """Poll `fn` until it returns something truthy (returned); bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+async def until(pred, timeout: float, what: str, interval: float = 0.02) -> None:  # noqa: ANN001
+    """The asyncio twin of `wait_for`: poll `pred` without blocking the loop."""
+    import asyncio
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

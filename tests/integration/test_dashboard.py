@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import require_tool
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -176,17 +177,6 @@ def browser():
     yield start
     for b in made:
         b.close()
-
-
-def wait_for(what: str, fn, timeout: float, interval: float = 0.1):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
 def row_state(rid: str) -> str:

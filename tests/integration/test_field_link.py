@@ -22,6 +22,7 @@ from streamer.rtp.packet import RtpPacket
 from streamer.rtp.registry import ReceiverRegistry
 from streamer.rtp.srtp import MediaKeyring, MediaProtector, ProtectedFanout
 from streamer.zones import Zone, ZoneTree
+from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
 SECRETS = {"rx1": (b"secret-one-0123456789", "z1"), "rx2": (b"secret-two-0123456789", "z1"),
@@ -93,15 +94,6 @@ class FieldRx:
     @property
     def audio_s(self):
         return self.fr.rx.sink.samples_written / 48000
-
-
-async def until(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def test_join_play_injection_spoof_move_offline():

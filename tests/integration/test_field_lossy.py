@@ -21,7 +21,8 @@ from streamer.rtp import control_protocol as cp
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.rtcp import is_rtcp
 from tests.conftest import require_tool
-from tests.integration.test_field_link import FieldServer, until
+from tests.integration.conftest import until
+from tests.integration.test_field_link import FieldServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONDITIONS = ("clean", "random5", "burst20")

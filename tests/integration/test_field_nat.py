@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tests.conftest import require_root, require_tool
-from tests.integration.test_field_link import SECRETS, FieldServer, until
+from tests.integration.conftest import until
+from tests.integration.test_field_link import SECRETS, FieldServer
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

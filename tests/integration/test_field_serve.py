@@ -20,6 +20,7 @@ import pytest
 from streamer.rtp.opus import OpusDecoder
 from streamer.rtp.packet import RtpPacket
 from tests.integration.conftest import read_wav, tone_stats
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,17 +66,6 @@ class Sink:
         self._stop.set()
         self._t.join(2)
         self.sock.close()
-
-
-def wait_for(what: str, fn, timeout: float, interval: float = 0.1):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
 def receiver_live(server, rid: str) -> dict:

@@ -3,7 +3,6 @@ receiver; the same stream from an address that is not allow-listed does not."""
 import asyncio
 import socket
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from control.settings import Settings
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.packet import RtpPacket
+from tests.integration.conftest import until as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +53,6 @@ async def rtp_server(tmp_path):
     finally:
         await runner.cleanup()
         cap.close()
-
-
-async def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_bounded(cmd: list[str], seconds: float) -> subprocess.Popen:

@@ -28,6 +28,7 @@ from control.live import LIVE_SESSIONS
 from control.settings import Settings
 from streamer.ingest.webrtc import restrict_ice_to_loopback
 from tests.conftest import require_tool, write_wav
+from tests.integration.conftest import until as wait_for
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -161,15 +162,6 @@ class Browser:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         shutil.rmtree(self.profile, ignore_errors=True)
-
-
-async def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def aiortc_offer(url: str, tokens: dict, user: str, zones: list[str]):
