@@ -149,8 +149,8 @@ def file_factory(path: str, loudness_target: float | None):
     info, measured = analyse(path, loudness_target)
 
     def make(start_s: float) -> Source:
-        src = FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured)
-        return SkipSource(src, start_s) if start_s > 0 else src
+        return FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured,
+                          start_s=start_s)
     return make, info, measured
 
 
@@ -160,8 +160,8 @@ def media_factory(media: dict, loudness_target: float | None):
     path, measured = media["path"], media.get("loudness_lufs")
 
     def make(start_s: float) -> Source:
-        src = FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured)
-        return SkipSource(src, start_s) if start_s > 0 else src
+        return FileSource(path, loudness_target_lufs=loudness_target, measured_lufs=measured,
+                          start_s=start_s)
     return make
 
 

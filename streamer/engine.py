@@ -25,13 +25,13 @@ import numpy as np
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SILENCE, db_to_gain
 from streamer.clock import TickThread
 from streamer.ingest.base import Source
-from streamer.mixer.arbitration import Claim, Layer, Level, arbitrate, live_conflict
+from streamer.mixer.arbitration import Claim, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp, SoftLimiter, add_scaled
 from streamer.rtp.fanout import Fanout
 from streamer.rtp.opus import OpusEncoder, OpusRepacketizer, OpusSettings
 from streamer.rtp import red
 from streamer.rtp.packet import HEADER_SIZE, write_header
-from streamer.zones import PTIMES, Zone, ZoneError, ZoneTree
+from streamer.zones import PTIMES, ZoneError, ZoneTree
 
 log = logging.getLogger("loa.engine")
 

@@ -185,13 +185,17 @@ class DecodeError(MediaError):
 
 
 def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_ERRORS,
-                  stop: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+                  stop: Callable[[], bool] | None = None,
+                  start_s: float = 0.0) -> Iterator[np.ndarray]:
     """Yield the file as 48 kHz mono float32 chunks of varying length (decoder-sized).
 
     Isolated bad packets are skipped, as FFmpeg does; `max_decode_errors` consecutive failures
     raise DecodeError (the chunks yielded before it are good audio). Opening failures raise
     MediaError. Closing the generator closes the file. Used by FileSource and by
     streamer.mixer.loudness.measure_file, so loudness is measured on exactly what is played.
+
+    `start_s` > 0 seeks there (to the keyframe before it, then drops samples up to it); a
+    container that cannot seek is decoded from the start and the head dropped.
     """
     path = os.fspath(path)
     name = os.path.basename(path)
@@ -200,14 +204,31 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
     layout_key = None
     produced = 0
     consecutive = 0
+    skip = 0  # samples still to drop before `start_s`
+    seeking = start_s > 0
+    t0 = 0.0  # the stream's first timestamp (not always 0: encoder delay, cut files)
+    if seeking:
+        skip = int(round(start_s * SAMPLE_RATE))
+        try:
+            if stream.start_time is not None and stream.time_base is not None:
+                t0 = float(stream.start_time * stream.time_base)
+            container.seek(int((start_s + t0) / stream.time_base), stream=stream, backward=True)
+        except (av.FFmpegError, ValueError, TypeError):
+            pass  # not seekable: decode from the start and drop the head
 
     def emit(frames) -> Iterator[np.ndarray]:
-        nonlocal produced
+        nonlocal produced, skip
         for out in frames:
             x = out.to_ndarray()  # (channels, n) planar float32
             if x.shape[1] == 0:
                 continue
             mono = x[0] if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)
+            if skip:
+                if mono.shape[0] <= skip:
+                    skip -= mono.shape[0]
+                    continue
+                mono = mono[skip:]
+                skip = 0
             produced += mono.shape[0]
             yield mono
 
@@ -227,6 +248,12 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
                     continue
                 consecutive = 0
                 for frame in frames:
+                    if seeking:
+                        # where the seek landed: only the rest up to start_s is dropped
+                        seeking = False
+                        if frame.pts is not None and frame.time_base is not None:
+                            landed = float(frame.pts * frame.time_base) - t0
+                            skip = max(0, int(round((start_s - max(0.0, landed)) * SAMPLE_RATE)))
                     key = (frame.format.name, frame.layout.name, frame.layout.nb_channels,
                            frame.sample_rate)
                     if key != layout_key:
@@ -271,7 +298,7 @@ class FileSource(Source):
 
     def __init__(self, path: str | os.PathLike, gain_db: float = 0.0,
                  loudness_target_lufs: float | None = None, measured_lufs: float | None = None,
-                 history_s: float = 10.0, queue_frames: int = 50,
+                 history_s: float = 10.0, queue_frames: int = 50, start_s: float = 0.0,
                  max_decode_errors: int = MAX_DECODE_ERRORS) -> None:
         super().__init__()
         self.path = os.fspath(path)
@@ -298,7 +325,10 @@ class FileSource(Source):
         self._hist_count = 0   # frames written to the ring so far (total)
         self._replay = 0       # frames of history still to replay before new ones
         self._position = 0     # frame index in the media of the next frame read() returns
-        self._prefix_key = _prefix_key(self.path, self.gain_db)
+        #: where playback starts in the media (a resumed item re-opened before its cut point)
+        self.start_s = max(0.0, float(start_s))
+        self._position = int(round(self.start_s * 1000 / FRAME_MS))
+        self._prefix_key = _prefix_key(self.path, self.gain_db) if self.start_s == 0 else None
         self._skip = 0         # frames the worker decodes but does not queue (prefilled)
 
     # -- gain -------------------------------------------------------------------------
@@ -350,7 +380,9 @@ class FileSource(Source):
     def _run(self) -> None:
         gen = None
         try:
-            gen = decode_mono48(self.path, self.max_decode_errors, stop=self._stop.is_set)
+            extra = {"start_s": self.start_s} if self.start_s else {}
+            gen = decode_mono48(self.path, self.max_decode_errors, stop=self._stop.is_set,
+                                **extra)
             acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
             fill = 0
             produced = 0

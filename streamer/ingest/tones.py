@@ -58,6 +58,7 @@ class SynthSource(Source):
         self.seconds = float(seconds)
         self.total_frames = int(math.ceil(round(self.seconds * SAMPLE_RATE) / FRAME_SAMPLES))
         self._index = 0  # next frame to read
+        self.ready_ns = time.monotonic_ns()  # generated on demand: ready at once
 
     def _render(self, t: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -239,7 +239,6 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'on_air'", 15, "on air")
         a_id = await br.js("window.loaState.broadcast")
-        t_air = time.monotonic()
         await wait_for(lambda: cap.count > 0, 10, "packets at the receiver")
         t_first = cap.last_arrival()
         await asyncio.sleep(2.0)

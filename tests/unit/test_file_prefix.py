@@ -54,3 +54,33 @@ def test_gain_is_part_of_the_key(tmp_path):
     ready, b, _ = play(p, gain_db=-6.0)
     assert not ready
     assert abs(np.max(np.abs(b)) / np.max(np.abs(a)) - 0.5) < 0.02
+
+
+def test_start_offset_seeks_instead_of_decoding_the_head(tmp_path):
+    """A preempted item resumes by re-opening the file before its cut point: the audio from
+    start_s on is the same as playing from 0 and dropping the head, and position says where."""
+    from tests.conftest import make_audio_file
+    rate = 44100
+    t = np.arange(int(rate * 6.0)) / rate
+    x = np.where(t < 3.0, 0.4 * np.sin(2 * np.pi * 500 * t), 0.4 * np.sin(2 * np.pi * 900 * t))
+    for fmt in ("wav", "mp3", "flac"):
+        p = make_audio_file(tmp_path / f"prog.{fmt}", x.astype(np.float32), rate, fmt)
+        s = FileSource(p, start_s=2.5)
+        assert abs(s.position_s - 2.5) < 0.021
+        s.start()
+        frames = []
+        deadline = time.monotonic() + 10
+        while not s.finished and time.monotonic() < deadline:
+            f = s.read()
+            if f is None:
+                time.sleep(0.001)
+            else:
+                frames.append(f.copy())
+        s.close()
+        y = np.concatenate(frames)
+        assert abs(len(y) / 48000 - 3.5) < 0.06, (fmt, len(y) / 48000)
+        def dom(seg):
+            sp = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+            return np.fft.rfftfreq(len(seg), 1 / 48000)[np.argmax(sp)]
+        assert abs(dom(y[:int(0.4 * 48000)]) - 500) < 10, fmt      # 2.5-2.9 s: still 500 Hz
+        assert abs(dom(y[int(0.6 * 48000):int(1.4 * 48000)]) - 900) < 10, fmt  # after 3 s
