@@ -617,23 +617,27 @@ class Engine:
         if audible and b.started_at is None:
             b.started_at = now
 
-    def _send_redundant(self, k: int, frames: dict[str, bytes], seq: int, ts: int) -> None:
+    def _send_redundant(self, k: int, frames: dict[str, bytes], seq: int, ts: int,
+                        marked: set[str]) -> None:
         """RFC 2198 packets (this tick's frame + the previous one) for registered receivers on
         lossy links: built once per distinct frame pair, same sequence number and timestamp as
-        the plain packet of this tick."""
+        the plain packet of this tick. The marker bit is the plain packet's (a talk spurt
+        starts): a zone whose receivers just switched to redundancy continues its stream, and a
+        marker there would make a receiver that lost the packet before it restart its timeline
+        (skipping the hole instead of concealing it)."""
         prev = self._frame_hist[-2][1] if len(self._frame_hist) > 1 and \
             self._frame_hist[-2][0] == k - 1 else {}
         groups: dict[tuple, list[str]] = {}
         for z in self._red_zones:
             cur = frames.get(z)
             if cur is not None:
-                groups.setdefault((prev.get(z), cur), []).append(z)
+                groups.setdefault((prev.get(z), cur, z in marked), []).append(z)
         secure = self.keyring is not None
-        for (before, cur), zones in groups.items():
+        for (before, cur, marker), zones in groups.items():
             payload = red.build(self.settings.payload_type, cur, before, FRAME_SAMPLES)
             pkt = bytearray(HEADER_SIZE + len(payload))
             pkt[HEADER_SIZE:] = payload
-            write_header(pkt, red.RED_PT, seq, ts, self.ssrc, marker=before is None)
+            write_header(pkt, red.RED_PT, seq, ts, self.ssrc, marker=marker)
             keys = [f"{z}#r{'s' if secure else ''}" for z in zones]
             self.fanout.send(self._protector(20).protect(pkt) if secure else pkt, keys)
 
@@ -870,6 +874,7 @@ class Engine:
         pt = self.settings.payload_type
         slow_frames: dict[str, bytes] | None = {} if (self._zone_ptimes or self._red_zones) \
             else None
+        spurt_starts: set[str] = set()
         for key, zones in programs.items():
             ch = used[key]
             ch.last_used = now
@@ -895,6 +900,7 @@ class Engine:
             if marked:
                 write_header(buf, pt, seq, ts, self.ssrc, marker=True)
                 self._send(ch.view[:n], marked)
+                spurt_starts.update(marked)
             self.packets_built += 1
             if slow_frames is not None:
                 slow = plan["slow"].get(key, ())
@@ -908,7 +914,7 @@ class Engine:
             if self._zone_ptimes:
                 self._send_long_packets(k)
             if self._red_zones:
-                self._send_redundant(k, slow_frames, seq, ts)
+                self._send_redundant(k, slow_frames, seq, ts, spurt_starts)
         elif self._frame_hist:
             self._frame_hist.clear()
         if programs:

@@ -151,16 +151,16 @@ def similarity(ref, out, block=9600, search=2400):
         r = ref[start:start + block]
         if np.sqrt(np.mean(r ** 2)) < 0.01:
             continue                     # silence between words says nothing
-        best, best_lag = -1.0, 0
-        for lag in range(-search, search + 1, 48):
+        def score(lag):
             o0 = off + start + lag
             if o0 < 0 or o0 + block > len(out):
-                continue
+                return -1.0
             o = out[o0:o0 + block]
             den = np.linalg.norm(o) * np.linalg.norm(r)
-            c = float(np.dot(o, r) / den) if den > 0 else 0.0
-            if c > best:
-                best, best_lag = c, lag
+            return float(np.dot(o, r) / den) if den > 0 else 0.0
+        best, best_lag = max((score(lag), lag) for lag in range(-search, search + 1, 48))
+        # then to the sample around the coarse peak
+        best, best_lag = max((score(lag), lag) for lag in range(best_lag - 47, best_lag + 48))
         if best > -1.0:
             scores.append(max(best, 0.0))
             off += best_lag
@@ -228,7 +228,7 @@ async def test_lossy_relay_concealment_and_similarity(tmp_path):
                 "audio_s": round(len(out) / 48000, 2), "ref_s": round(len(ref) / 48000, 2),
                 "stretched": fr.rx.stats.stretched, "shrunk": fr.rx.stats.shrunk,
                 "target_ms": round(fr.rx.jitter.target_delay * 1000, 1),
-                "srtp_failed": fr.session.keys.failed}
+                "srtp_failed": fr.session.keys.failed, "spurts": st.spurts}
         print("\n" + json.dumps(results, indent=1))
         (tmp_path / "lossy.json").write_text(json.dumps(results, indent=1))
         v5, v20 = results["voip-random5"], results["voip-burst20"]
@@ -236,6 +236,7 @@ async def test_lossy_relay_concealment_and_similarity(tmp_path):
         assert v5["plc_only_pct"] < 0.5, results
         for r in results.values():
             assert r["srtp_failed"] == 0
+            assert r["spurts"] == 1, results     # loss is concealed, never a restart
             assert abs(r["audio_s"] - r["ref_s"]) < 1.5, results     # continuous, no gaps
         clean = results["voip-clean"]["similarity"]
         assert clean > 0.8, results

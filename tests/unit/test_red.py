@@ -132,3 +132,32 @@ def test_registry_turns_redundancy_on_at_loss_and_off_only_after_a_quiet_hold():
     assert not r.redundant and dests["z1"] == [("203.0.113.9", 5000, 20, False)]
     assert [e["on"] for e in events if e["type"] == "receiver.redundancy"] == [True, False]
     assert reg.status("rx1")["redundancy"] is False
+
+
+def test_switching_to_red_mid_stream_sets_no_marker():
+    """A receiver moved onto redundant packets while its zone plays continues the same stream:
+    no marker bit (a receiver that lost the packet before it would restart its timeline and
+    skip the hole instead of concealing it)."""
+    import time as _t
+
+    from streamer.engine import Engine, EngineSettings
+    from streamer.rtp.packet import RtpPacket
+    from streamer.rtp.srtp import MediaKeyring, MediaUnprotector
+    from streamer.zones import Zone, ZoneTree
+    from tests.unit.test_engine import RecordingFanout, run, spec
+    tree = ZoneTree()
+    tree.add(Zone("z"))
+    fan = RecordingFanout()
+    keyring = MediaKeyring(_t.monotonic())
+    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
+    eng.set_dynamic_destinations("z", [("10.0.0.2", 4000, 20, False)])
+    eng.start_broadcast(spec(["z"], freq=600, seconds=2))
+    run(eng, fan, 20)
+    fan.sent.clear()
+    eng.set_dynamic_destinations("z", [("10.0.0.2", 4000, 20, True)])
+    run(eng, fan, 30, 21)
+    un = MediaUnprotector()
+    un.set_keys(keyring.for_receivers())
+    redp = [RtpPacket.parse(un.unprotect(p)) for _, p, keys in fan.sent if keys == ["z#rs"]]
+    assert redp, "the receiver gets redundant packets"
+    assert not any(p.marker for p in redp)
