@@ -63,6 +63,48 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_list(spec: str | int | None) -> set[int]:
+    """A taskset-style CPU list ("0", "0-1", "0,2-3") as a set."""
+    out: set[int] = set()
+    for part in str(spec if spec is not None else "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        else:
+            out.add(int(part))
+    return out
+
+
+def softirqd_cpu_seconds(cpus: set[int]) -> float:
+    """CPU time of the ksoftirqd threads of these cores. On loopback the receive half of
+    every datagram (IP input, socket lookup, enqueue, wake-up) runs as softirq work on the
+    sending core: inside the sender's syscall (charged to the sender), or, when there is too
+    much of it, deferred to ksoftirqd (charged to nobody's process). A sender that leaves more
+    to ksoftirqd would look cheaper than it is; the benchmark adds this back."""
+    if not cpus:
+        return 0.0
+    try:
+        pids = os.listdir("/proc")
+    except OSError:
+        return 0.0
+    total = 0.0
+    names = {f"ksoftirqd/{c}" for c in cpus}
+    for pid in pids:
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() not in names:
+                    continue
+        except OSError:
+            continue
+        total += proc_cpu_seconds(int(pid))
+    return total
+
+
 def tree_cpu(pid: int) -> dict[int, float]:
     return {p: proc_cpu_seconds(p) for p in descendants(pid)}
 

@@ -31,8 +31,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import (cpu_delta, machine_info, receivers, system_busy_seconds, tree_cpu,
-                          tree_rss_bytes)
+from bench.common import (cpu_delta, cpu_list, machine_info, receivers, softirqd_cpu_seconds,
+                          system_busy_seconds, tree_cpu, tree_rss_bytes)
 
 REPO = Path(__file__).resolve().parent.parent
 GST_PEER = Path(__file__).resolve().parent / "gst_peer.py"
@@ -41,7 +41,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 METRICS = ("packets_expected", "packets_delivered", "loss_pct", "max_seq_gap",
            "receivers_complete", "cpu_s", "cpu_us_per_pkt", "ipi_ms_p50", "ipi_ms_p99",
            "ipi_ms_max", "realtime_ratio", "rss_bytes", "rss_per_receiver", "late_ticks",
-           "sender_dropped", "sender_errors", "window_seconds", "sink_cpu_s", "other_cpu_s")
+           "sender_dropped", "sender_errors", "window_seconds", "sink_cpu_s", "other_cpu_s",
+           "process_cpu_s", "softirqd_cpu_s", "process_cpu_us_per_pkt",
+           "rss_marginal_per_receiver")
 
 
 @dataclass
@@ -288,7 +290,9 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             out.invalid_reasons.append(f"{kind} did not become ready: "
                                        + " | ".join(sender.err[-5:]))
             return out
+        cpus = cpu_list(res["sender_cpus"])
         cpu0 = tree_cpu(sender.pid)
+        soft0 = softirqd_cpu_seconds(cpus)
         sink0 = tree_cpu(sink.pid)
         sys0 = system_busy_seconds()
         t_go = time.monotonic()
@@ -339,6 +343,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                 out.invalid_reasons.append(f"gstreamer did not reach EOS: {info.get('error')}")
         wall = time.monotonic() - t_go
         cpu1 = tree_cpu(sender.pid)
+        soft_s = max(0.0, softirqd_cpu_seconds(cpus) - soft0)
         sink_cpu_s = cpu_delta(sink0, tree_cpu(sink.pid))
         sys_busy = system_busy_seconds() - sys0
         rss = tree_rss_bytes(sender.pid)
@@ -346,7 +351,8 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             out.valid = False
             out.invalid_reasons.append(f"{kind} exited during the run (code {sender.p.returncode}): "
                                        + " | ".join(sender.err[-5:]))
-        cpu_s = cpu_delta(cpu0, cpu1)
+        proc_cpu_s = cpu_delta(cpu0, cpu1)
+        cpu_s = proc_cpu_s + soft_s   # the sender's packets' deferred softirq work included
         sink.say("stop" + (f" expected={expected}" if expected else "") + f" trim={trim}")
         line = sink.expect(lambda s: s.startswith("{"), 60)
         if line is None:
@@ -378,6 +384,8 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             "expected_per_receiver": sk.get("expected_per_receiver"),
             "duplicates": sk.get("duplicates"),
             "cpu_s": round(cpu_s, 3),
+            "process_cpu_s": round(proc_cpu_s, 3),
+            "softirqd_cpu_s": round(soft_s, 3),
             "cpu_us_per_pkt": round(cpu_s * 1e6 / delivered, 3) if delivered else None,
             "cpu_cores_busy": round(cpu_s / wall, 3) if wall > 0 else None,
             "ipi_ms_p50": sk.get("ipi_ms_p50"),
@@ -394,6 +402,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             "sink_cpu_s": round(sink_cpu_s, 3),
             # CPU burnt by everything else on the machine meanwhile: the noise in this run
             "other_cpu_s": round(max(0.0, sys_busy - cpu_s - sink_cpu_s), 3),
+            "process_cpu_us_per_pkt": round(proc_cpu_s * 1e6 / delivered, 3) if delivered else None,
             "loadavg_after": round(os.getloadavg()[0], 2),
         }
         loss = m["loss_pct"] if m["loss_pct"] is not None else 100.0
@@ -432,6 +441,42 @@ def summarize(results: list[RunResult], kinds: list[str]) -> dict:
     return out
 
 
+def baseline_rss(opts: FanoutOptions, res: dict, workdir: Path) -> int | None:
+    """RSS of a `loa serve` with the same settings and no receiver, after playing the same
+    programme for 2 s: subtracted from a run's RSS, what the receivers themselves cost."""
+    env = _child_env()
+    toml = workdir / "baseline.toml"
+    write_toml(toml, 0, 9, 1, opts.frame_ms)
+    http = f"127.0.0.1:{_free_tcp_port()}"
+    senv = dict(env, LOA_OPUS_BITRATE=str(opts.bitrate), LOA_LOG_LEVEL="WARNING",
+                LOA_FANOUT_WORKERS=str(opts.workers), LOA_FANOUT_BATCH=str(opts.batch))
+    sender = Proc(_prefix(res["sender_cpus"], res["nice"]) + [
+        sys.executable, "-m", "loa.cli", "serve", "--config", str(toml), "--http", http,
+        "--data-dir", str(workdir / "data-baseline")], env=senv, name="loa serve", cwd=str(REPO))
+    base = f"http://{http}/api/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sender.alive():
+            try:
+                if _http("GET", base + "/health", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        else:
+            return None
+        st, body = _http("POST", base + "/broadcasts", {
+            "zones": ["bench0"], "level": "normal",
+            "source": {"kind": "tone", "freq_hz": 1000, "seconds": 2}})
+        if st >= 300:
+            return None
+        time.sleep(2.5)
+        return tree_rss_bytes(sender.pid) if sender.alive() else None
+    finally:
+        sender.say("quit")
+        sender.stop(timeout=10)
+
+
 def run_fanout(opts: FanoutOptions, console=None) -> dict:
     if opts.receivers < 1:
         raise ValueError("--receivers must be >= 1")
@@ -447,12 +492,21 @@ def run_fanout(opts: FanoutOptions, console=None) -> dict:
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), console=console, transient=True) as prog:
         task = prog.add_task("fanout", total=total)
+        base_rss = None
+        if opts.target == "loa":
+            prog.update(task, description="loa serve without receivers: baseline memory")
+            base_rss = baseline_rss(opts, res, Path(tmp))
         for r in range(opts.runs):
             order = kinds if r % 2 == 0 else list(reversed(kinds))  # interleaved, alternating
             for k in order:
                 prog.update(task, description=f"run {r + 1}/{opts.runs}: {k} × {opts.receivers}")
                 results.append(run_once(k, r, opts, res, Path(tmp)))
                 prog.advance(task)
+    for r in results:
+        rss = r.metrics.get("rss_bytes")
+        if r.kind == "loa" and base_rss and rss:
+            r.metrics["rss_baseline_bytes"] = base_rss
+            r.metrics["rss_marginal_per_receiver"] = round((rss - base_rss) / opts.receivers, 1)
     summary = summarize(results, kinds)
     report = {
         "benchmark": "fanout",
@@ -505,8 +559,8 @@ def render(report: dict, console) -> None:
                   f"sink cpu={s['sink_cpu']} nice={s['nice']}")
     t = Table(title="per run")
     cols = ["target", "run", "valid", "expected", "delivered", "loss %", "max gap", "cpu s",
-            "µs/pkt", "ipi p50", "ipi p99", "ipi max", "rt ratio", "RSS/recv B", "late",
-            "other cpu s"]
+            "softirqd s", "µs/pkt", "ipi p50", "ipi p99", "ipi max", "rt ratio", "RSS/recv B",
+            "late", "other cpu s"]
     for c in cols:
         t.add_column(c, justify="right" if c not in ("target",) else "left")
     for r in report["runs"]:
@@ -514,7 +568,8 @@ def render(report: dict, console) -> None:
         t.add_row(r["kind"], str(r["run"] + 1), "yes" if r["valid"] else "[red]NO[/]",
                   _fmt(mm.get("packets_expected")), _fmt(mm.get("packets_delivered")),
                   _fmt(mm.get("loss_pct"), 3), _fmt(mm.get("max_seq_gap")),
-                  _fmt(mm.get("cpu_s")), _fmt(mm.get("cpu_us_per_pkt")),
+                  _fmt(mm.get("cpu_s")), _fmt(mm.get("softirqd_cpu_s")),
+                  _fmt(mm.get("cpu_us_per_pkt")),
                   _fmt(mm.get("ipi_ms_p50")), _fmt(mm.get("ipi_ms_p99")),
                   _fmt(mm.get("ipi_ms_max")), _fmt(mm.get("realtime_ratio"), 4),
                   _fmt(mm.get("rss_per_receiver"), 0), _fmt(mm.get("late_ticks")),
@@ -522,7 +577,7 @@ def render(report: dict, console) -> None:
     console.print(t)
     t2 = Table(title="medians over valid runs")
     for c in ["target", "valid/runs", "loss %", "max gap", "µs/pkt", "cores busy", "ipi p99",
-              "ipi max", "rt ratio", "RSS/recv B", "sustained"]:
+              "ipi max", "rt ratio", "RSS/recv B", "Δ RSS/recv B", "sustained"]:
         t2.add_column(c, justify="left" if c == "target" else "right")
     for k, med in report["median"].items():
         t2.add_row(k, f"{med['valid_runs']}/{med['runs']}", _fmt(med.get("loss_pct"), 3),
@@ -530,8 +585,12 @@ def render(report: dict, console) -> None:
                    _fmt(med.get("cpu_cores_busy")), _fmt(med.get("ipi_ms_p99")),
                    _fmt(med.get("ipi_ms_max")), _fmt(med.get("realtime_ratio"), 4),
                    _fmt(med.get("rss_per_receiver"), 0),
+                   _fmt(med.get("rss_marginal_per_receiver"), 0),
                    f"{med['sustained_runs']}/{med['valid_runs']}")
     console.print(t2)
+    console.print("cpu s: the sender's processes (all threads) + ksoftirqd on its cores (the "
+                  "loopback receive work it deferred); Δ RSS/recv: minus a `loa serve` with no "
+                  "receiver")
     if "ratio_cpu_per_pkt" in report:
         console.print(f"sender CPU per delivered packet, {s['target']} / {s['peer']}: "
                       f"[bold]{_fmt(report['ratio_cpu_per_pkt'], 3)}[/] (medians; per run pair: "

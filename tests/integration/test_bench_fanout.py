@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_FIELDS = {"packets_expected", "packets_delivered", "loss_pct", "max_seq_gap",
               "receivers_complete", "min_delivered", "expected_per_receiver", "cpu_s",
               "cpu_us_per_pkt", "ipi_ms_p50", "ipi_ms_p99", "ipi_ms_max", "realtime_ratio",
-              "rss_bytes", "rss_per_receiver", "wall_s", "sustained"}
+              "rss_bytes", "rss_per_receiver", "wall_s", "sustained", "process_cpu_s",
+              "softirqd_cpu_s", "process_cpu_us_per_pkt"}
 MEDIAN_FIELDS = {"packets_delivered", "loss_pct", "max_seq_gap", "cpu_us_per_pkt",
                  "ipi_ms_p50", "ipi_ms_p99", "ipi_ms_max", "realtime_ratio",
                  "rss_per_receiver", "valid_runs", "sustained_runs"}
@@ -84,3 +85,8 @@ def test_loa_serve_run_every_receiver_gets_every_packet(tmp_path):
     assert m["receivers_complete"] == 200 and m["loss_pct"] == 0 and m["max_seq_gap"] == 0
     # a 3 s tone at 20 ms is at least 150 packets per receiver
     assert m["expected_per_receiver"] >= 148
+    # memory: the run's RSS minus a server without receivers, per receiver
+    assert m["rss_baseline_bytes"] > 0
+    assert m["rss_marginal_per_receiver"] == round((m["rss_bytes"] - m["rss_baseline_bytes"]) / 200, 1)
+    assert m["cpu_s"] == round(m["process_cpu_s"] + m["softirqd_cpu_s"], 3) or \
+        abs(m["cpu_s"] - m["process_cpu_s"] - m["softirqd_cpu_s"]) < 0.002
