@@ -50,9 +50,11 @@ _STAT_FIELDS = ("sent", "dropped", "errors", "calls", "sends", "destinations", "
 _STAT = struct.Struct(f"<{len(_STAT_FIELDS)}q")
 _IP_MTU_DISCOVER = 10       # Linux <netinet/in.h>; not exported by Python's socket module
 _IP_PMTUDISC_PROBE = 3
-_MSG_SEND = b"S"
+_MSG_SEND = b"S"    # S, union id (u32), packet
+_MSG_UNION = b"U"   # U, union id (u32), count (u32), key ids (u32 each): defined once
 _MSG_DEST = b"D"
 _MSG_EXIT = b"X"
+_MAX_UNIONS = 4096  # union ids defined to workers before they are all forgotten and reused
 
 
 class _Destinations:
@@ -67,6 +69,9 @@ class _Destinations:
         self._cache: OrderedDict[tuple, tuple[int, DestinationArray | None, list | None]] = \
             OrderedDict()
         self._by_key: dict[object, set[tuple]] = {}  # key -> cached unions that include it
+        # The engine passes the same key tuple object every tick while its plan holds; hashing
+        # a tuple of 5,000 zone ids costs ~100 µs, so look such a tuple up by identity first.
+        self._by_id: dict[int, tuple[tuple, tuple]] = {}
 
     def set(self, key: object, packed: np.ndarray) -> bool:
         """Replace a key's addresses; False (and nothing invalidated) if they did not change."""
@@ -80,6 +85,7 @@ class _Destinations:
         else:
             self.keys.pop(key, None)
         # Drop every cached union this key belongs to (membership changes are rare).
+        self._by_id.clear()
         for ck in self._by_key.pop(key, ()):
             entry = self._cache.pop(ck, None)
             if entry is not None:
@@ -95,8 +101,12 @@ class _Destinations:
                     del self._by_key[k]
 
     def union(self, keys: tuple) -> tuple[int, DestinationArray | None, list | None]:
+        same = self._by_id.get(id(keys))
+        if same is not None and same[0] is keys:
+            return same[1]
         hit = self._cache.get(keys)
         if hit is not None:
+            self._remember(keys, hit)
             return hit
         parts = [self.keys[k] for k in dict.fromkeys(keys) if k in self.keys]
         packed = union_packed(parts)
@@ -112,7 +122,14 @@ class _Destinations:
         if len(self._cache) > _UNION_CACHE:
             old, _ = self._cache.popitem(last=False)
             self._forget(old)
+            self._by_id.clear()
+        self._remember(keys, entry)
         return entry
+
+    def _remember(self, keys: tuple, entry: tuple) -> None:
+        if len(self._by_id) >= _UNION_CACHE:
+            self._by_id.clear()
+        self._by_id[id(keys)] = (keys, entry)   # holds the tuple: its id cannot be reused
 
     def count(self) -> int:
         return sum(len(v) for v in self.keys.values())
@@ -312,7 +329,11 @@ class _WorkerPool:
         self.queue_drops_destinations = 0
         self.restarts = 0
         self._last_restart = 0.0
-        self._counts: dict[tuple, tuple[bytes, list[int]]] = {}
+        # key tuple -> (union id, destinations per worker); the union's key ids go to the
+        # workers once, so a tick's message is the packet and 4 bytes, however many zones
+        self._unions: dict[tuple, tuple[int, list[int]]] = {}
+        self._union_msgs: dict[int, bytes] = {}     # union id -> its definition, for restarts
+        self._by_id: dict[int, tuple[tuple, tuple[bytes, list[int]]]] = {}
         self.workers = [_Worker(i) for i in range(k)]
         for w in self.workers:
             self._spawn(w)
@@ -335,6 +356,8 @@ class _WorkerPool:
         w.ctl = a
         for kid, packed in w.shard.items():
             self._send_dest(w, kid, packed)
+        for msg in self._union_msgs.values():
+            self._send_ctl_blocking(w, msg)
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers if w.proc and w.proc.poll() is None]
@@ -357,7 +380,9 @@ class _WorkerPool:
             else:
                 w.shard.pop(kid, None)
             self._send_dest(w, kid, part)
-        self._counts.clear()
+        # destination counts changed; union definitions (key ids) stay valid
+        self._unions = {k: (uid, []) for k, (uid, _) in self._unions.items()}
+        self._by_id.clear()
 
     def _send_dest(self, w: _Worker, kid: int, part: np.ndarray) -> None:
         chunks = [part[i:i + _CHUNK] for i in range(0, len(part), _CHUNK)] or [part]
@@ -399,17 +424,15 @@ class _WorkerPool:
         self._spawn(w)
 
     def send(self, packet: bytes | bytearray | memoryview, keys: tuple) -> None:
-        entry = self._counts.get(keys)
-        if entry is None:
-            ids = [self.key_ids[k] for k in dict.fromkeys(keys) if k in self.key_ids]
-            head = struct.pack("<H", len(ids)) + struct.pack(f"<{len(ids)}I", *ids)
-            per_worker = [sum(len(w.shard.get(i, ())) for i in ids) for w in self.workers]
-            entry = (head, per_worker)
-            self._counts[keys] = entry
-            if len(self._counts) > _UNION_CACHE:
-                self._counts.pop(next(iter(self._counts)))
-        head, per_worker = entry
-        msg = b"".join((_MSG_SEND, head, packet))
+        same = self._by_id.get(id(keys))
+        if same is not None and same[0] is keys:
+            head, per_worker = same[1]
+        else:
+            head, per_worker = self._union(keys)
+            if len(self._by_id) >= _UNION_CACHE:
+                self._by_id.clear()
+            self._by_id[id(keys)] = (keys, (head, per_worker))  # holds the tuple alive
+        msg = b"".join((head, packet))
         for w, n in zip(self.workers, per_worker):
             if n == 0:
                 continue
@@ -422,6 +445,29 @@ class _WorkerPool:
                 self.queue_drops += 1
                 self.queue_drops_destinations += n
                 self._restart(w)
+
+    def _union(self, keys: tuple) -> tuple[bytes, list[int]]:
+        """The union id of these keys (defined to the workers on first use) and how many
+        destinations each worker has behind it."""
+        ids = [self.key_ids[k] for k in dict.fromkeys(keys) if k in self.key_ids]
+        known = self._unions.get(keys)
+        if known is not None and known[1]:
+            return _MSG_SEND + struct.pack("<I", known[0]), known[1]
+        if known is not None:
+            uid = known[0]
+        else:
+            if len(self._unions) >= _MAX_UNIONS:
+                self._unions.clear()   # ids are reused: every definition is sent again
+                self._union_msgs.clear()
+                self._by_id.clear()
+            uid = len(self._unions)
+            msg = _MSG_UNION + struct.pack(f"<II{len(ids)}I", uid, len(ids), *ids)
+            self._union_msgs[uid] = msg
+            for w in self.workers:
+                self._send_ctl_blocking(w, msg)
+        per_worker = [sum(len(w.shard.get(i, ())) for i in ids) for w in self.workers]
+        self._unions[keys] = (uid, per_worker)
+        return _MSG_SEND + struct.pack("<I", uid), per_worker
 
     def totals(self) -> dict[str, int]:
         t = dict.fromkeys(_STAT_FIELDS, 0)
@@ -457,12 +503,15 @@ class _WorkerPool:
 
 def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int,
                  batched: bool) -> int:
+    from streamer.clock import name_os_thread
+    name_os_thread(f"loa-fanout-{index}")
     udp = socket.socket(fileno=udp_fd)
     ctl = socket.socket(fileno=ctl_fd)
     stats = mmap.mmap(stats_fd, 0)
     off = index * _STAT.size
     keys: dict[int, np.ndarray] = {}
     pending: dict[int, list[np.ndarray]] = {}
+    unions: dict[int, tuple[int, ...]] = {}   # union id -> key ids (one tuple object each)
     dests = _Destinations(build_arrays=batched)
     sender = BatchSender(udp_fd, batch=batch) if batched else None
     res = BatchResult()
@@ -484,9 +533,11 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
             break
         kind = msg[:1]
         if kind == _MSG_SEND:
-            (nk,) = struct.unpack_from("<H", msg, 1)
-            ids = struct.unpack_from(f"<{nk}I", msg, 3)
-            packet = msg[3 + 4 * nk:]
+            (uid,) = struct.unpack_from("<I", msg, 1)
+            ids = unions.get(uid)
+            if ids is None:
+                continue                 # never defined (cannot happen): nothing to send to
+            packet = msg[5:]
             n, arr, addrs = dests.union(ids)
             if n:
                 sends += 1
@@ -496,6 +547,9 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
                 else:
                     sendto_all(udp, packet, addrs or (), res)
             publish()
+        elif kind == _MSG_UNION:
+            uid, nk = struct.unpack_from("<II", msg, 1)
+            unions[uid] = struct.unpack_from(f"<{nk}I", msg, 9)
         elif kind == _MSG_DEST:
             kid, final = struct.unpack_from("<IB", msg, 1)
             pending.setdefault(kid, []).append(np.frombuffer(msg, dtype="<u8", offset=6)

@@ -36,6 +36,8 @@ class ReceiverLink(asyncio.DatagramProtocol):
         self.counters = {"datagrams_in": 0, "non_control": 0, "sent": 0, "send_errors": 0,
                          "sender_reports": 0}
         self._task: asyncio.Task | None = None
+        self._zone_status: object = None
+        self._on_air: dict[str, list] = {}
 
     # -- datagram protocol --------------------------------------------------------------------
     def connection_made(self, transport) -> None:  # noqa: ANN001
@@ -85,8 +87,11 @@ class ReceiverLink(asyncio.DatagramProtocol):
         if reg.keyring is not None:
             reg.keyring.advance(now)
         reg.poll(now, wall)
-        status = {z: s.get("on_air", []) for z, s in self.engine.zone_status().items()}
-        self._send_all(reg.set_on_air(status, wall))
+        zs = self.engine.zone_status()      # the same object while no zone's status changed
+        if zs is not self._zone_status:
+            self._zone_status = zs
+            self._on_air = {z: s.get("on_air", []) for z, s in zs.items()}
+        self._send_all(reg.set_on_air(self._on_air, wall))
         if now >= next_sr:
             self._send_reports(wall)
 

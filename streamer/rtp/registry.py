@@ -100,6 +100,9 @@ class ReceiverRegistry:
         self.counters = dict.fromkeys(self.COUNTERS, 0)
         self._rx: dict[str, _Receiver] = {}
         self._on_air: dict[str, list[dict]] = {}
+        self._on_air_key: dict[str, str] = {}       # zone -> its on-air list as sent (JSON)
+        self._status_seen: object = None            # the last status mapping looked at
+        self._now_pending: set[str] = set()         # receivers whose now-playing is due
         self._reject_last: dict[str, float] = {}
         self._sr_sent: dict[tuple[str, int], float] = {}   # (receiver, LSR) -> wall time sent
 
@@ -167,6 +170,7 @@ class ReceiverRegistry:
         self.counters["accepted"] += 1
         if r.zone != zone:            # moved to another zone in the receivers table
             old, r.zone = r.zone, zone
+            self._now_pending.add(r.id)
             if r.online:
                 self._push_destinations(old)
                 self._push_destinations(zone)
@@ -203,6 +207,7 @@ class ReceiverRegistry:
         r.online = True
         r.online_since = wall
         r.now_key = None
+        self._now_pending.add(r.id)
         self._push_destinations(r.zone)
         self._emit("receiver.online", wall, receiver=r.id, zone=r.zone,
                    address=f"{addr[0]}:{addr[1]}")
@@ -311,20 +316,36 @@ class ReceiverRegistry:
 
     def set_on_air(self, status: dict[str, list[dict]], wall: float) -> list[tuple[bytes, Addr]]:
         """Zone id -> on-air broadcasts ({broadcast, level}); returns now-playing messages for
-        the online receivers of zones whose list changed."""
+        the online receivers of zones whose list changed, and for receivers that just came
+        online or moved. Called several times a second: passing the same mapping object again
+        (nothing changed) costs only the receivers that are due, not every zone and receiver."""
         out: list[tuple[bytes, Addr]] = []
-        for zone, on in status.items():
-            self._on_air[zone] = [{"broadcast": str(x.get("broadcast")),
-                                   "level": str(x.get("level"))} for x in on]
-        for r in self._rx.values():
+        check: list[_Receiver] = []
+        if status is not self._status_seen:
+            self._status_seen = status
+            changed = set()
+            for zone, on in status.items():
+                norm = [{"broadcast": str(x.get("broadcast")), "level": str(x.get("level"))}
+                        for x in on]
+                if self._on_air.get(zone) != norm or zone not in self._on_air_key:
+                    self._on_air[zone] = norm
+                    self._on_air_key[zone] = json.dumps(norm, sort_keys=True)
+                    changed.add(zone)
+            if changed:
+                check = [r for r in self._rx.values() if r.zone in changed]
+        if self._now_pending:
+            pending, self._now_pending = self._now_pending, set()
+            check += [self._rx[i] for i in pending if i in self._rx]
+        for r in check:
             if not r.online or r.addr is None:
                 continue
             on = self._on_air.get(r.zone, [])
-            key = json.dumps(on, sort_keys=True)
+            key = self._on_air_key.get(r.zone, "[]")
             if key == r.now_key:
                 continue
             found = self.secret_for(r.id)
             if not found:
+                self._now_pending.add(r.id)   # no secret yet: try again next time
                 continue
             r.now_key = key
             out.append((cp.encode(cp.MsgType.NOW, r.id, found[0], {"zone": r.zone, "on_air": on},

@@ -327,6 +327,45 @@ def test_worker_shards_deliver_everything_and_follow_membership(sink):
 
 
 @linux_only
+def test_workers_get_a_many_zone_union_once_then_4_bytes_per_tick(sink):
+    """3,000 zones on one programme through 2 workers: the zones' key ids go to each worker
+    once; a tick's message is the packet plus a union id, and every receiver gets it."""
+    n = 3000
+    a = loop_addrs(n, sink.port)
+    f = Fanout(workers=2)
+    try:
+        for i in range(n):
+            f.set_destinations(f"z{i}", [a[i]])
+        keys = tuple(f"z{i}" for i in range(n))
+        sizes = []
+        class Spy:
+            def __init__(self, sock):
+                self.sock = sock
+
+            def send(self, m):
+                sizes.append(len(m))
+                return self.sock.send(m)
+
+            def __getattr__(self, name):
+                return getattr(self.sock, name)
+        for w in f._pool.workers:
+            w.ctl = Spy(w.ctl)
+        for i in range(3):
+            assert f.send(bytes([i]) * 60, keys) == n
+        got = sink.drain(expect=3 * n, timeout=5)
+        assert len(got) == 3 * n and len({d for d, _ in got}) == n
+        union_msgs = [x for x in sizes if x > 1000]
+        assert len(union_msgs) == 2                     # one definition per worker
+        assert sorted(x for x in sizes if x <= 1000) == [65] * 6   # "S" + id + 60 bytes
+        # a new tuple object with the same zones is the same union: no new definition
+        assert f.send(b"\x09" * 60, tuple(keys)) == n
+        assert len([x for x in sizes if x > 1000]) == 2
+        sink.drain(expect=n, timeout=5)
+    finally:
+        f.close()
+
+
+@linux_only
 def test_a_dead_worker_is_restarted_with_its_shard(sink):
     a = loop_addrs(200, sink.port)
     f = Fanout(workers=2)

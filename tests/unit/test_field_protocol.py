@@ -224,3 +224,22 @@ def test_retire_rotates_key_and_forgets_receiver():
     assert len(reg.keyring.for_receivers()) == 2       # active + pending new key
     reg.keyring.advance(1.0 + reg.keyring.activation_delay_s)
     assert reg.keyring.active[0] != kid_before
+
+
+def test_now_playing_pass_with_an_unchanged_status_only_serves_receivers_that_are_due():
+    """The receiver endpoint calls set_on_air 4 times a second with the same status object
+    while nothing changes: then only a receiver that just came online (or moved) gets its
+    now-playing message, and nobody else is looked at again."""
+    reg, events, dests = make()
+    status = {"z1": [{"broadcast": "b1", "level": "normal"}], "z2": []}
+    reg.datagram_received(msg(cp.MsgType.REGISTER, "rx1"), ("192.0.2.1", 1), 0.0, T0)
+    assert [a for _, a in reg.set_on_air(status, T0 + 1)] == [("192.0.2.1", 1)]
+    assert reg.set_on_air(status, T0 + 1.25) == []
+    reg.datagram_received(msg(cp.MsgType.REGISTER, "rx3"), ("192.0.2.1", 3), 2.0, T0 + 2)
+    out = reg.set_on_air(status, T0 + 2.25)
+    assert [a for _, a in out] == [("192.0.2.1", 3)]
+    assert cp.parse(out[0][0]).body["on_air"] == []        # rx3 is in z2: nothing on air
+    assert reg.set_on_air(status, T0 + 2.5) == []
+    # a new status object where only z2 changed: only rx3 hears about it
+    status2 = dict(status, z2=[{"broadcast": "b9", "level": "emergency"}])
+    assert [a for _, a in reg.set_on_air(status2, T0 + 3)] == [("192.0.2.1", 3)]
