@@ -22,6 +22,8 @@ from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, SILENCE,
 from streamer.ingest.base import Source
 
 _OFFSETS = np.arange(FRAME_SAMPLES, dtype=np.float64)
+_ONES = np.ones(FRAME_SAMPLES, dtype=np.float64)
+_ONES.flags.writeable = False
 
 
 def _frame_times(index: int) -> np.ndarray:
@@ -31,6 +33,8 @@ def _frame_times(index: int) -> np.ndarray:
 def _fade_envelope(t: np.ndarray, total_s: float, fade_s: float) -> np.ndarray:
     """Raised-cosine fade in over [0, fade_s] and out over [total_s - fade_s, total_s];
     zero outside [0, total_s]."""
+    if len(t) == FRAME_SAMPLES and t[0] >= fade_s and t[-1] < total_s - fade_s:
+        return _ONES       # the common case: a frame in the steady part, nothing to shape
     env = np.ones_like(t)
     if fade_s > 0:
         fade_s = min(fade_s, total_s / 2)
