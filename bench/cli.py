@@ -4,6 +4,8 @@
                    [--target loa|bare] [--peer gstreamer] [--runs R] [--json FILE]
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
+  loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
+                      [--programme zones|separate] [--json FILE]
 
 Exit status: 0 when every run was valid, 3 when a run was invalid (sink overflowed, a sender or
 the server crashed), 2 for bad usage. Never non-zero because a number was slow.
@@ -116,6 +118,32 @@ def _latency(argv: list[str]) -> int:
                    console)
 
 
+def _provision(argv: list[str]) -> int:
+    from bench.provision import ProvisionOptions, check_options, render, run_provision
+    p = argparse.ArgumentParser(prog="loa bench provision",
+                                description="Provision N receivers through the API while a "
+                                            "programme plays: time, late ticks, longest tick.")
+    p.add_argument("--receivers", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=1000, help="receivers per bulk request")
+    p.add_argument("--zones", type=int, default=1, help="spread receivers over this many zones")
+    p.add_argument("--single", action="store_true",
+                   help="one POST /receivers per receiver instead of the bulk endpoint")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight with --single")
+    p.add_argument("--programme", choices=("zones", "separate"), default="zones",
+                   help="zones: the tone plays on the zones being provisioned (default); "
+                        "separate: on a zone of its own")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    opts = ProvisionOptions(receivers=a.receivers, batch=a.batch, zones=a.zones, single=a.single,
+                            concurrency=a.concurrency, programme=a.programme)
+    problem = check_options(opts)
+    if problem:
+        print(f"loa bench provision: {problem}", file=sys.stderr)
+        return 2
+    console = _console()
+    return _finish(run_provision(opts, console), render, a.json_path, console)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -127,7 +155,10 @@ def main(argv: list[str]) -> int:
         return _preempt(rest)
     if cmd == "latency":
         return _latency(rest)
-    print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency", file=sys.stderr)
+    if cmd == "provision":
+        return _provision(rest)
+    print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency, provision",
+          file=sys.stderr)
     return 2
 
 

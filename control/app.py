@@ -9,6 +9,7 @@ only place that decides who may call what, and it writes the audit log.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -47,9 +48,12 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
+def json_dumps(o: Any) -> str:
+    return json.dumps(o, ensure_ascii=False, default=str)
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status,
-                             dumps=lambda o: json.dumps(o, ensure_ascii=False, default=str))
+    return web.json_response(data, status=status, dumps=json_dumps)
 
 
 def _http_error(request: web.Request, e: web.HTTPException) -> ApiError:
@@ -208,6 +212,9 @@ class LoaApp(ResourceHandlers):
         #: receiver id -> (secret, zone), kept in memory: the receiver protocol looks it up for
         #: every datagram and must never wait on the database
         self.receiver_secrets: dict[str, tuple[bytes, str]] = {}
+        #: receiver id -> the sealed blob its cached secret was opened from: a secret is
+        #: decrypted again only when its blob changed
+        self._sealed: dict[str, bytes] = {}
         self.registry = None
         self.link = None
 
@@ -217,7 +224,9 @@ class LoaApp(ResourceHandlers):
         box = auth.SecretBox.load(
             self.settings.secret_key.get_secret_value() if self.settings.secret_key else None,
             self.settings.data_dir / "secret.key")
-        self.state = ControlState(self.db, self.settings, box, apply_tree=self._swap_tree)
+        self.state = ControlState(self.db, self.settings, box, apply_tree=self._swap_tree,
+                                  apply_zones=self._swap_zones,
+                                  receivers_changed=self._receivers_changed)
         await self.state.apply_config()
         gone = await self.db.mark_interrupted()
         if gone:
@@ -253,23 +262,71 @@ class LoaApp(ResourceHandlers):
         return self.receiver_secrets.get(rid)
 
     async def refresh_receiver_secrets(self) -> None:
-        out: dict[str, tuple[bytes, str]] = {}
-        for r in await self.db.receivers():
-            if r.get("status") == "retired" or not r.get("secret_enc"):
-                continue
-            try:
-                out[r["id"]] = (self.state.box.open(r["secret_enc"], r["id"]), r["zone"])
-            except Exception:
-                log.error("cannot decrypt the secret of receiver %s (wrong secret key?)", r["id"])
-        self.receiver_secrets = out
+        """Every receiver's secret, from the database: at start, and after a full reload (another
+        process may have added, moved or retired receivers). Changes made here go through
+        `_receivers_changed` instead. Under the state lock, so a snapshot read before a
+        provisioning cannot drop the secrets that provisioning just added."""
+        async with self.state.lock:
+            rows = await self.db.receiver_secret_rows()
+            for i, r in enumerate(rows):
+                self._cache_secret(r)
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)  # 10,000s of decryptions at start: let others run
+            gone = set(self.receiver_secrets) - {r["id"] for r in rows}
+            for rid in gone:
+                self.receiver_secrets.pop(rid, None)
+                self._sealed.pop(rid, None)
+
+    def _cache_secret(self, r: dict, secret: bytes | None = None) -> None:
+        rid, blob = r["id"], r.get("secret_enc")
+        if r.get("status") == "retired" or not blob:
+            self.receiver_secrets.pop(rid, None)
+            self._sealed.pop(rid, None)
+            return
+        if secret is None:
+            cached = self.receiver_secrets.get(rid)
+            if cached is not None and self._sealed.get(rid) == blob:
+                secret = cached[0]
+            else:
+                try:
+                    secret = self.state.box.open(blob, rid)
+                except Exception:
+                    log.error("cannot decrypt the secret of receiver %s (wrong secret key?)", rid)
+                    self.receiver_secrets.pop(rid, None)
+                    self._sealed.pop(rid, None)
+                    return
+        self.receiver_secrets[rid] = (secret, r["zone"])
+        self._sealed[rid] = blob
+
+    def _receivers_changed(self, rows: list[dict], secrets: dict[str, bytes]) -> None:
+        """From the service layer: these receivers were added or changed here (new ones come
+        with their raw secret, so nothing is decrypted)."""
+        for r in rows:
+            self._cache_secret(r, secrets.get(r["id"]))
 
     def _swap_tree(self, new: ZoneTree) -> None:
+        # the engine gets its own dicts: the service layer keeps editing `new` (its stored tree)
+        zones = dict(new.zones)
+        groups = {g: list(m) for g, m in new.groups.items()}
+        self.engine.prepare_destinations(zones.values())  # outside the engine lock
+
         def swap(t: ZoneTree) -> None:
-            t.zones, t.groups = new.zones, new.groups
+            t.zones, t.groups = zones, groups
             t.version += 1
         self.engine.edit_tree(swap)
         if self.state is not None:  # receivers may have been added, moved or retired
             asyncio.get_running_loop().create_task(self.refresh_receiver_secrets())
+
+    def _swap_zones(self, tree: ZoneTree, changed: set[str]) -> None:
+        """Only these zones' destinations changed (receivers added, moved, retired): the tick
+        re-applies these zones alone, with their big lists packed here beforehand."""
+        zones = {zid: tree.zones[zid] for zid in changed}
+        self.engine.prepare_destinations(zones.values())
+
+        def swap(t: ZoneTree) -> None:
+            t.zones.update(zones)
+            t.version += 1
+        self.engine.edit_tree(swap, dests_changed=set(zones))
 
     def _on_event(self, ev: dict) -> None:  # on the loop, from EventHub._fanout
         try:
@@ -674,6 +731,11 @@ class LoaApp(ResourceHandlers):
             R("POST", "/receivers", self.provision_receiver, "receivers.write",
               "Provision a receiver; the response carries its secret, shown only this once",
               body=m.ReceiverProvision, ok=201, errors=(400, 401, 403, 404, 409, 415, 422)),
+            R("POST", "/receivers/bulk", self.provision_receivers_bulk, "receivers.write",
+              f"Provision up to {m.MAX_BULK_RECEIVERS} receivers at once, all or nothing (an "
+              "unknown zone, a repeated or taken id: nothing is written; the error names them). "
+              "The response lists them in order, each with its secret, shown only this once",
+              body=m.ReceiverBulk, ok=201, errors=(400, 401, 403, 404, 409, 413, 415, 422)),
             R("GET", "/receivers/{id}", self.get_receiver, "receivers.read", "One receiver",
               errors=(401, 403, 404)),
             R("PATCH", "/receivers/{id}", self.update_receiver, "receivers.write",
@@ -786,6 +848,13 @@ def create_app(settings: Settings) -> web.Application:
         await loa.refresh_receiver_secrets()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, prewarm)
+        # The tick shares the GIL with this whole process, and a full garbage collection walks
+        # every tracked object: ~100,000 after start-up (modules, models, codecs), 45-60 ms on
+        # a small VM, enough to make ticks late whenever allocation (thousands of receivers
+        # provisioned one request at a time, say) triggers one. They live as long as the
+        # server: move them out of the collector's way.
+        gc.collect()
+        gc.freeze()
         engine.start()
         from streamer.rtp.link import start_receiver_endpoint
         loa.link = await start_receiver_endpoint(engine, loa.registry)

@@ -1,5 +1,5 @@
 """`loa serve`, `loa play`, `loa demo`, `loa admin create-user`, `loa zones import`,
-`loa receivers provision`."""
+`loa receivers provision` (one, or many from a CSV/JSON file)."""
 from __future__ import annotations
 
 import argparse
@@ -389,14 +389,55 @@ def cmd_zones(argv: list[str]) -> int:
     return _run_state(args, lambda state: state.import_csv(text), "loa zones import")
 
 
+RECEIVER_FIELDS = ("id", "zone", "name", "address", "lat", "lon", "link", "notes")
+
+
+def read_receiver_file(path: str) -> list[dict]:
+    """Receivers to provision from FILE.json (a list of objects, or {"receivers": [...]}) or
+    FILE.csv (a header row naming some of: id,zone,name,address,lat,lon,link,notes; zone is
+    required). Raises ValueError naming the problem."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if path.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{"):
+        data = json.loads(text)
+        rows = data.get("receivers") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError('the JSON must be a list of objects or {"receivers": [...]}')
+        return rows
+    import csv
+    import io
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in reader.fieldnames or []]
+    unknown = [h for h in header if h not in RECEIVER_FIELDS]
+    if "zone" not in header or unknown:
+        raise ValueError(f"the CSV header must name zone and only {','.join(RECEIVER_FIELDS)}"
+                         + (f" (unknown: {','.join(unknown)})" if unknown else ""))
+    reader.fieldnames = header
+    rows = []
+    for rec in reader:
+        row = {k: v.strip() for k, v in rec.items() if k and v is not None and v.strip()}
+        for k in ("lat", "lon"):
+            if k in row:
+                try:
+                    row[k] = float(row[k])
+                except ValueError:
+                    raise ValueError(f"line {reader.line_num}: {k} is not a number") from None
+        if row:
+            rows.append(row)
+    return rows
+
+
 def cmd_receivers(argv: list[str]) -> int:
     if not argv or argv[0] != "provision":
-        print("usage: loa receivers provision --zone ZONE [--id ID] [--address HOST:PORT] ...",
+        print("usage: loa receivers provision --zone ZONE [--id ID] [--address HOST:PORT] ...\n"
+              "       loa receivers provision --file RECEIVERS.csv|.json",
               file=sys.stderr)
         return 2
     p = _state_parser("loa receivers provision",
-                      "Provision a receiver; prints its secret once.")
-    p.add_argument("--zone", required=True)
+                      "Provision a receiver, or many from a file (all or nothing); prints the "
+                      "secrets once.")
+    p.add_argument("--file", help="CSV (header: zone plus any of id,name,address,lat,lon,link,"
+                                  "notes) or JSON list of receivers, provisioned all or nothing")
+    p.add_argument("--zone")
     p.add_argument("--id")
     p.add_argument("--name", default="")
     p.add_argument("--address")
@@ -408,15 +449,39 @@ def cmd_receivers(argv: list[str]) -> int:
     from pydantic import ValidationError
 
     from control.models import ReceiverProvision
+    prog = "loa receivers provision"
+    if args.file:
+        try:
+            raw = read_receiver_file(args.file)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            print(f"{prog}: cannot read {args.file}: {e}", file=sys.stderr)
+            return 2
+        rows = []
+        for i, r in enumerate(raw):
+            try:
+                rows.append(ReceiverProvision.model_validate(r).model_dump())
+            except ValidationError as e:
+                err = e.errors()[0]
+                print(f"{prog}: receiver {i + 1} ({r.get('id') or 'no id'}): "
+                      f"{'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+                return 2
+        if not rows:
+            print(f"{prog}: {args.file} lists no receivers", file=sys.stderr)
+            return 2
+
+        async def bulk(state):
+            return {"receivers": await state.provision_receivers(rows)}
+        return _run_state(args, bulk, prog)
+    if not args.zone:
+        print(f"{prog}: --zone is required (or --file)", file=sys.stderr)
+        return 2
     try:
         body = ReceiverProvision(zone=args.zone, id=args.id, name=args.name, address=args.address,
                                  lat=args.lat, lon=args.lon, link=args.link, notes=args.notes)
     except ValidationError as e:
-        print(f"loa receivers provision: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
-              file=sys.stderr)
+        print(f"{prog}: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    return _run_state(args, lambda state: state.provision_receiver(body.model_dump()),
-                      "loa receivers provision")
+    return _run_state(args, lambda state: state.provision_receiver(body.model_dump()), prog)
 
 
 def main(argv: list[str]) -> int:

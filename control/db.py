@@ -221,6 +221,46 @@ class Database:
     async def upsert_receiver(self, row: dict) -> None:
         await self._upsert("receivers", row)
 
+    async def existing_ids(self, table: str, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` are rows of `table` (zones, receivers): targeted look-ups, so checking
+        a batch of new receivers never reads the whole table."""
+        assert table in ("zones", "groups", "receivers")
+        ids = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit is 999 on old builds
+            part = ids[i:i + 500]
+            cur = await self.conn.execute(
+                f"SELECT id FROM {table} WHERE id IN ({', '.join('?' * len(part))})", part)
+            found.update(r[0] for r in await cur.fetchall())
+        return found
+
+    RECEIVER_COLUMNS = ("id", "zone", "name", "lat", "lon", "link", "address", "notes", "status",
+                        "secret_enc", "origin", "created_at", "updated_at", "retired_at",
+                        "last_seen_at")
+
+    async def insert_receivers(self, rows: list[dict]) -> None:
+        """New receivers in one transaction (one executemany, not a round trip per row). Plain
+        INSERT: an id that appeared meanwhile (another process) fails the whole batch with
+        sqlite3.IntegrityError instead of overwriting a receiver."""
+        cols = [c for c in self.RECEIVER_COLUMNS if c not in ("retired_at", "last_seen_at")]
+        sql = f"INSERT INTO receivers ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            await self.conn.executemany(sql, [[_dump(r.get(c)) for c in cols] for r in rows])
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
+
+    async def receiver_addresses(self, zid: str) -> list[dict]:
+        """What one zone's destinations are built from (the receivers_zone index)."""
+        return await self._all("SELECT zone, address, link, status FROM receivers WHERE zone=? "
+                               "ORDER BY rowid", (zid,))
+
+    async def receiver_secret_rows(self) -> list[dict]:
+        """Only what the receiver protocol's secret cache needs, for every receiver."""
+        return await self._all("SELECT id, zone, status, secret_enc FROM receivers ORDER BY rowid")
+
     async def update_receiver(self, rid: str, **fields: Any) -> None:
         fields["updated_at"] = utc_iso()
         sets = ", ".join(f"{k}=?" for k in fields)

@@ -2,6 +2,8 @@
 pure function that turns stored rows into the engine's ZoneTree."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -54,6 +56,16 @@ class GroupPut(_Strict):
 class ReceiverProvision(ReceiverConfig):
     model_config = ConfigDict(extra="forbid")
     id: Id | None = None  # generated when absent
+
+
+#: receivers per `POST /receivers/bulk` request: bigger lists go in several requests (a 10,000-row
+#: body is ~1 MB, the default `max_body_mb`; parsing and answering it stays a few ms)
+MAX_BULK_RECEIVERS = 10_000
+
+
+class ReceiverBulk(_Strict):
+    """All or nothing: every row is checked before any is written."""
+    receivers: list[ReceiverProvision] = Field(min_length=1, max_length=MAX_BULK_RECEIVERS)
 
 
 class ReceiverUpdate(_Strict):
@@ -115,30 +127,53 @@ def zone_from_row(r: dict, extra_unicast: list[str] = ()) -> Zone:
     """`unicast` entries and receiver addresses may carry a packet time: HOST:PORT/40."""
     uni: list[tuple[str, int]] = []
     ptime: dict[tuple[str, int], int] = {}
-    for text, what in [(u, "unicast destination") for u in r.get("unicast") or []] + \
-            [(a, "receiver address") for a in extra_unicast]:
-        host, port, pt = parse_destination(text, what)
-        if (host, port) not in uni:
-            uni.append((host, port))
-            if pt != 20:
-                ptime[(host, port)] = pt
+    _add_destinations(uni, ptime, set(), r.get("unicast") or [], "unicast destination")
+    _add_destinations(uni, ptime, set(uni), extra_unicast, "receiver address")
     return Zone(id=r["id"], name=r.get("name") or r["id"], parent=r.get("parent"),
                 multicast=parse_hostport(r["multicast"], "multicast") if r.get("multicast") else None,
                 unicast=uni, level=r.get("level") or "", code=r.get("code") or "",
                 language=r.get("language") or "vi", ptime=ptime)
 
 
-def tree_from_rows(zones: list[dict], groups: list[dict], receivers: list[dict],
-                   cellular_ptime: int = 20) -> ZoneTree:
-    """Raises ZoneError when the rows do not make a tree (unknown parent, cycle, bad group).
+def _add_destinations(uni: list, ptime: dict, seen: set, texts: Iterable[str], what: str) -> None:
+    # a set, not `in uni`: a zone with 10,000 receivers must not cost 50 million comparisons
+    for text in texts:
+        host, port, pt = parse_destination(text, what)
+        if (host, port) not in seen:
+            seen.add((host, port))
+            uni.append((host, port))
+            if pt != 20:
+                ptime[(host, port)] = pt
+
+
+def receiver_destination(rx: dict, cellular_ptime: int = 20) -> str | None:
+    """The destination a stored receiver adds to its zone (HOST:PORT[/PTIME]), None if none.
     A static receiver on a SIM link gets `cellular_ptime` ms packets unless its address names
     a packet time itself."""
+    if rx.get("status") == "retired" or not rx.get("address"):
+        return None
+    a = rx["address"]
+    if rx.get("link") == "sim" and cellular_ptime != 20 and "/" not in a:
+        a = f"{a}/{cellular_ptime}"
+    return a
+
+
+def zone_with_destinations(zone: Zone, texts: Iterable[str]) -> Zone:
+    """A copy of `zone` with these receiver destinations appended (the ones it already has are
+    skipped): exactly what rebuilding it from its rows would give when receivers were added
+    last, without reading the others. Raises ZoneError for a malformed destination."""
+    uni, ptime = list(zone.unicast), dict(zone.ptime)
+    _add_destinations(uni, ptime, set(uni), texts, "receiver address")
+    return dataclasses.replace(zone, unicast=uni, ptime=ptime)
+
+
+def tree_from_rows(zones: list[dict], groups: list[dict], receivers: list[dict],
+                   cellular_ptime: int = 20) -> ZoneTree:
+    """Raises ZoneError when the rows do not make a tree (unknown parent, cycle, bad group)."""
     addrs: dict[str, list[str]] = {}
     for rx in receivers:
-        if rx.get("status") != "retired" and rx.get("address"):
-            a = rx["address"]
-            if rx.get("link") == "sim" and cellular_ptime != 20 and "/" not in a:
-                a = f"{a}/{cellular_ptime}"
+        a = receiver_destination(rx, cellular_ptime)
+        if a is not None:
             addrs.setdefault(rx["zone"], []).append(a)
     tree = ZoneTree()
     for r in zones:

@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SILENCE, db_to_gain
-from streamer.clock import TickThread
+from streamer.clock import TickThread, name_os_thread
 from streamer.ingest.base import Source
 from streamer.mixer.arbitration import Claim, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp, SoftLimiter, add_scaled
@@ -79,10 +80,11 @@ class BroadcastSpec:
     owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
 
 
-def _phase(zone: str, per: int) -> int:
-    """Which of the `per` ticks a zone's long packets leave on (stable across restarts)."""
-    import zlib
-    return zlib.crc32(zone.encode()) % per
+def _addr_phase(addr: tuple[str, int], per: int) -> int:
+    """Which of the `per` ticks a receiver's long (40/60 ms) packets leave on: by address, so
+    a zone of 10,000 cellular clusters sends half (a third) of its packets on each tick
+    instead of all of them every other tick. Stable across restarts."""
+    return zlib.crc32(f"{addr[0]}:{addr[1]}".encode()) % per
 
 
 class Playhead:
@@ -203,10 +205,22 @@ class Engine:
         self._known_zones: set[str] = set()
         #: zones with destinations on longer packet times (40/60 ms), and those packets' state
         self._zone_ptimes: dict[str, set[int]] = {}
+        # (zone, ptime) -> phases with receivers; (zone, ptime, secure) -> phase keys in use
+        self._zone_phases: dict[tuple[str, int], frozenset[int]] = {}
+        self._phase_keys: dict[tuple[str, int, bool], frozenset[int]] = {}
+        # Incremental tree sync: the zones a destinations-only change touched (None: unknown,
+        # compare every zone), for which tree version; what each zone's destinations were when
+        # last applied; when a hinted change was last applied (they are rate-limited).
+        self._tree_hint: set[str] | None = None
+        self._hint_version: int | None = None
+        self._applied_sig: dict[str, tuple] = {}
+        self._hint_applied_at = 0.0
         self._frame_hist: collections.deque = collections.deque(maxlen=3)  # (k, {zone: payload})
         self._ptime_seq: dict[tuple[int, int], int] = {}  # (packet time, phase) -> last seq
         self._ptime_base: dict[int, int] = {}
-        self._ptime_extra: dict[int, int] = {}  # numbers taken by split windows
+        # numbers taken by split windows, per (packet time, phase): a phase's receivers never
+        # see a number skipped because a window of the other phase was split
+        self._ptime_extra: dict[tuple[int, int], int] = {}
         self._ptime_active: dict[tuple[int, int], set[str]] = {}
         self._repacketizer: OpusRepacketizer | None = None
         # Registered receivers get SRTP (one protect per program packet, per packet time);
@@ -249,6 +263,7 @@ class Engine:
         self.first_packet_listeners: list[Callable[[str, float], None]] = []
 
     def _close_worker(self) -> None:
+        name_os_thread("loa-closer")
         while True:
             src = self._closing.get()
             if src is None:
@@ -416,8 +431,11 @@ class Engine:
                 self._apply_dests(zone_id)
 
     @staticmethod
-    def _key(zone_id: str, ptime: int, secure: bool) -> str:
-        return (zone_id if ptime == 20 else f"{zone_id}|{ptime}") + ("#s" if secure else "")
+    def _key(zone_id: str, ptime: int, secure: bool, phase: int = 0) -> str:
+        """Fan-out key: `zone` (20 ms), `zone|40~1` (40 ms packets, receivers of phase 1),
+        `#s` appended for SRTP destinations."""
+        base = zone_id if ptime == 20 else f"{zone_id}|{ptime}~{phase}"
+        return base + "#s" if secure else base
 
     def _apply_dests(self, zone_id: str) -> None:
         self._dest_version += 1
@@ -446,15 +464,37 @@ class Engine:
             self._red_zones.discard(zone_id)
         slow = set()
         for pt in PTIMES:
+            phases: set[int] = set()
             for is_secure, groups in ((False, plain), (True, secure)):
                 addrs = groups.get(pt, [])
-                if pt != 20 and addrs:
+                if pt == 20:
+                    had = zone_id in self._secure_zones[pt] if is_secure else True
+                    if addrs or had:
+                        self.fanout.set_destinations(self._key(zone_id, pt, is_secure), addrs)
+                    continue
+                if addrs:
                     slow.add(pt)
-                key = self._key(zone_id, pt, is_secure)
-                had = zone_id in self._secure_zones[pt] if is_secure else \
-                    (pt == 20 or pt in self._zone_ptimes.get(zone_id, ()))
-                if addrs or had:
-                    self.fanout.set_destinations(key, addrs)
+                per = pt // 20
+                split: list[list[tuple[str, int]]] = [[] for _ in range(per)]
+                for a in addrs:
+                    split[_addr_phase(a, per)].append(a)
+                pk = (zone_id, pt, is_secure)
+                had_phases = self._phase_keys.get(pk, ())
+                for ph in range(per):
+                    if split[ph] or ph in had_phases:
+                        self.fanout.set_destinations(self._key(zone_id, pt, is_secure, ph),
+                                                     split[ph])
+                now_phases = frozenset(ph for ph in range(per) if split[ph])
+                if now_phases:
+                    self._phase_keys[pk] = now_phases
+                    phases |= now_phases
+                else:
+                    self._phase_keys.pop(pk, None)
+            if pt != 20:
+                if phases:
+                    self._zone_phases[(zone_id, pt)] = frozenset(phases)
+                else:
+                    self._zone_phases.pop((zone_id, pt), None)
             if secure.get(pt):
                 self._secure_zones[pt].add(zone_id)
             else:
@@ -469,7 +509,12 @@ class Engine:
         self._sec_cache = {}
         for pt in PTIMES:
             for is_secure in (False, True):
-                self.fanout.set_destinations(self._key(zone_id, pt, is_secure), [])
+                if pt == 20:
+                    self.fanout.set_destinations(self._key(zone_id, pt, is_secure), [])
+                    continue
+                for ph in self._phase_keys.pop((zone_id, pt, is_secure), ()):
+                    self.fanout.set_destinations(self._key(zone_id, pt, is_secure, ph), [])
+            self._zone_phases.pop((zone_id, pt), None)
             self._secure_zones[pt].discard(zone_id)
         for suffix in ("#r", "#rs"):
             self.fanout.set_destinations(zone_id + suffix, [])
@@ -483,25 +528,78 @@ class Engine:
             p = self._protectors[ptime] = MediaProtector(self.keyring)
         return p
 
-    def _send(self, packet, zones, ptime: int = 20) -> None:
+    def _send(self, packet, zones, ptime: int = 20, phase: int = 0) -> None:
         """Plain RTP to the zones' static destinations; SRTP (protected once) to their
-        registered receivers."""
-        self.fanout.send(packet, zones if ptime == 20 else [f"{z}|{ptime}" for z in zones])
+        registered receivers. Long packets go to the receivers of one phase."""
+        self.fanout.send(packet, zones if ptime == 20 else
+                         [f"{z}|{ptime}~{phase}" for z in zones])
         sec = self._secure_zones[ptime]
         if sec:
-            ck = (ptime, zones) if type(zones) is tuple else None
+            ck = (ptime, phase, zones) if type(zones) is tuple else None
             keys = self._sec_cache.get(ck) if ck is not None else None
             if keys is None:
-                keys = tuple(self._key(z, ptime, True) for z in zones if z in sec)
+                keys = tuple(self._key(z, ptime, True, phase) for z in zones if z in sec)
                 if ck is not None:
                     self._sec_cache[ck] = keys
             if keys:
                 self.fanout.send(self._protector(ptime).protect(packet), keys)
 
-    def edit_tree(self, fn: Callable[[ZoneTree], object]):
-        """Apply a change to the zone tree; takes effect on the next tick."""
+    def edit_tree(self, fn: Callable[[ZoneTree], object], dests_changed=None):
+        """Apply a change to the zone tree; takes effect on the next tick.
+
+        `dests_changed` (zone ids) promises that the change only replaced these zones'
+        destinations (no zone added, removed or moved, no group changed): the next tick then
+        looks at these zones only, instead of comparing every zone of the tree. Without it
+        (or after any change made without it) the tick compares them all."""
         with self.lock:
-            return fn(self.tree)
+            before = self.tree.version
+            out = fn(self.tree)
+            if self.tree.version != before:
+                hint = self._tree_hint
+                if (dests_changed is not None and hint is not None
+                        and self._hint_version == before):
+                    hint.update(dests_changed)
+                    self._hint_version = self.tree.version
+                else:
+                    self._tree_hint = None  # unknown change: compare every zone
+            return out
+
+    @staticmethod
+    def _dest_signature(zone) -> tuple:
+        """What `_apply_dests` takes from the tree for one zone (dynamic destinations aside)."""
+        return (zone.multicast, tuple(zone.unicast),
+                tuple(sorted(zone.ptime.items())) if zone.ptime else ())
+
+    def prepare_destinations(self, zones, min_addrs: int = 256) -> int:
+        """Call outside the engine lock, before the `edit_tree` that gives these zones (Zone
+        objects) new destinations: packs their big destination lists now (10,000 addresses take
+        ~10 ms), so the tick that applies them only swaps the packed arrays in. Returns how many
+        lists were prepared. Only a cache: a list that does not match is packed by the tick."""
+        prep = getattr(self.fanout, "prepare", None)
+        if prep is None:
+            return 0
+        applied = self._applied_sig
+        n = 0
+        for z in zones:
+            if len(z.unicast) < min_addrs or applied.get(z.id) == self._dest_signature(z):
+                continue
+            if self.keyring is None and self.dynamic_dests.get(z.id):
+                continue  # registered receivers join the plain lists: left to the tick
+            one = ZoneTree()
+            one.zones[z.id] = z
+            # the 20 ms list goes to the fan-out as it is; longer packet times are split by
+            # phase in the tick (and their addresses' packed forms are remembered anyway)
+            addrs = one.destinations_by_ptime(z.id)[20]
+            if len(addrs) >= min_addrs:
+                prep(addrs)
+                n += 1
+        return n
+
+    def _reapply_if_changed(self, zid: str, sigs: dict) -> None:
+        sig = self._dest_signature(self.tree.zones[zid])
+        if sigs.get(zid) != sig:
+            self._apply_dests(zid)
+            sigs[zid] = sig
 
     # ---------------------------------------------------------------- the tick
     def _end(self, b: Broadcast, state: str, reason: str = "") -> None:
@@ -523,15 +621,37 @@ class Engine:
                   error=b.error, position_s=d["position_s"])
 
     def _sync_tree(self) -> None:
+        """Re-apply the destinations of the zones whose destinations changed, and only those:
+        adding receivers to one zone costs that zone, not the whole tree."""
         if self.tree.version == self._tree_version:
             return
+        hint = self._tree_hint
+        if self._hint_version != self.tree.version:
+            hint = None
+        if hint is not None and self._thread is not None:
+            # Receivers added one request at a time change a zone every tick: re-sending a
+            # 10,000-address zone to the fan-out every 20 ms would swamp it. Like registered
+            # receivers, such changes go out at most every `dest_apply_interval_s`.
+            now = time.monotonic()
+            last = self._hint_applied_at
+            if now - last < self.settings.dest_apply_interval_s:
+                return
+            self._hint_applied_at = now
         self._tree_version = self.tree.version
-        known = set(self.tree.zones)
+        self._tree_hint, self._hint_version = set(), self.tree.version
+        sigs = self._applied_sig
+        tz = self.tree.zones
+        if hint is not None and len(tz) == len(self._known_zones) and all(z in tz for z in hint):
+            for zid in hint:  # destinations only: the structure did not change
+                self._reapply_if_changed(zid, sigs)
+            return
+        known = set(tz)
         for zid in known:
-            self._apply_dests(zid)
+            self._reapply_if_changed(zid, sigs)
         for zid in self._known_zones - known:
             self._zone_key.pop(zid, None)
             self._drop_dests(zid)
+            sigs.pop(zid, None)
         self._known_zones = known
         for b in self.broadcasts.values():
             try:
@@ -643,20 +763,23 @@ class Engine:
 
     def _send_long_packets(self, k: int) -> None:
         """Join each cellular zone's last 2 (3) Opus frames into one 40 (60) ms packet, built once
-        per distinct frame sequence and sent to every zone that heard it. Zones are spread over
-        the 2 (3) ticks by a fixed phase, so the long packets of a province go out evenly, not
-        as one burst every other tick. One sequence space per packet time: window n is numbered
-        base + n in every zone and phase. The SSRC is the node's; the timestamp is that of the
-        packet's first frame. (A window whose frames cannot share one Opus packet, around an
-        encoder mode switch, goes out as two packets; later windows are numbered one higher.)"""
+        per distinct frame sequence and sent to every zone that heard it. Receivers are spread
+        over the 2 (3) ticks by a fixed phase of their address, so the long packets of a zone
+        (and of a province) go out evenly, not as one burst every other tick: each tick sends
+        the windows that end now to the receivers of this phase. One sequence space per packet
+        time and phase: window n is numbered base + n in every zone. The SSRC is the node's;
+        the timestamp is that of the packet's first frame. (A window whose frames cannot share
+        one Opus packet, around an encoder mode switch, goes out as two packets; later windows
+        of that phase are numbered one higher.)"""
         pt = self.settings.payload_type
         for ptime in (40, 60):
             per = ptime // 20
-            phase = (k + 1) % per  # zones of this phase complete a window now
+            phase = (k + 1) % per  # receivers of this phase complete a window now
             hist = [h for h in self._frame_hist if h[0] > k - per]
             groups: dict[tuple, list[str]] = {}
+            zp = self._zone_phases
             for zone, pts in self._zone_ptimes.items():
-                if ptime not in pts or _phase(zone, per) != phase:
+                if ptime not in pts or phase not in zp.get((zone, ptime), ()):
                     continue
                 seq_frames = tuple((kk, fr[zone]) for kk, fr in hist if zone in fr)
                 if seq_frames:
@@ -666,10 +789,10 @@ class Engine:
             if not groups:
                 self._ptime_active[sk] = set()
                 continue
-            # one sequence space per packet time, whatever the phase: window n is numbered
-            # base + n in every zone, so all receivers on 40 ms packets see one numbering
+            # one sequence space per packet time and phase: window n is numbered base + n (+ the
+            # split windows of this phase) in every zone, so a receiver sees one numbering
             base = self._ptime_base.setdefault(ptime, secrets.randbits(16))
-            seq = self._ptime_seq[sk] = (base + k // per + self._ptime_extra.get(ptime, 0)) & 0xFFFF
+            seq = self._ptime_seq[sk] = (base + k // per + self._ptime_extra.get(sk, 0)) & 0xFFFF
             if self._repacketizer is None:
                 self._repacketizer = OpusRepacketizer()
             active = set()
@@ -685,11 +808,11 @@ class Engine:
                     s = seq if i == 0 else (self._ptime_seq[sk] + 1) & 0xFFFF
                     if i:
                         self._ptime_seq[sk] = s
-                        self._ptime_extra[ptime] = self._ptime_extra.get(ptime, 0) + 1
+                        self._ptime_extra[sk] = self._ptime_extra.get(sk, 0) + 1
                     for keys, marker in ((old, False), (new, True)):
                         if keys:
                             write_header(pkt, pt, s, pts_, self.ssrc, marker=marker)
-                            self._send(pkt, keys, ptime)
+                            self._send(pkt, keys, ptime, phase)
                 active.update(zones)
             self._ptime_active[sk] = active
 

@@ -32,6 +32,11 @@ class RecordingFanout:
         return [(t, RtpPacket.parse(p)) for t, p, keys in self.sent if zone in keys]
 
 
+def long_key(zone, ptime, addr):
+    from streamer.engine import _addr_phase
+    return f"{zone}|{ptime}~{_addr_phase(addr, ptime // 20)}"
+
+
 def tone_factory(freq, seconds, amp=-16.0):
     def make(start_s):
         src = ToneSource(freq_hz=freq, seconds=seconds, amplitude_dbfs=amp)
@@ -184,9 +189,10 @@ def test_cellular_destinations_get_longer_packets(ptime):
     eng = Engine(tree, fan, EngineSettings())
     eng.start_broadcast(spec(["z"], freq=700, seconds=2.0))
     run(eng, fan, 60)
-    assert fan.dests["z"] == [("127.0.0.1", 1)] and fan.dests[f"z|{ptime}"] == [("127.0.0.1", 2)]
+    lk = long_key("z", ptime, ("127.0.0.1", 2))
+    assert fan.dests["z"] == [("127.0.0.1", 1)] and fan.dests[lk] == [("127.0.0.1", 2)]
     short = [RtpPacket.parse(p) for _, p, keys in fan.sent if "z" in keys]
-    long_ = [RtpPacket.parse(p) for _, p, keys in fan.sent if f"z|{ptime}" in keys]
+    long_ = [RtpPacket.parse(p) for _, p, keys in fan.sent if lk in keys]
     per = ptime // 20
     assert len(short) == 60
     # an encoder's first frames may switch Opus mode, and such frames cannot share a packet
@@ -210,9 +216,46 @@ def test_dynamic_destinations_with_ptime():
     eng, fan, _ = make_engine(1)
     run(eng, fan, 1)
     eng.set_dynamic_destinations("z0", [("10.0.0.1", 5000), ("10.0.0.2", 5000, 40)])
-    assert ("10.0.0.1", 5000) in fan.dests["z0"] and fan.dests["z0|40"] == [("10.0.0.2", 5000)]
+    lk = long_key("z0", 40, ("10.0.0.2", 5000))
+    assert ("10.0.0.1", 5000) in fan.dests["z0"] and fan.dests[lk] == [("10.0.0.2", 5000)]
     eng.set_dynamic_destinations("z0", [])
-    assert fan.dests["z0|40"] == [] and ("10.0.0.1", 5000) not in fan.dests["z0"]
+    assert fan.dests[lk] == [] and ("10.0.0.1", 5000) not in fan.dests["z0"]
+
+
+def test_a_big_cellular_zone_spreads_its_long_packets_over_the_ticks():
+    """10,000 clusters on 40 ms packets in one zone: about half of them get their packet on
+    each tick (never all on one tick and none on the next), each gets one every 40 ms with
+    consecutive sequence numbers and timestamps 40 ms apart."""
+    from streamer.engine import _addr_phase
+    addrs = [(f"10.1.{i // 250}.{i % 250 + 1}", 5004) for i in range(10_000)]
+    tree = ZoneTree()
+    tree.add(Zone("big", unicast=addrs, ptime={a: 40 for a in addrs}))
+    fan = RecordingFanout()
+    eng = Engine(tree, fan, EngineSettings())
+    eng.start_broadcast(spec(["big"], freq=700, seconds=2.0))
+    run(eng, fan, 40)
+    n = {ph: len(fan.dests[f"big|40~{ph}"]) for ph in (0, 1)}
+    assert n[0] + n[1] == 10_000 and min(n.values()) > 4_500
+    per_tick: dict[int, int] = {}
+    by_phase: dict[int, list] = {0: [], 1: []}
+    for t, p, keys in fan.sent:
+        for ph in (0, 1):
+            if f"big|40~{ph}" in keys:
+                per_tick[t] = per_tick.get(t, 0) + n[ph]
+                by_phase[ph].append(RtpPacket.parse(p))
+    busy = [per_tick.get(t, 0) for t in range(5, 39)]
+    assert max(busy) <= max(n.values()) * 2 and min(busy) > 4_400, busy
+    assert sorted(busy)[len(busy) // 2] < 5_600, busy   # split windows aside, half per tick
+    for ph, pkts in by_phase.items():
+        assert len(pkts) >= 18
+        assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1
+                   for a, b in zip(pkts, pkts[1:]))
+        # contiguous audio (a window around an encoder mode switch may go out as 2 packets)
+        from streamer.rtp.opus import packet_samples
+        assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == packet_samples(a.payload)
+                   for a, b in zip(pkts, pkts[1:]))
+        assert sum(packet_samples(p.payload) == 1920 for p in pkts) >= len(pkts) - 4
+    assert _addr_phase(addrs[0], 2) == _addr_phase(addrs[0], 2)
 
 
 def test_registered_receivers_get_srtp_static_destinations_plain_rtp():

@@ -1,0 +1,314 @@
+"""Adding, moving and retiring receivers touches only the zones concerned: in the engine's tick
+(`_sync_tree`), in the fan-out (packed ahead, off the tick), in the service layer (no full read
+of the receivers table, no tree rebuild) and in the server's secret cache (nothing decrypted
+again). No sockets except the in-process test server of the last test."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from control import auth
+from control.db import Database
+from control.errors import ApiError
+from control.models import tree_from_rows
+from control.service import ControlState
+from control.settings import load_settings
+from streamer.engine import Engine
+from streamer.rtp.fanout import Fanout
+from streamer.zones import Zone, ZoneTree
+
+
+class CountingFanout:
+    def __init__(self):
+        self.calls: list[str] = []
+        self.dests: dict[str, list] = {}
+
+    def set_destinations(self, key, addrs):
+        self.calls.append(key)
+        self.dests[key] = list(addrs)
+
+    def send(self, packet, keys):
+        return 0
+
+    def stats(self):
+        return {}
+
+
+def engine_with(n_zones: int = 50):
+    tree = ZoneTree()
+    tree.add(Zone("root"))
+    for i in range(n_zones):
+        tree.add(Zone(f"z{i}", parent="root", unicast=[("127.0.0.1", 20000 + i)]))
+    fan = CountingFanout()
+    return Engine(tree, fan), fan
+
+
+def replace_dests(eng: Engine, zid: str, unicast, hint: bool = True) -> None:
+    new = dataclasses.replace(eng.tree.zones[zid], unicast=list(unicast))
+
+    def edit(t: ZoneTree) -> None:
+        t.zones[zid] = new
+        t.version += 1
+    eng.edit_tree(edit, dests_changed={zid} if hint else None)
+
+
+def zones_applied(fan: CountingFanout) -> set[str]:
+    return {k.split("|")[0].split("#")[0] for k in fan.calls}
+
+
+def test_sync_tree_reapplies_only_the_zones_whose_destinations_changed():
+    eng, fan = engine_with(50)
+    eng._sync_tree()
+    assert zones_applied(fan) == {"root"} | {f"z{i}" for i in range(50)}  # first time: all
+    fan.calls.clear()
+    eng._sync_tree()
+    assert fan.calls == []  # nothing changed, nothing applied
+    replace_dests(eng, "z7", [("127.0.0.1", 20007), ("127.0.0.2", 9)])
+    eng._sync_tree()
+    assert zones_applied(fan) == {"z7"}
+    assert fan.dests["z7"] == [("127.0.0.1", 20007), ("127.0.0.2", 9)]
+    # without the hint every zone is compared, still only the changed one is re-applied
+    fan.calls.clear()
+    replace_dests(eng, "z9", [("127.0.0.9", 9)], hint=False)
+    eng._sync_tree()
+    assert zones_applied(fan) == {"z9"}
+    # a new Zone object with the same destinations is not a change
+    fan.calls.clear()
+    replace_dests(eng, "z3", [("127.0.0.1", 20003)])
+    eng._sync_tree()
+    assert fan.calls == []
+    # a change made behind edit_tree's back (version bumped directly) is still noticed
+    eng.tree.zones["z4"] = dataclasses.replace(eng.tree.zones["z4"], unicast=[])
+    eng.tree.version += 1
+    eng._sync_tree()
+    assert zones_applied(fan) == {"z4"} and fan.dests["z4"] == []
+
+
+def test_structure_changes_still_reach_every_zone_and_broadcast():
+    eng, fan = engine_with(3)
+    eng._sync_tree()
+    fan.calls.clear()
+    # a hinted change followed by an unhinted one: the tick must not trust the hint
+    replace_dests(eng, "z0", [("127.0.0.5", 5)])
+    eng.edit_tree(lambda t: t.add(Zone("z-new", parent="root", unicast=[("127.0.0.6", 6)])))
+    eng._sync_tree()
+    assert zones_applied(fan) == {"z0", "z-new"}
+    fan.calls.clear()
+    eng.edit_tree(lambda t: t.remove("z-new"))
+    eng._sync_tree()
+    assert "z-new" in zones_applied(fan) and fan.dests["z-new"] == []  # dropped
+    # read-only edit_tree calls (broadcast target resolution) change nothing
+    fan.calls.clear()
+    assert eng.edit_tree(lambda t: t.resolve(["root"]), dests_changed={"z1"}) >= {"z1"}
+    eng._sync_tree()
+    assert fan.calls == []
+
+
+def test_prepared_destinations_are_packed_off_the_tick():
+    fan = Fanout(workers=0)
+    try:
+        tree = ZoneTree()
+        tree.add(Zone("big"))
+        eng = Engine(tree, fan)
+        eng._sync_tree()
+        addrs = [(f"127.0.{i // 250}.{i % 250 + 1}", 5000) for i in range(3000)]
+        big = dataclasses.replace(tree.zones["big"], unicast=addrs)
+        assert eng.prepare_destinations([big]) == 1
+        assert len(fan._prepared) == 1
+        calls = []
+        real = fan._clean_and_pack
+        fan._clean_and_pack = lambda a: calls.append(len(a)) or real(a)
+        replace_dests(eng, "big", addrs)
+        eng._sync_tree()
+        assert calls == [] and len(fan._prepared) == 0  # the tick packed nothing itself
+        assert fan.destinations("big") == addrs
+        assert np.array_equal(fan._dests.keys["big"], real(addrs)[1])
+        # already applied: nothing to prepare; small lists are left to the tick
+        assert eng.prepare_destinations([tree.zones["big"]]) == 0
+        assert eng.prepare_destinations([dataclasses.replace(big, unicast=addrs[:10])]) == 0
+        # a prepared list that never gets applied does not pile up
+        for n in range(40):
+            fan.prepare(addrs[: 300 + n])
+        assert len(fan._prepared) <= 16
+    finally:
+        fan.close()
+
+
+TOML = """
+cellular_ptime_ms = 40
+[[zones]]
+id = "a"
+[[zones]]
+id = "b"
+parent = "a"
+unicast = ["127.0.0.1:7000"]
+[[zones]]
+id = "c"
+parent = "a"
+"""
+
+
+@pytest.fixture
+async def state(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TOML)
+    settings = load_settings(cfg, data_dir=tmp_path)
+    db = await Database(tmp_path / "s.db").open()
+    swaps: list = []
+    st = ControlState(db, settings, auth.SecretBox.load(None, tmp_path / "k"),
+                      apply_tree=lambda t: swaps.append(("tree", None)),
+                      apply_zones=lambda t, z: swaps.append(("zones", set(z))))
+    await st.apply_config()
+    st.swaps = swaps
+    yield st
+    await db.close()
+
+
+async def full_rebuild(st: ControlState) -> ZoneTree:
+    return tree_from_rows(await st.db.zones(), await st.db.groups(), await st.db.receivers(),
+                          cellular_ptime=40)
+
+
+async def test_receiver_changes_are_incremental_and_match_a_full_rebuild(state, monkeypatch):
+    st = state
+
+    async def no_full_read():
+        raise AssertionError("a receiver change read every row")
+    monkeypatch.setattr(st, "_rows", no_full_read)
+    st.swaps.clear()
+    rows = [{"zone": "b", "address": f"127.0.1.{i + 1}:9", "id": f"r{i}"} for i in range(200)]
+    rows.append({"zone": "c", "address": "127.0.0.1:7000", "link": "sim", "id": "sim-1"})
+    rows.append({"zone": "b", "address": "127.0.0.1:7000", "id": "dup-static"})  # = b's static
+    rows.append({"zone": "c", "id": "no-address"})
+    out = await st.provision_receivers(rows)
+    assert [r["id"] for r in out] == [r["id"] for r in rows]
+    assert all(len(auth._unb64(r["secret"])) == 32 for r in out)
+    assert st.swaps == [("zones", {"b", "c"})]  # one change, the two zones only
+    await st.provision_receiver({"zone": "b", "address": "127.0.2.1:9", "id": "one"})
+    await st.update_receiver("r5", {"zone": "c"})  # move
+    await st.update_receiver("r6", {"name": "renamed"})  # no destination change
+    await st.retire_receiver("dup-static")  # b keeps its static 127.0.0.1:7000
+    await st.retire_receiver("r7")
+    assert st.swaps[1:] == [("zones", {"b"}), ("zones", {"b", "c"}), ("zones", {"b"}),
+                            ("zones", {"b"})]
+    monkeypatch.undo()
+    ref = await full_rebuild(st)
+    for zid in ("a", "b", "c"):
+        got, want = st.tree.zones[zid], ref.zones[zid]
+        assert (got.unicast, got.ptime, got.parent) == (want.unicast, want.ptime, want.parent), zid
+    assert ("127.0.0.1", 7000) in st.tree.zones["b"].unicast
+    assert st.tree.zones["c"].ptime == {("127.0.0.1", 7000): 40}  # the SIM link's packet time
+    assert ("127.0.1.8", 9) not in st.tree.zones["b"].unicast  # r7 retired
+
+
+async def test_bulk_is_all_or_nothing(state):
+    st = state
+    await st.provision_receivers([{"zone": "b", "id": "taken"}])
+    n = len(await st.db.receivers())
+    cases = [
+        ([{"zone": "b", "id": "x1"}, {"zone": "nowhere", "id": "x2"}], 404, "unknown_zone", "x2"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x1"}], 422, "duplicate_ids", "x1"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "taken"}], 409, "receiver_exists", "taken"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x2", "address": "127.0.0.1:5/30"}],
+         422, "invalid_address", "x2"),
+    ]
+    for rows, status, code, named in cases:
+        with pytest.raises(ApiError) as e:
+            await st.provision_receivers(rows)
+        assert (e.value.status, e.value.code) == (status, code), rows
+        assert named in e.value.message
+        assert len(await st.db.receivers()) == n  # nothing written
+    assert await st.db.receiver("x1") is None
+
+
+async def test_server_secret_cache_is_incremental(tmp_path, monkeypatch):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from control.app import create_app
+    from control.settings import Settings
+    settings = Settings(data_dir=tmp_path, admin_token="adm-token-123", zones=[{"id": "xa"}])
+    app = create_app(settings)
+    adm = {"Authorization": "Bearer adm-token-123"}
+    async with TestClient(TestServer(app)) as c:
+        loa = app["loa"]
+        opened = []
+        real_open = loa.state.box.open
+        monkeypatch.setattr(loa.state.box, "open", lambda b, ctx: opened.append(ctx) or real_open(b, ctx))
+        rows = [{"zone": "xa", "id": f"rx{i}", "address": f"127.0.3.{i + 1}:9"} for i in range(50)]
+        r = await c.post("/api/v1/receivers/bulk", json={"receivers": rows}, headers=adm)
+        assert r.status == 201
+        out = (await r.json())["receivers"]
+        for rx in out:
+            assert loa.receiver_secrets[rx["id"]] == (auth._unb64(rx["secret"]), "xa")
+        assert opened == []  # the new secrets were known: nothing decrypted
+        # a full reload (another process wrote the file) decrypts nothing that did not change
+        async with loa.state.lock:
+            await loa.state.reload_tree()
+        await loa.refresh_receiver_secrets()
+        assert opened == [] and len(loa.receiver_secrets) == 50
+        r = await c.post("/api/v1/receivers/rx3/retire", headers=adm)
+        assert r.status == 200 and "rx3" not in loa.receiver_secrets
+        # the engine has every destination but the retired one
+        assert len(loa.engine.tree.zones["xa"].unicast) == 49
+
+
+def test_cli_provisions_from_csv_and_json(tmp_path, capsys):
+    import json
+
+    from control.cli import main
+    d = str(tmp_path / "data")
+    zones = tmp_path / "tree.csv"
+    zones.write_text("code,name,parent_code,level\n52,Bình Định,,province\n52001,Quy Nhơn,52,city\n")
+    assert main(["zones", "import", str(zones), "--data-dir", d]) == 0
+    capsys.readouterr()
+    csv_file = tmp_path / "rx.csv"
+    csv_file.write_text("\ufeffid,zone,address,link,lat,name\n"
+                        "c1,52001,127.0.0.1:7000,sim,13.9,Chợ\nc2,52,,wifi,,\n")
+    assert main(["receivers", "provision", "--file", str(csv_file), "--data-dir", d]) == 0
+    out = json.loads(capsys.readouterr().out)["receivers"]
+    assert [(r["id"], r["zone"], r["link"], r["lat"], r["name"]) for r in out] == [
+        ("c1", "52001", "sim", 13.9, "Chợ"), ("c2", "52", "wifi", None, "")]
+    assert all(len(r["secret"]) >= 40 for r in out)
+    js = tmp_path / "rx.json"
+    js.write_text(json.dumps({"receivers": [{"zone": "52"}, {"zone": "52", "id": "c1"}]}))
+    assert main(["receivers", "provision", "--file", str(js), "--data-dir", d]) == 1  # c1 taken
+    assert "c1" in capsys.readouterr().err
+    js.write_text(json.dumps([{"zone": "52", "id": "j1"}, {"zone": "52", "address": "x"}]))
+    assert main(["receivers", "provision", "--file", str(js), "--data-dir", d]) == 2
+    assert "receiver 2" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,zona\nx,52\n")
+    assert main(["receivers", "provision", "--file", str(bad), "--data-dir", d]) == 2
+    import sqlite3
+    raw = sqlite3.connect(tmp_path / "data" / "loa.db")
+    assert [r[0] for r in raw.execute("SELECT id FROM receivers ORDER BY rowid")] == ["c1", "c2"]
+
+
+def test_a_ticking_engine_applies_receiver_changes_at_most_every_interval():
+    """One receiver per request changes a zone every tick; the fan-out gets the zone at most
+    every `dest_apply_interval_s` (re-sending 10,000 addresses every 20 ms would swamp it)."""
+    import time
+
+    from streamer.engine import EngineSettings
+    tree = ZoneTree()
+    tree.add(Zone("z"))
+    fan = CountingFanout()
+    eng = Engine(tree, fan, EngineSettings(dest_apply_interval_s=0.3))
+    eng._sync_tree()
+    eng._thread = object()  # as if ticking (never started: nothing else looks at it)
+    replace_dests(eng, "z", [("127.0.0.1", 1)])
+    eng._sync_tree()
+    assert fan.dests["z"] == [("127.0.0.1", 1)]  # the first change goes out at once
+    for i in range(2, 6):
+        replace_dests(eng, "z", [("127.0.0.1", p) for p in range(1, i + 1)])
+        eng._sync_tree()
+    assert fan.dests["z"] == [("127.0.0.1", 1)]  # the next ones wait...
+    time.sleep(0.35)
+    eng._sync_tree()
+    assert fan.dests["z"] == [("127.0.0.1", p) for p in range(1, 6)]  # ...and go out together
+    # a structural change is never held back
+    eng.edit_tree(lambda t: t.add(Zone("y", unicast=[("127.0.0.9", 9)])))
+    eng._sync_tree()
+    assert fan.dests["y"] == [("127.0.0.9", 9)]
