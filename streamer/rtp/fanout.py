@@ -25,9 +25,9 @@ shard again.
 """
 from __future__ import annotations
 
+import collections
 import mmap
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -310,6 +310,11 @@ class _Worker:
         self.proc: subprocess.Popen | None = None
         self.ctl: socket.socket | None = None
         self.shard: dict[int, np.ndarray] = {}   # key id -> this worker's packed addresses
+        # Control messages not yet taken by the worker, in order: [key id or None, messages,
+        # how many of them went]. Never waited for: a worker busy sending must not stall the
+        # tick (or an API call) that changed membership.
+        self.outbox: collections.deque[list] = collections.deque()
+        self.unsent: dict[int, list] = {}     # key id -> its queued membership, not started
 
 
 class _WorkerPool:
@@ -354,10 +359,12 @@ class _WorkerPool:
         b.close()
         a.setblocking(False)
         w.ctl = a
+        w.outbox.clear()      # the new worker gets the whole state instead
+        w.unsent.clear()
         for kid, packed in w.shard.items():
             self._send_dest(w, kid, packed)
         for msg in self._union_msgs.values():
-            self._send_ctl_blocking(w, msg)
+            self._queue(w, None, [msg])
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers if w.proc and w.proc.poll() is None]
@@ -386,26 +393,46 @@ class _WorkerPool:
 
     def _send_dest(self, w: _Worker, kid: int, part: np.ndarray) -> None:
         chunks = [part[i:i + _CHUNK] for i in range(0, len(part), _CHUNK)] or [part]
-        for i, c in enumerate(chunks):
-            final = 1 if i == len(chunks) - 1 else 0
-            msg = _MSG_DEST + struct.pack("<IB", kid, final) + c.astype("<u8").tobytes()
-            self._send_ctl_blocking(w, msg)
+        msgs = [_MSG_DEST + struct.pack("<IB", kid, 1 if i == len(chunks) - 1 else 0)
+                + c.astype("<u8").tobytes() for i, c in enumerate(chunks)]
+        self._queue(w, kid, msgs)
 
-    def _send_ctl_blocking(self, w: _Worker, msg: bytes, timeout: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                w.ctl.send(msg)  # type: ignore[union-attr]
-                return
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"fan-out worker {w.index} did not take a membership update")
-                select.select([], [w.ctl], [], min(left, 0.05))
-            except OSError:
-                # Dead worker: restart it; its shard is replayed by _spawn.
-                self._restart(w, force=True)
-                return
+    def _queue(self, w: _Worker, kid: int | None, msgs: list[bytes]) -> None:
+        """Queue control messages for a worker and send what its socket takes now. A key's
+        membership still waiting in the queue is replaced by the newer one (only the latest
+        matters), so a worker that is behind gets each changed key once, not every step."""
+        entry = w.unsent.get(kid) if kid is not None else None
+        if entry is not None:
+            entry[1] = msgs
+        else:
+            entry = [kid, msgs, 0]
+            w.outbox.append(entry)
+            if kid is not None:
+                w.unsent[kid] = entry
+        self._flush(w)
+
+    def _flush(self, w: _Worker) -> bool:
+        """Send the worker's queued control messages without blocking; True when none is
+        left. A dead worker is restarted (and given its whole state again)."""
+        box = w.outbox
+        while box:
+            e = box[0]
+            if e[2] == 0 and e[0] is not None:
+                w.unsent.pop(e[0], None)      # starting: no longer replaceable
+            msgs = e[1]
+            while e[2] < len(msgs):
+                try:
+                    w.ctl.send(msgs[e[2]])  # type: ignore[union-attr]
+                except BlockingIOError:
+                    if e[2] == 0 and e[0] is not None:
+                        w.unsent[e[0]] = e
+                    return False
+                except OSError:
+                    self._restart(w, force=True)
+                    return not w.outbox
+                e[2] += 1
+            box.popleft()
+        return True
 
     def _restart(self, w: _Worker, force: bool = False) -> None:
         now = time.monotonic()
@@ -434,6 +461,11 @@ class _WorkerPool:
             self._by_id[id(keys)] = (keys, (head, per_worker))  # holds the tuple alive
         msg = b"".join((head, packet))
         for w, n in zip(self.workers, per_worker):
+            if w.outbox and not self._flush(w) and n:
+                # still taking membership changes: this tick cannot go before them
+                self.queue_drops += 1
+                self.queue_drops_destinations += n
+                continue
             if n == 0:
                 continue
             try:
@@ -464,7 +496,7 @@ class _WorkerPool:
             msg = _MSG_UNION + struct.pack(f"<II{len(ids)}I", uid, len(ids), *ids)
             self._union_msgs[uid] = msg
             for w in self.workers:
-                self._send_ctl_blocking(w, msg)
+                self._queue(w, None, [msg])
         per_worker = [sum(len(w.shard.get(i, ())) for i in ids) for w in self.workers]
         self._unions[keys] = (uid, per_worker)
         return _MSG_SEND + struct.pack("<I", uid), per_worker

@@ -390,6 +390,50 @@ def test_a_dead_worker_is_restarted_with_its_shard(sink):
         f.close()
 
 
+@linux_only
+def test_membership_changes_never_wait_for_a_busy_worker(sink):
+    """A worker that does not read (stopped here; in life: busy sending to 10,000 receivers)
+    must not make set_destinations block the tick or the API: the change is queued (only the
+    latest per zone kept), ticks for that worker are dropped and counted meanwhile, and once it
+    reads again it gets the newest membership before any later packet."""
+    a = loop_addrs(4000, sink.port)
+    f = Fanout(workers=1)
+    pid = f.worker_pids()[0]
+    try:
+        f.set_destinations("z1", a[:10])
+        assert f.send(b"first", ("z1",)) == 10
+        sink.drain(expect=10, timeout=5)
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(20000):                   # fill its control socket
+            f.send(b"x" * 1000, ("z1",))
+            if f.stats()["worker_queue_drops"]:
+                break
+        assert f.stats()["worker_queue_drops"] >= 1
+        t0 = time.monotonic()
+        for n in (1000, 2000, 3000, 4000):       # four changes; only the last matters
+            f.set_destinations("z1", a[:n])
+        assert time.monotonic() - t0 < 0.5
+        drops = f.stats()["worker_queue_drops"]
+        f.send(b"while-stopped", ("z1",))
+        assert f.stats()["worker_queue_drops"] == drops + 1
+        os.kill(pid, signal.SIGCONT)
+        sink.drain(timeout=1.0)                  # what was queued before the stop
+        deadline = time.monotonic() + 5
+        while f._pool.workers[0].outbox and time.monotonic() < deadline:
+            f._pool._flush(f._pool.workers[0])
+            time.sleep(0.01)
+        assert not f._pool.workers[0].outbox
+        f.send(b"after", ("z1",))
+        got = [d for d, data in sink.drain(expect=4000, timeout=5) if data == b"after"]
+        assert sorted(got) == sorted(h for h, _ in a)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        f.close()
+
+
 def test_many_zones_on_one_program_cost_one_union_and_resync_is_cheap(sink):
     # 5,000 zones × 2 receivers all hearing one program: one cached union, one batched sequence.
     n_zones = 5000
