@@ -145,11 +145,16 @@ class ZoneTree:
         return [z.id for z in self.zones.values() if z.parent == zone_id]
 
     def subtree(self, zone_id: str) -> set[str]:
+        return self._below([zone_id])
+
+    def _below(self, roots: list[str]) -> set[str]:
+        """The roots and every zone under them: one pass over the tree, however many roots
+        (a province-wide alert may name 5,000 communes: one walk, not 5,000)."""
         kids: dict[str | None, list[str]] = {}
         for z in self.zones.values():
             kids.setdefault(z.parent, []).append(z.id)
         out: set[str] = set()
-        stack = [zone_id]
+        stack = list(roots)
         while stack:
             zid = stack.pop()
             if zid in out:
@@ -163,11 +168,13 @@ class ZoneTree:
         unknown = [t for t in targets if t not in self.zones and t not in self.groups]
         if unknown:
             raise ZoneError(f"unknown zone or group: {', '.join(unknown)}")
-        out: set[str] = set()
+        roots: list[str] = []
         for t in targets:
-            for zid in (self.groups[t] if t in self.groups else [t]):
-                out |= self.subtree(zid)
-        return out
+            if t in self.groups:
+                roots.extend(self.groups[t])
+            else:
+                roots.append(t)
+        return self._below(roots)
 
     def destinations(self, zone_id: str) -> list[tuple[str, int]]:
         """Every destination of the zone, whatever its packet time."""

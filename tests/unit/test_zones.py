@@ -56,3 +56,24 @@ def test_parse_hostport_rejects(bad):
 
 def test_parse_hostport_ok():
     assert parse_hostport("239.20.0.1:5004") == ("239.20.0.1", 5004)
+
+
+def test_resolving_thousands_of_targets_walks_the_tree_once():
+    """A province-wide alert naming 5,000 communes (plus a group and a district) resolves in
+    one pass: it used to walk the whole tree once per target (seconds at this size)."""
+    import time
+
+    from streamer.zones import Zone, ZoneTree
+    t = ZoneTree()
+    t.add(Zone("p"))
+    for d in range(50):
+        t.add(Zone(f"d{d}", parent="p"))
+        for c in range(100):
+            t.add(Zone(f"d{d}c{c}", parent=f"d{d}"))
+    t.set_group("coast", [f"d{d}c0" for d in range(50)])
+    targets = [f"d{d}c{c}" for d in range(50) for c in range(100)] + ["coast", "d7"]
+    t0 = time.perf_counter()
+    got = t.resolve(targets)
+    assert time.perf_counter() - t0 < 0.5
+    assert got == {f"d{d}c{c}" for d in range(50) for c in range(100)} | {"d7"}
+    assert t.resolve(["p"]) == set(t.zones)
