@@ -57,6 +57,28 @@ _MSG_EXIT = b"X"
 _MAX_UNIONS = 4096  # union ids defined to workers before they are all forgotten and reused
 
 
+class _ByIdentity:
+    """Values for key tuples that the caller passes again as the same object. The engine
+    passes the same key tuple every tick while its plan holds; hashing a tuple of 5,000 zone ids
+    costs ~100 µs, so such a tuple is found by identity first. Holds each tuple, so its id
+    cannot be reused while it is here."""
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[tuple, object]] = {}
+
+    def get(self, keys: tuple):  # noqa: ANN201
+        hit = self._d.get(id(keys))
+        return hit[1] if hit is not None and hit[0] is keys else None
+
+    def put(self, keys: tuple, value: object) -> None:
+        if len(self._d) >= _UNION_CACHE:
+            self._d.clear()
+        self._d[id(keys)] = (keys, value)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
 class _Destinations:
     """Per-key packed addresses and a cache of sendable unions. No sockets here."""
 
@@ -69,9 +91,7 @@ class _Destinations:
         self._cache: OrderedDict[tuple, tuple[int, DestinationArray | None, list | None]] = \
             OrderedDict()
         self._by_key: dict[object, set[tuple]] = {}  # key -> cached unions that include it
-        # The engine passes the same key tuple object every tick while its plan holds; hashing
-        # a tuple of 5,000 zone ids costs ~100 µs, so look such a tuple up by identity first.
-        self._by_id: dict[int, tuple[tuple, tuple]] = {}
+        self._by_id = _ByIdentity()
 
     def set(self, key: object, packed: np.ndarray) -> bool:
         """Replace a key's addresses; False (and nothing invalidated) if they did not change."""
@@ -101,12 +121,12 @@ class _Destinations:
                     del self._by_key[k]
 
     def union(self, keys: tuple) -> tuple[int, DestinationArray | None, list | None]:
-        same = self._by_id.get(id(keys))
-        if same is not None and same[0] is keys:
-            return same[1]
+        same = self._by_id.get(keys)
+        if same is not None:
+            return same
         hit = self._cache.get(keys)
         if hit is not None:
-            self._remember(keys, hit)
+            self._by_id.put(keys, hit)
             return hit
         parts = [self.keys[k] for k in dict.fromkeys(keys) if k in self.keys]
         packed = union_packed(parts)
@@ -123,13 +143,8 @@ class _Destinations:
             old, _ = self._cache.popitem(last=False)
             self._forget(old)
             self._by_id.clear()
-        self._remember(keys, entry)
+        self._by_id.put(keys, entry)
         return entry
-
-    def _remember(self, keys: tuple, entry: tuple) -> None:
-        if len(self._by_id) >= _UNION_CACHE:
-            self._by_id.clear()
-        self._by_id[id(keys)] = (keys, entry)   # holds the tuple: its id cannot be reused
 
     def count(self) -> int:
         return sum(len(v) for v in self.keys.values())
@@ -338,7 +353,7 @@ class _WorkerPool:
         # workers once, so a tick's message is the packet and 4 bytes, however many zones
         self._unions: dict[tuple, tuple[int, list[int]]] = {}
         self._union_msgs: dict[int, bytes] = {}     # union id -> its definition, for restarts
-        self._by_id: dict[int, tuple[tuple, tuple[bytes, list[int]]]] = {}
+        self._by_id = _ByIdentity()
         self.workers = [_Worker(i) for i in range(k)]
         for w in self.workers:
             self._spawn(w)
@@ -451,14 +466,11 @@ class _WorkerPool:
         self._spawn(w)
 
     def send(self, packet: bytes | bytearray | memoryview, keys: tuple) -> None:
-        same = self._by_id.get(id(keys))
-        if same is not None and same[0] is keys:
-            head, per_worker = same[1]
-        else:
-            head, per_worker = self._union(keys)
-            if len(self._by_id) >= _UNION_CACHE:
-                self._by_id.clear()
-            self._by_id[id(keys)] = (keys, (head, per_worker))  # holds the tuple alive
+        entry = self._by_id.get(keys)
+        if entry is None:
+            entry = self._union(keys)
+            self._by_id.put(keys, entry)
+        head, per_worker = entry
         msg = b"".join((head, packet))
         for w, n in zip(self.workers, per_worker):
             if w.outbox and not self._flush(w) and n:
