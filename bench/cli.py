@@ -1,7 +1,7 @@
 """`loa bench ...`: benchmarks that tell the truth about this machine.
 
   loa bench fanout --receivers N --seconds S [--frame-ms 20|40|60] [--workers K]
-                   [--target loa|bare] [--peer gstreamer] [--runs R] [--json FILE]
+                   [--target loa|bare] [--peer gstreamer|bare] [--runs R] [--json FILE]
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
@@ -29,7 +29,8 @@ def _fanout(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=0, help="sender worker processes (0: in-process)")
     p.add_argument("--target", choices=("loa", "bare"), default="loa",
                    help="loa: a real `loa serve`; bare: the send loop alone")
-    p.add_argument("--peer", choices=("gstreamer",), default=None)
+    p.add_argument("--peer", choices=("gstreamer", "bare"), default=None,
+                   help="run this sender interleaved with the target and print the CPU ratio")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--batch", type=int, default=512, help="destinations per sendmmsg call")
     p.add_argument("--zones", type=int, default=1, help="split receivers over this many zones")
@@ -49,6 +50,9 @@ def _fanout(argv: list[str]) -> int:
         return 2
     if not 1 <= a.runs <= 50 or a.receivers < 1 or a.receivers > 64_000:
         console.print("[red]--runs must be 1..50 and --receivers 1..64000[/]")
+        return 2
+    if a.peer == a.target:
+        console.print("[red]--peer must differ from --target[/]")
         return 2
     opts = FanoutOptions(**{k: v for k, v in vars(a).items()})
     try:

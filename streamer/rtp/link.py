@@ -149,7 +149,7 @@ async def start_receiver_endpoint(engine, registry: ReceiverRegistry,  # noqa: A
     port receivers talk to, or NAT drops it): bind the Fanout there
     (`Fanout(bind=(host, port))`). Wires the registry's destination changes to
     `engine.set_dynamic_destinations` and tells it the stream's SSRC."""
-    media = engine.fanout.sock
+    media = engine.fanout.listen_sock   # the media port's incoming side (see Fanout._bind)
     bhost, bport = media.getsockname()[:2]
     if port is not None and port not in (0, bport):
         raise ValueError(f"the receiver endpoint must share the media socket (bound to port "

@@ -466,3 +466,47 @@ def test_packets_go_out_with_df_set_and_path_mtu_ignored():
     path MTU never turns a small RTP packet into an EMSGSIZE."""
     with Fanout(("127.0.0.1", 0)) as f:
         assert f.sock.getsockopt(socket.IPPROTO_IP, 10) == 3
+
+
+def test_incoming_datagrams_go_to_the_listening_socket_never_the_send_socket():
+    """The send socket has nobody waiting on it (no wake-up per sent packet): every datagram
+    to the media port lands on listen_sock, and media leaves from that same port."""
+    with Fanout(("127.0.0.1", 0)) as f:
+        assert f.listen_sock is not f.sock
+        port = f.sock.getsockname()[1]
+        assert f.listen_sock.getsockname() == ("127.0.0.1", port)
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        try:
+            for i, p in enumerate(peers):   # different source ports: different reuseport hashes
+                p.bind(("127.0.0.1", 0))
+                for k in range(5):
+                    p.sendto(b"hb%d-%d" % (i, k), ("127.0.0.1", port))
+            got = []
+            deadline = time.monotonic() + 2
+            while len(got) < 40 and time.monotonic() < deadline:
+                if select.select([f.listen_sock], [], [], 0.1)[0]:
+                    got.append(f.listen_sock.recvfrom(100)[0])
+            assert len(got) == 40
+            with pytest.raises(BlockingIOError):
+                f.sock.recv(100)
+            f.sock.sendto(b"media", peers[3].getsockname())
+            data, src = peers[3].recvfrom(100)
+            assert (data, src) == (b"media", ("127.0.0.1", port))
+        finally:
+            for p in peers:
+                p.close()
+
+
+def test_a_taken_media_port_is_refused_even_by_another_loa():
+    """The reuseport pair must not let a second server join the first one's port silently."""
+    with Fanout(("127.0.0.1", 0)) as f:
+        port = f.sock.getsockname()[1]
+        with pytest.raises(OSError) as e:
+            Fanout(("127.0.0.1", port))
+        assert e.value.errno == errno.EADDRINUSE
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+        plain.close()
+    again = Fanout(("127.0.0.1", port))   # closed: the port is free again
+    again.close()
