@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench.common import receiver_index
+from bench.common import receiver_index, receivers
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -73,6 +73,8 @@ class Sink:
                  sample: int = 50, rcvbuf: int = 256 << 20) -> None:
         self.n = n_receivers
         self.batch = batch
+        #: receiver index -> which sequence space it is in (None: one for all); see analyze
+        self.groups: np.ndarray | None = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
@@ -220,10 +222,25 @@ class Sink:
         # One sequence space for the whole stream: unwrap relative to the first datagram,
         # tolerating reordering of up to 1000 packets backwards.
         ext = ((seq - s0 + 1000) & 0xFFFF) - 1000
-        lo, hi = int(ext.min()), int(ext.max()) - trim_tail
-        win = (ext >= lo) & (ext <= hi)
-        seen_seqs = hi - lo + 1
-        exp = seen_seqs if expected is None else int(expected)
+        # The window [lo, hi] is taken per sequence space: with 40/60 ms packets each phase
+        # of receivers has its own numbering (see streamer.engine._send_long_packets), and a
+        # phase's last window or a split window can make its span one longer than another's.
+        grp = self.groups if self.groups is not None else np.zeros(n, dtype=np.int64)
+        ng = int(grp.max()) + 1 if n else 1
+        gid = grp[idx]
+        glo = np.full(ng, np.iinfo(np.int64).max)
+        ghi = np.full(ng, np.iinfo(np.int64).min)
+        np.minimum.at(glo, gid, ext)
+        np.maximum.at(ghi, gid, ext)
+        heard = glo <= ghi
+        glo = np.where(heard, glo, 0)
+        ghi = np.where(heard, ghi - trim_tail, -1)
+        lo_r, hi_r = glo[grp], ghi[grp]               # per receiver
+        win = (ext >= glo[gid]) & (ext <= ghi[gid])
+        span = np.maximum(0, ghi - glo + 1)
+        seen_seqs = int(span[heard].max()) if heard.any() else 0
+        exp_r = span[grp] if expected is None else np.full(n, int(expected), dtype=np.int64)
+        exp = int(exp_r.max()) if n else 0
         counts = np.bincount(idx[win], minlength=n)[:n]
         # sequence gaps per receiver, in arrival order
         order = np.argsort(idx, kind="stable")
@@ -240,14 +257,16 @@ class Sink:
         np.minimum.at(firsts, idx, ext)
         np.maximum.at(lasts, idx, ext)
         got_any = counts > 0
-        edge = np.where(got_any, np.maximum(firsts - lo, hi - np.minimum(lasts, hi)), exp)
+        edge = np.where(got_any, np.maximum(firsts - lo_r, hi_r - np.minimum(lasts, hi_r)),
+                        exp_r)
         max_gap = np.maximum(max_gap, edge)
         dups = int((same & (d == 0)).sum())
         delivered = int(counts.sum())
-        res.update(expected_per_receiver=exp, seqs_seen=seen_seqs,
-                   packets_expected=exp * n, packets_delivered=delivered,
-                   loss_pct=round(100.0 * (1 - delivered / max(1, exp * n)), 4),
-                   receivers_complete=int((counts >= exp).sum()),
+        total_exp = int(exp_r.sum())
+        res.update(expected_per_receiver=exp, seqs_seen=seen_seqs, sequence_spaces=ng,
+                   packets_expected=total_exp, packets_delivered=delivered,
+                   loss_pct=round(100.0 * (1 - delivered / max(1, total_exp)), 4),
+                   receivers_complete=int((counts >= exp_r).sum()),
                    min_delivered=int(counts.min()), max_delivered=int(counts.max()),
                    max_seq_gap=int(max_gap.max()), duplicates=dups,
                    window_seconds=round((self.last_ns - self.first_ns) / 1e9, 3))
@@ -299,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     sink = Sink(a.receivers, port=a.port, sample=a.sample)
+    per = int(a.frame_ms) // 20
+    if per > 1:
+        # 40/60 ms receivers are spread over the ticks by address, one sequence space per phase
+        from streamer.engine import _addr_phase
+        sink.groups = np.array([_addr_phase(addr, per) for addr in receivers(a.receivers,
+                                                                               sink.port)],
+                               dtype=np.int64)
     stop = threading.Event()
     params: dict = {}
 
