@@ -22,6 +22,7 @@ from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, SILENCE,
 from streamer.ingest.base import Source
 
 _OFFSETS = np.arange(FRAME_SAMPLES, dtype=np.float64)
+_TONE_PERIOD_MAX = 50   # frames of a periodic tone kept (at most 50 × 3.8 KB)
 _ONES = np.ones(FRAME_SAMPLES, dtype=np.float64)
 _ONES.flags.writeable = False
 
@@ -111,9 +112,27 @@ class ToneSource(SynthSource):
         self.amplitude = db_to_gain(amplitude_dbfs)
         self.fade_s = max(0.0, fade_ms) / 1000.0
 
+        # A tone whose frequency is a multiple of 50/m Hz repeats every m frames (1 kHz: every
+        # frame is the same): steady frames (outside the fades) are rendered once and reused.
+        self._period = next((m for m in range(1, _TONE_PERIOD_MAX + 1)
+                             if abs(freq_hz * m / 50 - round(freq_hz * m / 50)) < 1e-9), 0)
+        self._steady: dict[int, np.ndarray] = {}
+
     def _render(self, t: np.ndarray) -> np.ndarray:
         return (self.amplitude * np.sin(2 * np.pi * self.freq_hz * t)
                 * _fade_envelope(t, self.seconds, self.fade_s))
+
+    def frame_at(self, index: int) -> np.ndarray:
+        m = self._period
+        if m and index * FRAME_SAMPLES >= self.fade_s * SAMPLE_RATE and \
+                (index + 1) * FRAME_SAMPLES <= (self.seconds - self.fade_s) * SAMPLE_RATE:
+            frame = self._steady.get(index % m)
+            if frame is None:
+                t = _frame_times(index % m)   # same phase, smaller argument: no less exact
+                frame = self._steady[index % m] = _read_only(
+                    (self.amplitude * np.sin(2 * np.pi * self.freq_hz * t)).astype(DTYPE))
+            return frame
+        return super().frame_at(index)
 
 
 class ChimeSource(SynthSource):

@@ -80,7 +80,8 @@ class SoftLimiter:
         self.reductions = 0
 
     def process(self, bus: np.ndarray) -> np.ndarray:
-        peak = float(np.max(np.abs(bus)))
+        # two reductions, no |bus| temporary: this runs once per program per tick
+        peak = max(float(bus.max()), -float(bus.min()))
         start = self.gain
         want = min(1.0, self.knee / peak) if peak > self.knee else 1.0
         if want < start:
@@ -100,7 +101,8 @@ class SoftLimiter:
                     np.minimum(self._scratch, DTYPE(max(target, want)), out=self._scratch)
                 bus *= self._scratch
         # soft knee above `knee`: y = knee + (ceil-knee) * tanh((|x|-knee)/(ceil-knee))
-        peak = float(np.max(np.abs(bus)))
+        if start != 1.0 or target != 1.0:   # the gain moved the samples: measure again
+            peak = max(float(bus.max()), -float(bus.min()))
         if peak > self.knee:
             span = self.ceiling - self.knee
             mag = np.abs(bus)

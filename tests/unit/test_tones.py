@@ -181,3 +181,18 @@ def test_write_tone_wav(tmp_path):
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
     np.testing.assert_array_equal(pcm[:, 0], pcm[:, 1])
     assert np.max(np.abs(pcm)) == pytest.approx(0.25 * 32767, abs=2)
+
+
+@pytest.mark.parametrize("freq", [1000.0, 440.0, 997.0, 1234.5])
+def test_steady_frames_of_a_periodic_tone_are_reused_and_equal_a_fresh_render(freq):
+    """A 1 kHz tone repeats every frame, 440 Hz every 5, 997 Hz every 50; 1234.5 Hz is not
+    cached. Every frame (fades included) equals the closed-form render."""
+    from streamer.ingest.tones import SynthSource
+    tone, ref = ToneSource(freq, 2.0), ToneSource(freq, 2.0)
+    frames = [tone.read() for _ in range(tone.total_frames)]
+    assert tone.read() is None
+    for i, f in enumerate(frames):
+        np.testing.assert_allclose(f, SynthSource.frame_at(ref, i), rtol=0, atol=1e-6)
+        assert not f.flags.writeable
+    assert len(tone._steady) == {1000.0: 1, 440.0: 5, 997.0: 50, 1234.5: 0}[freq]
+    assert frames[0][0] == 0.0 and abs(frames[-1][-1]) < 1e-3   # the fades were not cached
