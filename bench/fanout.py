@@ -291,6 +291,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                                        + " | ".join(sender.err[-5:]))
             return out
         cpus = cpu_list(res["sender_cpus"])
+        counters0 = _server_counters(f"http://{http}/metrics") if kind == "loa" else {}
         cpu0 = tree_cpu(sender.pid)
         soft0 = softirqd_cpu_seconds(cpus)
         sink0 = tree_cpu(sink.pid)
@@ -322,10 +323,6 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                 out.valid = False
             time.sleep(0.1)
             trim = 2  # the server keeps ticking: stop mid-tick must not look like loss
-            try:
-                st, _ = _http("GET", f"http://{http}/metrics", timeout=5)
-            except Exception:
-                pass
         else:
             sender.say("go")
             line = sender.expect(lambda s: s.startswith("{"), S + 60)
@@ -351,6 +348,9 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             out.valid = False
             out.invalid_reasons.append(f"{kind} exited during the run (code {sender.p.returncode}): "
                                        + " | ".join(sender.err[-5:]))
+        if kind == "loa" and sender.alive():
+            # read after the CPU window closed: a scrape is not part of the sending
+            info.update(_counter_delta(counters0, _server_counters(f"http://{http}/metrics")))
         proc_cpu_s = cpu_delta(cpu0, cpu1)
         cpu_s = proc_cpu_s + soft_s   # the sender's packets' deferred softirq work included
         sink.say("stop" + (f" expected={expected}" if expected else "") + f" trim={trim}")
@@ -420,6 +420,45 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                 out.invalid_reasons.append(f"loa serve exited with {code}: "
                                            + " | ".join(sender.err[-5:]))
         sink.stop(timeout=10)
+
+
+def _server_counters(url: str) -> dict:
+    """late_ticks and fanout {dropped, errors} of a `loa serve`, from its Prometheus page."""
+    try:
+        req = urllib.request.Request(url)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError, UnicodeDecodeError):
+        return {}
+    vals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                vals[name] = float(value)
+            except ValueError:
+                pass
+    out: dict = {}
+    if "loa_tick_late_total" in vals:
+        out["late_ticks"] = int(vals["loa_tick_late_total"])
+    if "loa_tick_overruns_total" in vals:
+        out["tick_overruns"] = int(vals["loa_tick_overruns_total"])
+    fo = {k: int(vals[m]) for k, m in (("dropped", "loa_packets_dropped_total"),
+                                      ("errors", "loa_send_errors_total")) if m in vals}
+    if fo:
+        out["fanout"] = fo
+    return out
+
+
+def _counter_delta(before: dict, after: dict) -> dict:
+    out: dict = {}
+    for k, v in after.items():
+        if isinstance(v, dict):
+            b = before.get(k, {})
+            out[k] = {kk: vv - b.get(kk, 0) for kk, vv in v.items()}
+        else:
+            out[k] = v - before.get(k, 0)
+    return out
 
 
 def _median(vals: list) -> float | None:
