@@ -221,8 +221,9 @@ class Fanout:
 
         Why two: whoever reads the media port (the receiver protocol, through the event loop)
         registers on the socket's wait queue, and then the kernel runs a wake-up (a locked
-        wait-queue walk) for every packet sent, when loopback frees it: perf showed 2.9 % of
-        the sender core's time in it at 5,000 receivers. So the sends go out of a socket
+        wait-queue walk) for every packet sent, when it releases the packet's memory from the
+        socket (sock_wfree: at transmit on loopback, at TX completion on a NIC): perf showed
+        2.9 % of the sender core's time in it at 5,000 receivers. So the sends go out of a socket
         nobody waits on, and a reuseport group whose classic BPF program always answers
         "socket 0" steers every incoming datagram to the listening socket. Both share the
         port, so replies and media leave from the port receivers talk to (NAT) as before.
