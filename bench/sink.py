@@ -219,8 +219,8 @@ class Sink:
         idx = np.concatenate(self.idx_parts)
         seq = np.concatenate(self.seq_parts).astype(np.int64)
         s0 = int(seq[0])
-        # One sequence space for the whole stream: unwrap relative to the first datagram,
-        # tolerating reordering of up to 1000 packets backwards.
+        # Unwrap relative to the first datagram, tolerating reordering of up to 1000 packets
+        # backwards.
         ext = ((seq - s0 + 1000) & 0xFFFF) - 1000
         # The window [lo, hi] is taken per sequence space: with 40/60 ms packets each phase
         # of receivers has its own numbering (see streamer.engine._send_long_packets), and a
@@ -239,6 +239,7 @@ class Sink:
         win = (ext >= glo[gid]) & (ext <= ghi[gid])
         span = np.maximum(0, ghi - glo + 1)
         seen_seqs = int(span[heard].max()) if heard.any() else 0
+        span = np.where(heard, span, seen_seqs)   # a phase that got nothing lost everything
         exp_r = span[grp] if expected is None else np.full(n, int(expected), dtype=np.int64)
         exp = int(exp_r.max()) if n else 0
         counts = np.bincount(idx[win], minlength=n)[:n]

@@ -62,3 +62,12 @@ def test_one_sequence_space_by_default(sink):
     res = sink.analyze(20.0)
     assert res["packets_expected"] == 200 and res["packets_delivered"] == 199
     assert res["max_seq_gap"] == 1 and res["sequence_spaces"] == 1
+
+
+def test_a_phase_that_got_nothing_counts_as_lost(sink):
+    sink.groups = np.array([0, 1, 0, 1])
+    _feed(sink, [(r, s) for r in (0, 2) for s in range(30)])
+    res = sink.analyze(40.0)
+    assert res["packets_expected"] == 120 and res["packets_delivered"] == 60
+    assert res["loss_pct"] == 50 and res["receivers_complete"] == 2
+    assert res["max_seq_gap"] == 30
