@@ -253,6 +253,9 @@ class Fanout:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
                 self.sock.bind(addr)
             return
+        # room for a burst of registrations (every receiver after a server restart); the
+        # kernel caps it at net.core.rmem_max
+        listen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         listen.setblocking(False)
         self.listen_sock = listen
 
