@@ -235,7 +235,7 @@ class Engine:
         self._dests_applied_at = 0.0
         self._plan: dict = {}
         self._plan_sig: tuple | None = None
-        self._sec_cache: dict = {}
+        self._key_cache: dict = {}  # (ptime, phase, secure, zones) -> fan-out keys (_keys)
         self._zone_status_cache: tuple | None = None
         self.ssrc = secrets.randbits(32)
         self.seq = secrets.randbits(16)
@@ -439,7 +439,7 @@ class Engine:
 
     def _apply_dests(self, zone_id: str) -> None:
         self._dest_version += 1
-        self._sec_cache = {}
+        self._key_cache = {}
         plain = self.tree.destinations_by_ptime(zone_id)
         secure: dict[int, list[tuple[str, int]]] = {}
         dyn = self.dynamic_dests.get(zone_id) or []
@@ -506,7 +506,7 @@ class Engine:
 
     def _drop_dests(self, zone_id: str) -> None:
         self._dest_version += 1
-        self._sec_cache = {}
+        self._key_cache = {}
         for pt in PTIMES:
             for is_secure in (False, True):
                 if pt == 20:
@@ -531,18 +531,29 @@ class Engine:
     def _send(self, packet, zones, ptime: int = 20, phase: int = 0) -> None:
         """Plain RTP to the zones' static destinations; SRTP (protected once) to their
         registered receivers. Long packets go to the receivers of one phase."""
+        if type(zones) is not tuple:
+            zones = tuple(zones)
         self.fanout.send(packet, zones if ptime == 20 else
-                         [f"{z}|{ptime}~{phase}" for z in zones])
-        sec = self._secure_zones[ptime]
-        if sec:
-            ck = (ptime, phase, zones) if type(zones) is tuple else None
-            keys = self._sec_cache.get(ck) if ck is not None else None
-            if keys is None:
-                keys = tuple(self._key(z, ptime, True, phase) for z in zones if z in sec)
-                if ck is not None:
-                    self._sec_cache[ck] = keys
+                         self._keys(zones, ptime, phase, False))
+        if self._secure_zones[ptime]:
+            keys = self._keys(zones, ptime, phase, True)
             if keys:
                 self.fanout.send(self._protector(ptime).protect(packet), keys)
+
+    def _keys(self, zones: tuple, ptime: int, phase: int, secure: bool) -> tuple:
+        """The fan-out keys of these zones (only those with SRTP receivers when `secure`),
+        remembered until destinations or the plan change: the same tuple object comes back
+        each tick, which the fan-out then finds by identity."""
+        ck = (ptime, phase, secure, zones)
+        keys = self._key_cache.get(ck)
+        if keys is None:
+            sec = self._secure_zones[ptime]
+            keys = tuple(self._key(z, ptime, secure, phase) for z in zones
+                         if not secure or z in sec)
+            if len(self._key_cache) >= 1024:
+                self._key_cache = {}
+            self._key_cache[ck] = keys
+        return keys
 
     def edit_tree(self, fn: Callable[[ZoneTree], object], dests_changed=None):
         """Apply a change to the zone tree; takes effect on the next tick.
@@ -958,7 +969,7 @@ class Engine:
         # a plan is reused only once every ramp has settled and every playhead has started
         # (the first frame flips `started`, which is part of the signature)
         self._plan_sig = self._plan_signature() if steady else None
-        self._sec_cache = {}
+        self._key_cache = {}
 
     def _plan_signature(self) -> tuple:
         """Cheap (per broadcast and playhead): changes whenever arbitration could decide

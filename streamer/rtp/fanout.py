@@ -247,11 +247,11 @@ class Fanout:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.sock.bind(addr)
         except OSError:
+            # no reuseport steering here (old kernel, seccomp): one socket, as before (the
+            # send socket's bind is the last step above, so it is still unbound here)
             listen.close()
-            if self.sock.getsockname()[1] == 0:
-                # no reuseport steering here (old kernel, seccomp): one socket, as before
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
-                self.sock.bind(addr)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+            self.sock.bind(addr)
             return
         # room for a burst of registrations (every receiver after a server restart); the
         # kernel caps it at net.core.rmem_max
