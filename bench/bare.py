@@ -29,10 +29,10 @@ from streamer.rtp.packet import HEADER_SIZE, write_header
 
 
 def run(port: int, n: int, seconds: float, frame_ms: int, workers: int, batch: int,
-        bitrate: int, zones: int) -> dict:
+        bitrate: int, zones: int, complexity: int = 5, fec: bool = False) -> dict:
     samples = SAMPLE_RATE * frame_ms // 1000
-    enc = OpusEncoder(OpusSettings(bitrate=bitrate, frame_samples=samples, fec=False,
-                                   complexity=5))
+    enc = OpusEncoder(OpusSettings(bitrate=bitrate, frame_samples=samples, fec=fec,
+                                   packet_loss_perc=10 if fec else 0, complexity=complexity))
     t = np.arange(samples, dtype=np.float64) / SAMPLE_RATE
     fanout = Fanout(workers=workers, batch=batch)
     addrs = receivers(n, port)
@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--bitrate", type=int, default=32000)
     p.add_argument("--zones", type=int, default=1)
+    p.add_argument("--complexity", type=int, default=5)
+    p.add_argument("--fec", action="store_true")
     a = p.parse_args(argv)
-    out = run(a.port, a.receivers, a.seconds, a.frame_ms, a.workers, a.batch, a.bitrate, a.zones)
+    out = run(a.port, a.receivers, a.seconds, a.frame_ms, a.workers, a.batch, a.bitrate, a.zones,
+              a.complexity, a.fec)
     return 1 if "error" in out else 0
 
 

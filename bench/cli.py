@@ -36,6 +36,10 @@ def _fanout(argv: list[str]) -> int:
     p.add_argument("--zones", type=int, default=1, help="split receivers over this many zones")
     p.add_argument("--sample", type=int, default=50, help="receivers sampled for timing")
     p.add_argument("--bitrate", type=int, default=32_000)
+    p.add_argument("--complexity", type=int, default=5, choices=range(11), metavar="0..10",
+                   help="Opus complexity of every sender (loa serve, bare loop, opusenc)")
+    p.add_argument("--fec", action="store_true",
+                   help="Opus in-band FEC on in every sender (off: opusenc's default)")
     p.add_argument("--nice", type=int, default=None, help="nice value (default -10 as root)")
     p.add_argument("--sender-cpus", default=None, help="taskset list for the sender")
     p.add_argument("--sink-cpu", type=int, default=None)

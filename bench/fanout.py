@@ -62,6 +62,11 @@ class FanoutOptions:
     sender_cpus: str | None = None   # None: "0" without workers, all cores with
     sink_cpu: int | None = None      # None: the last core
     bitrate: int = 32_000
+    # Every sender encodes the same stream: these go to loa serve, the bare loop and opusenc.
+    # FEC off by default, as opusenc's default: with it libopus switches to SILK/hybrid with
+    # redundant frames and costs ~2.5x the encode (a per-tick cost, not a fan-out one).
+    complexity: int = 5
+    fec: bool = False
     json_path: str | None = None
 
 
@@ -210,6 +215,18 @@ def write_toml(path: Path, n: int, port: int, zones: int, frame_ms: int = 20) ->
             f.write("]\n\n")
 
 
+def _encoder_args(opts: FanoutOptions) -> list[str]:
+    return ["--bitrate", str(opts.bitrate), "--complexity", str(opts.complexity)] + \
+        (["--fec"] if opts.fec else [])
+
+
+def _encoder_env(opts: FanoutOptions) -> dict:
+    """The same encoder settings for `loa serve` (its production default has FEC on)."""
+    return {"LOA_OPUS_BITRATE": str(opts.bitrate), "LOA_OPUS_COMPLEXITY": str(opts.complexity),
+            "LOA_OPUS_FEC": "true" if opts.fec else "false",
+            "LOA_OPUS_PACKET_LOSS_PERC": "10" if opts.fec else "0"}
+
+
 def resolve(opts: FanoutOptions) -> dict:
     ncpu = os.cpu_count() or 1
     nice = opts.nice if opts.nice is not None else (-10 if os.geteuid() == 0 else 0)
@@ -248,7 +265,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             sender = Proc(prefix + rt + [sys.executable, "-m", "bench.bare", "--port", str(port),
                                     "--receivers", str(n), "--seconds", str(S), "--frame-ms",
                                     str(F), "--workers", str(opts.workers), "--batch",
-                                    str(opts.batch), "--bitrate", str(opts.bitrate),
+                                    str(opts.batch), *_encoder_args(opts),
                                     "--zones", str(opts.zones)],
                           env=env, name="bare", cwd=str(REPO))
             ok = sender.expect(lambda s: s == "ready", 60)
@@ -257,14 +274,14 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
             # same scheduling class where permitted, so the comparison is like for like.
             sender = Proc(prefix + rt + [SYSTEM_PYTHON, str(GST_PEER), "--port", str(port),
                                     "--receivers", str(n), "--seconds", str(S), "--frame-ms",
-                                    str(F), "--bitrate", str(opts.bitrate)],
+                                    str(F), *_encoder_args(opts)],
                           name="gstreamer", cwd=str(REPO))
             ok = sender.expect(lambda s: s == "ready", 60)
         elif kind == "loa":
             toml = workdir / f"bench-{run}.toml"
             write_toml(toml, n, port, opts.zones, opts.frame_ms)
             http = f"127.0.0.1:{_free_tcp_port()}"
-            senv = dict(env, LOA_OPUS_BITRATE=str(opts.bitrate), LOA_LOG_LEVEL="WARNING",
+            senv = dict(env, **_encoder_env(opts), LOA_LOG_LEVEL="WARNING",
                         LOA_FANOUT_WORKERS=str(opts.workers), LOA_FANOUT_BATCH=str(opts.batch))
             data_dir = workdir / f"data-{run}"
             sender = Proc(prefix + [sys.executable, "-m", "loa.cli", "serve", "--config",
@@ -487,7 +504,7 @@ def baseline_rss(opts: FanoutOptions, res: dict, workdir: Path) -> int | None:
     toml = workdir / "baseline.toml"
     write_toml(toml, 0, 9, 1, opts.frame_ms)
     http = f"127.0.0.1:{_free_tcp_port()}"
-    senv = dict(env, LOA_OPUS_BITRATE=str(opts.bitrate), LOA_LOG_LEVEL="WARNING",
+    senv = dict(env, **_encoder_env(opts), LOA_LOG_LEVEL="WARNING",
                 LOA_FANOUT_WORKERS=str(opts.workers), LOA_FANOUT_BATCH=str(opts.batch))
     sender = Proc(_prefix(res["sender_cpus"], res["nice"]) + [
         sys.executable, "-m", "loa.cli", "serve", "--config", str(toml), "--http", http,
@@ -552,6 +569,7 @@ def run_fanout(opts: FanoutOptions, console=None) -> dict:
         "machine": machine,
         "settings": {**{k: v for k, v in asdict(opts).items() if k != "json_path"}, **res,
                      "opus": {"bitrate": opts.bitrate, "frame_ms": opts.frame_ms,
+                              "complexity": opts.complexity, "fec": opts.fec,
                               "channels": 1, "rate": 48000}},
         "runs": [asdict(r) for r in results],
         "median": summary,
@@ -593,7 +611,8 @@ def render(report: dict, console) -> None:
                   f"({m['virtualization']}), kernel {m['kernel']}, python {m['python']}, "
                   f"load {m['loadavg_before']}")
     console.print(f"receivers={s['receivers']} seconds={s['seconds']} frame={s['frame_ms']} ms "
-                  f"opus={s['bitrate']} b/s workers={s['workers']} batch={s['batch']} "
+                  f"opus={s['bitrate']} b/s complexity={s['complexity']} fec={'on' if s['fec'] else 'off'} "
+                  f"workers={s['workers']} batch={s['batch']} "
                   f"zones={s['zones']} runs={s['runs']} sender cpus={s['sender_cpus']} "
                   f"sink cpu={s['sink_cpu']} nice={s['nice']}")
     t = Table(title="per run")

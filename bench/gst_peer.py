@@ -4,7 +4,8 @@ Runs under the SYSTEM python (python3-gi lives there, not in the venv); standard
 only. `clients` is set through the property, not gst-launch: thousands of clients are longer
 than one command-line argument may be.
 
-audiotestsrc (live, 1 kHz) ! opusenc bitrate=32000 frame-size=F ! rtpopuspay ! multiudpsink
+audiotestsrc (live, 1 kHz) ! opusenc bitrate=B frame-size=F complexity=C inband-fec=…
+  ! rtpopuspay ! multiudpsink   (the encoder settings are the ones Loa is run with)
 
 Protocol on stdio (driven by bench.fanout): prints `ready`, waits for `go`, plays exactly
 ceil(seconds/frame) buffers to EOS, prints one JSON line, waits for `quit` (bounded), exits.
@@ -34,6 +35,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--frame-ms", type=int, default=20)
     p.add_argument("--bitrate", type=int, default=32000)
+    p.add_argument("--complexity", type=int, default=10)  # opusenc's own default
+    p.add_argument("--fec", action="store_true")
     a = p.parse_args()
     Gst.init(None)
     samples = 48000 * a.frame_ms // 1000
@@ -41,7 +44,9 @@ def main() -> int:
     pipe = Gst.parse_launch(
         f"audiotestsrc is-live=true wave=sine freq=1000 volume=0.3 samplesperbuffer={samples} "
         f"num-buffers={buffers} ! audio/x-raw,rate=48000,channels=1 ! "
-        f"opusenc bitrate={a.bitrate} frame-size={a.frame_ms} ! rtpopuspay pt=111 ! "
+        f"opusenc bitrate={a.bitrate} frame-size={a.frame_ms} complexity={a.complexity} "
+        f"inband-fec={'true' if a.fec else 'false'} packet-loss-percentage={10 if a.fec else 0} "
+        f"! rtpopuspay pt=111 ! "
         f"multiudpsink name=out")
     sink = pipe.get_by_name("out")
     t0 = time.perf_counter()
