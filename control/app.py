@@ -481,6 +481,7 @@ class LoaApp(ResourceHandlers):
         return json_response({
             "status": "ok", "version": VERSION, "uptime_s": round(time.time() - self.started, 1),
             "clock": self.engine.clock_stats, "encoders_active": self.engine.encoders_active,
+            "encoders": self.engine.encoder_stats,
             "broadcasts_active": len(self.engine.broadcasts), "fanout": self.engine.fanout.stats(),
             "bootstrap_mode": await self._bootstrap_active(),
             "receiver_port": self.engine.fanout.sock.getsockname()[1],
@@ -834,6 +835,7 @@ def create_app(settings: Settings) -> web.Application:
     loa = LoaApp(settings, engine, hub)
     from streamer.rtp.registry import ReceiverRegistry
     loa.registry = ReceiverRegistry(loa.receiver_secret_cached, on_event=hub.publish,
+                                    on_zone_loss=engine.set_zone_loss,
                                     keyring=keyring, heartbeat_s=settings.receiver_heartbeat_s)
     loa.routes(app)
     app["loa"] = loa

@@ -15,6 +15,13 @@ class EngineCollector:
         c = e.clock_stats
         yield GaugeMetricFamily("loa_encoders_active", "Opus encoders running (distinct programs)",
                                 value=e.encoders_active)
+        es = e.encoder_stats
+        yield GaugeMetricFamily("loa_encoders_planning_loss",
+                                "Program encoders planning for packet loss (reported or assumed)",
+                                value=es["planning_loss"])
+        yield GaugeMetricFamily("loa_encoder_loss_percent_max",
+                                "Highest packet loss (%) any program encoder plans for",
+                                value=es["max_loss_perc"])
         yield GaugeMetricFamily("loa_broadcasts_active", "Active broadcasts", value=len(e.broadcasts))
         yield CounterMetricFamily("loa_ticks", "Engine ticks run", value=c["ticks"])
         yield CounterMetricFamily("loa_tick_late", "Ticks that started more than half a period late",

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     opus_bitrate: int = Field(32_000, ge=6_000, le=510_000)
     opus_complexity: int = Field(5, ge=0, le=10)
     opus_fec: bool = True
+    # The loss a program's encoder plans for in zones where no receiver reports (multicast
+    # groups, stock or third-party receivers only). In a zone where registered receivers
+    # report, the worst of their reports counts instead (receivers there that never report
+    # are not counted): 0 on clean links (no FEC overhead, fullband audio), in-band FEC once
+    # loss reaches ~5 %. A program takes the worst of its zones; a fall waits 30 s.
     opus_packet_loss_perc: int = Field(10, ge=0, le=100)
     opus_application: Literal["audio", "voip", "lowdelay"] = "audio"
     payload_type: int = Field(111, ge=96, le=127)

@@ -62,6 +62,10 @@ class EngineSettings:
     idle_channel_ttl_s: float = 10.0
     realtime: bool = True  # SCHED_FIFO (or nice -10) for the tick thread where permitted
     dest_apply_interval_s: float = 0.25  # registered receivers' address changes, batched
+    # A program's encoder plans for the worst loss its zones' receivers report (in-band FEC
+    # where that is high enough); after a rise it keeps the higher value this long.
+    loss_hold_s: float = 30.0
+    loss_apply_interval_s: float = 1.0   # reported-loss changes reach the encoders at most this often
 
 
 @dataclass
@@ -183,6 +187,7 @@ class ProgramChannel:
         self.buf = bytearray(HEADER_SIZE + 1500)
         self.view = memoryview(self.buf)
         self.last_used = 0.0
+        self.loss_raised = -1e18  # monotonic time of the last rise of the encoder's planned loss
 
     def close(self) -> None:
         self.encoder.close()
@@ -229,6 +234,13 @@ class Engine:
         self._protectors: dict[int, object] = {}
         self._secure_zones: dict[int, set[str]] = {pt: set() for pt in PTIMES}
         self._red_zones: set[str] = set()  # zones with receivers on redundant (RFC 2198) packets
+        # zone -> worst loss (%) its registered receivers report (set_zone_loss); a zone from
+        # which nobody reports counts as `opus.packet_loss_perc`
+        self._zone_loss: dict[str, int] = {}
+        self._loss_version = 0
+        self._loss_applied = -1
+        self._loss_next = 0.0   # earliest time the next reported change is applied
+        self._loss_due = 0.0    # a held fall to apply then (0: none)
         self._dest_version = 0
         self._pending_dests: dict[str, list[tuple]] = {}
         self._pending_lock = threading.Lock()
@@ -313,6 +325,53 @@ class Engine:
             "tick_overruns": self.tick_overruns,
             "tick_priority": self._thread.priority if self._thread else None,
         }
+
+    @property
+    def encoder_stats(self) -> dict:
+        """How many program encoders plan for loss (in-band FEC where it is high enough)."""
+        losses = [ch.encoder.loss_perc for ch in list(self._channels.values())]
+        return {"encoders": len(losses), "planning_loss": sum(1 for v in losses if v > 0),
+                "max_loss_perc": max(losses, default=0),
+                "reporting_zones": len(self._zone_loss)}
+
+    def set_zone_loss(self, zone_id: str, perc: int | None) -> None:
+        """The worst packet loss (whole %) the registered receivers of a zone report; None
+        when none of them reports (the zone's links then count as `opus.packet_loss_perc`).
+        Safe from any thread: the tick applies it to the program encoders within
+        `loss_apply_interval_s`, a rise at once and a fall after `loss_hold_s`."""
+        if perc is None:
+            if self._zone_loss.pop(zone_id, None) is None:
+                return
+        else:
+            perc = max(0, min(100, int(perc)))
+            if self._zone_loss.get(zone_id) == perc:
+                return
+            self._zone_loss[zone_id] = perc
+        self._loss_version += 1
+
+    def _apply_loss(self, programs: dict, used: dict, now: float) -> None:
+        """Per program: plan for the worst loss of its zones. O(zones): runs on plan changes
+        and at most once per `loss_apply_interval_s` otherwise."""
+        self._loss_applied = self._loss_version
+        self._loss_next = now + self.settings.loss_apply_interval_s
+        default = self.settings.opus.packet_loss_perc
+        zl = self._zone_loss
+        hold = self.settings.loss_hold_s
+        due = 0.0
+        for key, zones in programs.items():
+            ch = used[key]
+            want = max([zl.get(z, default) for z in zones]) if zl else default
+            enc = ch.encoder
+            if want > enc.loss_perc:
+                enc.set_packet_loss(want)
+                ch.loss_raised = now
+            elif want < enc.loss_perc:
+                at = ch.loss_raised + hold
+                if now >= at:
+                    enc.set_packet_loss(want)
+                elif not due or at < due:
+                    due = at
+        self._loss_due = due
 
     # ---------------------------------------------------------------- control API
     def emit(self, type_: str, b: Broadcast | None = None, **fields) -> None:
@@ -1003,8 +1062,12 @@ class Engine:
         now = time.monotonic()
         if fast:
             used = self._channels
+            if (self._loss_version != self._loss_applied and now >= self._loss_next) or \
+                    (self._loss_due and now >= self._loss_due):
+                self._apply_loss(programs, used, now)
         else:
             used = self._assign_channels(programs, now)
+            self._apply_loss(programs, used, now)
         pt = self.settings.payload_type
         slow_frames: dict[str, bytes] | None = {} if (self._zone_ptimes or self._red_zones) \
             else None

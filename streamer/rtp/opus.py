@@ -50,12 +50,22 @@ class OpusEncoder:
         enc.encoder_ctl(self._state, ctl.set_bitrate, int(settings.bitrate))
         enc.encoder_ctl(self._state, ctl.set_complexity, int(settings.complexity))
         enc.encoder_ctl(self._state, ctl.set_inband_fec, 1 if settings.fec else 0)
-        enc.encoder_ctl(self._state, ctl.set_packet_loss_perc, int(settings.packet_loss_perc))
+        self.loss_perc = -1
+        self.set_packet_loss(settings.packet_loss_perc)
         self._out = ctypes.create_string_buffer(MAX_PACKET)
         self._view = memoryview(self._out).cast("B")
         self._pcm = np.zeros(settings.frame_samples * CHANNELS, dtype=np.float32)
         self._pcm_ptr = self._pcm.ctypes.data_as(opuslib.api.c_float_pointer)
         self.frames = 0
+
+    def set_packet_loss(self, perc: int) -> None:
+        """The loss the encoder plans for (0-100 %). With in-band FEC enabled, libopus adds
+        redundant (LBRR) data and moves to SILK/hybrid only when this is high enough (about
+        5 % at 32 kbit/s); at 0 it encodes as if FEC were off: fullband CELT, ~2.5x cheaper."""
+        perc = max(0, min(100, int(perc)))
+        if perc != self.loss_perc:
+            enc.encoder_ctl(self._state, ctl.set_packet_loss_perc, perc)
+            self.loss_perc = perc
 
     def encode(self, frame: np.ndarray) -> memoryview:
         """Encode one float32 frame. The returned view is valid until the next call."""

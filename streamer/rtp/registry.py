@@ -15,6 +15,7 @@ a spoofed register for an existing id (bad MAC) changes nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class _Receiver:
     now_key: str | None = None
     redundant: bool = False          # gets RFC 2198 packets (previous frame repeated)
     redundant_since: float = 0.0
+    loss_bucket: int | None = None   # the loss (%) it is counted with in loss_zone's histogram
+    loss_zone: str | None = None
 
 
 class ReceiverRegistry:
@@ -83,12 +86,19 @@ class ReceiverRegistry:
     def __init__(self, secret_for: SecretLookup, *,
                  on_event: Callable[[dict], None] | None = None,
                  on_destinations: Callable[[str, list[Addr]], None] | None = None,
+                 on_zone_loss: Callable[[str, int | None], None] | None = None,
                  keyring=None, heartbeat_s: float = 15.0, missed: int = 3,  # noqa: ANN001
                  window_s: float = 30.0, report_s: float = 5.0, server_name: str = "loa",
                  max_played: int = 64) -> None:
         self.secret_for = secret_for
         self.on_event = on_event or (lambda e: None)
         self.on_destinations = on_destinations or (lambda z, a: None)
+        self.on_zone_loss = on_zone_loss or (lambda z, p: None)
+        # zone -> how many online receivers last reported each loss (whole %, 0..LOSS_CAP):
+        # a report costs O(1) and a zone's worst is a scan of 31 counters, even at 10,000
+        # receivers reporting every few seconds
+        self._loss_hist: dict[str, list[int]] = {}
+        self._zone_loss: dict[str, int] = {}        # zone -> worst, as last handed on
         self.keyring = keyring
         self.heartbeat_s = heartbeat_s
         self.missed = missed
@@ -174,6 +184,8 @@ class ReceiverRegistry:
             if r.online:
                 self._push_destinations(old)
                 self._push_destinations(zone)
+                if r.loss_bucket is not None:    # its last report now counts in the new zone
+                    self._count_loss(r, r.loss_bucket / 100.0)
         r.last_seen = now
         r.last_seen_wall = wall
         t = msg.type
@@ -189,6 +201,7 @@ class ReceiverRegistry:
                 self._come_online(r, addr, wall)
             elif r.addr != addr:
                 self._move(r, addr, wall)
+            self._count_loss(r, r.report.get("fraction_lost"))
             return []
         if t is cp.MsgType.REGISTER:
             self.counters["registers"] += 1
@@ -221,10 +234,55 @@ class ReceiverRegistry:
                    address=f"{addr[0]}:{addr[1]}",
                    previous=f"{old[0]}:{old[1]}" if old else None)
 
+    #: reported loss is counted in whole percent up to this (libopus plans FEC for ~5-30 %)
+    LOSS_CAP = 30
+
+    def _count_loss(self, r: _Receiver, fraction: float | None) -> None:
+        """Count `r` in its zone's loss histogram with this loss (None: not at all, e.g. it
+        went offline) and hand on the worst of each zone whose worst changed."""
+        bucket = None
+        if fraction is not None and r.online:
+            bucket = min(self.LOSS_CAP, max(0, math.ceil(fraction * 100.0 - 1e-9)))
+        zone = r.zone if bucket is not None else None
+        if bucket == r.loss_bucket and zone == r.loss_zone:
+            return
+        touched = []
+        if r.loss_bucket is not None and r.loss_zone is not None:
+            h = self._loss_hist[r.loss_zone]
+            h[r.loss_bucket] -= 1
+            touched.append(r.loss_zone)
+        if bucket is not None and zone is not None:
+            h = self._loss_hist.get(zone)
+            if h is None:
+                h = self._loss_hist[zone] = [0] * (self.LOSS_CAP + 1)
+            h[bucket] += 1
+            if zone not in touched:
+                touched.append(zone)
+        r.loss_bucket, r.loss_zone = bucket, zone
+        for z in touched:
+            h = self._loss_hist[z]
+            worst = next((i for i in range(self.LOSS_CAP, -1, -1) if h[i]), None)
+            if worst is None:
+                del self._loss_hist[z]
+            if self._zone_loss.get(z) != worst:
+                if worst is None:
+                    self._zone_loss.pop(z, None)
+                else:
+                    self._zone_loss[z] = worst
+                try:
+                    self.on_zone_loss(z, worst)
+                except Exception:   # an observer must never break the protocol
+                    pass
+
+    def zone_loss(self) -> dict[str, int]:
+        """zone -> worst loss (%) its online receivers report (zones where one reports)."""
+        return dict(self._zone_loss)
+
     def _go_offline(self, r: _Receiver, wall: float, reason: str) -> None:
         if not r.online:
             return
         r.online = False
+        self._count_loss(r, None)
         self.counters["offline_transitions"] += 1
         self._push_destinations(r.zone)
         self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason=reason,
@@ -364,6 +422,7 @@ class ReceiverRegistry:
         r = self._rx.pop(receiver_id, None)
         if r is not None and r.online:
             r.online = False
+            self._count_loss(r, None)
             self._push_destinations(r.zone)
             self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason="retired",
                        last_seen=_iso(r.last_seen_wall))

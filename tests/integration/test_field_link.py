@@ -53,6 +53,7 @@ class FieldServer:
         self.engine = Engine(tree, fanout, self.settings)
         self.engine.start()
         self.registry = ReceiverRegistry(self.secrets.get, on_event=self.events.append,
+                                         on_zone_loss=self.engine.set_zone_loss,
                                          keyring=self.keyring, heartbeat_s=HB, report_s=0.4)
         self.link = await start_receiver_endpoint(self.engine, self.registry,
                                                   poll_interval=0.05, sr_interval=0.5)

@@ -292,3 +292,50 @@ def test_registered_receivers_get_srtp_static_destinations_plain_rtp():
     assert len(slots) == 2
     with pytest.raises(MediaAuthError):
         rx.unprotect(plain[0])
+
+
+def test_program_encoder_plans_for_the_worst_reported_loss_of_its_zones(monkeypatch):
+    """Receivers' loss reports reach the program's encoder: no report -> the assumed loss
+    (opus.packet_loss_perc, 10); the worst zone of the program counts; a rise applies at the
+    next application pass, a fall only after loss_hold_s; in-band FEC appears in the packets
+    (SILK/hybrid TOC) only while the planned loss is high."""
+    import streamer.engine as engine_mod
+    clock = [1000.0]
+    monkeypatch.setattr(engine_mod.time, "monotonic", lambda: clock[0])
+    eng, fan, _ = make_engine(3, loss_hold_s=30.0, loss_apply_interval_s=1.0)
+    eng.start_broadcast(spec(["z0", "z1"], seconds=300))
+    k = run(eng, fan, 3)
+    (ch,) = eng._channels.values()
+    assert ch.encoder.loss_perc == 10 and eng.encoder_stats["planning_loss"] == 1
+
+    def step(seconds, ticks=2):
+        nonlocal k
+        clock[0] += seconds
+        k = run(eng, fan, ticks, k)
+
+    def toc_config():
+        return fan.by_zone("z0")[-1][1].payload[0] >> 3   # 0-15 SILK/hybrid, 16-31 CELT
+
+    assert toc_config() < 16                      # FEC on at the assumed 10 %
+    eng.set_zone_loss("z0", 0)                    # z1 reports nothing yet: still 10
+    step(1.1)
+    assert ch.encoder.loss_perc == 10
+    eng.set_zone_loss("z1", 0)
+    step(1.1)
+    assert ch.encoder.loss_perc == 0 and toc_config() >= 16
+    eng.set_zone_loss("z1", 12)
+    step(0.2)                                     # within the application interval
+    assert ch.encoder.loss_perc == 0
+    step(1.0)
+    assert ch.encoder.loss_perc == 12 and toc_config() < 16
+    eng.set_zone_loss("z2", 25)                   # not in this program
+    eng.set_zone_loss("z1", 1)
+    step(1.1)
+    assert ch.encoder.loss_perc == 12             # a fall waits for the hold
+    step(27.0)                                    # 28.1 s after the rise
+    assert ch.encoder.loss_perc == 12
+    step(2.0)
+    assert ch.encoder.loss_perc == 1 and eng.encoder_stats["max_loss_perc"] == 1
+    eng.set_zone_loss("z1", None)                 # nobody reports there any more: assumed 10
+    step(1.1)
+    assert ch.encoder.loss_perc == 10

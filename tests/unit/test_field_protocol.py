@@ -243,3 +243,50 @@ def test_now_playing_pass_with_an_unchanged_status_only_serves_receivers_that_ar
     # a new status object where only z2 changed: only rx3 hears about it
     status2 = dict(status, z2=[{"broadcast": "b9", "level": "emergency"}])
     assert [a for _, a in reg.set_on_air(status2, T0 + 3)] == [("192.0.2.1", 3)]
+
+
+def test_zone_loss_is_the_worst_report_of_its_online_receivers():
+    """Reported network loss reaches the engine per zone (worst receiver, whole %, capped):
+    it follows reports up and down, a receiver going offline or retired stops counting, and a
+    zone with nobody reporting goes back to None (the encoder's assumed loss)."""
+    seen: list[tuple[str, int | None]] = []
+    reg, events, dests = make(on_zone_loss=lambda z, p: seen.append((z, p)))
+    for i, rid in enumerate(("rx1", "rx2", "rx3")):
+        reg.datagram_received(msg(cp.MsgType.REGISTER, rid), ("192.0.2.1", 100 + i), 0.0, T0)
+    assert seen == []                                  # registering is not reporting
+
+    def report(rid, loss, t, body=None):
+        reg.datagram_received(msg(cp.MsgType.REPORT, rid, T0 + t,
+                                  {"fraction_lost": loss, **(body or {})}),
+                              ("192.0.2.1", 100 + int(rid[-1]) - 1), t, T0 + t)
+
+    report("rx1", 0.0, 5)
+    report("rx2", 0.0, 5)
+    assert seen == [("z1", 0)]                         # once per change of the worst
+    report("rx2", 0.061, 10)                           # 6.1 % -> counted as 7 %
+    report("rx3", 0.5, 10)                             # capped
+    assert seen[-2:] == [("z1", 7), ("z2", 30)]
+    report("rx1", 0.02, 15)                            # not the worst: nothing handed on
+    assert seen[-1] == ("z2", 30) and reg.zone_loss() == {"z1": 7, "z2": 30}
+    report("rx2", 0.0, 20)                             # the worst improves: rx1's 2 % is next
+    assert seen[-1] == ("z1", 2)
+    reg.datagram_received(msg(cp.MsgType.REPORT, "rx1", T0 + 25, {"volume": 5}),
+                          ("192.0.2.1", 100), 25.0, T0 + 25)   # a report without loss
+    assert seen[-1] == ("z1", 0)
+    reg.retire("rx3", 26.0, T0 + 26)
+    assert seen[-1] == ("z2", None)
+    reg.poll(200.0, T0 + 200)                          # everyone silent: offline
+    assert seen[-1] == ("z1", None) and reg.zone_loss() == {}
+
+
+def test_zone_loss_follows_a_receiver_moved_to_another_zone():
+    seen: list[tuple[str, int | None]] = []
+    secrets = dict(SECRETS)
+    reg = ReceiverRegistry(lambda rid: secrets.get(rid), on_zone_loss=lambda z, p: seen.append((z, p)),
+                           keyring=MediaKeyring(), heartbeat_s=15.0)
+    reg.datagram_received(msg(cp.MsgType.REPORT, "rx1", T0, {"fraction_lost": 0.1}),
+                          ("192.0.2.1", 1), 0.0, T0)
+    assert seen == [("z1", 10)]
+    secrets["rx1"] = (SECRETS["rx1"][0], "z2")          # moved in the receivers table
+    reg.datagram_received(msg(cp.MsgType.HEARTBEAT, "rx1", T0 + 1), ("192.0.2.1", 1), 1.0, T0 + 1)
+    assert seen[-2:] == [("z1", None), ("z2", 10)]
