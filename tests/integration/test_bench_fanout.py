@@ -34,6 +34,8 @@ def check_report(report: dict, kind: str, receivers: int, seconds: float) -> dic
     s = report["settings"]
     assert s["receivers"] == receivers and s["seconds"] == seconds and s["frame_ms"] == 20
     assert {"sender_cpus", "sink_cpu", "nice", "opus"} <= set(s)
+    # every sender encodes the same stream, and the JSON says which
+    assert s["opus"]["complexity"] == 5 and s["opus"]["fec"] is False
     assert report["valid"] is True, report["invalid_reasons"]
     runs = [r for r in report["runs"] if r["kind"] == kind]
     assert runs
