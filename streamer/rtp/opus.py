@@ -67,9 +67,19 @@ class OpusEncoder:
             enc.encoder_ctl(self._state, ctl.set_packet_loss_perc, perc)
             self.loss_perc = perc
 
+    @property
+    def input(self) -> np.ndarray:
+        """The encoder's own input buffer: a caller that mixes into it and calls
+        `encode_input` saves the copy `encode` makes."""
+        return self._pcm
+
     def encode(self, frame: np.ndarray) -> memoryview:
         """Encode one float32 frame. The returned view is valid until the next call."""
         self._pcm[:] = frame
+        return self.encode_input()
+
+    def encode_input(self) -> memoryview:
+        """Encode what is in `input` now; the view is valid until the next call."""
         n = enc.libopus_encode_float(self._state, self._pcm_ptr, self.settings.frame_samples,
                                      self._out, MAX_PACKET)
         if n < 0:
