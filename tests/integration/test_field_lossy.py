@@ -1,7 +1,8 @@
 """Speech through a lossy UDP relay on loopback (5 % random loss; 20 % loss in 100 ms bursts)
 into registered receivers with SRTP, FEC, PLC and the adaptive jitter buffer. Measures
 PLC-only concealment and a similarity score of decoded vs. sent audio, for Opus
-application=audio (CELT at 32 kbit/s: no in-band FEC) and application=voip (SILK: LBRR FEC)."""
+application=audio and application=voip. The receivers' loss reports make the zone's encoder
+plan for the worst of them (in-band LBRR FEC at that loss); the test checks that happens."""
 from __future__ import annotations
 
 import asyncio
@@ -167,10 +168,10 @@ def similarity(ref, out, block=9600, search=2400):
     return float(np.mean(scores)) if scores else 0.0
 
 
-def celt_fraction(app, ref):
+def celt_fraction(app, ref, loss_perc):
     """Share of the signal's frames libopus codes as CELT-only (no LBRR in-band FEC) with
-    these settings (the engine's encoder sees the same audio)."""
-    enc = OpusEncoder(OpusSettings(application=app))
+    these settings and the loss the engine's encoder planned for (it sees the same audio)."""
+    enc = OpusEncoder(OpusSettings(application=app, packet_loss_perc=loss_perc))
     n = celt = 0
     for i in range(0, len(ref) - 960, 960):
         celt += (bytes(enc.encode(ref[i:i + 960]))[0] >> 3) >= 16
@@ -217,7 +218,7 @@ async def test_lossy_relay_concealment_and_similarity(tmp_path):
             st = fr.rx.jitter.stats
             slots = st.played + st.concealed_fec + st.concealed_plc
             app = rid.split("-")[0]
-            celt = celt_fraction(app, ref)
+            celt = celt_fraction(app, ref, planned[app]["max_loss_perc"])
             # with CELT, a "FEC" decode has no LBRR data to use: libopus conceals (PLC)
             plc_only = st.concealed_plc + st.concealed_fec * celt
             out = sink.audio()
