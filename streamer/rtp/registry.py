@@ -75,6 +75,7 @@ class _Receiver:
     redundant: bool = False          # gets RFC 2198 packets (previous frame repeated)
     redundant_since: float = 0.0
     loss_bucket: int | None = None   # the loss (%) it is counted with in loss_zone's histogram
+    loss_measured: float | None = None  # the last report's loss, if it measured any (see below)
     loss_zone: str | None = None
 
 
@@ -201,7 +202,8 @@ class ReceiverRegistry:
                 self._come_online(r, addr, wall)
             elif r.addr != addr:
                 self._move(r, addr, wall)
-            self._count_loss(r, r.report.get("fraction_lost"))
+            if r.loss_measured is not None:
+                self._count_loss(r, r.loss_measured)
             return []
         if t is cp.MsgType.REGISTER:
             self.counters["registers"] += 1
@@ -332,9 +334,17 @@ class ReceiverRegistry:
             if isinstance(v, str) and len(v) <= 64:
                 rep[name] = v
         rep["playing"] = body.get("playing") is True
+        # A report whose interval brought no packet measured nothing (an idle zone reports
+        # 0 % loss): the receiver keeps the loss it measured last, so a lossy link still gets
+        # FEC and redundant packets from the first frame of the next broadcast.
+        loss = rep.get("fraction_lost")
+        before, now_rx = r.report.get("received"), rep.get("received")
+        if loss is not None and loss == 0 and before is not None and now_rx == before:
+            loss = None
+        r.loss_measured = loss
         r.report = rep
         r.report_wall = wall
-        self._choose_redundancy(r, rep.get("fraction_lost"), wall)
+        self._choose_redundancy(r, loss, wall)
         lsr, dlsr = body.get("lsr"), _num(body.get("dlsr"), 0, 3600)
         if isinstance(lsr, int) and dlsr is not None:
             sent = self._sr_sent.get((r.id, lsr))

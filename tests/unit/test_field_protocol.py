@@ -270,10 +270,19 @@ def test_zone_loss_is_the_worst_report_of_its_online_receivers():
     assert seen[-1] == ("z2", 30) and reg.zone_loss() == {"z1": 7, "z2": 30}
     report("rx2", 0.0, 20)                             # the worst improves: rx1's 2 % is next
     assert seen[-1] == ("z1", 2)
+    n = len(seen)
     reg.datagram_received(msg(cp.MsgType.REPORT, "rx1", T0 + 25, {"volume": 5}),
                           ("192.0.2.1", 100), 25.0, T0 + 25)   # a report without loss
+    assert len(seen) == n and reg.zone_loss()["z1"] == 2       # rx1 keeps its last measure
+    # an idle zone: reports of 0 % while no packet arrived measure nothing
+    report("rx1", 0.03, 30, {"received": 500})
+    assert seen[-1] == ("z1", 3)
+    report("rx1", 0.0, 35, {"received": 500})
+    report("rx1", 0.0, 40, {"received": 500})
+    assert seen[-1] == ("z1", 3) and reg.status("rx1")["link"]["fraction_lost"] == 0.0
+    report("rx1", 0.0, 45, {"received": 750})                  # packets again, and clean
     assert seen[-1] == ("z1", 0)
-    reg.retire("rx3", 26.0, T0 + 26)
+    reg.retire("rx3", 46.0, T0 + 46)
     assert seen[-1] == ("z2", None)
     reg.poll(200.0, T0 + 200)                          # everyone silent: offline
     assert seen[-1] == ("z1", None) and reg.zone_loss() == {}

@@ -134,6 +134,23 @@ def test_registry_turns_redundancy_on_at_loss_and_off_only_after_a_quiet_hold():
     assert reg.status("rx1")["redundancy"] is False
 
 
+def test_idle_reports_keep_a_lossy_receiver_on_redundancy():
+    """Between broadcasts a receiver reports 0 % loss of nothing: that is no measurement, so
+    a lossy link still gets redundant packets when the next broadcast starts."""
+    from streamer.rtp import control_protocol as cp
+    from streamer.rtp.registry import ReceiverRegistry, _Receiver
+    reg = ReceiverRegistry(lambda rid: None)
+    r = _Receiver("rx1", "z1", cp.ReplayGuard(), addr=("203.0.113.9", 5000), online=True)
+    reg._rx["rx1"] = r
+    reg._take_report(r, {"fraction_lost": 0.08, "received": 1000}, 1000.0)
+    assert r.redundant
+    for t in range(1005, 1200, 5):                      # idle: nothing arrives
+        reg._take_report(r, {"fraction_lost": 0.0, "received": 1000}, float(t))
+    assert r.redundant
+    reg._take_report(r, {"fraction_lost": 0.0, "received": 1250}, 1205.0)   # measured clean
+    assert not r.redundant
+
+
 def test_switching_to_red_mid_stream_sets_no_marker():
     """A receiver moved onto redundant packets while its zone plays continues the same stream:
     no marker bit (a receiver that lost the packet before it would restart its timeline and
