@@ -5,6 +5,7 @@ python for python3-gi), but the sink, the bare sender and the harness do.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -61,6 +62,19 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = data[data.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def fmt(v, nd: int = 2) -> str:
+    """A table cell: thousands separators, `nd` decimals for floats, – for none."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
 
 
 def cpu_list(spec: str | int | None) -> set[int]:

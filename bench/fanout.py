@@ -15,7 +15,6 @@ makes a run invalid: then loss would be the sink's, not the sender's.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import shutil
@@ -31,7 +30,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import (cpu_delta, cpu_list, machine_info, receivers, softirqd_cpu_seconds,
+from bench.common import (cpu_delta, cpu_list, fmt, machine_info, receivers, softirqd_cpu_seconds,
                           system_busy_seconds, tree_cpu, tree_rss_bytes)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -591,18 +590,6 @@ def run_fanout(opts: FanoutOptions, console=None) -> dict:
     return report
 
 
-def _fmt(v, nd=2) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:,.{nd}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
 def render(report: dict, console) -> None:
     from rich.table import Table
     m = report["machine"]
@@ -624,26 +611,26 @@ def render(report: dict, console) -> None:
     for r in report["runs"]:
         mm = r["metrics"]
         t.add_row(r["kind"], str(r["run"] + 1), "yes" if r["valid"] else "[red]NO[/]",
-                  _fmt(mm.get("packets_expected")), _fmt(mm.get("packets_delivered")),
-                  _fmt(mm.get("loss_pct"), 3), _fmt(mm.get("max_seq_gap")),
-                  _fmt(mm.get("cpu_s")), _fmt(mm.get("softirqd_cpu_s")),
-                  _fmt(mm.get("cpu_us_per_pkt")),
-                  _fmt(mm.get("ipi_ms_p50")), _fmt(mm.get("ipi_ms_p99")),
-                  _fmt(mm.get("ipi_ms_max")), _fmt(mm.get("realtime_ratio"), 4),
-                  _fmt(mm.get("rss_per_receiver"), 0), _fmt(mm.get("late_ticks")),
-                  _fmt(mm.get("other_cpu_s")))
+                  fmt(mm.get("packets_expected")), fmt(mm.get("packets_delivered")),
+                  fmt(mm.get("loss_pct"), 3), fmt(mm.get("max_seq_gap")),
+                  fmt(mm.get("cpu_s")), fmt(mm.get("softirqd_cpu_s")),
+                  fmt(mm.get("cpu_us_per_pkt")),
+                  fmt(mm.get("ipi_ms_p50")), fmt(mm.get("ipi_ms_p99")),
+                  fmt(mm.get("ipi_ms_max")), fmt(mm.get("realtime_ratio"), 4),
+                  fmt(mm.get("rss_per_receiver"), 0), fmt(mm.get("late_ticks")),
+                  fmt(mm.get("other_cpu_s")))
     console.print(t)
     t2 = Table(title="medians over valid runs")
     for c in ["target", "valid/runs", "loss %", "max gap", "µs/pkt", "cores busy", "ipi p99",
               "ipi max", "rt ratio", "RSS/recv B", "Δ RSS/recv B", "sustained"]:
         t2.add_column(c, justify="left" if c == "target" else "right")
     for k, med in report["median"].items():
-        t2.add_row(k, f"{med['valid_runs']}/{med['runs']}", _fmt(med.get("loss_pct"), 3),
-                   _fmt(med.get("max_seq_gap")), _fmt(med.get("cpu_us_per_pkt")),
-                   _fmt(med.get("cpu_cores_busy")), _fmt(med.get("ipi_ms_p99")),
-                   _fmt(med.get("ipi_ms_max")), _fmt(med.get("realtime_ratio"), 4),
-                   _fmt(med.get("rss_per_receiver"), 0),
-                   _fmt(med.get("rss_marginal_per_receiver"), 0),
+        t2.add_row(k, f"{med['valid_runs']}/{med['runs']}", fmt(med.get("loss_pct"), 3),
+                   fmt(med.get("max_seq_gap")), fmt(med.get("cpu_us_per_pkt")),
+                   fmt(med.get("cpu_cores_busy")), fmt(med.get("ipi_ms_p99")),
+                   fmt(med.get("ipi_ms_max")), fmt(med.get("realtime_ratio"), 4),
+                   fmt(med.get("rss_per_receiver"), 0),
+                   fmt(med.get("rss_marginal_per_receiver"), 0),
                    f"{med['sustained_runs']}/{med['valid_runs']}")
     console.print(t2)
     console.print("cpu s: the sender's processes (all threads) + ksoftirqd on its cores (the "
@@ -651,7 +638,7 @@ def render(report: dict, console) -> None:
                   "receiver")
     if "ratio_cpu_per_pkt" in report:
         console.print(f"sender CPU per delivered packet, {s['target']} / {s['peer']}: "
-                      f"[bold]{_fmt(report['ratio_cpu_per_pkt'], 3)}[/] (medians; per run pair: "
+                      f"[bold]{fmt(report['ratio_cpu_per_pkt'], 3)}[/] (medians; per run pair: "
                       f"{report.get('ratio_cpu_per_pkt_paired')})")
     if not report["valid"]:
         for why in report["invalid_reasons"]:

@@ -21,7 +21,6 @@ fan-out did not end up with N destinations; never because a number was slow.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import sys
@@ -29,12 +28,11 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import MAX_RECEIVERS, machine_info, receiver_host
+from bench.common import MAX_RECEIVERS, fmt, machine_info, receiver_host
 from bench.fanout import REPO, Proc, _child_env, _free_tcp_port, _http
 from bench.preempt import summary, wait_healthy
 
@@ -50,22 +48,14 @@ class ProvisionOptions:
 
 
 def _post(url: str, body: dict, timeout: float = 60.0) -> tuple[int, dict, float]:
-    """(status, JSON body, seconds) for one POST on its own connection."""
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    """(status, JSON body, seconds) for one POST on its own connection; status 0 when the
+    server could not be reached."""
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            out = r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        try:
-            out = e.code, json.loads(e.read() or b"{}")
-        except json.JSONDecodeError:
-            out = e.code, {}
+        st, out = _http("POST", url, body, timeout)
     except (urllib.error.URLError, OSError) as e:
-        out = 0, {"error": {"code": "connection", "message": str(e)}}
-    return out[0], out[1], time.perf_counter() - t0
+        st, out = 0, {"error": {"code": "connection", "message": str(e)}}
+    return st, out, time.perf_counter() - t0
 
 
 class ClockSampler:
@@ -257,15 +247,7 @@ def run_provision(opts: ProvisionOptions, console=None) -> dict:
 
 
 def _fmt(v, nd: int = 1) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+    return fmt(v, nd)
 
 
 def render(report: dict, console) -> None:

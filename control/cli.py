@@ -448,7 +448,7 @@ def cmd_receivers(argv: list[str]) -> int:
     args = p.parse_args(argv[1:])
     from pydantic import ValidationError
 
-    from control.models import ReceiverProvision
+    from control.models import ReceiverProvision, validate_receivers
     prog = "loa receivers provision"
     if args.file:
         try:
@@ -456,15 +456,13 @@ def cmd_receivers(argv: list[str]) -> int:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             print(f"{prog}: cannot read {args.file}: {e}", file=sys.stderr)
             return 2
-        rows = []
-        for i, r in enumerate(raw):
-            try:
-                rows.append(ReceiverProvision.model_validate(r).model_dump())
-            except ValidationError as e:
-                err = e.errors()[0]
-                print(f"{prog}: receiver {i + 1} ({r.get('id') or 'no id'}): "
-                      f"{'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
-                return 2
+        rows, problems = validate_receivers(raw)
+        if problems:
+            i, loc, msg = problems[0]
+            where = f"{'.'.join(map(str, loc))}: " if loc else ""
+            print(f"{prog}: receiver {i + 1} ({raw[i].get('id') or 'no id'}): {where}{msg}",
+                  file=sys.stderr)
+            return 2
         if not rows:
             print(f"{prog}: {args.file} lists no receivers", file=sys.stderr)
             return 2

@@ -226,8 +226,7 @@ class ResourceHandlers:
 
     async def provision_receivers_bulk(self: "LoaApp", request: web.Request) -> web.Response:
         """`{"receivers": [ReceiverProvision, ...]}`, all or nothing. Rows are validated one by
-        one (one pydantic call over 10,000 rows would hold the GIL, and with it the tick, for
-        tens of ms) and every bad row is reported, not just the first."""
+        one (`validate_receivers`) and every bad row is reported, not just the first."""
         from control.app import read_json
         data = await read_json(request)
         if not isinstance(data, dict) or not isinstance(data.get("receivers"), list):
@@ -244,16 +243,9 @@ class ResourceHandlers:
                            f"{len(items)} receivers in one request; the limit is "
                            f"{m.MAX_BULK_RECEIVERS}: send them in several requests",
                            limit=m.MAX_BULK_RECEIVERS)
-        rows, problems = [], []
-        for i, it in enumerate(items):
-            try:
-                rows.append(m.ReceiverProvision.model_validate(it).model_dump())
-            except ValidationError as e:
-                for err in e.errors(include_url=False, include_input=False, include_context=False):
-                    loc = ".".join(str(x) for x in ("receivers", i, *err.get("loc", ())))
-                    problems.append({"field": loc, "problem": err.get("msg", "")})
-            except ValueError as e:  # a validator's own error outside pydantic's wrapper
-                problems.append({"field": f"receivers.{i}", "problem": str(e)})
+        rows, found = m.validate_receivers(items)
+        problems = [{"field": ".".join(str(x) for x in ("receivers", i, *loc)), "problem": msg}
+                    for i, loc, msg in found]
         if problems:
             summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
             raise ApiError(422, "invalid_request", f"{summary}; nothing was written",

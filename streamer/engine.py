@@ -211,8 +211,7 @@ class Engine:
         self._known_zones: set[str] = set()
         #: zones with destinations on longer packet times (40/60 ms), and those packets' state
         self._zone_ptimes: dict[str, set[int]] = {}
-        # (zone, ptime) -> phases with receivers; (zone, ptime, secure) -> phase keys in use
-        self._zone_phases: dict[tuple[str, int], frozenset[int]] = {}
+        # (zone, ptime, secure) -> the phases whose fan-out keys have receivers
         self._phase_keys: dict[tuple[str, int, bool], frozenset[int]] = {}
         # Incremental tree sync: the zones a destinations-only change touched (None: unknown,
         # compare every zone), for which tree version; what each zone's destinations were when
@@ -524,7 +523,6 @@ class Engine:
             self._red_zones.discard(zone_id)
         slow = set()
         for pt in PTIMES:
-            phases: set[int] = set()
             for is_secure, groups in ((False, plain), (True, secure)):
                 addrs = groups.get(pt, [])
                 if pt == 20:
@@ -547,14 +545,8 @@ class Engine:
                 now_phases = frozenset(ph for ph in range(per) if split[ph])
                 if now_phases:
                     self._phase_keys[pk] = now_phases
-                    phases |= now_phases
                 else:
                     self._phase_keys.pop(pk, None)
-            if pt != 20:
-                if phases:
-                    self._zone_phases[(zone_id, pt)] = frozenset(phases)
-                else:
-                    self._zone_phases.pop((zone_id, pt), None)
             if secure.get(pt):
                 self._secure_zones[pt].add(zone_id)
             else:
@@ -574,7 +566,6 @@ class Engine:
                     continue
                 for ph in self._phase_keys.pop((zone_id, pt, is_secure), ()):
                     self.fanout.set_destinations(self._key(zone_id, pt, is_secure, ph), [])
-            self._zone_phases.pop((zone_id, pt), None)
             self._secure_zones[pt].discard(zone_id)
         for suffix in ("#r", "#rs"):
             self.fanout.set_destinations(zone_id + suffix, [])
@@ -848,9 +839,10 @@ class Engine:
             phase = (k + 1) % per  # receivers of this phase complete a window now
             hist = [h for h in self._frame_hist if h[0] > k - per]
             groups: dict[tuple, list[str]] = {}
-            zp = self._zone_phases
+            pk = self._phase_keys
             for zone, pts in self._zone_ptimes.items():
-                if ptime not in pts or phase not in zp.get((zone, ptime), ()):
+                if ptime not in pts or (phase not in pk.get((zone, ptime, False), ())
+                                        and phase not in pk.get((zone, ptime, True), ())):
                     continue
                 seq_frames = tuple((kk, fr[zone]) for kk, fr in hist if zone in fr)
                 if seq_frames:

@@ -554,10 +554,10 @@ class _WorkerPool:
     def _union(self, keys: tuple) -> tuple[bytes, list[int]]:
         """The union id of these keys (defined to the workers on first use) and how many
         destinations each worker has behind it."""
-        ids = [self.key_ids[k] for k in dict.fromkeys(keys) if k in self.key_ids]
         known = self._unions.get(keys)
         if known is not None and known[1]:
             return _MSG_SEND + struct.pack("<I", known[0]), known[1]
+        ids = [self.key_ids[k] for k in dict.fromkeys(keys) if k in self.key_ids]
         if known is not None:
             uid = known[0]
         else:
