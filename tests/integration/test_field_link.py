@@ -146,12 +146,16 @@ async def test_join_play_injection_spoof_move_offline():
         assert any(e["type"] == "receiver.address_changed" for e in srv.events)
         st = srv.registry.status("rx1")
         assert st["address"] == f"{rx.addr[0]}:{rx.addr[1]}" and st["online"]
-        await until(lambda: srv.registry.status("rx1")["link"]["jitter_ms"] is not None,
-                    3, "a receiver report")
+        # a report with jitter, a round trip (it needs a sender report first) and what plays:
+        # they arrive in separate datagrams, so wait for all of them together
+        await until(lambda: (srv.registry.status("rx1")["link"]["jitter_ms"] is not None
+                             and srv.registry.status("rx1")["link"]["rtt_ms"] is not None
+                             and (srv.registry.status("rx1").get("playing") or {}).get("level")
+                             and rx.fr.counters["sender_reports"] >= 1),
+                    5, "a receiver report with jitter, round trip and what plays")
         st = srv.registry.status("rx1")
         assert st["playing"]["level"] == "normal" and st["version"].startswith("loa-receiver")
-        assert st["link"]["rtt_ms"] is not None and st["link"]["rtt_ms"] < 1000
-        assert rx.fr.counters["sender_reports"] >= 1
+        assert st["link"]["rtt_ms"] < 1000
 
         # silence: 3 missed heartbeats -> offline, removed from the destinations
         await rx.stop()
