@@ -82,6 +82,7 @@ class BroadcastSpec:
     duration_s: float | None = None
     id: str | None = None
     owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
+    title: str = ""  # what the dashboard and the as-run log call it
 
 
 def _addr_phase(addr: tuple[str, int], per: int) -> int:
@@ -167,6 +168,7 @@ class Broadcast:
             "duration_s": self.spec.duration_s,
             "error": self.error,
             "timing": self.timing(),
+            "title": self.spec.title,
         }
 
     def timing(self) -> dict:

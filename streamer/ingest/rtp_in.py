@@ -20,6 +20,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +28,16 @@ import numpy as np
 from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
 from streamer.mixer.arbitration import Level
+from streamer.port import Refused
 from streamer.rtp.opus import OpusDecoder, OpusError, packet_samples
 from streamer.rtp.packet import RtpError, RtpPacket, seq_diff
 
 log = logging.getLogger("loa.rtp_in")
+
+#: start_live(listener name, zones, level, source) -> broadcast id (raises port.Refused)
+StartLive = Callable[[str, tuple[str, ...], Level, LiveSource], str]
+#: stop(broadcast id, reason)
+StopLive = Callable[[str, str], None]
 
 PT_PCMU = 0
 PT_PCMA = 8
@@ -208,11 +215,19 @@ class _Decoder:
 
 
 class RtpIngest:
-    """One listening port. `engine` is a streamer.engine.Engine (start/stop_broadcast)."""
+    """One listening port. It does not know the engine: whoever builds it passes two callbacks
+    (control passes its broadcast use case):
 
-    def __init__(self, config: RtpIngestConfig, engine) -> None:
+    - `start_live(name, zones, level, source) -> broadcast_id` starts a live broadcast of
+      `source` (a LiveSource this ingest feeds) on `zones`; raises `streamer.port.Refused` when
+      the zones are held (the ingest retries a second later);
+    - `stop(broadcast_id, reason)` ends it (the stream went idle, the ingest stopped); an
+      unknown id (already ended) is ignored."""
+
+    def __init__(self, config: RtpIngestConfig, start_live: StartLive, stop: StopLive) -> None:
         self.config = config
-        self.engine = engine
+        self.start_live = start_live
+        self.stop_live = stop
         self.level = Level.parse(config.level)
         self.stats = RtpIngestStats()
         self.reorder = ReorderBuffer(config.reorder_depth)
@@ -363,15 +378,11 @@ class RtpIngest:
             return False
         if now < self._retry_at:
             return False
-        from streamer.engine import BroadcastRefused, BroadcastSpec
         src = LiveSource(kind="rtp", max_frames=self.config.max_frames)
-        name = self.config.name or f"rtp:{self.port}"
-        spec = BroadcastSpec(targets=list(self.config.zones), level=self.level,
-                             source_factory=lambda start_s, s=src: s, kind="rtp", live=True,
-                             owner=name, description={"port": self.port, "name": name})
+        name = self.name
         try:
-            b = self.engine.start_broadcast(spec)
-        except BroadcastRefused as e:
+            bid = self.start_live(name, tuple(self.config.zones), self.level, src)
+        except Refused as e:
             self.stats.refused += 1
             self._retry_at = now + 1.0
             log.info("rtp ingest %s refused: %s", name, e.reason)
@@ -382,7 +393,7 @@ class RtpIngest:
             log.warning("rtp ingest %s cannot start: %s", name, e)
             return False
         self.source = src
-        self.broadcast_id = b.id
+        self.broadcast_id = bid
         self.stats.broadcasts += 1
         self.reorder.reset()
         return True
@@ -403,9 +414,16 @@ class RtpIngest:
             src.end()
         if bid is not None:
             try:
-                self.engine.stop_broadcast(bid, reason=reason)
-            except KeyError:
+                self.stop_live(bid, reason)
+            except KeyError:   # UnknownBroadcast: it ended already
                 pass
+            except Exception:
+                log.exception("rtp ingest %s: stopping broadcast %s failed", self.name, bid)
+
+    @property
+    def name(self) -> str:
+        """What people see as the broadcast's owner: the configured name or `rtp:<port>`."""
+        return self.config.name or f"rtp:{self.port}"
 
     def status(self) -> dict:
         return {"port": self.port, "zones": list(self.config.zones), "level": self.level.label,

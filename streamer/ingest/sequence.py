@@ -105,7 +105,8 @@ class SequenceSource(Source):
         self._current: Source | None = None
         self._next: Source | None = None
         self._started = False
-        self._base_frames = int(round((start_s - t) * 1000 / FRAME_MS)) if parts else 0
+        # where it starts: the offset within the part counts too (the part skips or seeks it)
+        self._base_frames = int(round(max(0.0, start_s) * 1000 / FRAME_MS)) if parts else 0
 
     def _open(self, i: int, offset: float) -> Source:
         s = self.parts[i].factory(offset)

@@ -1,15 +1,15 @@
-"""RTP ingest core: reorder buffer, G.711 tables, allow list, decoding into a live broadcast."""
+"""RTP ingest core: reorder buffer, G.711 tables, allow list, decoding into a live broadcast
+(started and stopped through the two callbacks the ingest is given; no engine, no socket)."""
 import numpy as np
 import pytest
 
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
-from streamer.engine import Engine
 from streamer.ingest.rtp_in import (ALAW, ULAW, ReorderBuffer, RtpIngest, RtpIngestConfig,
                                     g711_decode)
-from streamer.rtp.fanout import Fanout
+from streamer.mixer.arbitration import Level
+from streamer.port import Refused
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.packet import RtpPacket
-from streamer.zones import Zone, ZoneTree
 
 
 def test_reorder_in_order_passes_straight_through():
@@ -56,15 +56,37 @@ def test_g711_tables_match_reference_values():
     assert np.array_equal(g711_decode(codes, ALAW), ref_a)
 
 
+class Broadcasts:
+    """What control's broadcast use case looks like to the ingest: start_live / stop."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.active: dict[str, dict] = {}
+        self.ended: list[tuple[str, str]] = []
+        self.calls = 0
+
+    def start_live(self, name, zones, level, source) -> str:
+        self.calls += 1
+        if self.refuse:
+            raise Refused(self.refuse)
+        bid = f"b{self.calls}"
+        self.active[bid] = {"name": name, "zones": zones, "level": level, "source": source}
+        return bid
+
+    def stop(self, bid: str, reason: str) -> None:
+        if bid not in self.active:
+            raise KeyError(bid)
+        del self.active[bid]
+        self.ended.append((bid, reason))
+
+
 @pytest.fixture
-def engine():
-    tree = ZoneTree()
-    tree.add(Zone(id="z1", name="Z1", unicast=[("127.0.0.1", 9)]))
-    fan = Fanout(bind=("127.0.0.1", 0))
-    eng = Engine(tree, fan)
-    yield eng
-    eng.stop()
-    fan.close()
+def door():
+    return Broadcasts()
+
+
+def ingest(config, door):
+    return RtpIngest(config, door.start_live, door.stop)
 
 
 def opus_packets(freq=1000.0, n=50, pt=111, ssrc=7, seq0=100):
@@ -79,18 +101,17 @@ def opus_packets(freq=1000.0, n=50, pt=111, ssrc=7, seq0=100):
     return out
 
 
-def test_not_allow_listed_is_dropped_before_anything_else(engine):
-    ing = RtpIngest(RtpIngestConfig(port=5004, zones=["z1"], allow=["10.1.2.0/24"]), engine)
+def test_not_allow_listed_is_dropped_before_anything_else(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], allow=["10.1.2.0/24"]), door)
     for p in opus_packets(n=5):
         ing.datagram_received(p, ("10.9.9.9", 4000), 1.0)
     assert ing.stats.dropped_not_allowed == 5 and ing.stats.accepted == 0
-    assert engine.list_broadcasts() == []
+    assert door.calls == 0
     assert ing.allowed("10.1.2.77") and ing.allowed("::ffff:10.1.2.3") and not ing.allowed("junk")
 
 
-def test_opus_stream_becomes_a_live_broadcast_and_idle_ends_it(engine):
-    ing = RtpIngest(RtpIngestConfig(port=5004, zones=["z1"], level="priority", name="studio"),
-                    engine)
+def test_opus_stream_becomes_a_live_broadcast_and_idle_ends_it(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], level="priority", name="studio"), door)
     pkts = opus_packets(n=10)
     ing.datagram_received(b"\x00garbage", ("127.0.0.1", 1), 0.0)
     for i, p in enumerate(pkts):
@@ -98,9 +119,9 @@ def test_opus_stream_becomes_a_live_broadcast_and_idle_ends_it(engine):
             continue  # lost: concealed (or FEC) once 3 later packets are waiting
         ing.datagram_received(p, ("127.0.0.1", 4000), 1.0 + i * 0.02)
     assert ing.stats.invalid == 1 and ing.stats.accepted == 9
-    (b,) = engine.list_broadcasts()
-    assert b["live"] and b["level"] == "priority" and b["owner"] == "studio"
-    assert b["source"]["kind"] == "rtp"
+    (b,) = door.active.values()
+    assert b["level"] == Level.PRIORITY and b["name"] == "studio" and b["zones"] == ("z1",)
+    assert b["source"] is ing.source and b["source"].kind == "rtp" and b["source"].live
     assert ing.stats.concealed + ing.stats.fec_recovered == 1
     frames = ing.source.frames_pushed
     assert frames == 10  # 9 decoded + 1 concealed, 20 ms each (queue keeps the newest 4)
@@ -112,21 +133,21 @@ def test_opus_stream_becomes_a_live_broadcast_and_idle_ends_it(engine):
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     assert abs(np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)[np.argmax(spec)] - 1000) < 15
     ing.poll(1.3)
-    assert engine.list_broadcasts()  # within idle_s: kept
+    assert door.active  # within idle_s: kept
     ing.poll(10.0)
-    assert engine.list_broadcasts() == []
-    assert engine.history[-1]["state"] == "stopped"
+    assert door.active == {} and door.ended == [("b1", "no RTP for 3 s")]
+    assert ing.source is None and ing.broadcast_id is None
 
 
-def test_wrong_payload_type_is_counted(engine):
-    ing = RtpIngest(RtpIngestConfig(port=5004, zones=["z1"], codec="pcmu"), engine)
+def test_wrong_payload_type_is_counted(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], codec="pcmu"), door)
     for p in opus_packets(n=3):
         ing.datagram_received(p, ("127.0.0.1", 4000), 1.0)
-    assert ing.stats.wrong_payload == 3 and engine.list_broadcasts() == []
+    assert ing.stats.wrong_payload == 3 and door.calls == 0
 
 
-def test_pcmu_decodes_to_48k(engine):
-    ing = RtpIngest(RtpIngestConfig(port=5004, zones=["z1"], codec="auto"), engine)
+def test_pcmu_decodes_to_48k(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], codec="auto"), door)
     t = np.arange(8000) / 8000
     x = (0.5 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
     import audioop
@@ -139,17 +160,46 @@ def test_pcmu_decodes_to_48k(engine):
     assert ing.source.frames_pushed >= 8  # resampler latency keeps a few samples back
 
 
-def test_live_talker_holding_the_zone_refuses_ingest_and_counts(engine):
-    from streamer.engine import BroadcastSpec
-    from streamer.ingest.live import LiveSource
-    from streamer.mixer.arbitration import Level
-    src = LiveSource()
-    engine.start_broadcast(BroadcastSpec(["z1"], Level.PRIORITY, lambda s: src, "webrtc",
-                                         live=True, owner="Ông A"))
-    ing = RtpIngest(RtpIngestConfig(port=5004, zones=["z1"], level="normal"), engine)
+def test_refused_start_is_counted_and_retried_a_second_later():
+    door = Broadcasts(refuse="zone z1 is held by live broadcast x (Ông A, level priority)")
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], level="normal"), door)
+    pkts = opus_packets(n=60)
+    for i, p in enumerate(pkts[:3]):
+        ing.datagram_received(p, ("127.0.0.1", 4000), 1.0 + i * 0.02)
+    assert ing.stats.refused == 1 and door.calls == 1 and ing.broadcast_id is None
+    door.refuse = None          # the talker hung up
+    ing.datagram_received(pkts[3], ("127.0.0.1", 4000), 1.5)   # too soon: no retry yet
+    assert door.calls == 1
+    ing.datagram_received(pkts[4], ("127.0.0.1", 4000), 2.1)
+    assert door.calls == 2 and ing.broadcast_id == "b2" and ing.stats.broadcasts == 1
+
+
+def test_operator_stop_keeps_it_off_until_the_stream_pauses(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], idle_s=2.0), door)
+    pkts = opus_packets(n=40)
+    t = 1.0
+    for p in pkts[:5]:
+        ing.datagram_received(p, ("127.0.0.1", 4000), t)
+        t += 0.02
+    assert ing.broadcast_id == "b1"
+    door.active.clear()
+    ing.source.close()          # the engine let go of it: an operator stopped the broadcast
+    for p in pkts[5:20]:        # the encoder keeps sending: stays off
+        ing.datagram_received(p, ("127.0.0.1", 4000), t)
+        t += 0.02
+    assert door.calls == 1 and ing.broadcast_id is None
+    t += 3.0                    # a pause longer than idle_s: a new talk spurt starts again
+    ing.datagram_received(pkts[20], ("127.0.0.1", 4000), t)
+    assert door.calls == 2 and ing.broadcast_id == "b2"
+
+
+def test_stop_of_an_already_ended_broadcast_is_ignored(door):
+    ing = ingest(RtpIngestConfig(port=5004, zones=["z1"], idle_s=2.0), door)
     for i, p in enumerate(opus_packets(n=3)):
         ing.datagram_received(p, ("127.0.0.1", 4000), 1.0 + i * 0.02)
-    assert ing.stats.refused == 1 and len(engine.list_broadcasts()) == 1
+    door.active.clear()         # ended elsewhere; the source was not closed yet
+    ing.poll(10.0)
+    assert ing.broadcast_id is None and door.ended == []
 
 
 def test_bad_config():

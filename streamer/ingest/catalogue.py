@@ -1,0 +1,222 @@
+"""The catalogue: the one place that turns a source *description* (`streamer.port.FileAudio`,
+`ToneAudio`, `Programme`, `LiveAudio`, ...) into a `Source` the engine can read.
+
+A description is plain data (it crosses a process or a network in a command); the catalogue is
+the engine side's knowledge of how to play it:
+
+- `factory(desc)` returns `make(start_s) -> Source`, which opens the audio `start_s` seconds in
+  (a preempted item resumes where it was cut). Making a factory does no I/O; calling `make`
+  builds the Source (cheap), and `Source.start()` opens files and starts decoder threads, which
+  the runtime does off the tick.
+- `analyse(path, loudness_target)` probes and measures a file (cached by path, size and mtime):
+  blocking, so whoever fills a `FileAudio`'s `loudness_lufs`/`duration_s` calls it in a thread.
+- Live inputs (a phone's WebRTC track, an encoder's RTP stream) are registered by id
+  (`add_live`), and a `LiveAudio(input_id)` names them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from streamer.ingest.base import MediaError, Source
+from streamer.ingest.sequence import Part, SequenceSource, SkipSource
+from streamer.port import (ChimeAudio, FileAudio, LiveAudio, Programme, SilenceAudio,
+                           SirenAudio, SourceDescription, ToneAudio)
+
+__all__ = ["Catalogue", "SourceFactory", "analyse", "attention_part", "duration_of",
+           "ATTENTION_KINDS"]
+
+SourceFactory = Callable[[float], Source]
+
+ATTENTION_KINDS = ("chime", "siren")
+SIREN_ATTENTION_S = 6.0
+
+
+def _skip(make_inner: Callable[[], Source]) -> SourceFactory:
+    """A factory for a source that cannot seek: it drops the first `start_s` as they arrive."""
+    def make(start_s: float) -> Source:
+        src = make_inner()
+        return SkipSource(src, start_s) if start_s > 0 else src
+    return make
+
+
+_CHIME_S: list[float] = []
+
+
+def _chime_seconds() -> float:
+    if not _CHIME_S:
+        from streamer.ingest.tones import ChimeSource
+        _CHIME_S.append(float(ChimeSource().seconds))
+    return _CHIME_S[0]
+
+
+def attention_part(kind: str) -> Part:
+    """The attention signal played before a message: "chime" (default) or "siren"."""
+    from streamer.ingest.tones import ChimeSource, SirenSource
+    if kind == "siren":
+        return Part(_skip(lambda: SirenSource(seconds=SIREN_ATTENTION_S)), SIREN_ATTENTION_S,
+                    "attention")
+    return Part(_skip(lambda: ChimeSource()), _chime_seconds(), "attention")
+
+
+def duration_of(desc: SourceDescription) -> float | None:
+    """How long a description plays, when known (None: a file not measured, or live)."""
+    if isinstance(desc, FileAudio):
+        return desc.duration_s
+    if isinstance(desc, (ToneAudio, SirenAudio, SilenceAudio)):
+        return float(desc.seconds)
+    if isinstance(desc, ChimeAudio):
+        return _chime_seconds()
+    if isinstance(desc, Programme):
+        message = duration_of(desc.message) or 0.0
+        total = message * desc.repeat + max(0.0, desc.repeat_pause_s) * (desc.repeat - 1)
+        if desc.attention:
+            total += attention_part(desc.attention).duration_s
+        return total
+    return None
+
+
+# ------------------------------------------------------------------ file analysis (cached)
+_ANALYSIS: OrderedDict[tuple[Any, ...], tuple[Any, float | None]] = OrderedDict()
+_ANALYSIS_LOCK = threading.Lock()
+_ANALYSIS_MAX = 512
+
+
+def analyse(path: str, loudness_target: float | None) -> tuple[Any, float | None]:
+    """(MediaInfo, measured LUFS or None) for a file, cached by (path, size, mtime): an alert
+    that replays the same recording must not decode it twice before it can air. A changed file
+    has a new key, so it is probed again. Blocking (decodes up to 120 s): call in a thread.
+    Raises MediaError (message for users) when the file cannot be played."""
+    from streamer.ingest.file import probe
+    from streamer.mixer.loudness import measure_file
+    try:
+        st = os.stat(path)
+        key: tuple[Any, ...] | None = (path, st.st_size, st.st_mtime_ns,
+                                       loudness_target is not None)
+    except OSError:
+        key = None
+    if key is not None:
+        with _ANALYSIS_LOCK:
+            hit = _ANALYSIS.get(key)
+            if hit is not None:
+                _ANALYSIS.move_to_end(key)
+                return hit
+    info = probe(path)  # raises MediaError with a message for users
+    measured: float | None = None
+    if loudness_target is not None:
+        try:
+            measured = measure_file(path, max_seconds=120.0)
+        except MediaError:
+            raise
+        except Exception:
+            measured = None
+        if measured is not None and not math.isfinite(measured):
+            measured = None
+    if key is not None:
+        with _ANALYSIS_LOCK:
+            _ANALYSIS[key] = (info, measured)
+            while len(_ANALYSIS) > _ANALYSIS_MAX:
+                _ANALYSIS.popitem(last=False)
+    return info, measured
+
+
+# ------------------------------------------------------------------ the catalogue
+class Catalogue:
+    """Descriptions → Sources, with this node's loudness target and its live inputs.
+
+    Thread-safe: live inputs are added from the event loop or an RTP thread, factories are made
+    on the submitting thread, sources opened by the runtime."""
+
+    def __init__(self, loudness_target: float | None = None) -> None:
+        self.loudness_target = loudness_target
+        self._live: dict[str, Source] = {}
+        self._lock = threading.Lock()
+
+    # -- live inputs ------------------------------------------------------------------------
+    def add_live(self, source: Source) -> str:
+        """Register a live Source; returns the `input_id` a `LiveAudio` names it by."""
+        input_id = "in-" + secrets.token_hex(6)
+        with self._lock:
+            self._live[input_id] = source
+        return input_id
+
+    def drop_live(self, input_id: str) -> None:
+        with self._lock:
+            self._live.pop(input_id, None)
+
+    def live_input(self, input_id: str) -> Source:
+        with self._lock:
+            src = self._live.get(input_id)
+        if src is None:
+            raise MediaError(f"no live input {input_id!r} (already ended or never registered)")
+        return src
+
+    @property
+    def live_inputs(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    # -- descriptions ------------------------------------------------------------------------
+    def factory(self, desc: SourceDescription) -> SourceFactory:
+        """`make(start_s) -> Source` for a description. No I/O here (a live input must be
+        registered already: MediaError otherwise)."""
+        from streamer.ingest.tones import ChimeSource, SilenceSource, SirenSource, ToneSource
+        if isinstance(desc, FileAudio):
+            return self._file(desc)
+        if isinstance(desc, ToneAudio):
+            d = desc
+            return _skip(lambda: ToneSource(freq_hz=d.freq_hz, seconds=d.seconds,
+                                            amplitude_dbfs=d.amplitude_dbfs))
+        if isinstance(desc, ChimeAudio):
+            return _skip(lambda: ChimeSource())
+        if isinstance(desc, SirenAudio):
+            seconds = desc.seconds
+            return _skip(lambda: SirenSource(seconds=seconds))
+        if isinstance(desc, SilenceAudio):
+            seconds = desc.seconds
+            return _skip(lambda: SilenceSource(seconds=seconds))
+        if isinstance(desc, LiveAudio):
+            src = self.live_input(desc.input_id)
+            return lambda start_s: src   # live audio cannot seek: always the one input
+        if isinstance(desc, Programme):
+            return self._programme(desc)
+        raise MediaError(f"cannot play a {type(desc).__name__}")
+
+    def open(self, desc: SourceDescription, start_s: float = 0.0) -> Source:
+        """The Source for a description, `start_s` seconds in (not started)."""
+        return self.factory(desc)(start_s)
+
+    def _file(self, desc: FileAudio) -> SourceFactory:
+        from streamer.ingest.file import FileSource
+        path, measured, target = desc.path, desc.loudness_lufs, self.loudness_target
+
+        def make(start_s: float) -> Source:
+            return FileSource(path, loudness_target_lufs=target, measured_lufs=measured,
+                              start_s=start_s)
+        return make
+
+    def _programme(self, desc: Programme) -> SourceFactory:
+        """[attention] message [pause message]...: a SequenceSource, reopenable part-way."""
+        from streamer.ingest.tones import SilenceSource
+        if isinstance(desc.message, (Programme, LiveAudio)):
+            raise MediaError("a programme's message must be a recording or a tone")
+        message = self.factory(desc.message)
+        content = duration_of(desc.message) or 0.0
+        parts: list[Part] = []
+        if desc.attention:
+            if desc.attention not in ATTENTION_KINDS:
+                raise MediaError(f"unknown attention signal {desc.attention!r}")
+            parts.append(attention_part(desc.attention))
+        for i in range(max(1, desc.repeat)):
+            if i > 0 and desc.repeat_pause_s > 0:
+                pause = desc.repeat_pause_s
+                parts.append(Part(_skip(lambda p=pause: SilenceSource(seconds=p)), pause,
+                                  "pause"))
+            parts.append(Part(message, content, f"message {i + 1}"))
+        kind = type(desc.message).kind
+        return lambda start_s: SequenceSource(parts, start_s, kind=kind)
