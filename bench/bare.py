@@ -39,8 +39,8 @@ def run(port: int, n: int, seconds: float, frame_ms: int, workers: int, batch: i
     zones = max(1, min(zones, n))
     keys = tuple(f"z{i}" for i in range(zones))
     t0 = time.perf_counter()
-    for i, k in enumerate(keys):
-        fanout.set_destinations(k, addrs[i::zones])
+    for i, key in enumerate(keys):
+        fanout.set_destinations(key, addrs[i::zones])
     provision_s = time.perf_counter() - t0
     ssrc = random.getrandbits(32)
     seq = random.getrandbits(16)

@@ -34,7 +34,8 @@ def receivers(n: int, port: int) -> list[tuple[str, int]]:
 
 def descendants(pid: int) -> list[int]:
     """pid and all its live descendants (threads are counted inside each process' stat)."""
-    out, todo, seen = [], [pid], set()
+    out: list[int] = []
+    todo, seen = [pid], set[int]()
     while todo and len(seen) < 10_000:
         p = todo.pop()
         if p in seen:

@@ -96,12 +96,12 @@ class Proc:
 
     @staticmethod
     def _pump(stream, q: queue.Queue) -> None:
-        for line in stream:
+        for line in stream or ():
             q.put(line.rstrip("\n"))
         q.put(None)
 
     def _pump_err(self) -> None:
-        for line in self.p.stderr:
+        for line in self.p.stderr or ():
             if len(self.err) < 200:
                 self.err.append(line.rstrip("\n"))
 
@@ -125,9 +125,12 @@ class Proc:
                 return line
 
     def say(self, text: str) -> None:
+        stdin = self.p.stdin
+        if stdin is None:
+            return
         try:
-            self.p.stdin.write(text + "\n")
-            self.p.stdin.flush()
+            stdin.write(text + "\n")
+            stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
 
@@ -137,7 +140,8 @@ class Proc:
     def stop(self, timeout: float = 5.0) -> int | None:
         if self.p.poll() is None:
             try:
-                self.p.stdin.close()
+                if self.p.stdin is not None:
+                    self.p.stdin.close()
             except OSError:
                 pass
             try:
@@ -323,7 +327,7 @@ def run_once(kind: str, run: int, opts: FanoutOptions, res: dict, workdir: Path)
                 out.invalid_reasons.append(f"broadcast refused: {st} {body}")
                 return out
             broadcast_id = body["id"]
-            info = {"broadcast": body}
+            info: dict = {"broadcast": body}
             end_by = time.monotonic() + S + 30
             time.sleep(S)
             state = None
@@ -551,11 +555,11 @@ def run_fanout(opts: FanoutOptions, console=None) -> dict:
         if opts.target == "loa":
             prog.update(task, description="loa serve without receivers: baseline memory")
             base_rss = baseline_rss(opts, res, Path(tmp))
-        for r in range(opts.runs):
-            order = kinds if r % 2 == 0 else list(reversed(kinds))  # interleaved, alternating
+        for run_no in range(opts.runs):
+            order = kinds if run_no % 2 == 0 else list(reversed(kinds))  # interleaved, alternating
             for k in order:
-                prog.update(task, description=f"run {r + 1}/{opts.runs}: {k} × {opts.receivers}")
-                results.append(run_once(k, r, opts, res, Path(tmp)))
+                prog.update(task, description=f"run {run_no + 1}/{opts.runs}: {k} × {opts.receivers}")
+                results.append(run_once(k, run_no, opts, res, Path(tmp)))
                 prog.advance(task)
     for r in results:
         rss = r.metrics.get("rss_bytes")
@@ -581,9 +585,9 @@ def run_fanout(opts: FanoutOptions, console=None) -> dict:
         b = summary[opts.peer].get("cpu_us_per_pkt")
         report["ratio_cpu_per_pkt"] = round(a / b, 3) if a and b else None
         pairs = []
-        for r in range(opts.runs):
-            x = [q for q in results if q.run == r and q.kind == opts.target and q.valid]
-            y = [q for q in results if q.run == r and q.kind == opts.peer and q.valid]
+        for run_no in range(opts.runs):
+            x = [q for q in results if q.run == run_no and q.kind == opts.target and q.valid]
+            y = [q for q in results if q.run == run_no and q.kind == opts.peer and q.valid]
             if x and y and x[0].metrics.get("cpu_us_per_pkt") and y[0].metrics.get("cpu_us_per_pkt"):
                 pairs.append(x[0].metrics["cpu_us_per_pkt"] / y[0].metrics["cpu_us_per_pkt"])
         report["ratio_cpu_per_pkt_paired"] = [round(p, 3) for p in pairs]

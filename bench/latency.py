@@ -51,11 +51,11 @@ def find_onsets(x: np.ndarray, rate: int, threshold: float = 0.05, min_gap_s: fl
     above = np.abs(x) > threshold
     idx = np.nonzero(above)[0]
     out: list[float] = []
-    last = -1e9
+    last: float = -1e9
     for i in idx:
         if i - last > min_gap_s * rate:
             out.append(i / rate)
-        last = i
+        last = float(i)
     return out
 
 

@@ -173,7 +173,7 @@ def run_provision(opts: ProvisionOptions, console=None) -> dict:
                     lat.append(dt * 1000)
                     got = body.get("receivers") if st == 201 else None
                     if st != 201 or len(got or []) != len(part) \
-                            or not all(r.get("secret") for r in got):
+                            or not all(r.get("secret") for r in got or []):
                         failures.append(f"batch at {i}: {st} {body.get('error')}")
             total = time.perf_counter() - t0
             # the engine applies destinations on its next tick: how long until all are out

@@ -104,10 +104,10 @@ class Sink:
             h.msg_iovlen = 1
             h.msg_control = ctypes.addressof(self.ctrl) + i * CTRL
             h.msg_controllen = CTRL
-        self.np_data = np.frombuffer(self.data, dtype=np.uint8).reshape(batch, SLOT)
-        self.np_ctrl = np.frombuffer(self.ctrl, dtype=np.uint8).reshape(batch, CTRL)
+        self.np_data = np.frombuffer(self.data, dtype=np.uint8).reshape(batch, SLOT)  # type: ignore[call-overload]
+        self.np_ctrl = np.frombuffer(self.ctrl, dtype=np.uint8).reshape(batch, CTRL)  # type: ignore[call-overload]
         msz = ctypes.sizeof(Mmsghdr)
-        self.np_msgs = np.frombuffer(self.msgs, dtype=np.uint8).reshape(batch, msz)
+        self.np_msgs = np.frombuffer(self.msgs, dtype=np.uint8).reshape(batch, msz)  # type: ignore[call-overload]
         off = Msghdr.msg_controllen.offset
         self._ctl_len_cols = slice(off, off + 8)
         self._ctl_len_init = np.frombuffer(np.array(CTRL, dtype="<u8").tobytes(), dtype=np.uint8)
