@@ -20,7 +20,7 @@ class Level(enum.IntEnum):
     EMERGENCY = 3  # khẩn cấp
 
     @classmethod
-    def parse(cls, value: "str | int | Level") -> "Level":
+    def parse(cls, value: str | int | Level) -> Level:
         if isinstance(value, Level):
             return value
         if isinstance(value, str):
@@ -58,7 +58,7 @@ class Layer:
     gain_db: float  # relative gain from arbitration (0 or the duck amount)
 
 
-def _rank(c: Claim) -> tuple:
+def _rank(c: Claim) -> tuple[int, int, int]:
     return (-int(c.level), 0 if c.live else 1, c.order)
 
 

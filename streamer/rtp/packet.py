@@ -31,7 +31,7 @@ class RtpPacket:
     padding: int = 0
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview) -> "RtpPacket":
+    def parse(cls, data: bytes | bytearray | memoryview) -> RtpPacket:
         n = len(data)
         if n < HEADER_SIZE:
             raise RtpError(f"RTP packet too short ({n} bytes)")

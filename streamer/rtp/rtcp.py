@@ -59,7 +59,7 @@ class SenderReport:
                         self.octet_count & 0xFFFFFFFF)
 
     @classmethod
-    def parse(cls, data: bytes) -> "SenderReport":
+    def parse(cls, data: bytes) -> SenderReport:
         """The first packet of a (compound) RTCP datagram, which must be an SR."""
         if len(data) < _SR.size:
             raise RtcpError("too short for a sender report")
