@@ -59,6 +59,19 @@ class EngineCollector:
             for k, v in sorted(reg.counters.items()):
                 proto.add_metric([k], v)
             yield proto
+            silent = GaugeMetricFamily("loa_receivers_not_playing",
+                                       "Online receivers not playing, by zone and reason "
+                                       "(auth_failed, no_media, no_reports)",
+                                       labels=["zone", "reason"])
+            for (zone, why), n in sorted(reg.not_playing_by_zone().items()):
+                silent.add_metric([zone, why], n)
+            yield silent
+            auth = CounterMetricFamily("loa_receiver_auth_failures",
+                                       "Media packets receivers reported failing SRTP "
+                                       "authentication", labels=["zone"])
+            for zone, n in sorted(reg.auth_failures_by_zone().items()):
+                auth.add_metric([zone], n)
+            yield auth
 
 
 def render_metrics(engine, registry=None) -> tuple[bytes, str]:

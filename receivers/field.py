@@ -6,6 +6,12 @@ reference `Receiver` (jitter buffer + decode): one UDP socket carries everything
 mapping the control messages open is the one media comes back through. Only datagrams from the
 server it is registered with are looked at; with SRTP on, media that does not authenticate is
 dropped before the jitter buffer sees it.
+
+Restarts and failover never need the receiver restarted: media keys (and their replay windows)
+come from every welcome; media that fails authentication makes the receiver re-register at
+once (new keys from a restarted server), and a zone that is on air but sends nothing makes it
+heartbeat early (a restarted server sends media only to receivers it has heard from). Both are
+rate-limited (1 s, doubling up to the heartbeat interval, reset by good media).
 """
 from __future__ import annotations
 
@@ -24,11 +30,14 @@ from streamer.rtp.srtp import MediaAuthError, MediaUnprotector
 
 Addr = tuple[str, int]
 VERSION = "loa-receiver/0.1"
+PROBE_MIN_S = 1.0        # first re-register / early heartbeat after media trouble
+STALL_S = 1.5            # on air, no media for this long: ask the server (it may have restarted)
+CLOCK_SLACK_MS = 1000    # server messages stamped this much before our (re)start still count
 
 
 class FieldSession:
     COUNTERS = ("registers_sent", "heartbeats_sent", "reports_sent", "welcomes", "now_messages",
-                "control_rejected", "failovers", "server_lost")
+                "control_rejected", "failovers", "server_lost", "rekeys", "stall_probes")
 
     def __init__(self, receiver_id: str, secret: bytes, servers: list[Addr], *,
                  register_retry_s: float = 2.0, register_attempts: int = 3,
@@ -59,6 +68,12 @@ class FieldSession:
         self._next_report = 0.0
         self._last_welcome = 0.0
         self._report_now = False
+        self._guard_floor = False        # the guard's not-before is set at the first poll
+        self._media_at = 0.0             # monotonic time of the last good media packet
+        self._on_air_at = 0.0            # when the zone last went on air (as we were told)
+        self._rekey = False              # media failed authentication: re-register soon
+        self._probe_at = 0.0             # no probe (rekey / stall heartbeat) before this
+        self._probe_backoff = PROBE_MIN_S
 
     @property
     def server(self) -> Addr:
@@ -73,7 +88,10 @@ class FieldSession:
         self.srtp = False
         self.keys = MediaUnprotector()
         self.on_air = []
-        self._guard = cp.ReplayGuard(self.window_s)
+        self._guard = cp.ReplayGuard(self.window_s, int(wall * 1000) - CLOCK_SLACK_MS)
+        self._rekey = False
+        self._probe_at = 0.0
+        self._probe_backoff = PROBE_MIN_S
         self._attempts = 0
         self._next_register = now
         if len(self.servers) > 1:
@@ -84,9 +102,45 @@ class FieldSession:
     def report_now(self) -> None:
         self._report_now = True
 
+    def media_ok(self, now: float) -> None:
+        """A media packet authenticated (or plain media was accepted)."""
+        self._media_at = now
+        if self._probe_backoff != PROBE_MIN_S or self._rekey:
+            self._probe_backoff = PROBE_MIN_S
+            self._rekey = False
+
+    def media_failed(self, now: float) -> None:
+        """Media from our server that did not authenticate (or came before any key): our keys
+        are not the ones it sends with (it restarted, or rotated while a welcome was lost)."""
+        if self.registered:
+            self._rekey = True
+
+    def _probe(self, now: float, wall: float) -> tuple[bytes, Addr] | None:
+        if now < self._probe_at:
+            return None
+        if self._rekey:
+            why = "auth_failed"
+            self.counters["rekeys"] += 1
+        elif self.on_air and now - max(self._media_at, self._on_air_at,
+                                       self._last_welcome) > STALL_S:
+            why = "no_media"
+            self.counters["stall_probes"] += 1
+        else:
+            return None
+        self._rekey = False
+        self._probe_at = now + self._probe_backoff
+        self._probe_backoff = min(self._probe_backoff * 2, max(PROBE_MIN_S, self.heartbeat_s))
+        self._next_heartbeat = now + self.heartbeat_s
+        self.counters["registers_sent"] += 1
+        return self._msg(cp.MsgType.REGISTER, wall, {"version": VERSION, "rekey": why})
+
     def poll(self, now: float, wall: float,
              report: Callable[[], dict] | None = None) -> list[tuple[bytes, Addr]]:
         out: list[tuple[bytes, Addr]] = []
+        if not self._guard_floor:
+            self._guard_floor = True
+            if self._guard.last_ts is None:
+                self._guard.last_ts = int(wall * 1000) - CLOCK_SLACK_MS
         if not self.registered:
             if now >= self._next_register:
                 if self._attempts >= self.register_attempts:
@@ -100,7 +154,10 @@ class FieldSession:
             self.counters["server_lost"] += 1
             self._failover(now, wall, "server lost")
             return self.poll(now, wall, report)
-        if now >= self._next_heartbeat:
+        probe = self._probe(now, wall)
+        if probe is not None:
+            out.append(probe)
+        elif now >= self._next_heartbeat:
             self._next_heartbeat = now + self.heartbeat_s
             self.counters["heartbeats_sent"] += 1
             out.append(self._msg(cp.MsgType.HEARTBEAT, wall))
@@ -145,22 +202,25 @@ class FieldSession:
                     self._next_heartbeat = now + self.heartbeat_s
                     self._next_report = now
                     self.events.append((wall, "registered", self.server))
-                self._set_on_air(body.get("on_air"))
+                self._set_on_air(body.get("on_air"), now)
                 self.counters["welcomes"] += 1
                 return "welcome"
             if not self.registered:
                 raise cp.ProtocolError("now-playing before welcome")
-            self._set_on_air(body.get("on_air"))
+            self._set_on_air(body.get("on_air"), now)
             self.counters["now_messages"] += 1
             return "now"
         except (cp.ProtocolError, ValueError, TypeError, KeyError):
             self.counters["control_rejected"] += 1
             return None
 
-    def _set_on_air(self, on) -> None:  # noqa: ANN001
+    def _set_on_air(self, on, now: float) -> None:  # noqa: ANN001
         if isinstance(on, list):
+            was = bool(self.on_air)
             self.on_air = [x for x in on if isinstance(x, dict)
                            and isinstance(x.get("broadcast"), str)][:8]
+            if self.on_air and not was:
+                self._on_air_at = now
 
 
 class FieldReceiver:
@@ -180,6 +240,7 @@ class FieldReceiver:
         self._now_key: tuple = ()
         self._prev = (0, 0, 0)                          # (received, lost, concealed) at last report
         self._prev_red = 0                              # red_recovered at last report
+        self._prev_failed = 0                           # auth_failed + no_key at last report
 
     def datagram_received(self, data: bytes, addr: Addr, now: float, wall: float) -> None:
         s = self.session
@@ -201,15 +262,18 @@ class FieldReceiver:
         if s.srtp:
             if not s.keys.ready:
                 self.counters["no_key"] += 1
+                s.media_failed(now)
                 return
             try:
                 data = s.keys.unprotect(data)
             except MediaAuthError:
                 self.counters["auth_failed"] += 1
+                s.media_failed(now)
                 return
         elif not s.registered:
             self.counters["plain_rejected"] += 1
             return
+        s.media_ok(now)
         self.rx.datagram_received(data, now)
 
     def _on_air_changed(self, wall: float) -> None:
@@ -253,6 +317,8 @@ class FieldReceiver:
         d_lost += red_rec - self._prev_red
         self._prev = (rec, lost, conc)
         self._prev_red = red_rec
+        failed = self.counters["auth_failed"] + self.counters["no_key"]
+        d_failed, self._prev_failed = failed - self._prev_failed, failed
         expected = d_rec + d_lost
         playing = self._last_written > 0 and time.time() - self._last_written < 1.0
         on = self.session.on_air[0] if self.session.on_air else {}
@@ -263,6 +329,9 @@ class FieldReceiver:
                 "jb_depth_ms": snap["buffered_ms"], "jb_target_ms": snap["target_ms"],
                 "volume": self.volume, "uptime_s": round(time.monotonic() - self.started, 1),
                 "version": VERSION, "received": rec, "playing": playing,
+                # media that did not authenticate: in all, and since the last report
+                "auth_failed": failed, "auth_failed_new": d_failed,
+                "rekeys": self.session.counters["rekeys"],
                 "played": {b: {k: round(v, 3) for k, v in p.items()}
                            for b, p in self.played.items()}}
         if playing and on:

@@ -145,9 +145,12 @@ class ReplayGuard:
     accepted one (so a captured message can never be accepted again, even after its nonce has
     left the cache), and a nonce not seen within the window."""
 
-    def __init__(self, window_s: float = 30.0) -> None:
+    def __init__(self, window_s: float = 30.0, not_before_ms: int | None = None) -> None:
         self.window_ms = int(window_s * 1000)
-        self.last_ts: int | None = None
+        # a guard that starts with nothing (a restarted server, a receiver that failed over)
+        # would take any message captured within the window again: `not_before_ms` (its start)
+        # refuses everything stamped before it, as a guard that had lived through them would
+        self.last_ts: int | None = not_before_ms
         self._nonces: dict[bytes, int] = {}
 
     def check(self, ts_ms: int, nonce: bytes, now_ms: int) -> str | None:

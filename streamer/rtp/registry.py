@@ -10,7 +10,15 @@ dict in sync with the database rather than querying it here). Nothing is stored 
 has not proven its secret, so unauthenticated traffic costs one lookup and one HMAC, no memory.
 
 An address is taken from a datagram only after its MAC, timestamp window and replay checks pass;
-a spoofed register for an existing id (bad MAC) changes nothing.
+a spoofed register for an existing id (bad MAC) changes nothing. The replay guard of a receiver
+starts at the registry's start (`started_wall`, else the first `wall` it is given): a message
+captured before a restart is not taken again by the restarted server.
+
+Playback (`status()["playback"]`): an online receiver is `playing`, `idle` (nothing on air in
+its zone) or `not_playing` with a reason, from its reports: `auth_failed` (media arrives but does
+not authenticate and nothing plays), `no_media` (its zone has been on air for a report interval
+and it plays nothing), `no_reports` (it heartbeats but stopped reporting). Going not-playing
+emits `receiver.not_playing` (an alarm), coming back `receiver.playing_again`.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from streamer.rtp import control_protocol as cp
 Addr = tuple[str, int]
 SecretLookup = Callable[[str], "tuple[bytes, str] | None"]
 TOLERANCE_S = 1.0      # delivery report: slack at the start and end of a broadcast
+CLOCK_SLACK_S = 1.0    # receiver messages stamped this much before our start are still taken
 
 
 def _iso(t: float | None) -> str | None:
@@ -77,12 +86,19 @@ class _Receiver:
     loss_bucket: int | None = None   # the loss (%) it is counted with in loss_zone's histogram
     loss_measured: float | None = None  # the last report's loss, if it measured any (see below)
     loss_zone: str | None = None
+    play_state: str | None = None    # playing / idle / not_playing (None: no report yet)
+    play_reason: str | None = None
+    play_since: float | None = None  # wall
+    auth_failed: int = 0             # media that failed authentication, as it last reported
+    auth_failed_new: int = 0         # ... during its last report interval
+    auth_failed_seen: int = 0        # summed over this server's lifetime (for /metrics)
 
 
 class ReceiverRegistry:
     COUNTERS = ("datagrams", "accepted", "malformed", "unexpected_type", "unknown_id", "bad_mac",
                 "stale", "replay", "lookup_errors", "registers", "heartbeats", "reports", "byes",
-                "welcomes_sent", "now_sent", "address_changes", "offline_transitions")
+                "welcomes_sent", "now_sent", "address_changes", "offline_transitions",
+                "rekeys", "not_playing_transitions")
 
     def __init__(self, secret_for: SecretLookup, *,
                  on_event: Callable[[dict], None] | None = None,
@@ -90,7 +106,7 @@ class ReceiverRegistry:
                  on_zone_loss: Callable[[str, int | None], None] | None = None,
                  keyring=None, heartbeat_s: float = 15.0, missed: int = 3,  # noqa: ANN001
                  window_s: float = 30.0, report_s: float = 5.0, server_name: str = "loa",
-                 max_played: int = 64) -> None:
+                 max_played: int = 64, started_wall: float | None = None) -> None:
         self.secret_for = secret_for
         self.on_event = on_event or (lambda e: None)
         self.on_destinations = on_destinations or (lambda z, a: None)
@@ -116,6 +132,10 @@ class ReceiverRegistry:
         self._now_pending: set[str] = set()         # receivers whose now-playing is due
         self._reject_last: dict[str, float] = {}
         self._sr_sent: dict[tuple[str, int], float] = {}   # (receiver, LSR) -> wall time sent
+        self._floor_ms: int | None = (None if started_wall is None
+                                      else int((started_wall - CLOCK_SLACK_S) * 1000))
+        self._on_air_since: dict[str, float] = {}    # zone -> wall time it went on air
+        self._auth_failed_gone: dict[str, int] = {}  # zone -> auth failures of forgotten rx
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -146,9 +166,15 @@ class ReceiverRegistry:
 
     # -- input --------------------------------------------------------------------------------
 
+    def _floor(self, wall: float) -> int:
+        if self._floor_ms is None:
+            self._floor_ms = int((wall - CLOCK_SLACK_S) * 1000)
+        return self._floor_ms
+
     def datagram_received(self, data: bytes, addr: Addr, now: float,
                           wall: float) -> list[tuple[bytes, Addr]]:
         self.counters["datagrams"] += 1
+        floor = self._floor(wall)
         addr = (str(addr[0]), int(addr[1]))
         try:
             msg = cp.parse(data)
@@ -173,7 +199,7 @@ class ReceiverRegistry:
         r = self._rx.get(msg.receiver_id)
         if r is None:
             r = self._rx[msg.receiver_id] = _Receiver(msg.receiver_id, zone,
-                                                      cp.ReplayGuard(self.window_s))
+                                                      cp.ReplayGuard(self.window_s, floor))
         why = r.guard.check(msg.timestamp_ms, msg.nonce, int(wall * 1000))
         if why is not None:
             self._reject(why, addr, msg.receiver_id, wall, now)
@@ -181,6 +207,10 @@ class ReceiverRegistry:
         self.counters["accepted"] += 1
         if r.zone != zone:            # moved to another zone in the receivers table
             old, r.zone = r.zone, zone
+            if r.auth_failed_seen:
+                self._auth_failed_gone[old] = (self._auth_failed_gone.get(old, 0)
+                                               + r.auth_failed_seen)
+                r.auth_failed_seen = 0
             self._now_pending.add(r.id)
             if r.online:
                 self._push_destinations(old)
@@ -208,6 +238,8 @@ class ReceiverRegistry:
         if t is cp.MsgType.REGISTER:
             self.counters["registers"] += 1
             r.registers += 1
+            if isinstance(msg.body.get("rekey"), str):
+                self.counters["rekeys"] += 1     # its media failed or stopped: fresh keys
         else:
             self.counters["heartbeats"] += 1
             r.heartbeats += 1
@@ -222,6 +254,7 @@ class ReceiverRegistry:
         r.online = True
         r.online_since = wall
         r.now_key = None
+        r.play_state = r.play_reason = r.play_since = None
         self._now_pending.add(r.id)
         self._push_destinations(r.zone)
         self._emit("receiver.online", wall, receiver=r.id, zone=r.zone,
@@ -285,6 +318,7 @@ class ReceiverRegistry:
             return
         r.online = False
         self._count_loss(r, None)
+        r.play_state = r.play_reason = r.play_since = None   # offline is its own alarm
         self.counters["offline_transitions"] += 1
         self._push_destinations(r.zone)
         self._emit("receiver.offline", wall, receiver=r.id, zone=r.zone, reason=reason,
@@ -334,6 +368,14 @@ class ReceiverRegistry:
             if isinstance(v, str) and len(v) <= 64:
                 rep[name] = v
         rep["playing"] = body.get("playing") is True
+        total = _num(body.get("auth_failed"), 0, 2**53)
+        new = _num(body.get("auth_failed_new"), 0, 2**53)
+        if total is not None:
+            if new is None:         # a receiver that only counts: the rise since its last report
+                new = total - r.auth_failed if total >= r.auth_failed else total
+            r.auth_failed = int(total)
+        r.auth_failed_new = int(new or 0)
+        r.auth_failed_seen += r.auth_failed_new
         # A report whose interval brought no packet measured nothing (an idle zone reports
         # 0 % loss): the receiver keeps the loss it measured last, so a lossy link still gets
         # FEC and redundant packets from the first frame of the next broadcast.
@@ -344,6 +386,7 @@ class ReceiverRegistry:
         r.loss_measured = loss
         r.report = rep
         r.report_wall = wall
+        self._judge_playback(r, wall)
         self._choose_redundancy(r, loss, wall)
         lsr, dlsr = body.get("lsr"), _num(body.get("dlsr"), 0, 3600)
         if isinstance(lsr, int) and dlsr is not None:
@@ -370,14 +413,86 @@ class ReceiverRegistry:
                     cur["last"] = max(cur["last"], last)
                     cur["audio_s"] = max(cur["audio_s"], audio)
 
+    # -- playback: is an online receiver really playing? ---------------------------------------
+
+    def _judge_playback(self, r: _Receiver, wall: float) -> None:
+        """From its latest report: the receiver's media fails authentication and nothing
+        plays; or its zone has been on air for a whole report interval (and a second) and it
+        plays nothing. Its link figures describe nothing then (see `_status`)."""
+        rep = r.report
+        playing = rep.get("playing") is True
+        since = self._on_air_since.get(r.zone)
+        if playing:
+            state, reason = "playing", None
+        elif r.auth_failed_new > 0:
+            state, reason = "not_playing", "auth_failed"
+        elif since is not None and wall - since >= self.report_s + 1.0:
+            state, reason = "not_playing", "no_media"
+        else:
+            state, reason = "idle", None
+        self._set_playback(r, state, reason, wall)
+
+    def _set_playback(self, r: _Receiver, state: str, reason: str | None, wall: float) -> None:
+        if state == r.play_state and reason == r.play_reason:
+            return
+        was, was_reason, was_since = r.play_state, r.play_reason, r.play_since
+        r.play_state, r.play_reason, r.play_since = state, reason, wall
+        if state == "not_playing":
+            self.counters["not_playing_transitions"] += 1
+            self._emit("receiver.not_playing", wall, receiver=r.id, zone=r.zone, reason=reason,
+                       auth_failed=r.auth_failed_new, on_air=self._on_air.get(r.zone, []),
+                       previous_reason=was_reason)
+        elif was == "not_playing":
+            self._emit("receiver.playing_again", wall, receiver=r.id, zone=r.zone, state=state,
+                       previous_reason=was_reason,
+                       not_playing_s=round(wall - was_since, 3) if was_since else None)
+
+    def _poll_playback(self, wall: float) -> None:
+        """Time-based verdicts: reports stopped while heartbeats go on; a zone that has been on
+        air for a report interval whose receivers last said they played nothing."""
+        stale = 3 * self.report_s + 1.0
+        for r in self._rx.values():
+            if not r.online:
+                continue
+            if r.report_wall is not None and \
+                    wall - max(r.report_wall, r.online_since or 0.0) > stale:
+                self._set_playback(r, "not_playing", "no_reports", wall)
+            elif r.play_state == "idle":
+                since = self._on_air_since.get(r.zone)
+                if since is not None and wall - since >= self.report_s + 1.0 and \
+                        r.report_wall is not None and r.report_wall >= since + 1.0:
+                    # it said "nothing plays" after the zone went on air, and no report since
+                    # has said otherwise
+                    self._judge_playback(r, wall)
+
+    def not_playing_by_zone(self) -> dict[tuple[str, str], int]:
+        """(zone, reason) -> online receivers not playing, for /metrics."""
+        out: dict[tuple[str, str], int] = {}
+        for r in self._rx.values():
+            if r.online and r.play_state == "not_playing":
+                k = (r.zone, r.play_reason or "unknown")
+                out[k] = out.get(k, 0) + 1
+        return out
+
+    def auth_failures_by_zone(self) -> dict[str, int]:
+        """zone -> media packets its receivers reported failing authentication (a counter over
+        this server's lifetime)."""
+        out = dict(self._auth_failed_gone)
+        for r in self._rx.values():
+            if r.auth_failed_seen:
+                out[r.zone] = out.get(r.zone, 0) + r.auth_failed_seen
+        return out
+
     # -- time, zone status, RTCP --------------------------------------------------------------
 
     def poll(self, now: float, wall: float) -> None:
         """Offline detection: `missed` heartbeats without a valid message."""
+        self._floor(wall)
         limit = self.missed * self.heartbeat_s
         for r in self._rx.values():
             if r.online and now - r.last_seen > limit:
                 self._go_offline(r, wall, f"{self.missed} heartbeats missed")
+        self._poll_playback(wall)
         if len(self._sr_sent) > 4 * max(1, len(self._rx)) + 64:
             cutoff = wall - 60
             self._sr_sent = {k: v for k, v in self._sr_sent.items() if v > cutoff}
@@ -396,6 +511,10 @@ class ReceiverRegistry:
                 norm = [{"broadcast": str(x.get("broadcast")), "level": str(x.get("level"))}
                         for x in on]
                 if self._on_air.get(zone) != norm or zone not in self._on_air_key:
+                    if norm and not self._on_air.get(zone):
+                        self._on_air_since[zone] = wall
+                    elif not norm:
+                        self._on_air_since.pop(zone, None)
                     self._on_air[zone] = norm
                     self._on_air_key[zone] = json.dumps(norm, sort_keys=True)
                     changed.add(zone)
@@ -430,6 +549,9 @@ class ReceiverRegistry:
     def retire(self, receiver_id: str, now: float, wall: float) -> None:
         """A receiver left the fleet: forget it and rotate the media key it knew."""
         r = self._rx.pop(receiver_id, None)
+        if r is not None and r.auth_failed_seen:
+            self._auth_failed_gone[r.zone] = (self._auth_failed_gone.get(r.zone, 0)
+                                              + r.auth_failed_seen)
         if r is not None and r.online:
             r.online = False
             self._count_loss(r, None)
@@ -452,6 +574,10 @@ class ReceiverRegistry:
         loss = rep.get("fraction_lost")
         conc = rep.get("concealed_pct")
         quality = None
+        silent = r.online and r.play_state == "not_playing"
+        if silent:
+            # a receiver that plays nothing measured no link: 0 % loss of nothing is not "good"
+            loss = conc = None
         if loss is not None or conc is not None:
             worst = max(loss or 0.0, (conc or 0.0) / 100.0)
             quality = "good" if worst < 0.01 else "fair" if worst < 0.05 else "poor"
@@ -466,6 +592,11 @@ class ReceiverRegistry:
                      "jb_depth_ms": rep.get("jb_depth_ms"), "jb_target_ms": rep.get("jb_target_ms"),
                      "rtt_ms": r.rtt_ms},
             "redundancy": r.redundant,
+            "playback": {"state": r.play_state if r.online else None,
+                         "reason": r.play_reason if r.online else None,
+                         "since": _iso(r.play_since) if r.online else None,
+                         "auth_failed": r.auth_failed_new if r.online else None,
+                         "auth_failed_total": r.auth_failed},
             "playing": ({"broadcast": rep.get("broadcast"), "level": rep.get("level")}
                         if rep.get("playing") else None),
             "volume": rep.get("volume"), "uptime_s": rep.get("uptime_s"),
