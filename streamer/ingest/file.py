@@ -20,10 +20,13 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import av
 import numpy as np
+from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
+from av.container import InputContainer
 
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, db_to_gain
 from streamer.ingest.base import MediaError, Source
@@ -79,7 +82,7 @@ def _check_path(path: str) -> None:
     os.close(fd)
 
 
-def _open(path: str):
+def _open(path: str) -> tuple[InputContainer, AudioStream]:
     """(container, audio stream) or MediaError. The caller closes the container."""
     path = os.fspath(path)
     _check_path(path)
@@ -112,7 +115,7 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-def _duration(container, stream) -> float | None:
+def _duration(container: InputContainer, stream: AudioStream) -> float | None:
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and container.duration > 0:
@@ -120,7 +123,7 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """What the file is, after proving its first audio actually decodes.
 
     Raises MediaError (message fit for the user) for a missing file, a directory, no read
@@ -184,9 +187,9 @@ class DecodeError(MediaError):
         self.position_s = position_s
 
 
-def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_ERRORS,
+def decode_mono48(path: str | os.PathLike[str], max_decode_errors: int = MAX_DECODE_ERRORS,
                   stop: Callable[[], bool] | None = None,
-                  start_s: float = 0.0) -> Iterator[np.ndarray]:
+                  start_s: float = 0.0) -> Generator[np.ndarray, None, None]:
     """Yield the file as 48 kHz mono float32 chunks of varying length (decoder-sized).
 
     Isolated bad packets are skipped, as FFmpeg does; `max_decode_errors` consecutive failures
@@ -200,7 +203,8 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
     path = os.fspath(path)
     name = os.path.basename(path)
     container, stream = _open(path)
-    resampler = None
+    resampler: av.AudioResampler | None = None  # None until the first frame
+    current: av.AudioResampler  # = resampler once set (the first frame always sets it)
     layout_key = None
     produced = 0
     consecutive = 0
@@ -210,13 +214,15 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
     if seeking:
         skip = int(round(start_s * SAMPLE_RATE))
         try:
-            if stream.start_time is not None and stream.time_base is not None:
-                t0 = float(stream.start_time * stream.time_base)
-            container.seek(int((start_s + t0) / stream.time_base), stream=stream, backward=True)
+            time_base = stream.time_base
+            if time_base is not None:  # without one there is nothing to seek by
+                if stream.start_time is not None:
+                    t0 = float(stream.start_time * time_base)
+                container.seek(int((start_s + t0) / time_base), stream=stream, backward=True)
         except (av.FFmpegError, ValueError, TypeError):
             pass  # not seekable: decode from the start and drop the head
 
-    def emit(frames) -> Iterator[np.ndarray]:
+    def emit(frames: list[AudioFrame]) -> Iterator[np.ndarray]:
         nonlocal produced, skip
         for out in frames:
             x = out.to_ndarray()  # (channels, n) planar float32
@@ -260,11 +266,11 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
                         # a stream may change rate/layout mid-file: drain and rebuild
                         if resampler is not None:
                             yield from emit(resampler.resample(None))
-                        resampler = av.AudioResampler(format="fltp", layout=frame.layout,
-                                                      rate=SAMPLE_RATE)
+                        resampler = current = av.AudioResampler(
+                            format="fltp", layout=frame.layout, rate=SAMPLE_RATE)
                         layout_key = key
                     frame.pts = None  # we play samples back to back; gaps in pts are ignored
-                    yield from emit(resampler.resample(frame))
+                    yield from emit(current.resample(frame))
         except av.FFmpegError as e:
             # the demuxer itself gave up (truncated or garbled container)
             raise DecodeError(f"{name} is corrupt at {produced / SAMPLE_RATE:.2f} s "
@@ -281,11 +287,12 @@ def decode_mono48(path: str | os.PathLike, max_decode_errors: int = MAX_DECODE_E
 #: alert played again, a jingle) is ready the moment it is asked for, before its decoder is up
 PREFIX_FRAMES = 25  # 0.5 s
 _PREFIX_MAX = 64
-_PREFIX: "dict[tuple, list[np.ndarray]]" = {}
+_PrefixKey = tuple[str, int, int, float]  # path, size, mtime_ns, gain_db
+_PREFIX: dict[_PrefixKey, list[np.ndarray]] = {}
 _PREFIX_LOCK = threading.Lock()
 
 
-def _prefix_key(path: str, gain_db: float) -> tuple | None:
+def _prefix_key(path: str, gain_db: float) -> _PrefixKey | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -296,7 +303,7 @@ def _prefix_key(path: str, gain_db: float) -> tuple | None:
 class FileSource(Source):
     kind = "file"
 
-    def __init__(self, path: str | os.PathLike, gain_db: float = 0.0,
+    def __init__(self, path: str | os.PathLike[str], gain_db: float = 0.0,
                  loudness_target_lufs: float | None = None, measured_lufs: float | None = None,
                  history_s: float = 10.0, queue_frames: int = 50, start_s: float = 0.0,
                  max_decode_errors: int = MAX_DECODE_ERRORS) -> None:
@@ -312,7 +319,7 @@ class FileSource(Source):
         self.gain_db = float(norm_db + gain_db)
         self._gain = db_to_gain(self.gain_db)  # only ever lowered, by peak protection
         self.queue_frames = max(1, int(queue_frames))
-        self._queue: queue.Queue = queue.Queue(maxsize=self.queue_frames)
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=self.queue_frames)
         self._stop = threading.Event()
         self._done = threading.Event()      # worker has put its last frame
         self._has_data = threading.Event()  # first frame queued, or worker done
@@ -368,7 +375,7 @@ class FileSource(Source):
             target=self._run, name=f"loa-file-{os.path.basename(self.path)}", daemon=True)
         self._thread.start()
 
-    def _put(self, item) -> bool:
+    def _put(self, item: np.ndarray) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -456,9 +463,9 @@ class FileSource(Source):
             self._replay -= 1
             self._position += 1
             self.frames_read += 1
-            out = self._hist[slot]
-            out.flags.writeable = False
-            return out
+            replayed: np.ndarray = self._hist[slot]
+            replayed.flags.writeable = False
+            return replayed
         try:
             frame = self._queue.get_nowait()
         except queue.Empty:
@@ -466,7 +473,7 @@ class FileSource(Source):
                 self.underruns += 1
             return None
         slot = self._hist_count % self._hist_cap
-        out = self._hist[slot]
+        out: np.ndarray = self._hist[slot]
         out[:] = frame
         self._hist_count += 1
         self._position += 1
