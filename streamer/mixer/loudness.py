@@ -75,7 +75,7 @@ class LoudnessMeter:
         # steps are 100 ms on average even when 0.1 * rate is not a whole number of samples
         return int(round(k * self.rate * STEP_S))
 
-    def feed(self, samples: np.ndarray) -> "LoudnessMeter":
+    def feed(self, samples: np.ndarray) -> LoudnessMeter:
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         n = x.shape[0]
         if n == 0:
@@ -87,13 +87,12 @@ class LoudnessMeter:
         cs = np.cumsum(y)
         start = self.samples          # absolute index of x[0]
         end = start + n
-        done = 0                      # relative index up to which energy has been booked
-        booked = 0.0                  # cs value at `done` (cs[done-1])
+        booked = 0.0                  # cs value at the last boundary booked (cs[rel-1])
         while self._next_boundary <= end:
             rel = self._next_boundary - start
             total = float(cs[rel - 1]) if rel > 0 else 0.0
             self._acc += total - booked
-            booked, done = total, rel
+            booked = total
             self._subs.append(self._acc)
             self._sub_lens.append(self._next_boundary - self._sub_start)
             self._acc = 0.0
@@ -157,7 +156,7 @@ class LoudnessResult:
     duration_s: float        # audio measured (capped by max_seconds)
 
 
-def analyse_file(path: str | os.PathLike, max_seconds: float | None = None) -> LoudnessResult:
+def analyse_file(path: str | os.PathLike[str], max_seconds: float | None = None) -> LoudnessResult:
     """Loudness, peak and duration of a media file as Loa plays it. Blocking (decodes the
     file): call it from a worker thread or executor. Raises MediaError if the file cannot be
     decoded (including a file that breaks part-way)."""
@@ -186,7 +185,7 @@ def analyse_file(path: str | os.PathLike, max_seconds: float | None = None) -> L
     return LoudnessResult(meter.integrated(), meter.peak_dbfs, meter.duration_s)
 
 
-def measure_file(path: str | os.PathLike, max_seconds: float | None = None) -> float:
+def measure_file(path: str | os.PathLike[str], max_seconds: float | None = None) -> float:
     """Integrated loudness (LUFS) of a media file as Loa plays it (see analyse_file)."""
     return analyse_file(path, max_seconds).integrated_lufs
 
