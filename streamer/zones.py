@@ -6,6 +6,7 @@ a group stands for the zones it lists (and, through them, their subtrees).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class ZoneError(ValueError):
@@ -26,7 +27,7 @@ class Zone:
     #: 40 or 60 ms packets, halving or thirding their packet rate
     ptime: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "parent": self.parent,
             "multicast": f"{self.multicast[0]}:{self.multicast[1]}" if self.multicast else None,

@@ -154,7 +154,7 @@ class LiveSource(Source):
             except Exception:  # a callback must never break the engine's tick
                 pass
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         return {
             "frames_pushed": self.frames_pushed, "frames_read": self.frames_read,
             "underruns": self.underruns, "dropped_overflow": self.dropped_overflow,
