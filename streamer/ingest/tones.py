@@ -119,8 +119,9 @@ class ToneSource(SynthSource):
         self._steady: dict[int, np.ndarray] = {}
 
     def _render(self, t: np.ndarray) -> np.ndarray:
-        return (self.amplitude * np.sin(2 * np.pi * self.freq_hz * t)
-                * _fade_envelope(t, self.seconds, self.fade_s))
+        out: np.ndarray = (self.amplitude * np.sin(2 * np.pi * self.freq_hz * t)
+                           * _fade_envelope(t, self.seconds, self.fade_s))
+        return out
 
     def frame_at(self, index: int) -> np.ndarray:
         m = self._period
@@ -163,14 +164,16 @@ class ChimeSource(SynthSource):
         self._frames = _chime_frames(notes, self.onsets_s, self.seconds, self.amplitude)
 
     def frame_at(self, index: int) -> np.ndarray:
-        return self._frames[index]
+        frame: np.ndarray = self._frames[index]
+        return frame
 
     def _render(self, t: np.ndarray) -> np.ndarray:
         return _chime_raw(self.notes_hz, self.onsets_s, self.seconds, t) * (
             self.amplitude / _chime_peak(self.notes_hz, self.onsets_s, self.seconds))
 
 
-def _chime_raw(notes, onsets, seconds, t: np.ndarray) -> np.ndarray:
+def _chime_raw(notes: tuple[float, ...], onsets: tuple[float, ...], seconds: float,
+               t: np.ndarray) -> np.ndarray:
     out = np.zeros_like(t)
     for f0, onset in zip(notes, onsets):
         local = t - onset
@@ -189,24 +192,26 @@ def _chime_raw(notes, onsets, seconds, t: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chime_peak(notes, onsets, seconds) -> float:
+def _chime_peak(notes: tuple[float, ...], onsets: tuple[float, ...], seconds: float) -> float:
     n = int(math.ceil(round(seconds * SAMPLE_RATE) / FRAME_SAMPLES)) * FRAME_SAMPLES
     return _chime_unscaled(notes, onsets, seconds, n)[1]
 
 
 @functools.lru_cache(maxsize=8)
-def _chime_unscaled(notes, onsets, seconds, n) -> tuple[np.ndarray, float]:
+def _chime_unscaled(notes: tuple[float, ...], onsets: tuple[float, ...], seconds: float,
+                    n: int) -> tuple[np.ndarray, float]:
     raw = _chime_raw(notes, onsets, seconds, np.arange(n, dtype=np.float64) / SAMPLE_RATE)
     raw.flags.writeable = False
     return raw, float(np.max(np.abs(raw))) or 1.0
 
 
 @functools.lru_cache(maxsize=8)
-def _chime_frames(notes, onsets, seconds, amplitude) -> np.ndarray:
+def _chime_frames(notes: tuple[float, ...], onsets: tuple[float, ...], seconds: float,
+                  amplitude: float) -> np.ndarray:
     """Rendered once per process per parameter set (~40 ms), then shared by every chime."""
     n = int(math.ceil(round(seconds * SAMPLE_RATE) / FRAME_SAMPLES)) * FRAME_SAMPLES
     raw, peak = _chime_unscaled(notes, onsets, seconds, n)
-    frames = (raw * (amplitude / peak)).astype(DTYPE).reshape(-1, FRAME_SAMPLES)
+    frames: np.ndarray = (raw * (amplitude / peak)).astype(DTYPE).reshape(-1, FRAME_SAMPLES)
     frames.flags.writeable = False
     return frames
 
@@ -235,7 +240,7 @@ class SirenSource(SynthSource):
     def frame_at(self, index: int) -> np.ndarray:
         if self._period is None:
             return super().frame_at(index)
-        frame = self._period[index % self._period.shape[0]]
+        frame: np.ndarray = self._period[index % self._period.shape[0]]
         if index < self._fade_frames or index >= self.total_frames - self._fade_frames - 1:
             t = _frame_times(index)
             frame = _read_only((frame * _fade_envelope(t, self.seconds, self.fade_s))
@@ -248,21 +253,25 @@ class SirenSource(SynthSource):
         return centre - depth * np.cos(2 * np.pi * np.asarray(t) / self.period_s)
 
     def _render(self, t: np.ndarray) -> np.ndarray:
-        return (_siren_wave(self.low_hz, self.high_hz, self.period_s, self.amplitude, t)
-                * _fade_envelope(t, self.seconds, self.fade_s))
+        out: np.ndarray = (_siren_wave(self.low_hz, self.high_hz, self.period_s, self.amplitude, t)
+                           * _fade_envelope(t, self.seconds, self.fade_s))
+        return out
 
 
-def _siren_wave(low_hz, high_hz, period_s, amplitude, t: np.ndarray) -> np.ndarray:
+def _siren_wave(low_hz: float, high_hz: float, period_s: float, amplitude: float,
+                t: np.ndarray) -> np.ndarray:
     centre = (low_hz + high_hz) / 2
     depth = (high_hz - low_hz) / 2
     w = 2 * np.pi / period_s
     # phase = 2*pi * integral of the instantaneous frequency: closed form, any frame stands alone
     phase = 2 * np.pi * (centre * t - depth * np.sin(w * t) / w)
-    return amplitude * (np.sin(phase) + 0.25 * np.sin(3 * phase)) / 1.25
+    out: np.ndarray = amplitude * (np.sin(phase) + 0.25 * np.sin(3 * phase)) / 1.25
+    return out
 
 
 @functools.lru_cache(maxsize=8)
-def _siren_period(low_hz, high_hz, period_s, amplitude) -> np.ndarray | None:
+def _siren_period(low_hz: float, high_hz: float, period_s: float,
+                  amplitude: float) -> np.ndarray | None:
     """One sweep period (whole frames, whole carrier cycles) rendered once per process and
     looped; None when the phase would not close over a period (then frames are rendered
     one at a time)."""
