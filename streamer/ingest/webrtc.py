@@ -19,16 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from streamer.audio import DTYPE, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
 
+if TYPE_CHECKING:
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+    from av.audio.frame import AudioFrame
+
 log = logging.getLogger("loa.webrtc")
 
-_original_get_host_addresses = None
+_original_get_host_addresses: Callable[..., list[str]] | None = None
+
+
+def _loopback_host_addresses(use_ipv4: bool = True, use_ipv6: bool = False) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
 
 
 def restrict_ice_to_loopback(enabled: bool = True) -> None:
@@ -43,7 +53,7 @@ def restrict_ice_to_loopback(enabled: bool = True) -> None:
     if _original_get_host_addresses is None:
         _original_get_host_addresses = ice.get_host_addresses
     if enabled:
-        ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.1"] if use_ipv4 else []
+        ice.get_host_addresses = _loopback_host_addresses
     else:
         ice.get_host_addresses = _original_get_host_addresses
 
@@ -52,21 +62,24 @@ class AudioConverter:
     """av.AudioFrame (any format, layout, rate) → 48 kHz mono float32 samples."""
 
     def __init__(self) -> None:
-        self._resampler = None
-        self._key: tuple | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._key: tuple[str, str, int] | None = None
         self.resampled_frames = 0
 
-    def convert(self, frame) -> np.ndarray:
+    def convert(self, frame: AudioFrame) -> np.ndarray:
         fmt = frame.format.name
         channels = len(frame.layout.channels)
         if frame.sample_rate == SAMPLE_RATE and fmt in ("s16", "s16p", "flt", "fltp"):
-            a = frame.to_ndarray()
+            a: np.ndarray = frame.to_ndarray()
             if fmt in ("s16", "flt"):  # packed: one row, channels interleaved
                 a = a.reshape(-1, channels).T if channels > 1 else a.reshape(1, -1)
             x = a.mean(axis=0) if channels > 1 else a[0]
+            mono: np.ndarray
             if fmt.startswith("s16"):
-                return (x * (1.0 / 32768.0)).astype(DTYPE)
-            return x.astype(DTYPE, copy=False)
+                mono = (x * (1.0 / 32768.0)).astype(DTYPE)
+            else:
+                mono = x.astype(DTYPE, copy=False)
+            return mono
         # resample each channel (planar float) and average them ourselves, as the fast path
         # does: FFmpeg's own downmix would scale by 1/sqrt(2) and make levels depend on rate
         key = (fmt, frame.layout.name, frame.sample_rate)
@@ -80,7 +93,8 @@ class AudioConverter:
         if not out:
             return np.zeros(0, dtype=DTYPE)
         a = np.concatenate(out, axis=1)
-        return (a.mean(axis=0) if a.shape[0] > 1 else a[0]).astype(DTYPE, copy=False)
+        mono = (a.mean(axis=0) if a.shape[0] > 1 else a[0]).astype(DTYPE, copy=False)
+        return mono
 
 
 class WebRtcSession:
@@ -104,9 +118,9 @@ class WebRtcSession:
         self.created = time.monotonic()
         self.first_frame_at: float | None = None
         self.gaps = 0  # audio stalls longer than 200 ms that recovered within the grace
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing: asyncio.Task | None = None
+        self._closing: asyncio.Task[None] | None = None
 
         @self.pc.on("connectionstatechange")
         async def _state() -> None:
@@ -118,13 +132,13 @@ class WebRtcSession:
                 self.finish("connection closed")
 
         @self.pc.on("track")
-        def _track(track) -> None:
+        def _track(track: MediaStreamTrack) -> None:
             if track.kind != "audio" or self._task is not None:
                 return
             self._shorten_jitter_buffer(track)
             self._task = asyncio.ensure_future(self._consume(track))
 
-    def _shorten_jitter_buffer(self, track) -> None:
+    def _shorten_jitter_buffer(self, track: MediaStreamTrack) -> None:
         """aiortc holds 4 audio packets (80 ms) before it decodes the first; Loa's LiveSource
         already has its own small jitter queue, so one packet of prefetch is enough. This saves
         ~60 ms of mouth-to-loudspeaker delay. aiortc keeps the buffer in a private attribute:
@@ -139,7 +153,7 @@ class WebRtcSession:
         except Exception:
             log.warning("could not shorten aiortc's audio jitter buffer", exc_info=True)
 
-    async def accept(self, sdp: str, type_: str = "offer") -> dict:
+    async def accept(self, sdp: str, type_: str = "offer") -> dict[str, str]:
         """Apply the browser's offer and return the answer {sdp, type} (ICE gathered)."""
         from aiortc import RTCSessionDescription
         self._loop = asyncio.get_running_loop()
@@ -165,13 +179,15 @@ class WebRtcSession:
         if self.frames_received == 0 and not self.ended:
             self.finish("no audio arrived (connection never established)")
 
-    async def _consume(self, track) -> None:
+    async def _consume(self, track: MediaStreamTrack) -> None:
         from aiortc.mediastreams import MediaStreamError
+        # an audio track's frames are av.AudioFrames (aiortc types recv() for any kind of track)
+        recv = cast("Callable[[], Awaitable[AudioFrame]]", track.recv)
         try:
             while not self.ended:
                 try:
-                    frame = await asyncio.wait_for(track.recv(), timeout=self.grace_s)
-                except asyncio.TimeoutError:
+                    frame = await asyncio.wait_for(recv(), timeout=self.grace_s)
+                except TimeoutError:
                     self.finish(f"no audio for {self.grace_s:g} s (network lost)")
                     return
                 now = time.monotonic()
@@ -231,7 +247,7 @@ class WebRtcSession:
         if self._closing is not None:
             await asyncio.shield(self._closing)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return {
             "connection": self.pc.connectionState, "frames_received": self.frames_received,
             "ended": self.ended, "end_reason": self.end_reason, "gaps": self.gaps,
