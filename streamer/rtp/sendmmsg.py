@@ -25,6 +25,7 @@ import errno as _errno
 import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ SendmmsgFn = Callable[[int, int, int, int], int]
 """(fd, address of the first mmsghdr, count, flags) -> count sent or -1; errno via get_errno."""
 
 _libc = None
-_sendmmsg = None
+_sendmmsg: SendmmsgFn | None = None
 if AVAILABLE:
     try:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -86,7 +87,7 @@ def get_errno() -> int:
     return ctypes.get_errno()
 
 
-def parse_addr(addr: tuple[str, int] | Sequence) -> tuple[str, int]:
+def parse_addr(addr: tuple[str, int] | Sequence[Any]) -> tuple[str, int]:
     """(host, port) -> (dotted IPv4, port). Hostnames resolve here, on membership change only."""
     host, port = str(addr[0]), int(addr[1])
     if not 0 <= port <= 65535:
@@ -156,14 +157,14 @@ class DestinationArray:
             return
         ips = (packed >> np.uint64(16)).astype(np.uint32)
         ports = (packed & np.uint64(0xFFFF)).astype(">u2")  # network byte order
-        names = np.frombuffer(self.names, dtype=np.uint8).reshape(n, _SOCKADDR_SIZE)
+        names = np.frombuffer(self.names, dtype=np.uint8).reshape(n, _SOCKADDR_SIZE)  # type: ignore[call-overload]
         names[:, 0:2] = np.frombuffer(np.array(socket.AF_INET, dtype=np.uint16).tobytes(),
                                       dtype=np.uint8)
         names[:, 2:4] = ports.view(np.uint8).reshape(n, 2)
         # ips hold inet_aton's bytes read little-endian: writing them back little-endian
         # restores wire order.
         names[:, 4:8] = ips.astype("<u4").view(np.uint8).reshape(n, 4)
-        msgs = np.frombuffer(self.msgs, dtype=np.uint8).reshape(n, _MMSG_SIZE)
+        msgs = np.frombuffer(self.msgs, dtype=np.uint8).reshape(n, _MMSG_SIZE)  # type: ignore[call-overload]
         ptr_dt = np.dtype("<u8" if _PTR == 8 else "<u4") if sys.byteorder == "little" else \
             np.dtype(">u8" if _PTR == 8 else ">u4")
         u32 = np.dtype("<u4" if sys.byteorder == "little" else ">u4")
