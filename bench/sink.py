@@ -223,7 +223,7 @@ class Sink:
         # backwards.
         ext = ((seq - s0 + 1000) & 0xFFFF) - 1000
         # The window [lo, hi] is taken per sequence space: with 40/60 ms packets each phase
-        # of receivers has its own numbering (see streamer.engine._send_long_packets), and a
+        # of receivers has its own numbering (see streamer.rtp.output.RtpOutput._send_long_packets), and a
         # phase's last window or a split window can make its span one longer than another's.
         grp = self.groups if self.groups is not None else np.zeros(n, dtype=np.int64)
         ng = int(grp.max()) + 1 if n else 1
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     per = int(a.frame_ms) // 20
     if per > 1:
         # 40/60 ms receivers are spread over the ticks by address, one sequence space per phase
-        from streamer.engine import _addr_phase
+        from streamer.rtp.output import addr_phase as _addr_phase
         sink.groups = np.array([_addr_phase(addr, per) for addr in receivers(a.receivers,
                                                                                sink.port)],
                                dtype=np.int64)

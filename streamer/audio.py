@@ -19,16 +19,8 @@ SILENCE = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
 SILENCE.setflags(write=False)
 
 
-def new_frame() -> np.ndarray:
-    return np.zeros(FRAME_SAMPLES, dtype=DTYPE)
-
-
 def db_to_gain(db: float) -> float:
     return float(10.0 ** (db / 20.0))
-
-
-def gain_to_db(gain: float) -> float:
-    return float(20.0 * np.log10(max(gain, 1e-12)))
 
 
 def to_int16(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -39,7 +31,3 @@ def to_int16(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.rint(tmp, out=tmp)
     out[:] = tmp
     return out
-
-
-def from_int16(samples: np.ndarray) -> np.ndarray:
-    return (samples.astype(DTYPE) / 32768.0).astype(DTYPE)

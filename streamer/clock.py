@@ -68,13 +68,13 @@ def name_os_thread(name: str) -> None:
 
 
 class TickThread:
-    """Runs `on_tick(k, lateness_ns)` every period in a dedicated thread.
+    """Runs `on_tick(k)` every period in a dedicated thread (lateness is in `schedule`).
 
     The tick lives in its own thread so an HTTP handler, a database call or a garbage collection
     pause in the event loop never makes it late; commands reach it through thread-safe queues.
     """
 
-    def __init__(self, on_tick: Callable[[int, int], None], period_ns: int = FRAME_NS,
+    def __init__(self, on_tick: Callable[[int], None], period_ns: int = FRAME_NS,
                  name: str = "loa-tick", realtime: bool = True) -> None:
         self.on_tick = on_tick
         self.realtime = realtime
@@ -123,10 +123,9 @@ class TickThread:
                 # this VM). A stop is seen within one period.
                 time.sleep(min(wait, self.period_ns) / 1e9)
                 continue
-            lateness = now - sched.deadline()
             k = sched.begin_tick(now)
             try:
-                self.on_tick(k, lateness)
+                self.on_tick(k)
             except BaseException as exc:  # keep the clock alive; the engine logs and counts
                 self.error = exc
                 import logging

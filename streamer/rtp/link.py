@@ -5,7 +5,7 @@ send register/heartbeat from their RTP socket to this port, and media, sender re
 replies leave from the same address:port, so they match the NAT mapping (iptables MASQUERADE
 and most carrier NATs only let back datagrams from the exact address the receiver wrote to).
 
-    link = await start_receiver_endpoint(engine, registry)
+    link = await start_receiver_endpoint(runtime, registry)   # a streamer.runtime.Runtime
     ...
     link.close()
 """
@@ -17,6 +17,7 @@ import socket
 import time
 
 from streamer.audio import FRAME_SAMPLES
+from streamer.port import Destination, SetDestinations
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.registry import ReceiverRegistry
 from streamer.rtp.rtcp import sender_report
@@ -27,7 +28,7 @@ log = logging.getLogger("loa.receivers")
 class ReceiverLink(asyncio.DatagramProtocol):
     def __init__(self, engine, registry: ReceiverRegistry, *,  # noqa: ANN001
                  poll_interval: float = 0.25, sr_interval: float = 5.0) -> None:
-        self.engine = engine
+        self.engine = engine   # the Runtime: zone_status() and rtp_clock()
         self.registry = registry
         self.poll_interval = poll_interval
         self.sr_interval = sr_interval
@@ -90,17 +91,17 @@ class ReceiverLink(asyncio.DatagramProtocol):
         zs = self.engine.zone_status()      # the same object while no zone's status changed
         if zs is not self._zone_status:
             self._zone_status = zs
-            self._on_air = {z: s.get("on_air", []) for z, s in zs.items()}
+            self._on_air = {z: [{"broadcast": o.broadcast, "level": o.level} for o in s.on_air]
+                            for z, s in zs.items()}
         self._send_all(reg.set_on_air(self._on_air, wall))
         if now >= next_sr:
             self._send_reports(wall)
 
     def _send_reports(self, wall: float) -> None:
-        e = self.engine
+        ssrc, ts0, tick, packets = self.engine.rtp_clock()
         # tick k was due within the last 20 ms; good enough for an NTP<->RTP mapping that
         # receivers use for "how far behind real time do I play" (±20 ms)
-        sr = sender_report(e.ssrc, e.ts0, e.tick_index, wall, FRAME_SAMPLES,
-                           e.packets_built, 0)
+        sr = sender_report(ssrc, ts0, tick, wall, FRAME_SAMPLES, packets, 0)
         data = sr.serialize()
         for rid, addr in self.registry.sr_targets():
             self.registry.sr_sent(rid, sr.lsr, wall)
@@ -130,7 +131,10 @@ def _on_destinations(engine, loop: asyncio.AbstractEventLoop,  # noqa: ANN001, A
         items = list(pending.items())
         pending.clear()
         for zone, addrs in items:
-            engine.set_dynamic_destinations(zone, addrs)
+            try:
+                engine.submit(SetDestinations(zone, tuple(Destination(*a) for a in addrs)))
+            except Exception:   # receivers of this zone would stay without audio: say so
+                log.exception("applying the registered receivers of zone %s failed", zone)
 
     def push(zone: str, addrs: list[tuple[str, int]]) -> None:
         pending[zone] = list(addrs)
@@ -148,8 +152,8 @@ async def start_receiver_endpoint(engine, registry: ReceiverRegistry,  # noqa: A
     host/port, if given, must be the Fanout's own bound address (media has to leave from the
     port receivers talk to, or NAT drops it): bind the Fanout there
     (`Fanout(bind=(host, port))`). Wires the registry's destination changes to
-    `engine.set_dynamic_destinations` and tells it the stream's SSRC."""
-    media = engine.fanout.listen_sock   # the media port's incoming side (see Fanout._bind)
+    the runtime (`SetDestinations` commands) and tells it the stream's SSRC."""
+    media = engine.media_socket   # the media port's incoming side (see Fanout._bind)
     bhost, bport = media.getsockname()[:2]
     if port is not None and port not in (0, bport):
         raise ValueError(f"the receiver endpoint must share the media socket (bound to port "

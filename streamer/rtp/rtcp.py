@@ -12,7 +12,6 @@ import struct
 from dataclasses import dataclass
 
 PT_SR = 200
-PT_RR = 201
 NTP_EPOCH_OFFSET = 2_208_988_800        # 1900-01-01 → 1970-01-01
 _SR = struct.Struct("!BBHIIIIII")
 

@@ -1,40 +1,18 @@
-"""The engine driven tick by tick (no thread, no sockets): programs, encoders, preemption."""
+"""The engine (streamer.runtime.Runtime over streamer.core) driven tick by tick with explicit
+times: no thread, no socket, no patched clock. Programs, encoders, preemption and resume,
+ducking, queueing, long packets, SRTP, loss-driven FEC."""
 import numpy as np
 import pytest
 
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
-from streamer.engine import BroadcastRefused, BroadcastSpec, Engine, EngineSettings
-from streamer.ingest.sequence import SkipSource
+from streamer.ingest.sequence import Part, SequenceSource, SkipSource
 from streamer.ingest.tones import ToneSource
-from streamer.mixer.arbitration import Level
+from streamer.port import Refused, ToneAudio
 from streamer.rtp.opus import OpusDecoder
+from streamer.rtp.output import addr_phase
 from streamer.rtp.packet import RtpPacket
 from streamer.zones import Zone, ZoneTree
-
-
-class RecordingFanout:
-    def __init__(self):
-        self.sent = []  # (tick, bytes, keys)
-        self.tick = 0
-        self.dests = {}
-
-    def set_destinations(self, key, addrs):
-        self.dests[key] = list(addrs)
-
-    def send(self, packet, keys):
-        self.sent.append((self.tick, bytes(packet), list(keys)))
-        return len(keys)
-
-    def stats(self):
-        return {"sent": len(self.sent)}
-
-    def by_zone(self, zone):
-        return [(t, RtpPacket.parse(p)) for t, p, keys in self.sent if zone in keys]
-
-
-def long_key(zone, ptime, addr):
-    from streamer.engine import _addr_phase
-    return f"{zone}|{ptime}~{_addr_phase(addr, ptime // 20)}"
+from tests.unit.engine_rig import Rig, decode_zone, dominant_freq, long_key
 
 
 def tone_factory(freq, seconds, amp=-16.0):
@@ -44,75 +22,45 @@ def tone_factory(freq, seconds, amp=-16.0):
     return make
 
 
-def spec(zones, level="normal", freq=1000, seconds=3.0, mode="preempt", live=False, owner=""):
-    return BroadcastSpec(targets=zones, level=Level.parse(level), source_factory=tone_factory(freq, seconds),
-                         kind="tone", mode=mode, live=live, owner=owner, duration_s=seconds)
-
-
-def make_engine(n_zones=3, **kw):
+def make_rig(n_zones=3, **kw):
     tree = ZoneTree()
     tree.add(Zone("province"))
     for i in range(n_zones):
         tree.add(Zone(f"z{i}", parent="province", unicast=[("127.0.0.1", 20000 + i)]))
-    fan = RecordingFanout()
-    events = []
-    eng = Engine(tree, fan, EngineSettings(**kw), on_event=events.append)
-    return eng, fan, events
-
-
-def run(eng, fan, ticks, start=0):
-    for k in range(start, start + ticks):
-        fan.tick = k
-        eng._tick(k, 0)
-    return start + ticks
-
-
-def dominant_freq(pcm):
-    spec_ = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
-    return np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE)[np.argmax(spec_)]
-
-
-def decode_zone(fan, zone):
-    dec = OpusDecoder()
-    out = []
-    for _, p in fan.by_zone(zone):
-        out.append(dec.decode(p.payload))
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    rig = Rig(tree, **kw)
+    return rig, rig.fan, rig.events
 
 
 def test_one_encoder_for_500_zones_and_two_when_an_emergency_takes_20():
-    eng, fan, _ = make_engine(500)
-    eng.start_broadcast(spec(["province"], seconds=5))
-    k = run(eng, fan, 5)
-    assert eng.encoders_active == 1
+    eng, fan, _ = make_rig(500)
+    eng.start(["province"], seconds=5)
+    k = eng.run(5)
+    assert eng.rt.encoders_active == 1
     # one packet per tick for the whole province
     assert len([s for s in fan.sent if s[0] == 4]) == 1
     assert len(fan.sent[-1][2]) == 501
-    eng.start_broadcast(spec([f"z{i}" for i in range(20)], level="emergency", freq=500, seconds=2))
-    run(eng, fan, 5, k)
-    assert eng.encoders_active == 2
+    eng.start([f"z{i}" for i in range(20)], level="emergency", freq=500, seconds=2)
+    eng.run(5)
+    assert eng.rt.encoders_active == 2
 
 
 def test_emergency_preempts_subzone_next_tick_and_programme_resumes_2s_before_cut():
-    eng, fan, events = make_engine(3, resume_rewind_s=2.0)
+    eng, fan, events = make_rig(3, resume_rewind_s=2.0)
     # programme: 4 s of 400 Hz then 4 s of 800 Hz, as one source (tones in sequence)
-    from streamer.ingest.sequence import Part, SequenceSource
     parts = [Part(tone_factory(400, 4.0), 4.0), Part(tone_factory(800, 4.0), 4.0)]
-    prog = BroadcastSpec(targets=["province"], level=Level.NORMAL,
-                         source_factory=lambda s: SequenceSource(parts, s), kind="tone")
-    b = eng.start_broadcast(prog)
-    k = run(eng, fan, 250)  # 5 s: now 1 s into the 800 Hz part
+    eng.play("programme", lambda s: SequenceSource(parts, s), zones=["province"])
+    k = eng.run(250)  # 5 s: now 1 s into the 800 Hz part
     cut_tick = k
-    eng.start_broadcast(spec(["z1"], level="emergency", freq=1500, seconds=1.0))
-    k = run(eng, fan, 1, k)
+    eng.start(["z1"], level="emergency", freq=1500, seconds=1.0)
+    k = eng.run(1)
     # next tick: z1 hears the emergency (marker set), z0 and z2 keep the programme
     last = {z: fan.by_zone(z)[-1] for z in ("z0", "z1", "z2")}
     assert last["z1"][1].marker
     assert not last["z0"][1].marker
-    assert eng.encoders_active == 2
-    k = run(eng, fan, 60, k)  # the emergency ends after 1 s; z1 resumes
-    k = run(eng, fan, 200, k)
-    types = [e["type"] for e in events]
+    assert eng.rt.encoders_active == 2
+    k = eng.run(60)  # the emergency ends after 1 s; z1 resumes
+    k = eng.run(200)
+    types = [e.type for e in events]
     assert "broadcast.preempted" in types and "broadcast.resumed" in types
     # z0 had no gap: one packet every tick from its start
     ticks_z0 = [t for t, _ in fan.by_zone("z0")]
@@ -138,13 +86,12 @@ def test_emergency_preempts_subzone_next_tick_and_programme_resumes_2s_before_cu
 
 
 def test_duck_lowers_programme_by_15_db():
-    eng, fan, events = make_engine(1)
-    eng.start_broadcast(spec(["z0"], level="background", freq=300, seconds=10, ))
-    k = run(eng, fan, 100)
-    ann = spec(["z0"], level="normal", freq=3000, seconds=3, mode="duck")
-    ann.source_factory = tone_factory(3000, 3.0, amp=-60.0)  # nearly silent: measure the bed
-    eng.start_broadcast(ann)
-    k = run(eng, fan, 100, k)
+    eng, fan, events = make_rig(1)
+    eng.start(["z0"], level="background", freq=300, seconds=10)
+    k = eng.run(100)
+    # a nearly silent announcement: measure the bed under it
+    eng.start(["z0"], mode="duck", source=ToneAudio(3000, 3.0, amplitude_dbfs=-60.0))
+    k = eng.run(100)
     pcm = decode_zone(fan, "z0")
     def band_rms(x, f):
         s = np.abs(np.fft.rfft(x * np.hanning(len(x))))
@@ -154,28 +101,28 @@ def test_duck_lowers_programme_by_15_db():
     during = band_rms(pcm[140 * FRAME_SAMPLES:190 * FRAME_SAMPLES], 300)
     drop = 20 * np.log10(during / before)
     assert -17 <= drop <= -13, drop
-    assert any(e["type"] == "broadcast.ducked" for e in events)
+    assert any(e.type == "broadcast.ducked" for e in events)
 
 
 def test_second_live_talker_is_refused_naming_the_holder():
-    eng, fan, events = make_engine(2)
-    eng.start_broadcast(spec(["z0"], live=True, owner="Nguyễn Văn An"))
-    with pytest.raises(BroadcastRefused, match="Nguyễn Văn An"):
-        eng.start_broadcast(spec(["province"], live=True, owner="Trần Thị Bình"))
-    assert events[-1]["type"] == "broadcast.refused"
+    eng, fan, events = make_rig(2)
+    eng.start(["z0"], live=True, owner="Nguyễn Văn An")
+    with pytest.raises(Refused, match="Nguyễn Văn An"):
+        eng.start(["province"], live=True, owner="Trần Thị Bình")
+    assert events[-1].type == "broadcast.refused"
     # another zone is free
-    eng.start_broadcast(spec(["z1"], live=True, owner="Trần Thị Bình"))
+    eng.start(["z1"], live=True, owner="Trần Thị Bình")
 
 
 def test_same_level_files_queue_first_come_first_served():
-    eng, fan, events = make_engine(1)
-    a = eng.start_broadcast(spec(["z0"], freq=500, seconds=1))
-    b = eng.start_broadcast(spec(["z0"], freq=900, seconds=1))
-    run(eng, fan, 120)
+    eng, fan, events = make_rig(1)
+    a = eng.start(["z0"], freq=500, seconds=1)
+    b = eng.start(["z0"], freq=900, seconds=1)
+    eng.run(120)
     pcm = decode_zone(fan, "z0")
     assert abs(dominant_freq(pcm[10 * 960:40 * 960]) - 500) < 20
     assert abs(dominant_freq(pcm[60 * 960:90 * 960]) - 900) < 20
-    fin = [e["broadcast"] for e in events if e["type"] == "broadcast.finished"]
+    fin = [e.broadcast for e in events if e.type == "broadcast.finished"]
     assert fin == [a.id, b.id]
 
 
@@ -185,10 +132,10 @@ def test_cellular_destinations_get_longer_packets(ptime):
     tree = ZoneTree()
     tree.add(Zone("z", unicast=[("127.0.0.1", 1), ("127.0.0.1", 2)],
                   ptime={("127.0.0.1", 2): ptime}))
-    fan = RecordingFanout()
-    eng = Engine(tree, fan, EngineSettings())
-    eng.start_broadcast(spec(["z"], freq=700, seconds=2.0))
-    run(eng, fan, 60)
+    eng = Rig(tree)
+    fan = eng.fan
+    eng.start(["z"], freq=700, seconds=2.0)
+    eng.run(60)
     lk = long_key("z", ptime, ("127.0.0.1", 2))
     assert fan.dests["z"] == [("127.0.0.1", 1)] and fan.dests[lk] == [("127.0.0.1", 2)]
     short = [RtpPacket.parse(p) for _, p, keys in fan.sent if "z" in keys]
@@ -213,12 +160,12 @@ def test_cellular_destinations_get_longer_packets(ptime):
 
 
 def test_dynamic_destinations_with_ptime():
-    eng, fan, _ = make_engine(1)
-    run(eng, fan, 1)
-    eng.set_dynamic_destinations("z0", [("10.0.0.1", 5000), ("10.0.0.2", 5000, 40)])
+    eng, fan, _ = make_rig(1)
+    eng.run(1)
+    eng.set_destinations("z0", [("10.0.0.1", 5000), ("10.0.0.2", 5000, 40)])
     lk = long_key("z0", 40, ("10.0.0.2", 5000))
     assert ("10.0.0.1", 5000) in fan.dests["z0"] and fan.dests[lk] == [("10.0.0.2", 5000)]
-    eng.set_dynamic_destinations("z0", [])
+    eng.set_destinations("z0", [])
     assert fan.dests[lk] == [] and ("10.0.0.1", 5000) not in fan.dests["z0"]
 
 
@@ -226,14 +173,13 @@ def test_a_big_cellular_zone_spreads_its_long_packets_over_the_ticks():
     """10,000 clusters on 40 ms packets in one zone: about half of them get their packet on
     each tick (never all on one tick and none on the next), each gets one every 40 ms with
     consecutive sequence numbers and timestamps 40 ms apart."""
-    from streamer.engine import _addr_phase
     addrs = [(f"10.1.{i // 250}.{i % 250 + 1}", 5004) for i in range(10_000)]
     tree = ZoneTree()
     tree.add(Zone("big", unicast=addrs, ptime={a: 40 for a in addrs}))
-    fan = RecordingFanout()
-    eng = Engine(tree, fan, EngineSettings())
-    eng.start_broadcast(spec(["big"], freq=700, seconds=2.0))
-    run(eng, fan, 40)
+    eng = Rig(tree)
+    fan = eng.fan
+    eng.start(["big"], freq=700, seconds=2.0)
+    eng.run(40)
     n = {ph: len(fan.dests[f"big|40~{ph}"]) for ph in (0, 1)}
     assert n[0] + n[1] == 10_000 and min(n.values()) > 4_500
     per_tick: dict[int, int] = {}
@@ -255,7 +201,6 @@ def test_a_big_cellular_zone_spreads_its_long_packets_over_the_ticks():
         assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == packet_samples(a.payload)
                    for a, b in zip(pkts, pkts[1:]))
         assert sum(packet_samples(p.payload) == 1920 for p in pkts) >= len(pkts) - 4
-    assert _addr_phase(addrs[0], 2) == _addr_phase(addrs[0], 2)
 
 
 def test_registered_receivers_get_srtp_static_destinations_plain_rtp():
@@ -265,17 +210,17 @@ def test_registered_receivers_get_srtp_static_destinations_plain_rtp():
     tree = ZoneTree()
     tree.add(Zone("a", unicast=[("127.0.0.1", 1)]))
     tree.add(Zone("b"))
-    fan = RecordingFanout()
     keyring = MediaKeyring(_t.monotonic())
-    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
-    run(eng, fan, 1)
-    eng.set_dynamic_destinations("a", [("10.0.0.1", 4000)])
-    eng.set_dynamic_destinations("b", [("10.0.0.2", 4000)])
+    eng = Rig(tree, keyring=keyring)
+    fan = eng.fan
+    eng.run(1)
+    eng.set_destinations("a", [("10.0.0.1", 4000)])
+    eng.set_destinations("b", [("10.0.0.2", 4000)])
     assert fan.dests["a#s"] == [("10.0.0.1", 4000)] and fan.dests["a"] == [("127.0.0.1", 1)]
-    eng.start_broadcast(spec(["a"], freq=500, seconds=1))
-    eng.start_broadcast(spec(["b"], freq=900, seconds=1))  # a second program in the same ticks
+    eng.start(["a"], freq=500, seconds=1)
+    eng.start(["b"], freq=900, seconds=1)  # a second program in the same ticks
     fan.sent.clear()
-    run(eng, fan, 20, 1)
+    eng.run(20)
     plain = [p for _, p, keys in fan.sent if keys == ["a"]]
     secure_a = [p for _, p, keys in fan.sent if keys == ["a#s"]]
     secure_b = [p for _, p, keys in fan.sent if keys == ["b#s"]]
@@ -294,24 +239,21 @@ def test_registered_receivers_get_srtp_static_destinations_plain_rtp():
         rx.unprotect(plain[0])
 
 
-def test_program_encoder_plans_for_the_worst_reported_loss_of_its_zones(monkeypatch):
+def test_program_encoder_plans_for_the_worst_reported_loss_of_its_zones():
     """Receivers' loss reports reach the program's encoder: no report -> the assumed loss
     (opus.packet_loss_perc, 10); the worst zone of the program counts; a rise applies at the
     next application pass, a fall only after loss_hold_s; in-band FEC appears in the packets
     (SILK/hybrid TOC) only while the planned loss is high."""
-    import streamer.engine as engine_mod
-    clock = [1000.0]
-    monkeypatch.setattr(engine_mod.time, "monotonic", lambda: clock[0])
-    eng, fan, _ = make_engine(3, loss_hold_s=30.0, loss_apply_interval_s=1.0)
-    eng.start_broadcast(spec(["z0", "z1"], seconds=300))
-    k = run(eng, fan, 3)
-    (ch,) = eng._channels.values()
-    assert ch.encoder.loss_perc == 10 and eng.encoder_stats["planning_loss"] == 1
+    eng, fan, _ = make_rig(3, loss_hold_s=30.0, loss_apply_interval_s=1.0)
+    eng.start(["z0", "z1"], seconds=300)
+    k = eng.run(3)
+    (ch,) = eng.rt.bank.channels.values()
+    assert ch.encoder.loss_perc == 10 and eng.rt.encoder_stats["planning_loss"] == 1
 
     def step(seconds, ticks=2):
         nonlocal k
-        clock[0] += seconds
-        k = run(eng, fan, ticks, k)
+        eng.wait(seconds)
+        k = eng.run(ticks)
 
     def toc_config():
         return fan.by_zone("z0")[-1][1].payload[0] >> 3   # 0-15 SILK/hybrid, 16-31 CELT
@@ -335,7 +277,26 @@ def test_program_encoder_plans_for_the_worst_reported_loss_of_its_zones(monkeypa
     step(27.0)                                    # 28.1 s after the rise
     assert ch.encoder.loss_perc == 12
     step(2.0)
-    assert ch.encoder.loss_perc == 1 and eng.encoder_stats["max_loss_perc"] == 1
+    assert ch.encoder.loss_perc == 1 and eng.rt.encoder_stats["max_loss_perc"] == 1
     eng.set_zone_loss("z1", None)                 # nobody reports there any more: assumed 10
     step(1.1)
     assert ch.encoder.loss_perc == 10
+
+
+def test_long_packet_phase_is_a_fixed_function_of_the_address():
+    """Stable across runs and versions (CRC-32 of "host:port"): a receiver keeps its phase
+    after a restart, and a zone's receivers spread over the phases."""
+    assert [addr_phase(("10.0.0.1", 5004), 2), addr_phase(("10.0.0.1", 5004), 3),
+            addr_phase(("10.0.0.2", 5004), 3), addr_phase(("192.168.1.20", 6000), 3)] == \
+        [zlib_phase("10.0.0.1:5004", 2), zlib_phase("10.0.0.1:5004", 3),
+         zlib_phase("10.0.0.2:5004", 3), zlib_phase("192.168.1.20:6000", 3)]
+    assert addr_phase(("10.0.0.1", 5004), 2) == 0   # crc32(b"10.0.0.1:5004") is even
+    counts = [0, 0, 0]
+    for i in range(3000):
+        counts[addr_phase((f"10.2.{i // 250}.{i % 250 + 1}", 5004), 3)] += 1
+    assert min(counts) > 900
+
+
+def zlib_phase(text, per):
+    import binascii
+    return binascii.crc32(text.encode()) % per
