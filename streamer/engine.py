@@ -904,7 +904,7 @@ class Engine:
             out.append((joined, (self.ts0 + run_k * FRAME_SAMPLES) & 0xFFFFFFFF))
         return out
 
-    def _tick(self, k: int, lateness_ns: int) -> None:
+    def _tick(self, k: int, lateness_ns: int = 0) -> None:
         t0 = time.perf_counter_ns()
         with self.lock:
             self._tick_locked(k)
