@@ -36,6 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -56,6 +57,13 @@ _MSG_DEST = b"D"
 _MSG_EXIT = b"X"
 _MAX_UNIONS = 4096  # union ids defined to workers before they are all forgotten and reused
 
+_Keys = tuple[object, ...]   # the keys (zone ids; key ids in a worker) a packet goes to
+_Addr = tuple[str, int]
+#: a sendable union: (destinations, their array when sending in-process with sendmmsg, else
+#: their address list when sending with sendto, else None)
+_Union = tuple[int, DestinationArray | None, list[_Addr] | None]
+_V = TypeVar("_V")
+
 
 _SO_ATTACH_REUSEPORT_CBPF = 51   # Linux <asm-generic/socket.h>
 _BPF_RET_K = 0x06                # BPF_RET | BPF_K
@@ -70,20 +78,20 @@ def _steer_to_first(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, prog)
 
 
-class _ByIdentity:
+class _ByIdentity(Generic[_V]):
     """Values for key tuples that the caller passes again as the same object. The engine
     passes the same key tuple every tick while its plan holds; hashing a tuple of 5,000 zone ids
     costs ~100 µs, so such a tuple is found by identity first. Holds each tuple, so its id
     cannot be reused while it is here."""
 
     def __init__(self) -> None:
-        self._d: dict[int, tuple[tuple, object]] = {}
+        self._d: dict[int, tuple[_Keys, _V]] = {}
 
-    def get(self, keys: tuple):  # noqa: ANN201
+    def get(self, keys: _Keys) -> _V | None:
         hit = self._d.get(id(keys))
         return hit[1] if hit is not None and hit[0] is keys else None
 
-    def put(self, keys: tuple, value: object) -> None:
+    def put(self, keys: _Keys, value: _V) -> None:
         if len(self._d) >= _UNION_CACHE:
             self._d.clear()
         self._d[id(keys)] = (keys, value)
@@ -101,10 +109,9 @@ class _Destinations:
         # With sender workers the parent only counts: unpacking 10,000 addresses back to
         # tuples (~6 ms) on every membership change would be work nobody reads.
         self.need_list = need_list
-        self._cache: OrderedDict[tuple, tuple[int, DestinationArray | None, list | None]] = \
-            OrderedDict()
-        self._by_key: dict[object, set[tuple]] = {}  # key -> cached unions that include it
-        self._by_id = _ByIdentity()
+        self._cache: OrderedDict[_Keys, _Union] = OrderedDict()
+        self._by_key: dict[object, set[_Keys]] = {}  # key -> cached unions that include it
+        self._by_id: _ByIdentity[_Union] = _ByIdentity()
 
     def set(self, key: object, packed: np.ndarray) -> bool:
         """Replace a key's addresses; False (and nothing invalidated) if they did not change."""
@@ -125,7 +132,7 @@ class _Destinations:
                 self._forget(ck)
         return True
 
-    def _forget(self, ck: tuple) -> None:
+    def _forget(self, ck: _Keys) -> None:
         for k in ck:
             s = self._by_key.get(k)
             if s is not None:
@@ -133,7 +140,7 @@ class _Destinations:
                 if not s:
                     del self._by_key[k]
 
-    def union(self, keys: tuple) -> tuple[int, DestinationArray | None, list | None]:
+    def union(self, keys: _Keys) -> _Union:
         same = self._by_id.get(keys)
         if same is not None:
             return same
@@ -143,6 +150,7 @@ class _Destinations:
             return hit
         parts = [self.keys[k] for k in dict.fromkeys(keys) if k in self.keys]
         packed = union_packed(parts)
+        entry: _Union
         if self.build_arrays:
             entry = (len(packed), DestinationArray(packed) if len(packed) else None, None)
         elif self.need_list:
@@ -204,9 +212,10 @@ class Fanout:
         self._dests = _Destinations(build_arrays=self.batched and self.workers == 0,
                                     need_list=self.workers == 0)
         #: destination lists packed ahead of `set_destinations` (see `prepare`), by content
-        self._prepared: OrderedDict[tuple, tuple[list, np.ndarray]] = OrderedDict()
+        self._prepared: OrderedDict[tuple[_Addr, ...], tuple[list[_Addr], np.ndarray]] = \
+            OrderedDict()
         self._prepared_lock = threading.Lock()  # prepare() and the tick run on other threads
-        self._pack_memo: dict[tuple, tuple[tuple[str, int], int]] = {}
+        self._pack_memo: dict[_Addr, tuple[_Addr, int]] = {}  # as given -> (canonical, packed)
         self._sender = BatchSender(self.sock.fileno(), batch=batch) if self.batched else None
         self._result = BatchResult()
         self.sends = 0
@@ -260,7 +269,7 @@ class Fanout:
         self.listen_sock = listen
 
     # -- membership -------------------------------------------------------------------------
-    def _clean_and_pack(self, addrs: Sequence[tuple[str, int]]) -> tuple[list, np.ndarray]:
+    def _clean_and_pack(self, addrs: Sequence[_Addr]) -> tuple[list[_Addr], np.ndarray]:
         """(addresses in order without duplicates, their packed form). Each address is parsed
         once and remembered: a zone that grows one receiver at a time costs a dictionary
         look-up per address it already had (~0.1 µs), not a parse (~1 µs)."""
@@ -277,8 +286,8 @@ class Fanout:
                 # a new dict, not clear(): the other thread may be reading this one
                 memo = self._pack_memo = {}
                 missing = list(uniq)
-            canon = [(str(a[0]), int(a[1])) for a in missing]
-            memo.update(zip(missing, zip(canon, pack_addrs(canon).tolist())))
+            parsed = [(str(a[0]), int(a[1])) for a in missing]
+            memo.update(zip(missing, zip(parsed, pack_addrs(parsed).tolist())))
         out: dict[tuple[str, int], int] = {}
         for a in uniq:  # ("1.2.3.4", "9") and ("1.2.3.4", 9) are one destination
             canon, value = memo[a]
@@ -371,7 +380,7 @@ class Fanout:
             self.listen_sock.close()
         self.sock.close()
 
-    def __enter__(self) -> "Fanout":
+    def __enter__(self) -> Fanout:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -383,14 +392,14 @@ class Fanout:
 class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.ctl: socket.socket | None = None
         self.shard: dict[int, np.ndarray] = {}   # key id -> this worker's packed addresses
         # Control messages not yet taken by the worker, in order: [key id or None, messages,
         # how many of them went]. Never waited for: a worker busy sending must not stall the
         # tick (or an API call) that changed membership.
-        self.outbox: collections.deque[list] = collections.deque()
-        self.unsent: dict[int, list] = {}     # key id -> its queued membership, not started
+        self.outbox: collections.deque[list[Any]] = collections.deque()
+        self.unsent: dict[int, list[Any]] = {}  # key id -> its queued membership, not started
 
 
 class _WorkerPool:
@@ -412,9 +421,9 @@ class _WorkerPool:
         self._last_restart = 0.0
         # key tuple -> (union id, destinations per worker); the union's key ids go to the
         # workers once, so a tick's message is the packet and 4 bytes, however many zones
-        self._unions: dict[tuple, tuple[int, list[int]]] = {}
+        self._unions: dict[_Keys, tuple[int, list[int]]] = {}
         self._union_msgs: dict[int, bytes] = {}     # union id -> its definition, for restarts
-        self._by_id = _ByIdentity()
+        self._by_id: _ByIdentity[tuple[bytes, list[int]]] = _ByIdentity()
         self.workers = [_Worker(i) for i in range(k)]
         for w in self.workers:
             self._spawn(w)
@@ -526,7 +535,7 @@ class _WorkerPool:
                 pass
         self._spawn(w)
 
-    def send(self, packet: bytes | bytearray | memoryview, keys: tuple) -> None:
+    def send(self, packet: bytes | bytearray | memoryview, keys: _Keys) -> None:
         entry = self._by_id.get(keys)
         if entry is None:
             entry = self._union(keys)
@@ -551,7 +560,7 @@ class _WorkerPool:
                 self.queue_drops_destinations += n
                 self._restart(w)
 
-    def _union(self, keys: tuple) -> tuple[bytes, list[int]]:
+    def _union(self, keys: _Keys) -> tuple[bytes, list[int]]:
         """The union id of these keys (defined to the workers on first use) and how many
         destinations each worker has behind it."""
         known = self._unions.get(keys)

@@ -275,8 +275,8 @@ class BatchSender:
             eagains = 0
 
 
-def sendto_all(sock: socket.socket, packet: bytes | memoryview, addrs: Iterable[tuple[str, int]],
-               out: BatchResult) -> None:
+def sendto_all(sock: socket.socket, packet: bytes | bytearray | memoryview,
+               addrs: Iterable[tuple[str, int]], out: BatchResult) -> None:
     """Portable fallback (non-Linux): one sendto per destination, same error policy."""
     for addr in addrs:
         try:
