@@ -1,9 +1,8 @@
-"""Who may do what: credentials, roles, and the one policy table every request goes through.
+"""Credentials and secrets: scrypt passwords, API tokens, the login throttle, receiver secrets
+(the one generator, and AES-GCM at rest).
 
-Sans-IO: nothing here touches the network or the database; control/app.py's auth middleware
-looks up principals and calls `Policy`. Every route is registered with an *action* name, and
-`POLICY` says which roles may perform each action. Zone scope and level caps for broadcasts are
-checked by `Policy.check_broadcast` / `Policy.may_stop` from the same table of role limits.
+Sans-IO: nothing here touches the network or the database. Who may do what is decided in
+control/policy.py; control/access.py looks callers up and asks it.
 """
 from __future__ import annotations
 
@@ -17,130 +16,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from streamer.mixer.arbitration import Level
-
-ROLES = ("admin", "operator", "official", "alert_authority", "viewer")
-ALL = frozenset(ROLES)
-ADMIN = frozenset({"admin"})
-PUBLIC = "public"  # no credentials needed
-
-# action -> roles that may perform it (scope and level limits on top, see ROLE_LIMITS)
-POLICY: dict[str, frozenset[str] | str] = {
-    "health.read": PUBLIC, "openapi.read": PUBLIC, "metrics.read": PUBLIC, "sdp.read": PUBLIC,
-    "session.login": PUBLIC,
-    "session.logout": ALL, "session.me": ALL,
-    "zones.read": ALL, "zones.write": ADMIN,
-    "receivers.read": frozenset({"admin", "operator", "viewer"}), "receivers.write": ADMIN,
-    "media.read": ALL, "media.write": frozenset({"admin", "operator"}),
-    "broadcasts.read": ALL,
-    "broadcasts.start": frozenset({"admin", "operator", "official", "alert_authority"}),
-    "broadcasts.stop": frozenset({"admin", "operator", "official", "alert_authority"}),
-    "asrun.read": ALL, "events.read": ALL,
-    "users.read": ADMIN, "users.write": ADMIN,
-    "audit.read": ADMIN,
-    # going live (control/live.py asks through LoaApp.authorize)
-    "live.start": frozenset({"admin", "operator", "official", "alert_authority"}),
-    "live.stop": frozenset({"admin", "operator", "official", "alert_authority"}),
-    "live.status": ALL,
-}
-
-
-@dataclass(frozen=True)
-class RoleLimits:
-    max_level: Level | None  # highest level this role may start
-    min_level: Level = Level.BACKGROUND
-    anywhere: bool = False  # False: only inside the user's zone scope
-    stop_any_in_scope: bool = False  # False: only broadcasts it owns
-    raw_paths: bool = False
-
-
-ROLE_LIMITS: dict[str, RoleLimits] = {
-    "admin": RoleLimits(Level.EMERGENCY, anywhere=True, stop_any_in_scope=True, raw_paths=True),
-    "operator": RoleLimits(Level.PRIORITY, stop_any_in_scope=True),
-    "official": RoleLimits(Level.PRIORITY),
-    "alert_authority": RoleLimits(Level.EMERGENCY, min_level=Level.EMERGENCY, anywhere=True),
-    "viewer": RoleLimits(None),
-}
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    role: str
-    user_id: int | None = None
-    scope: tuple[str, ...] = ()  # zone ids whose subtrees this user may address
-    via: str = "token"  # token | session | admin-token | bootstrap
-    display_name: str = ""
-
-    @property
-    def label(self) -> str:
-        """What other people see (a refusal names the holder by it)."""
-        return self.display_name or self.name
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "role": self.role, "user_id": self.user_id,
-                "scope": list(self.scope), "via": self.via, "display_name": self.label}
-
-
-class Denied(Exception):
-    def __init__(self, message: str, code: str = "forbidden") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Policy:
-    @staticmethod
-    def allows(principal: Principal | None, action: str) -> bool:
-        roles = POLICY[action]  # KeyError: a route registered without an action is a bug
-        if roles == PUBLIC:
-            return True
-        return principal is not None and principal.role in roles
-
-    @staticmethod
-    def scope_zones(principal: Principal, tree) -> set[str] | None:
-        """Zones the principal may address; None means everywhere."""
-        if ROLE_LIMITS[principal.role].anywhere:
-            return None
-        out: set[str] = set()
-        for z in principal.scope:
-            if z in tree.zones:
-                out |= tree.subtree(z)
-        return out
-
-    @classmethod
-    def check_broadcast(cls, principal: Principal, tree, reached: set[str], level: Level,
-                        source_kind: str) -> None:
-        lim = ROLE_LIMITS[principal.role]
-        if lim.max_level is None or level > lim.max_level:
-            raise Denied(f"role {principal.role} may not start {level.label} broadcasts"
-                         + (f" (highest: {lim.max_level.label})" if lim.max_level is not None else ""))
-        if level < lim.min_level:
-            raise Denied(f"role {principal.role} starts only {lim.min_level.label} broadcasts")
-        if source_kind == "file" and not lim.raw_paths:
-            raise Denied("only admin may play a server-side file path; upload it to the media "
-                         "library and play it by id", code="raw_path_forbidden")
-        allowed = cls.scope_zones(principal, tree)
-        if allowed is not None:
-            outside = sorted(reached - allowed)
-            if outside:
-                raise Denied(f"zones outside your scope: {', '.join(outside[:10])}",
-                             code="out_of_scope")
-
-    @classmethod
-    def may_stop(cls, principal: Principal, tree, broadcast: dict) -> bool:
-        lim = ROLE_LIMITS[principal.role]
-        if principal.role == "admin":
-            return True
-        if broadcast.get("owner") == principal.name:
-            return True
-        if not lim.stop_any_in_scope:
-            return False
-        allowed = cls.scope_zones(principal, tree)
-        reached = set(broadcast.get("reached_zones", []))
-        level = Level.parse(broadcast.get("level", "normal"))
-        return (allowed is None or reached <= allowed) and level <= (lim.max_level or -1)
-
 
 # ----------------------------------------------------------------------------- secrets
 
@@ -177,6 +52,20 @@ def _b64(b: bytes) -> str:
 
 def _unb64(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def new_receiver_secret() -> bytes:
+    """The one generator of receiver secrets: 256 random bits whose base64 form never starts
+    with "-" (`--secret -x...` would read as an option)."""
+    secret = secrets.token_bytes(32)
+    while _b64(secret)[0] == "-":
+        secret = secrets.token_bytes(32)
+    return secret
+
+
+def b64(b: bytes) -> str:
+    """How a secret is shown (once) to whoever provisions the receiver."""
+    return _b64(b)
 
 
 def token_hash(secret: str) -> str:

@@ -1,5 +1,10 @@
 """`loa serve`, `loa play`, `loa demo`, `loa admin create-user`, `loa zones import`,
-`loa receivers provision` (one, or many from a CSV/JSON file)."""
+`loa receivers provision` (one, or many from a CSV/JSON file).
+
+`loa play` and `loa demo` start broadcasts through the HTTP API (so through the one broadcast
+use case, with the caller's credentials); the state commands open the database and go through
+the service layer (control/service.py) like the API, and print its domain errors.
+"""
 from __future__ import annotations
 
 import argparse
@@ -55,11 +60,11 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
         scheme = "https"
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
     await site.start()
-    loa = app["loa"]
-    rport = loa.engine.fanout.sock.getsockname()[1]
+    server = app["loa"]
+    rport = server.engine.stats().receiver_port
     log.info("Loa serving on %s://%s:%d (data in %s)", scheme, host, port, settings.data_dir)
     print(f"loa: serving {scheme}://{host}:{port}/api/v1  pages: /live /dashboard  "
-          f"receivers: udp {rport}  zones: " + ", ".join(loa.engine.tree.zones), flush=True)
+          f"receivers: udp {rport}  zones: " + ", ".join(server.tree().zones), flush=True)
     if ready is not None:
         ready.set()
     stop = stop or asyncio.Event()
@@ -97,10 +102,10 @@ def cmd_serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from control.errors import ApiError
+    from control.errors import DomainError
     try:
         _run(serve_async(settings))
-    except ApiError as e:  # the TOML zones do not fit with the stored tree
+    except DomainError as e:  # the TOML zones do not fit with the stored tree
         print(f"loa serve: invalid zone configuration: {e.message}", file=sys.stderr)
         return 2
     except (ConfigError, ValueError) as e:  # e.g. TLS files, an rtp_ingest entry
@@ -318,10 +323,10 @@ async def _with_state(args: argparse.Namespace, fn):
 
 
 def _run_state(args, fn, prog: str) -> int:
-    from control.errors import ApiError
+    from control.errors import DomainError
     try:
         out = asyncio.run(_with_state(args, fn))
-    except ApiError as e:
+    except DomainError as e:
         print(f"{prog}: {e.message} ({e.code})", file=sys.stderr)
         return 1
     except ConfigError as e:
@@ -336,7 +341,7 @@ def cmd_admin(argv: list[str]) -> int:
         print("usage: loa admin create-user USERNAME [--role admin] [--scope ZONE ...] "
               "[--password-stdin] [--token NAME]", file=sys.stderr)
         return 2
-    from control.auth import ROLES
+    from control.policy import ROLES
     p = _state_parser("loa admin create-user", "Create an account (the way in when no admin "
                                                  "token is configured).")
     p.add_argument("username")

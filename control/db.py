@@ -2,7 +2,7 @@
 
 The schema is a list of migrations applied in order at start (`PRAGMA user_version` says how
 many ran). Rows go in and out as plain dicts; the rules about what may change live in the
-callers (control/app.py, control/resources.py), the shapes live here.
+callers (control/service.py and the handlers in control/api/), the shapes live here.
 
 The audit table is append-only: SQLite triggers refuse UPDATE and DELETE on it, so not even a
 bug in this process can rewrite history.
@@ -218,9 +218,6 @@ class Database:
     async def receiver(self, rid: str) -> dict | None:
         return await self._one("SELECT * FROM receivers WHERE id=?", (rid,))
 
-    async def upsert_receiver(self, row: dict) -> None:
-        await self._upsert("receivers", row)
-
     async def existing_ids(self, table: str, ids: Iterable[str]) -> set[str]:
         """Which of `ids` are rows of `table` (zones, receivers): targeted look-ups, so checking
         a batch of new receivers never reads the whole table."""
@@ -412,9 +409,6 @@ class Database:
     async def revoke_token(self, tid: str) -> None:
         await self._exec("UPDATE tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
                          (utc_iso(), tid))
-
-    async def touch_token(self, tid: str) -> None:
-        await self._exec("UPDATE tokens SET last_used_at=? WHERE id=?", (utc_iso(), tid))
 
     async def insert_session(self, hash_: str, user_id: int, expires: float) -> None:
         await self._exec("INSERT INTO sessions (hash, user_id, created_at, expires) "

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import threading
 from collections.abc import Callable
+
+log = logging.getLogger("loa.events")
 
 
 class EventHub:
@@ -34,8 +37,8 @@ class EventHub:
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._fanout, event)
-            except RuntimeError:
-                pass
+            except RuntimeError:  # the loop closed between the check and the call: shutting down
+                log.debug("event %s after the loop closed", event.get("type"))
 
     def _fanout(self, event: dict) -> None:
         for q in list(self._subs):
@@ -48,8 +51,8 @@ class EventHub:
         for obs in self.observers:
             try:
                 obs(event)
-            except Exception:
-                pass
+            except Exception:  # one broken observer must not starve the others, nor go unseen
+                log.exception("event observer %r failed on %s", obs, event.get("type"))
 
     def subscribe(self, maxsize: int = 1000) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue(maxsize=maxsize)

@@ -1,28 +1,31 @@
-"""Prometheus metrics at /metrics, read from the engine when scraped (nothing on the tick)."""
+"""Prometheus metrics at /metrics, read through the engine port when scraped (nothing on the
+tick): `port.stats()` and the receiver registry."""
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from streamer.port import EnginePort
+
 
 class EngineCollector:
-    def __init__(self, engine, registry=None) -> None:
-        self.engine = engine
+    def __init__(self, port: EnginePort, registry=None) -> None:
+        self.port = port
         self.registry = registry
 
     def collect(self):
-        e = self.engine
-        c = e.clock_stats
+        st = self.port.stats()
+        c = st.clock
         yield GaugeMetricFamily("loa_encoders_active", "Opus encoders running (distinct programs)",
-                                value=e.encoders_active)
-        es = e.encoder_stats
+                                value=st.encoders_active)
+        es = st.encoders
         yield GaugeMetricFamily("loa_encoders_planning_loss",
                                 "Program encoders planning for packet loss (reported or assumed)",
                                 value=es["planning_loss"])
         yield GaugeMetricFamily("loa_encoder_loss_percent_max",
                                 "Highest packet loss (%) any program encoder plans for",
                                 value=es["max_loss_perc"])
-        yield GaugeMetricFamily("loa_broadcasts_active", "Active broadcasts", value=len(e.broadcasts))
+        yield GaugeMetricFamily("loa_broadcasts_active", "Active broadcasts", value=st.broadcasts_active)
         yield CounterMetricFamily("loa_ticks", "Engine ticks run", value=c["ticks"])
         yield CounterMetricFamily("loa_tick_late", "Ticks that started more than half a period late",
                                   value=c["late_ticks"])
@@ -32,7 +35,7 @@ class EngineCollector:
                                   value=c["tick_overruns"])
         yield GaugeMetricFamily("loa_tick_work_us", "Work time of the last tick (µs)",
                                 value=c["last_tick_us"])
-        f = e.fanout.stats()
+        f = st.fanout
         yield CounterMetricFamily("loa_packets_sent", "RTP packets sent", value=f.get("sent", 0))
         yield CounterMetricFamily("loa_packets_dropped", "RTP packets dropped (socket full)",
                                   value=f.get("dropped", 0))
@@ -74,10 +77,12 @@ class EngineCollector:
             yield auth
 
 
-def render_metrics(engine, registry=None) -> tuple[bytes, str]:
-    reg = getattr(engine, "_prom_registry", None)
-    if reg is None:
-        reg = CollectorRegistry()
-        reg.register(EngineCollector(engine, registry))
-        engine._prom_registry = reg
-    return generate_latest(reg), CONTENT_TYPE_LATEST
+class Metrics:
+    """The exposition of /metrics: one collector registry per server."""
+
+    def __init__(self, port: EnginePort, registry=None) -> None:
+        self._registry = CollectorRegistry()
+        self._registry.register(EngineCollector(port, registry))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST

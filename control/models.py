@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from control.auth import ROLES
+from control.policy import ROLES
 from control.settings import ReceiverConfig, ZoneConfig
 from streamer.zones import Zone, ZoneTree, parse_destination, parse_hostport
 

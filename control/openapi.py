@@ -6,6 +6,9 @@ import re
 
 from pydantic.json_schema import models_json_schema
 
+from control.http import Route
+from control.policy import Policy
+
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
@@ -20,7 +23,7 @@ def _ok(desc: str, schema: dict | None = None, ctype: str = "application/json") 
     return {"description": desc, "content": {ctype: {"schema": schema or {"type": "object"}}}}
 
 
-def build_openapi(version: str, routes: list) -> dict:
+def build_openapi(version: str, routes: list[Route]) -> dict:
     models = {r.body for r in routes if r.body is not None}
     _, defs = models_json_schema([(mdl, "validation") for mdl in sorted(models, key=lambda x: x.__name__)],
                                  ref_template="#/components/schemas/{model}")
@@ -28,6 +31,8 @@ def build_openapi(version: str, routes: list) -> dict:
     schemas["Error"] = ERROR
     paths: dict[str, dict] = {}
     for r in routes:
+        if r.root:  # pages and /metrics live outside /api/v1
+            continue
         op: dict = {"summary": r.summary, "operationId": f"{r.method.lower()}_{r.path}",
                     "x-loa-action": r.action}
         params = [{"name": p, "in": "path", "required": True,
@@ -53,8 +58,7 @@ def build_openapi(version: str, routes: list) -> dict:
         ok = ({"200": _ok("SDP", {"type": "string"}, r.produces)} if r.produces != "application/json"
               else {str(r.ok): _ok(r.summary)})
         op["responses"] = {**ok, **_err(*r.errors)}
-        if r.action.split(".")[0] not in ("health", "openapi", "sdp", "metrics") \
-                and r.action != "session.login":
+        if not Policy.is_public(r.action):
             op["security"] = [{"bearer": []}, {"session": []}]
         paths.setdefault(f"/api/v1{r.path}", {})[r.method.lower()] = op
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "operationId": "get_metrics",

@@ -1,11 +1,14 @@
 """State-changing operations shared by the HTTP API and the CLI (one code path for both).
 
 Every change to zones and groups is checked by building the would-be tree in memory first (so a
-bad change never reaches the database), then written, then the engine's tree is swapped in one
-`edit_tree` call. Receivers are the many rows (10,000s): adding, moving or retiring them is
-checked with targeted queries (does the zone exist, is the id free) and reaches the engine as
-new destinations of the zones concerned only, never as a rebuild of the whole tree. An asyncio
-lock serialises these edits inside one process.
+bad change never reaches the database), then written, then the new tree is kept here (control's
+own tree: policy checks and target resolution read it) and handed on through `apply_tree` (the
+server sends the engine a ReplaceZones command). Receivers are the many rows (10,000s): adding,
+moving or retiring them is checked with targeted queries (does the zone exist, is the id free)
+and handed on as the new destinations of the zones concerned only (`apply_zones`: UpdateZones),
+never as a rebuild of the whole tree. An asyncio lock serialises these edits inside one process.
+
+Errors are domain errors (control/errors.py); the HTTP layer and the CLI decide how to show them.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import asyncio
 import csv
 import io
 import json
-import os
+import logging
 import secrets
 import sqlite3
 from collections import Counter
@@ -22,14 +25,12 @@ from pathlib import Path
 
 from control import auth
 from control.db import Database, utc_iso
-from control.errors import ApiError
+from control.errors import Conflict, Invalid, NotFound, TooLarge
+from control.policy import ROLES
 from control.models import (receiver_destination, tree_from_rows, zone_from_row,
                             zone_with_destinations)
 from control.settings import Settings
 from streamer.zones import Zone, ZoneError, ZoneTree, parse_destination
-
-CSV_LEVELS = ("province", "district", "commune", "ward", "town", "village", "cluster", "")
-
 
 def public_receiver(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "secret_enc"}
@@ -47,11 +48,7 @@ def _names(ids: list[str], limit: int = 20) -> str:
     return ", ".join(repr(i) for i in ids[:limit]) + more
 
 
-def _new_secret() -> bytes:
-    secret = secrets.token_bytes(32)
-    while auth._b64(secret)[0] == "-":  # `--secret -x...` would read as an option
-        secret = secrets.token_bytes(32)
-    return secret
+log = logging.getLogger("loa.control")
 
 
 class ControlState:
@@ -63,7 +60,7 @@ class ControlState:
         self.db = db
         self.settings = settings
         self.box = box
-        self.apply_tree = apply_tree  # swaps the engine's tree (None in the CLI)
+        self.apply_tree = apply_tree  # hands the new tree on (to the engine; None in the CLI)
         #: hands the engine new destinations of a few zones of `self.tree` (nothing else changed);
         #: without it, such changes go through apply_tree
         self.apply_zones = apply_zones
@@ -83,7 +80,7 @@ class ControlState:
             return tree_from_rows(zones, groups, receivers,
                                   cellular_ptime=self._cellular_ptime)
         except ZoneError as e:
-            raise ApiError(409, "invalid_tree", str(e)) from None
+            raise Conflict("invalid_tree", str(e)) from None
 
     async def reload_tree(self) -> ZoneTree:
         tree = self._check(*await self._rows())
@@ -91,6 +88,22 @@ class ControlState:
             self.tree = tree
             self.apply_tree(tree)
         return tree
+
+    async def watch(self, interval_s: float = 2.0) -> None:
+        """Pick up zone/receiver changes another process (the CLI) wrote to the same file."""
+        last = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                (v,) = await (await self.db.conn.execute("PRAGMA data_version")).fetchone()
+                if last is not None and v != last:
+                    async with self.lock:
+                        await self.reload_tree()
+                last = v
+            except Conflict as e:
+                log.error("stored zone tree is inconsistent: %s", e.message)
+            except Exception:
+                log.exception("db watch failed")
 
     @property
     def _cellular_ptime(self) -> int:
@@ -160,10 +173,7 @@ class ControlState:
                 if rc.id not in receivers:
                     new_rx.append(rc.id)
                 receivers[rc.id] = row
-            try:
-                self._check(list(zones.values()), list(groups.values()), list(receivers.values()))
-            except ZoneError as e:
-                raise ApiError(409, "invalid_tree", f"configuration: {e}") from None
+            self._check(list(zones.values()), list(groups.values()), list(receivers.values()))
             stmts = [Database.upsert_sql("zones", _zone_cols(z)) for z in zones.values()
                      if z.get("origin") == "config"]
             stmts += [Database.upsert_sql("groups", {k: g[k] for k in ("id", "name", "zones", "origin")})
@@ -175,7 +185,7 @@ class ControlState:
                                                 "link", "notes", "status", "origin")}
                 if r["id"] in new_rx:
                     # a static receiver still gets a secret: the receiver-security work needs one
-                    cols["secret_enc"] = self.box.seal(secrets.token_bytes(32), r["id"])
+                    cols["secret_enc"] = self.box.seal(auth.new_receiver_secret(), r["id"])
                 stmts.append(Database.upsert_sql("receivers", cols))
             if stmts:
                 await self.db.transaction(stmts)
@@ -186,7 +196,7 @@ class ControlState:
         async with self.lock:
             zones, groups, rxs = await self._rows()
             if any(z["id"] == data["id"] for z in zones) or any(g["id"] == data["id"] for g in groups):
-                raise ApiError(409, "zone_exists", f"a zone or group {data['id']!r} already exists")
+                raise Conflict("zone_exists", f"a zone or group {data['id']!r} already exists")
             row = _zone_cols(dict(data, origin="api"))
             self._check(zones + [row], groups, rxs)
             await self.db.upsert_zone(row)
@@ -198,7 +208,7 @@ class ControlState:
             zones, groups, rxs = await self._rows()
             cur = next((z for z in zones if z["id"] == zid), None)
             if cur is None:
-                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+                raise NotFound("unknown_zone", f"no zone with id {zid!r}")
             new = dict(cur, **changes)
             self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
             await self.db.upsert_zone(_zone_cols(new))
@@ -210,9 +220,9 @@ class ControlState:
             zones, groups, rxs = await self._rows()
             cur = next((z for z in zones if z["id"] == zid), None)
             if cur is None:
-                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+                raise NotFound("unknown_zone", f"no zone with id {zid!r}")
             if parent is not None and not any(z["id"] == parent for z in zones):
-                raise ApiError(404, "unknown_zone", f"no parent zone with id {parent!r}")
+                raise NotFound("unknown_zone", f"no parent zone with id {parent!r}")
             new = dict(cur, parent=parent)
             self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
             await self.db.upsert_zone(_zone_cols(new))
@@ -223,14 +233,14 @@ class ControlState:
         async with self.lock:
             zones, groups, rxs = await self._rows()
             if not any(z["id"] == zid for z in zones):
-                raise ApiError(404, "unknown_zone", f"no zone with id {zid!r}")
+                raise NotFound("unknown_zone", f"no zone with id {zid!r}")
             n = sum(1 for r in rxs if r["zone"] == zid and r["status"] != "retired")
             if n:
-                raise ApiError(409, "zone_has_receivers",
+                raise Conflict("zone_has_receivers",
                                f"zone {zid!r} still has {n} receiver(s); move or retire them first")
             kids = [z["id"] for z in zones if z.get("parent") == zid]
             if kids:
-                raise ApiError(409, "zone_has_children",
+                raise Conflict("zone_has_children",
                                f"zone {zid!r} still has child zones: {', '.join(kids[:10])}")
             stmts = [("DELETE FROM zones WHERE id=?", (zid,))]
             for g in groups:
@@ -244,7 +254,7 @@ class ControlState:
         async with self.lock:
             zones, groups, rxs = await self._rows()
             if any(z["id"] == gid for z in zones):
-                raise ApiError(409, "zone_exists", f"{gid!r} is already a zone id")
+                raise Conflict("zone_exists", f"{gid!r} is already a zone id")
             row = {"id": gid, "name": name, "zones": members, "origin": "api"}
             self._check(zones, [g for g in groups if g["id"] != gid] + [row], rxs)
             await self.db.upsert_group(row)
@@ -254,7 +264,7 @@ class ControlState:
     async def delete_group(self, gid: str) -> None:
         async with self.lock:
             if not await self.db.delete_group(gid):
-                raise ApiError(404, "unknown_group", f"no group with id {gid!r}")
+                raise NotFound("unknown_group", f"no group with id {gid!r}")
             await self.reload_tree()
 
     async def import_csv(self, text: str) -> dict:
@@ -273,7 +283,7 @@ class ControlState:
                     created += 1
                     by_id[r["id"]] = dict(r, origin="api")
             if any(g["id"] in by_id for g in groups):
-                raise ApiError(409, "zone_exists", "a code in the file is already a group id")
+                raise Conflict("zone_exists", "a code in the file is already a group id")
             self._check(list(by_id.values()), groups, rxs)
             await self.db.transaction([Database.upsert_sql("zones", _zone_cols(by_id[r["id"]]))
                                        for r in rows])
@@ -291,11 +301,11 @@ class ControlState:
         the engine then gets the new destinations of the zones concerned in one change.
         Returns the receivers in the order given, each with its secret (shown only this once)."""
         if not items:
-            raise ApiError(422, "invalid_request", "no receivers given")
+            raise Invalid("invalid_request", "no receivers given")
         given = [it["id"] for it in items if it.get("id")]
         dups = sorted(i for i, n in Counter(given).items() if n > 1)
         if dups:
-            raise ApiError(422, "duplicate_ids",
+            raise Invalid("duplicate_ids",
                            f"receiver id(s) given more than once: {_names(dups)}; nothing was "
                            "written", ids=dups[:1000])
         cp = self._cellular_ptime
@@ -308,7 +318,7 @@ class ControlState:
             except ZoneError as e:
                 bad.append(f"{it.get('id') or f'row {i}'}: {e}")
         if bad:
-            raise ApiError(422, "invalid_address",
+            raise Invalid("invalid_address",
                            "; ".join(bad[:10]) + ("; nothing was written" if len(items) > 1 else ""),
                            count=len(bad))
         async with self.lock:
@@ -323,7 +333,7 @@ class ControlState:
                 if len(items) > 1:
                     msg += f" (named by {len(rows_of)} receiver(s): {_names(rows_of, 10)}); " \
                            "nothing was written"
-                raise ApiError(404, "unknown_zone", msg, zones=missing[:1000], ids=rows_of[:1000])
+                raise NotFound("unknown_zone", msg, zones=missing[:1000], ids=rows_of[:1000])
             used = set(given)
             ids = []
             for it in items:
@@ -337,7 +347,7 @@ class ControlState:
                 taken_l = [i for i in ids if i in taken]
                 msg = (f"receiver {taken_l[0]!r} already exists" if len(taken_l) == 1
                        else f"receivers already exist: {_names(taken_l)}")
-                raise ApiError(409, "receiver_exists",
+                raise Conflict("receiver_exists",
                                msg + ("; nothing was written" if len(items) > 1 else ""),
                                ids=taken_l[:1000])
             now = utc_iso()
@@ -354,7 +364,7 @@ class ControlState:
             try:
                 await self.db.insert_receivers(rows)
             except sqlite3.IntegrityError:
-                raise ApiError(409, "receiver_exists", "a receiver id in the request was created "
+                raise Conflict("receiver_exists", "a receiver id in the request was created "
                                "meanwhile by another process; nothing was written") from None
             if new_zones is None:
                 await self.reload_tree()
@@ -364,14 +374,14 @@ class ControlState:
         out = []
         for r, secret in zip(rows, raw):
             d = public_receiver(r)
-            d["secret"] = auth._b64(secret)
+            d["secret"] = auth.b64(secret)
             out.append(d)
         return out
 
     def _seal(self, rows: list[dict]) -> list[bytes]:
         raw = []
         for r in rows:
-            secret = _new_secret()
+            secret = auth.new_receiver_secret()
             r["secret_enc"] = self.box.seal(secret, r["id"])
             raw.append(secret)
         return raw
@@ -392,7 +402,7 @@ class ControlState:
         try:
             return {z: zone_with_destinations(self.tree.zones[z], a) for z, a in by_zone.items()}
         except ZoneError as e:
-            raise ApiError(422, "invalid_address", str(e)) from None
+            raise Invalid("invalid_address", str(e)) from None
 
     async def receiver_secret(self, rid: str) -> bytes:
         """For the receiver-security work: the raw secret, to verify HMACs."""
@@ -407,11 +417,11 @@ class ControlState:
         async with self.lock:
             cur = await self.db.receiver(rid)
             if cur is None:
-                raise ApiError(404, "unknown_receiver", f"no receiver with id {rid!r}")
+                raise NotFound("unknown_receiver", f"no receiver with id {rid!r}")
             if "zone" in changes and not await self.db.existing_ids("zones", [changes["zone"]]):
-                raise ApiError(404, "unknown_zone", f"no zone with id {changes['zone']!r}")
+                raise NotFound("unknown_zone", f"no zone with id {changes['zone']!r}")
             if cur["status"] == "retired" and "status" not in changes:
-                raise ApiError(409, "receiver_retired", f"receiver {rid!r} is retired")
+                raise Conflict("receiver_retired", f"receiver {rid!r} is retired")
             new = dict(cur, **changes)
             cp = self._cellular_ptime
             before, after = receiver_destination(cur, cp), receiver_destination(new, cp)
@@ -419,7 +429,7 @@ class ControlState:
                 if after is not None:
                     parse_destination(after, "receiver address")
             except ZoneError as e:
-                raise ApiError(409, "invalid_tree", str(e)) from None
+                raise Conflict("invalid_tree", str(e)) from None
             await self.db.update_receiver(rid, **changes)
             if (before, cur["zone"]) != (after, new["zone"]):
                 await self._refresh_zone_destinations({cur["zone"], new["zone"]})
@@ -430,9 +440,9 @@ class ControlState:
     async def retire_receiver(self, rid: str) -> dict:
         r = await self.db.receiver(rid)
         if r is None:
-            raise ApiError(404, "unknown_receiver", f"no receiver with id {rid!r}")
+            raise NotFound("unknown_receiver", f"no receiver with id {rid!r}")
         if r["status"] == "retired":
-            raise ApiError(409, "receiver_retired", f"receiver {rid!r} is already retired")
+            raise Conflict("receiver_retired", f"receiver {rid!r} is already retired")
         # the secret goes with it: a retired receiver can never authenticate again
         return await self.update_receiver(rid, {"status": "retired", "retired_at": utc_iso(),
                                                 "secret_enc": None})
@@ -440,10 +450,10 @@ class ControlState:
     # ------------------------------------------------------------------ users and tokens
     async def create_user(self, username: str, role: str, scope: list[str],
                           password: str | None, display_name: str = "") -> dict:
-        if role not in auth.ROLES:
-            raise ApiError(422, "invalid_role", f"role must be one of {', '.join(auth.ROLES)}")
+        if role not in ROLES:
+            raise Invalid("invalid_role", f"role must be one of {', '.join(ROLES)}")
         if await self.db.user_by_name(username) is not None:
-            raise ApiError(409, "user_exists", f"user {username!r} already exists")
+            raise Conflict("user_exists", f"user {username!r} already exists")
         ph = await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password) \
             if password else None
         uid = await self.db.insert_user(username, role, scope, ph, display_name)
@@ -451,7 +461,7 @@ class ControlState:
 
     async def update_user(self, uid: int, changes: dict) -> dict:
         if await self.db.user(uid) is None:
-            raise ApiError(404, "unknown_user", f"no user with id {uid}")
+            raise NotFound("unknown_user", f"no user with id {uid}")
         fields = {k: v for k, v in changes.items()
                   if k in ("role", "scope", "disabled", "display_name")}
         if "disabled" in fields:
@@ -467,7 +477,7 @@ class ControlState:
 
     async def create_token(self, uid: int, name: str) -> dict:
         if await self.db.user(uid) is None:
-            raise ApiError(404, "unknown_user", f"no user with id {uid}")
+            raise NotFound("unknown_user", f"no user with id {uid}")
         tid, token, h = auth.new_token()
         await self.db.insert_token(tid, uid, name, h)
         return {"id": tid, "user_id": uid, "name": name, "token": token,
@@ -476,9 +486,9 @@ class ControlState:
     async def rotate_token(self, tid: str) -> dict:
         t = await self.db.token(tid)
         if t is None:
-            raise ApiError(404, "unknown_token", f"no token with id {tid!r}")
+            raise NotFound("unknown_token", f"no token with id {tid!r}")
         if t["revoked_at"]:
-            raise ApiError(409, "token_revoked", f"token {tid!r} is revoked; create a new one")
+            raise Conflict("token_revoked", f"token {tid!r} is revoked; create a new one")
         new = await self.create_token(t["user_id"], t["name"])
         await self.db.revoke_token(tid)
         return dict(new, replaces=tid)
@@ -493,18 +503,19 @@ def _zone_cols(z: dict) -> dict:
 
 
 def parse_zone_csv(text: str) -> list[dict]:
-    """Sans-IO: CSV text → zone rows; raises ApiError(422) naming the first bad line."""
+    """Sans-IO: CSV text → zone rows; raises Invalid (TooLarge past 200,000 rows) naming the
+    first bad line."""
     import re
     if not text.strip():
-        raise ApiError(422, "invalid_csv", "the CSV file is empty")
+        raise Invalid("invalid_csv", "the CSV file is empty")
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
         header = [h.strip().lower() for h in next(reader)]
     except (csv.Error, StopIteration) as e:
-        raise ApiError(422, "invalid_csv", f"cannot read the CSV header: {e}") from None
+        raise Invalid("invalid_csv", f"cannot read the CSV header: {e}") from None
     need = ["code", "name", "parent_code", "level"]
     if header[:4] != need:
-        raise ApiError(422, "invalid_csv",
+        raise Invalid("invalid_csv",
                        f"the header must be {','.join(need)} (got {','.join(header[:4])})")
     rows, seen = [], set()
     pat = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -513,43 +524,27 @@ def parse_zone_csv(text: str) -> list[dict]:
             if not any(c.strip() for c in rec):
                 continue
             if len(rec) < 4:
-                raise ApiError(422, "invalid_csv", f"line {n}: expected 4 columns, got {len(rec)}")
+                raise Invalid("invalid_csv", f"line {n}: expected 4 columns, got {len(rec)}")
             code, name, parent, level = (c.strip() for c in rec[:4])
             if not pat.match(code) or len(code) > 100:
-                raise ApiError(422, "invalid_csv", f"line {n}: bad code {code!r}")
+                raise Invalid("invalid_csv", f"line {n}: bad code {code!r}")
             if parent and (not pat.match(parent) or len(parent) > 100):
-                raise ApiError(422, "invalid_csv", f"line {n}: bad parent code {parent!r}")
+                raise Invalid("invalid_csv", f"line {n}: bad parent code {parent!r}")
             if code in seen:
-                raise ApiError(422, "invalid_csv", f"line {n}: code {code!r} appears twice")
+                raise Invalid("invalid_csv", f"line {n}: code {code!r} appears twice")
             if len(name) > 200 or len(level) > 40:
-                raise ApiError(422, "invalid_csv", f"line {n}: name or level too long")
+                raise Invalid("invalid_csv", f"line {n}: name or level too long")
             seen.add(code)
             rows.append({"id": code, "code": code, "name": name or code,
                          "parent": parent or None, "level": level.lower()})
             if len(rows) > 200_000:
-                raise ApiError(413, "csv_too_large", "more than 200000 rows")
+                raise TooLarge("csv_too_large", "more than 200000 rows")
     except csv.Error as e:
-        raise ApiError(422, "invalid_csv", f"line {reader.line_num}: {e}") from None
+        raise Invalid("invalid_csv", f"line {reader.line_num}: {e}") from None
     if not rows:
-        raise ApiError(422, "invalid_csv", "the CSV file has a header but no rows")
+        raise Invalid("invalid_csv", "the CSV file has a header but no rows")
     return rows
 
 
 def media_root(settings: Settings) -> Path:
     return settings.data_dir / "media"
-
-
-def path_allowed(path: str, media_dirs: list[Path]) -> str | None:
-    """The real path if it lies under one of media_dirs (after resolving symlinks and ..)."""
-    try:
-        real = os.path.realpath(path)
-    except (OSError, ValueError):
-        return None
-    for d in media_dirs:
-        root = os.path.realpath(d)
-        try:
-            if os.path.commonpath([real, root]) == root:
-                return real
-        except ValueError:
-            continue
-    return None

@@ -235,7 +235,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
             async with s.delete(f"{url}/api/v1/live/{b_id}") as r:
                 assert r.status == 200
         await b_pc.close()
-        assert engine.list_broadcasts() == []
+        assert [b.to_dict() for b in engine.broadcasts()] == []
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'on_air'", 15, "on air")
         a_id = await br.js("window.loaState.broadcast")
@@ -249,7 +249,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         assert (await br.js("window.loaState.levelDb")) > -30  # the meter moves
         assert "Thôn 1" in await br.js("document.getElementById('reached').textContent")
         assert await br.js("document.getElementById('elapsed').textContent") != "00:00"
-        (b,) = engine.list_broadcasts()
+        (b,) = [b.to_dict() for b in engine.broadcasts()]
         assert b["id"] == a_id and b["owner"] == "ong-a" and b["source"]["kind"] == "webrtc"
 
         # a second official on the same zone is refused with the holder's name
@@ -282,8 +282,8 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         # hang up: the zone is free, packets stop
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'ended'", 5, "the hang-up")
-        await wait_for(lambda: engine.list_broadcasts() == [], 5, "the zone to be freed")
-        assert engine.get(a_id)["state"] == "stopped"
+        await wait_for(lambda: [b.to_dict() for b in engine.broadcasts()] == [], 5, "the zone to be freed")
+        assert engine.broadcast(a_id).state == "stopped"
         n = cap.count
         await asyncio.sleep(0.5)
         assert cap.count - n <= 2
@@ -299,8 +299,8 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         await br.wait("window.loaState.phase == 'on_air'", 15, "on air again")
         c_id = await br.js("window.loaState.broadcast")
         await br.close_page()
-        await wait_for(lambda: engine.list_broadcasts() == [], 8, "release after page close")
-        assert engine.get(c_id)["state"] == "stopped"
+        await wait_for(lambda: [b.to_dict() for b in engine.broadcasts()] == [], 8, "release after page close")
+        assert engine.broadcast(c_id).state == "stopped"
         assert not sessions
     finally:
         await br.stop()
@@ -338,11 +338,11 @@ async def test_network_drop_keeps_the_zone_for_the_grace_period(live_server):
         session = sessions[bid]
         track.stall_until = time.monotonic() + 0.5
         await asyncio.sleep(1.2)
-        assert engine.get(bid)["state"] in ("playing", "queued")  # kept through the drop
+        assert engine.broadcast(bid).state in ("playing", "queued")  # kept through the drop
         assert session.gaps >= 1 and not session.ended
         track.stall_until = time.monotonic() + 5.0
-        await wait_for(lambda: engine.get(bid)["state"] == "stopped", 4, "release after grace")
+        await wait_for(lambda: engine.broadcast(bid).state == "stopped", 4, "release after grace")
         assert "no audio" in session.end_reason
-        assert engine.list_broadcasts() == []
+        assert [b.to_dict() for b in engine.broadcasts()] == []
     finally:
         await pc.close()

@@ -1,8 +1,16 @@
 """Emergency broadcasts start with an attention signal and may repeat with a pause."""
 import numpy as np
 
-from control.sources import BroadcastRequest, build_source
+from control.sources import BroadcastRequest, describe_request
 from streamer.audio import SAMPLE_RATE
+from streamer.ingest.catalogue import Catalogue, duration_of
+
+
+def build_source(req, loudness_target, default_attention):
+    """The request as control describes it, opened by the engine's catalogue."""
+    desc, details = describe_request(req, default_attention)
+    return (lambda start_s: Catalogue(loudness_target).open(desc, start_s)), details, \
+        duration_of(desc)
 
 
 def frames_of(src, limit=5000):

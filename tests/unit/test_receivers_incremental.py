@@ -11,7 +11,8 @@ import pytest
 
 from control import auth
 from control.db import Database
-from control.errors import ApiError
+from control.errors import DomainError
+from control.http import status_of
 from control.models import tree_from_rows
 from control.service import ControlState
 from control.settings import load_settings
@@ -215,9 +216,9 @@ async def test_bulk_is_all_or_nothing(state):
          422, "invalid_address", "x2"),
     ]
     for rows, status, code, named in cases:
-        with pytest.raises(ApiError) as e:
+        with pytest.raises(DomainError) as e:
             await st.provision_receivers(rows)
-        assert (e.value.status, e.value.code) == (status, code), rows
+        assert (status_of(e.value), e.value.code) == (status, code), rows
         assert named in e.value.message
         assert len(await st.db.receivers()) == n  # nothing written
     assert await st.db.receiver("x1") is None
@@ -241,17 +242,17 @@ async def test_server_secret_cache_is_incremental(tmp_path, monkeypatch):
         assert r.status == 201
         out = (await r.json())["receivers"]
         for rx in out:
-            assert loa.receiver_secrets[rx["id"]] == (auth._unb64(rx["secret"]), "xa")
+            assert loa.receiver_secrets.secrets[rx["id"]] == (auth._unb64(rx["secret"]), "xa")
         assert opened == []  # the new secrets were known: nothing decrypted
         # a full reload (another process wrote the file) decrypts nothing that did not change
         async with loa.state.lock:
             await loa.state.reload_tree()
-        await loa.refresh_receiver_secrets()
-        assert opened == [] and len(loa.receiver_secrets) == 50
+        await loa.receiver_secrets.refresh()
+        assert opened == [] and len(loa.receiver_secrets.secrets) == 50
         r = await c.post("/api/v1/receivers/rx3/retire", headers=adm)
-        assert r.status == 200 and "rx3" not in loa.receiver_secrets
-        # the engine has every destination but the retired one
-        assert len(loa.engine.tree.zones["xa"].unicast) == 49
+        assert r.status == 200 and "rx3" not in loa.receiver_secrets.secrets
+        # control's tree (the one the engine was sent) has every destination but the retired one
+        assert len(loa.tree().zones["xa"].unicast) == 49
 
 
 def test_cli_provisions_from_csv_and_json(tmp_path, capsys):

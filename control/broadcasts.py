@@ -1,0 +1,171 @@
+"""Starting and stopping broadcasts: the one use case behind the HTTP API, the live page
+(WebRTC), RTP ingest and the CLI (`loa play` goes through the HTTP API, so through here).
+
+    start:  policy (level, scope, raw paths) → media look-up / file analysis → a source
+            description → `port.submit(StartBroadcast)`
+    stop:   policy (may this caller stop it) → `port.submit(StopBroadcast)`
+
+Zones are resolved in control's own tree (the one control/service.py keeps and sends to the
+engine), so a policy decision never asks the engine. The engine's refusals come back as
+domain errors (control/errors.py), which the HTTP layer maps to statuses.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+from control.db import Database
+from control.errors import Conflict, Forbidden, Invalid, NotFound
+from control.policy import Policy, Principal
+from control.settings import Settings
+from control.sources import BroadcastRequest, FileSpec, MediaSpec, describe_request
+from streamer.ingest.base import MediaError
+from streamer.ingest.catalogue import analyse
+from streamer.mixer.arbitration import Level
+from streamer.port import (BroadcastSnapshot, EnginePort, LiveAudio, Refused, StartBroadcast,
+                           StopBroadcast, UnknownBroadcast)
+from streamer.port import Conflict as PortConflict
+from streamer.zones import ZoneError, ZoneTree
+
+
+def system_principal(name: str) -> Principal:
+    """An input the administrator configured (an RTP ingest port): it acts with admin rights
+    under its own name."""
+    return Principal(name, "admin", via="config")
+
+
+class Broadcasts:
+    def __init__(self, port: EnginePort, tree: Callable[[], ZoneTree], db: Database,
+                 settings: Settings) -> None:
+        self.port = port
+        self.tree = tree  # control's zone tree
+        self.db = db
+        self.settings = settings
+        #: held while a media item is looked up and started, and while one is deleted: a
+        #: recording cannot disappear between its look-up and its first frame
+        self.media_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ start
+    def _reach(self, targets: list[str] | tuple[str, ...]) -> set[str]:
+        try:
+            return self.tree().resolve(list(targets))
+        except ZoneError as e:
+            raise NotFound("unknown_zone", str(e)) from None
+
+    def authorize_start(self, principal: Principal, targets: list[str] | tuple[str, ...],
+                        level: Level, kind: str) -> set[str]:
+        """The zones `targets` reach, if this caller may start a `kind` broadcast of `level`
+        there (NotFound, Forbidden otherwise)."""
+        reached = self._reach(targets)
+        Policy.check_broadcast(principal, self.tree(), reached, level, kind)
+        return reached
+
+    async def start(self, principal: Principal, req: BroadcastRequest) -> BroadcastSnapshot:
+        """POST /broadcasts."""
+        self.authorize_start(principal, req.zones, req.level_enum, req.source.kind)
+        if isinstance(req.source, FileSpec):
+            Policy.check_raw_path(principal, req.source.path, self.settings.media_dirs)
+        loop = asyncio.get_running_loop()
+        async with self.media_lock:
+            media = analysis = None
+            try:
+                if isinstance(req.source, MediaSpec):
+                    media = await self.db.media(req.source.id)
+                    if media is None:
+                        raise NotFound("unknown_media", f"no media with id {req.source.id!r}")
+                    # still there and readable (cached while unchanged); measured at upload
+                    await loop.run_in_executor(None, analyse, media["path"], None)
+                elif isinstance(req.source, FileSpec):
+                    analysis = await loop.run_in_executor(
+                        None, analyse, os.path.abspath(req.source.path),
+                        self.settings.loudness_target_lufs)
+            except MediaError as e:
+                raise Invalid("media_unplayable", str(e)) from None
+            desc, details = describe_request(req, self.settings.emergency_attention,
+                                             media=media, analysis=analysis)
+            cmd = StartBroadcast(id=req.id or "", targets=tuple(req.zones), level=req.level_enum,
+                                 source=desc, mode=req.mode, gain_db=req.gain_db,
+                                 owner=principal.name, owner_name=principal.label,
+                                 title=str(details.get("title") or ""), details=details)
+            return await loop.run_in_executor(None, self.submit, cmd)
+
+    def start_live(self, principal: Principal, targets: list[str] | tuple[str, ...],
+                   level: Level, source: Any, via: str, details: dict[str, Any] | None = None
+                   ) -> BroadcastSnapshot:
+        """A live input (a phone's WebRTC track, an encoder's RTP stream): registered with the
+        engine and aired. Thread-safe and short (RTP ingest calls it from its own thread)."""
+        self.authorize_start(principal, targets, level, via)
+        input_id = self.port.add_live_input(source)
+        cmd = StartBroadcast(id="", targets=tuple(targets), level=level,
+                             source=LiveAudio(input_id, via=via), owner=principal.name,
+                             owner_name=principal.label, details=dict(details or {}))
+        return self.submit(cmd)
+
+    def submit(self, cmd: StartBroadcast) -> BroadcastSnapshot:
+        """The port's refusals as domain errors."""
+        try:
+            snap = self.port.submit(cmd)
+        except Refused as e:
+            holder = e.holder.to_dict() if e.holder is not None else {}
+            raise Conflict("zone_busy", e.reason, holder=holder) from None
+        except ZoneError as e:
+            raise NotFound("unknown_zone", str(e)) from None
+        except PortConflict as e:
+            raise Conflict("conflict", str(e)) from None
+        except MediaError as e:
+            raise Invalid("media_unplayable", str(e)) from None
+        assert snap is not None
+        return snap
+
+    # ------------------------------------------------------------------ RTP ingest
+    def rtp_callbacks(self, port: int) -> tuple[Callable[..., str], Callable[[str, str], None]]:
+        """`start_live` and `stop` for streamer.ingest.rtp_in.RtpIngest (called from its
+        thread). A zone held by a live talker raises port.Refused, which the ingest retries."""
+        def start(name: str, zones: tuple[str, ...], level: Level, source: Any) -> str:
+            try:
+                return self.start_live(system_principal(name), zones, level, source, "rtp",
+                                       {"port": port, "name": name}).id
+            except Conflict as e:
+                if e.code == "zone_busy":
+                    raise Refused(e.message) from None
+                raise
+
+        def stop(broadcast_id: str, reason: str) -> None:
+            self.end(broadcast_id, reason)
+        return start, stop
+
+    # ------------------------------------------------------------------ stop
+    def end(self, broadcast_id: str, reason: str) -> BroadcastSnapshot | None:
+        """Ends a broadcast this node started for somebody already authorised (a hang-up, an
+        idle RTP stream); None if it had ended."""
+        try:
+            return self.port.submit(StopBroadcast(broadcast_id, reason=reason))
+        except UnknownBroadcast:
+            return None
+
+    async def find(self, broadcast_id: str) -> dict:
+        """An active or past broadcast as the API shows it (NotFound)."""
+        snap = self.port.broadcast(broadcast_id)
+        b = snap.to_dict() if snap is not None else await self.db.broadcast(broadcast_id)
+        if b is None:
+            raise NotFound("unknown_broadcast", f"no broadcast with id {broadcast_id!r}")
+        return b
+
+    async def stop(self, principal: Principal, broadcast_id: str) -> BroadcastSnapshot:
+        """DELETE /broadcasts/{id}."""
+        current = await self.find(broadcast_id)
+        if not Policy.may_stop(principal, self.tree(), current):
+            raise Forbidden(f"you may not stop broadcast {broadcast_id} (not yours or outside "
+                            "your scope)")
+        snap = self.end(broadcast_id, f"stopped by {principal.name}")
+        if snap is None:
+            raise Conflict("already_ended", f"broadcast {broadcast_id} has already ended")
+        return snap
+
+    def media_users(self, media_id: str) -> list[str]:
+        """Active broadcasts playing this library item."""
+        return [b.id for b in self.port.broadcasts()
+                if (b.source or {}).get("media_id") == media_id]
+
