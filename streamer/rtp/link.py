@@ -15,18 +15,38 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from streamer.audio import FRAME_SAMPLES
-from streamer.port import Destination, SetDestinations
+from streamer.port import Destination, SetDestinations, ZoneSnapshot
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.registry import ReceiverRegistry
 from streamer.rtp.rtcp import sender_report
 
 log = logging.getLogger("loa.receivers")
 
+Addr = tuple[str, int]
+
+
+class LinkRuntime(Protocol):
+    """What the receiver endpoint uses of the runtime (a streamer.runtime.Runtime)."""
+
+    @property
+    def ssrc(self) -> int: ...
+
+    @property
+    def media_socket(self) -> socket.socket: ...
+
+    def zone_status(self) -> Mapping[str, ZoneSnapshot]: ...
+
+    def rtp_clock(self) -> tuple[int, int, int, int]: ...
+
+    def submit(self, cmd: SetDestinations) -> object: ...
+
 
 class ReceiverLink(asyncio.DatagramProtocol):
-    def __init__(self, engine, registry: ReceiverRegistry, *,  # noqa: ANN001
+    def __init__(self, engine: LinkRuntime, registry: ReceiverRegistry, *,
                  poll_interval: float = 0.25, sr_interval: float = 5.0) -> None:
         self.engine = engine   # the Runtime: zone_status() and rtp_clock()
         self.registry = registry
@@ -36,15 +56,16 @@ class ReceiverLink(asyncio.DatagramProtocol):
         self.address: tuple[str, int] | None = None
         self.counters = {"datagrams_in": 0, "non_control": 0, "sent": 0, "send_errors": 0,
                          "sender_reports": 0}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._zone_status: object = None
-        self._on_air: dict[str, list] = {}
+        self._on_air: dict[str, list[dict[str, str]]] = {}
 
     # -- datagram protocol --------------------------------------------------------------------
-    def connection_made(self, transport) -> None:  # noqa: ANN001
+    # as asyncio.DatagramProtocol declares it (typeshed narrows BaseProtocol's argument too)
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
         self.transport = transport
 
-    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.counters["datagrams_in"] += 1
         if not cp.looks_like_control(data):
             self.counters["non_control"] += 1      # e.g. RTCP from a stock client: ignored
@@ -59,7 +80,7 @@ class ReceiverLink(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         self.counters["send_errors"] += 1
 
-    def _send_all(self, out) -> None:  # noqa: ANN001
+    def _send_all(self, out: Iterable[tuple[bytes, Addr]]) -> None:
         t = self.transport
         if t is None:
             return
@@ -117,8 +138,8 @@ class ReceiverLink(asyncio.DatagramProtocol):
             self.transport = None
 
 
-def _on_destinations(engine, loop: asyncio.AbstractEventLoop,  # noqa: ANN001, ANN202
-                     coalesce_s: float = 0.02):
+def _on_destinations(engine: LinkRuntime, loop: asyncio.AbstractEventLoop,
+                     coalesce_s: float = 0.02) -> Callable[[str, list[Addr]], None]:
     """Destination changes are applied at most every `coalesce_s` per zone: when thousands of
     receivers register at once (after a server restart, say), each zone's destination list is
     rebuilt once per window instead of once per receiver (which is O(n²) under the engine
@@ -143,7 +164,7 @@ def _on_destinations(engine, loop: asyncio.AbstractEventLoop,  # noqa: ANN001, A
     return push
 
 
-async def start_receiver_endpoint(engine, registry: ReceiverRegistry,  # noqa: ANN001
+async def start_receiver_endpoint(engine: LinkRuntime, registry: ReceiverRegistry,
                                   host: str | None = None, port: int | None = None, *,
                                   poll_interval: float = 0.25,
                                   sr_interval: float = 5.0) -> ReceiverLink:
