@@ -197,13 +197,15 @@ class ReceiverRegistry:
             self._reject("bad_mac", addr, msg.receiver_id, wall, now)
             return []
         r = self._rx.get(msg.receiver_id)
-        if r is None:
-            r = self._rx[msg.receiver_id] = _Receiver(msg.receiver_id, zone,
-                                                      cp.ReplayGuard(self.window_s, floor))
+        fresh = r is None
+        if fresh:
+            r = _Receiver(msg.receiver_id, zone, cp.ReplayGuard(self.window_s, floor))
         why = r.guard.check(msg.timestamp_ms, msg.nonce, int(wall * 1000))
         if why is not None:
             self._reject(why, addr, msg.receiver_id, wall, now)
             return []
+        if fresh:           # kept only once a message of its passed every check
+            self._rx[msg.receiver_id] = r
         self.counters["accepted"] += 1
         if r.zone != zone:            # moved to another zone in the receivers table
             old, r.zone = r.zone, zone
