@@ -39,6 +39,16 @@ def test_health_zones_sdp_openapi(server):
     st, doc = server.request("GET", "/api/v1/openapi.json")
     assert st == 200 and doc["openapi"].startswith("3.")
     assert "/api/v1/broadcasts" in doc["paths"]
+    # the live routes are in the one route table, so documented like every other route
+    paths = doc["paths"]
+    assert set(paths["/api/v1/live/offer"]) == {"post"}
+    assert paths["/api/v1/live/offer"]["post"]["x-loa-action"] == "live.start"
+    assert "LiveOffer" in paths["/api/v1/live/offer"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["$ref"]
+    assert set(paths["/api/v1/live/{broadcast}"]) == {"get", "delete"}
+    assert "post" in paths["/api/v1/live/{broadcast}/hangup"]
+    assert "get" in paths["/api/v1/live/ingest/rtp"]
+    assert not any(p.startswith(("/live", "/dashboard")) for p in paths)  # pages are not API
     st, m = server.request("GET", "/metrics")
     assert st == 200 and "loa_encoders_active" in m
 
