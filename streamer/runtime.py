@@ -20,8 +20,10 @@ that reads the clock. Nothing starts before `start()`.
     ...
     runtime.stop()
 
-Without `start()` nothing ticks by itself: tools and tests call `run_tick(k, now_ns, wall)`
-with explicit times, and sources are then opened and closed inline.
+Without a tick thread nothing ticks by itself: tools and tests call `run_tick(k, now_ns, wall)`
+with explicit times, and sources are then opened and closed inline. Not started, zone and
+destination commands take effect at once; after `start(tick_thread=False)` they wait for the
+next tick, as with the thread.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ class Runtime:
         self._dests_applied_at = -1e18
         self._frames: dict[int, np.ndarray] = {}
         self._thread: TickThread | None = None
+        self._driven = False   # started without a thread: the caller runs the ticks
         self._closing: queue.SimpleQueue[Source | None] = queue.SimpleQueue()
         self._opening: queue.SimpleQueue[tuple[Playhead, SourceFactory, float] | None] = \
             queue.SimpleQueue()
@@ -92,7 +95,13 @@ class Runtime:
         self.encoders_active = 0
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> None:
+    def start(self, *, tick_thread: bool = True) -> None:
+        """Start ticking. `tick_thread=False`: the caller runs the ticks (`run_tick`) with times
+        of its own, and commands wait for the next tick exactly as with the thread (destination
+        batching included); no thread is started and sources open and close inline."""
+        if not tick_thread:
+            self._driven = True
+            return
         # The tick thread shares the GIL with HTTP handlers and decoder threads. With the default
         # 5 ms switch interval a tick that crosses many GIL release points (numpy, ctypes, sends)
         # can queue behind busy Python threads for tens of ms; 0.5 ms keeps that wait short.
@@ -110,6 +119,7 @@ class Runtime:
         self._thread.start()
 
     def stop(self) -> None:
+        self._driven = False
         if self._thread:
             self._thread.stop()
         with self.lock:
@@ -125,7 +135,7 @@ class Runtime:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._driven
 
     # ---------------------------------------------------------------- the port
     @property

@@ -1,12 +1,10 @@
-"""Adding, moving and retiring receivers touches only the zones concerned: in the engine's tick
-(`_sync_tree`), in the fan-out (packed ahead, off the tick), in the service layer (no full read
-of the receivers table, no tree rebuild) and in the server's secret cache (nothing decrypted
-again). No sockets except the in-process test server of the last test."""
+"""Adding, moving and retiring receivers touches only the zones concerned: in the service layer
+(no full read of the receivers table, no tree rebuild) and in the server's secret cache (nothing
+decrypted again). What the engine does with them: tests/unit/test_rtp_output.py and
+tests/integration/test_rtp_output_fanout.py. No sockets except the in-process test server of the
+secret cache test."""
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 
 from control import auth
@@ -16,125 +14,7 @@ from control.http import status_of
 from control.models import tree_from_rows
 from control.service import ControlState
 from control.settings import load_settings
-from streamer.engine import Engine
-from streamer.rtp.fanout import Fanout
-from streamer.zones import Zone, ZoneTree
-
-
-class CountingFanout:
-    def __init__(self):
-        self.calls: list[str] = []
-        self.dests: dict[str, list] = {}
-
-    def set_destinations(self, key, addrs):
-        self.calls.append(key)
-        self.dests[key] = list(addrs)
-
-    def send(self, packet, keys):
-        return 0
-
-    def stats(self):
-        return {}
-
-
-def engine_with(n_zones: int = 50):
-    tree = ZoneTree()
-    tree.add(Zone("root"))
-    for i in range(n_zones):
-        tree.add(Zone(f"z{i}", parent="root", unicast=[("127.0.0.1", 20000 + i)]))
-    fan = CountingFanout()
-    return Engine(tree, fan), fan
-
-
-def replace_dests(eng: Engine, zid: str, unicast, hint: bool = True) -> None:
-    new = dataclasses.replace(eng.tree.zones[zid], unicast=list(unicast))
-
-    def edit(t: ZoneTree) -> None:
-        t.zones[zid] = new
-        t.version += 1
-    eng.edit_tree(edit, dests_changed={zid} if hint else None)
-
-
-def zones_applied(fan: CountingFanout) -> set[str]:
-    return {k.split("|")[0].split("#")[0] for k in fan.calls}
-
-
-def test_sync_tree_reapplies_only_the_zones_whose_destinations_changed():
-    eng, fan = engine_with(50)
-    eng._sync_tree()
-    assert zones_applied(fan) == {"root"} | {f"z{i}" for i in range(50)}  # first time: all
-    fan.calls.clear()
-    eng._sync_tree()
-    assert fan.calls == []  # nothing changed, nothing applied
-    replace_dests(eng, "z7", [("127.0.0.1", 20007), ("127.0.0.2", 9)])
-    eng._sync_tree()
-    assert zones_applied(fan) == {"z7"}
-    assert fan.dests["z7"] == [("127.0.0.1", 20007), ("127.0.0.2", 9)]
-    # without the hint every zone is compared, still only the changed one is re-applied
-    fan.calls.clear()
-    replace_dests(eng, "z9", [("127.0.0.9", 9)], hint=False)
-    eng._sync_tree()
-    assert zones_applied(fan) == {"z9"}
-    # a new Zone object with the same destinations is not a change
-    fan.calls.clear()
-    replace_dests(eng, "z3", [("127.0.0.1", 20003)])
-    eng._sync_tree()
-    assert fan.calls == []
-    # a change made behind edit_tree's back (version bumped directly) is still noticed
-    eng.tree.zones["z4"] = dataclasses.replace(eng.tree.zones["z4"], unicast=[])
-    eng.tree.version += 1
-    eng._sync_tree()
-    assert zones_applied(fan) == {"z4"} and fan.dests["z4"] == []
-
-
-def test_structure_changes_still_reach_every_zone_and_broadcast():
-    eng, fan = engine_with(3)
-    eng._sync_tree()
-    fan.calls.clear()
-    # a hinted change followed by an unhinted one: the tick must not trust the hint
-    replace_dests(eng, "z0", [("127.0.0.5", 5)])
-    eng.edit_tree(lambda t: t.add(Zone("z-new", parent="root", unicast=[("127.0.0.6", 6)])))
-    eng._sync_tree()
-    assert zones_applied(fan) == {"z0", "z-new"}
-    fan.calls.clear()
-    eng.edit_tree(lambda t: t.remove("z-new"))
-    eng._sync_tree()
-    assert "z-new" in zones_applied(fan) and fan.dests["z-new"] == []  # dropped
-    # read-only edit_tree calls (broadcast target resolution) change nothing
-    fan.calls.clear()
-    assert eng.edit_tree(lambda t: t.resolve(["root"]), dests_changed={"z1"}) >= {"z1"}
-    eng._sync_tree()
-    assert fan.calls == []
-
-
-def test_prepared_destinations_are_packed_off_the_tick():
-    fan = Fanout(workers=0)
-    try:
-        tree = ZoneTree()
-        tree.add(Zone("big"))
-        eng = Engine(tree, fan)
-        eng._sync_tree()
-        addrs = [(f"127.0.{i // 250}.{i % 250 + 1}", 5000) for i in range(3000)]
-        big = dataclasses.replace(tree.zones["big"], unicast=addrs)
-        assert eng.prepare_destinations([big]) == 1
-        assert len(fan._prepared) == 1
-        calls = []
-        real = fan._clean_and_pack
-        fan._clean_and_pack = lambda a: calls.append(len(a)) or real(a)
-        replace_dests(eng, "big", addrs)
-        eng._sync_tree()
-        assert calls == [] and len(fan._prepared) == 0  # the tick packed nothing itself
-        assert fan.destinations("big") == addrs
-        assert np.array_equal(fan._dests.keys["big"], real(addrs)[1])
-        # already applied: nothing to prepare; small lists are left to the tick
-        assert eng.prepare_destinations([tree.zones["big"]]) == 0
-        assert eng.prepare_destinations([dataclasses.replace(big, unicast=addrs[:10])]) == 0
-        # a prepared list that never gets applied does not pile up
-        for n in range(40):
-            fan.prepare(addrs[: 300 + n])
-        assert len(fan._prepared) <= 16
-    finally:
-        fan.close()
+from streamer.zones import ZoneTree
 
 
 TOML = """
@@ -285,31 +165,3 @@ def test_cli_provisions_from_csv_and_json(tmp_path, capsys):
     import sqlite3
     raw = sqlite3.connect(tmp_path / "data" / "loa.db")
     assert [r[0] for r in raw.execute("SELECT id FROM receivers ORDER BY rowid")] == ["c1", "c2"]
-
-
-def test_a_ticking_engine_applies_receiver_changes_at_most_every_interval():
-    """One receiver per request changes a zone every tick; the fan-out gets the zone at most
-    every `dest_apply_interval_s` (re-sending 10,000 addresses every 20 ms would swamp it)."""
-    import time
-
-    from streamer.engine import EngineSettings
-    tree = ZoneTree()
-    tree.add(Zone("z"))
-    fan = CountingFanout()
-    eng = Engine(tree, fan, EngineSettings(dest_apply_interval_s=0.3))
-    eng._sync_tree()
-    eng._thread = object()  # as if ticking (never started: nothing else looks at it)
-    replace_dests(eng, "z", [("127.0.0.1", 1)])
-    eng._sync_tree()
-    assert fan.dests["z"] == [("127.0.0.1", 1)]  # the first change goes out at once
-    for i in range(2, 6):
-        replace_dests(eng, "z", [("127.0.0.1", p) for p in range(1, i + 1)])
-        eng._sync_tree()
-    assert fan.dests["z"] == [("127.0.0.1", 1)]  # the next ones wait...
-    time.sleep(0.35)
-    eng._sync_tree()
-    assert fan.dests["z"] == [("127.0.0.1", p) for p in range(1, 6)]  # ...and go out together
-    # a structural change is never held back
-    eng.edit_tree(lambda t: t.add(Zone("y", unicast=[("127.0.0.9", 9)])))
-    eng._sync_tree()
-    assert fan.dests["y"] == [("127.0.0.9", 9)]

@@ -1,7 +1,18 @@
+"""RFC 2198 redundancy: the packet format (streamer.rtp.red), the RTP output's redundant packets
+for registered receivers on lossy links (a Runtime driven tick by tick), a reference receiver
+recovering lost packets from them, and the registry's on/off decision from loss reports."""
+import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from receivers.receiver import Receiver
+from streamer.rtp import control_protocol as cp
+from streamer.rtp.packet import RtpPacket
 from streamer.rtp.red import RedError, build, parse
+from streamer.rtp.registry import ReceiverRegistry, _Receiver
+from streamer.rtp.srtp import MediaKeyring, MediaUnprotector
+from streamer.zones import Zone, ZoneTree
+from tests.unit.engine_rig import Rig
 
 
 def test_round_trip_with_previous_frame():
@@ -29,29 +40,24 @@ def test_parser_never_crashes(data):
         pass
 
 
-def _engine_with_red_receiver():
-    import time as _t
-
-    from streamer.engine import Engine, EngineSettings
-    from streamer.rtp.srtp import MediaKeyring
-    from streamer.zones import Zone, ZoneTree
-    from tests.unit.test_engine import RecordingFanout, run, spec
+def _rig(keyring):
     tree = ZoneTree()
     tree.add(Zone("z"))
-    fan = RecordingFanout()
-    keyring = MediaKeyring(_t.monotonic())
-    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
-    run(eng, fan, 1)
-    eng.set_dynamic_destinations("z", [("10.0.0.1", 4000, 20, False), ("10.0.0.2", 4000, 20, True)])
-    eng.start_broadcast(spec(["z"], freq=600, seconds=2))
-    fan.sent.clear()
-    run(eng, fan, 100, 1)
-    return fan, keyring
+    return Rig(tree, keyring=keyring)
+
+
+def _engine_with_red_receiver():
+    keyring = MediaKeyring(1000.0)
+    rig = _rig(keyring)
+    rig.run(1)
+    rig.set_destinations("z", [("10.0.0.1", 4000, 20, False), ("10.0.0.2", 4000, 20, True)])
+    rig.start(["z"], freq=600, seconds=2)
+    rig.fan.sent.clear()
+    rig.run(100)
+    return rig.fan, keyring
 
 
 def test_lossy_receivers_get_red_packets_built_once_per_tick():
-    from streamer.rtp.packet import RtpPacket
-    from streamer.rtp.srtp import MediaUnprotector
     fan, keyring = _engine_with_red_receiver()
     assert fan.dests["z#s"] == [("10.0.0.1", 4000)]
     assert fan.dests["z#rs"] == [("10.0.0.2", 4000)]
@@ -71,10 +77,6 @@ def test_lossy_receivers_get_red_packets_built_once_per_tick():
 
 
 def test_receiver_recovers_lost_packets_from_red_copies():
-    import numpy as np
-
-    from receivers.receiver import Receiver
-    from streamer.rtp.srtp import MediaUnprotector
 
     class Sink:
         samples_written = 0
@@ -115,8 +117,6 @@ def test_receiver_recovers_lost_packets_from_red_copies():
 
 
 def test_registry_turns_redundancy_on_at_loss_and_off_only_after_a_quiet_hold():
-    from streamer.rtp import control_protocol as cp
-    from streamer.rtp.registry import ReceiverRegistry, _Receiver
     dests, events = {}, []
     reg = ReceiverRegistry(lambda rid: None, on_event=events.append,
                            on_destinations=lambda z, a: dests.__setitem__(z, list(a)))
@@ -137,8 +137,6 @@ def test_registry_turns_redundancy_on_at_loss_and_off_only_after_a_quiet_hold():
 def test_idle_reports_keep_a_lossy_receiver_on_redundancy():
     """Between broadcasts a receiver reports 0 % loss of nothing: that is no measurement, so
     a lossy link still gets redundant packets when the next broadcast starts."""
-    from streamer.rtp import control_protocol as cp
-    from streamer.rtp.registry import ReceiverRegistry, _Receiver
     reg = ReceiverRegistry(lambda rid: None)
     r = _Receiver("rx1", "z1", cp.ReplayGuard(), addr=("203.0.113.9", 5000), online=True)
     reg._rx["rx1"] = r
@@ -155,24 +153,15 @@ def test_switching_to_red_mid_stream_sets_no_marker():
     """A receiver moved onto redundant packets while its zone plays continues the same stream:
     no marker bit (a receiver that lost the packet before it would restart its timeline and
     skip the hole instead of concealing it)."""
-    import time as _t
-
-    from streamer.engine import Engine, EngineSettings
-    from streamer.rtp.packet import RtpPacket
-    from streamer.rtp.srtp import MediaKeyring, MediaUnprotector
-    from streamer.zones import Zone, ZoneTree
-    from tests.unit.test_engine import RecordingFanout, run, spec
-    tree = ZoneTree()
-    tree.add(Zone("z"))
-    fan = RecordingFanout()
-    keyring = MediaKeyring(_t.monotonic())
-    eng = Engine(tree, fan, EngineSettings(), keyring=keyring)
-    eng.set_dynamic_destinations("z", [("10.0.0.2", 4000, 20, False)])
-    eng.start_broadcast(spec(["z"], freq=600, seconds=2))
-    run(eng, fan, 20)
+    keyring = MediaKeyring(1000.0)
+    rig = _rig(keyring)
+    fan = rig.fan
+    rig.set_destinations("z", [("10.0.0.2", 4000, 20, False)])
+    rig.start(["z"], freq=600, seconds=2)
+    rig.run(20)
     fan.sent.clear()
-    eng.set_dynamic_destinations("z", [("10.0.0.2", 4000, 20, True)])
-    run(eng, fan, 30, 21)
+    rig.set_destinations("z", [("10.0.0.2", 4000, 20, True)])
+    rig.run(30)
     un = MediaUnprotector()
     un.set_keys(keyring.for_receivers())
     redp = [RtpPacket.parse(un.unprotect(p)) for _, p, keys in fan.sent if keys == ["z#rs"]]
