@@ -34,7 +34,7 @@ class AsRunWriter:
             await asyncio.sleep(0)
         try:
             await asyncio.wait_for(self._events.join(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("as-run writer did not drain in time")
         if self._task is not None:
             self._task.cancel()

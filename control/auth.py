@@ -153,7 +153,7 @@ class SecretBox:
         self._aead = AESGCM(key)
 
     @classmethod
-    def load(cls, key_b64: str | None, key_file: Path) -> "SecretBox":
+    def load(cls, key_b64: str | None, key_file: Path) -> SecretBox:
         if key_b64:
             return cls(_unb64(key_b64.strip()))
         if key_file.exists():

@@ -203,7 +203,8 @@ def make_demo_programme(path: Path) -> Path:
         speech.unlink(missing_ok=True)
     else:
         t = np.arange(SAMPLE_RATE * 4) / SAMPLE_RATE
-        pieces.append((0.3 * np.sin(2 * np.pi * 440 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32))
+        swell = 0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t)
+        pieces.append((0.3 * np.sin(2 * np.pi * 440 * t) * swell).astype(np.float32))
     pieces += [np.zeros(SAMPLE_RATE // 2, np.float32), chime[::-1].copy()]
     audio = np.concatenate(pieces)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
@@ -274,7 +275,7 @@ def cmd_demo(argv: list[str]) -> int:
                     wait = min(wait, max(0.0, t_end - time.monotonic()))
                 try:
                     await asyncio.wait_for(stop.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if t_end is not None and time.monotonic() >= t_end:
                     stop.set()

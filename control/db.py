@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import aiosqlite
 
+from streamer.timefmt import utc_iso
 
-def utc_iso(t: float | None = None) -> str:
-    t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+def now_iso() -> str:
+    """Now, in the house's one UTC format (streamer.timefmt)."""
+    return utc_iso(time.time())
 
 
 MIGRATIONS: list[str] = [
@@ -111,7 +114,7 @@ class Database:
         self.conn: aiosqlite.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    async def open(self) -> "Database":
+    async def open(self) -> Database:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -149,7 +152,7 @@ class Database:
 
     async def _upsert(self, table: str, row: dict, key: str = "id",
                       keep: tuple[str, ...] = ("created_at",)) -> None:
-        now = utc_iso()
+        now = now_iso()
         row = {"created_at": now, "updated_at": now, **row}
         cols = list(row)
         sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c != key and c not in keep)
@@ -170,7 +173,7 @@ class Database:
 
     @staticmethod
     def upsert_sql(table: str, row: dict, key: str = "id") -> tuple[str, list]:
-        now = utc_iso()
+        now = now_iso()
         row = {"created_at": now, "updated_at": now, **row}
         cols = list(row)
         sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in (key, "created_at"))
@@ -259,7 +262,7 @@ class Database:
         return await self._all("SELECT id, zone, status, secret_enc FROM receivers ORDER BY rowid")
 
     async def update_receiver(self, rid: str, **fields: Any) -> None:
-        fields["updated_at"] = utc_iso()
+        fields["updated_at"] = now_iso()
         sets = ", ".join(f"{k}=?" for k in fields)
         await self._exec(f"UPDATE receivers SET {sets} WHERE id=?",
                          [_dump(v) for v in fields.values()] + [rid])
@@ -287,14 +290,14 @@ class Database:
         return await self._one("SELECT * FROM media WHERE sha256=?", (sha,))
 
     async def insert_media(self, row: dict) -> None:
-        now = utc_iso()
+        now = now_iso()
         row = {"created_at": now, "updated_at": now, **row}
         cols = list(row)
         await self._exec(f"INSERT INTO media ({', '.join(cols)}) VALUES "
                          f"({', '.join('?' * len(cols))})", [_dump(row[c]) for c in cols])
 
     async def update_media(self, mid: str, **fields: Any) -> None:
-        fields["updated_at"] = utc_iso()
+        fields["updated_at"] = now_iso()
         sets = ", ".join(f"{k}=?" for k in fields)
         await self._exec(f"UPDATE media SET {sets} WHERE id=?",
                          [_dump(v) for v in fields.values()] + [mid])
@@ -305,7 +308,7 @@ class Database:
     # ------------------------------------------------------------------ broadcasts / as-run
     async def record_event(self, ev: dict, snapshot: dict | None) -> None:
         """One engine event: append to the as-run log and refresh the broadcast's row."""
-        now = utc_iso()
+        now = now_iso()
         await self.conn.execute("BEGIN")
         try:
             await self.conn.execute(
@@ -331,7 +334,7 @@ class Database:
         """Broadcasts on air when the process died: say so instead of losing them."""
         rows = await self._all("SELECT * FROM broadcasts WHERE state NOT IN (?, ?, ?, ?)",
                                TERMINAL_STATES)
-        now = utc_iso()
+        now = now_iso()
         for r in rows:
             data = dict(r["data"], state="interrupted",
                         error=r["data"].get("error") or "the server stopped while it was on air",
@@ -382,7 +385,7 @@ class Database:
 
     async def insert_user(self, username: str, role: str, scope: list[str],
                           password_hash: str | None, display_name: str = "") -> int:
-        now = utc_iso()
+        now = now_iso()
         cur = await self.conn.execute(
             "INSERT INTO users (username, role, scope, password_hash, created_at, updated_at, "
             "display_name) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -390,14 +393,14 @@ class Database:
         return cur.lastrowid
 
     async def update_user(self, uid: int, **fields: Any) -> None:
-        fields["updated_at"] = utc_iso()
+        fields["updated_at"] = now_iso()
         sets = ", ".join(f"{k}=?" for k in fields)
         await self._exec(f"UPDATE users SET {sets} WHERE id=?",
                          [_dump(v) for v in fields.values()] + [uid])
 
     async def insert_token(self, tid: str, user_id: int, name: str, hash_: str) -> None:
         await self._exec("INSERT INTO tokens (id, user_id, name, hash, created_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (tid, user_id, name, hash_, utc_iso()))
+                         "VALUES (?, ?, ?, ?, ?)", (tid, user_id, name, hash_, now_iso()))
 
     async def token(self, tid: str) -> dict | None:
         return await self._one("SELECT * FROM tokens WHERE id=?", (tid,))
@@ -408,11 +411,11 @@ class Database:
 
     async def revoke_token(self, tid: str) -> None:
         await self._exec("UPDATE tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
-                         (utc_iso(), tid))
+                         (now_iso(), tid))
 
     async def insert_session(self, hash_: str, user_id: int, expires: float) -> None:
         await self._exec("INSERT INTO sessions (hash, user_id, created_at, expires) "
-                         "VALUES (?, ?, ?, ?)", (hash_, user_id, utc_iso(), expires))
+                         "VALUES (?, ?, ?, ?)", (hash_, user_id, now_iso(), expires))
 
     async def session(self, hash_: str) -> dict | None:
         return await self._one("SELECT * FROM sessions WHERE hash=? AND expires>?",
@@ -423,7 +426,7 @@ class Database:
 
     # ------------------------------------------------------------------ audit
     async def audit(self, **entry: Any) -> None:
-        entry.setdefault("time", utc_iso())
+        entry.setdefault("time", now_iso())
         entry["detail"] = json.dumps(entry.get("detail") or {}, ensure_ascii=False, default=str)
         cols = list(entry)
         await self._exec(f"INSERT INTO audit ({', '.join(cols)}) VALUES "

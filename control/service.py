@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from control import auth
-from control.db import Database, utc_iso
+from control.db import Database, now_iso
 from control.errors import Conflict, Invalid, NotFound, TooLarge
 from control.policy import ROLES
 from control.models import (receiver_destination, tree_from_rows, zone_from_row,
@@ -246,7 +246,7 @@ class ControlState:
             for g in groups:
                 if zid in g["zones"]:
                     stmts.append(("UPDATE groups SET zones=?, updated_at=? WHERE id=?",
-                                  (json.dumps([z for z in g["zones"] if z != zid]), utc_iso(), g["id"])))
+                                  (json.dumps([z for z in g["zones"] if z != zid]), now_iso(), g["id"])))
             await self.db.transaction(stmts)
             await self.reload_tree()
 
@@ -350,7 +350,7 @@ class ControlState:
                 raise Conflict("receiver_exists",
                                msg + ("; nothing was written" if len(items) > 1 else ""),
                                ids=taken_l[:1000])
-            now = utc_iso()
+            now = now_iso()
             rows = [{"id": rid, "zone": it["zone"], "name": it.get("name") or "",
                      "lat": it.get("lat"), "lon": it.get("lon"),
                      "link": it.get("link") or "ethernet", "address": it.get("address"),
@@ -444,7 +444,7 @@ class ControlState:
         if r["status"] == "retired":
             raise Conflict("receiver_retired", f"receiver {rid!r} is already retired")
         # the secret goes with it: a retired receiver can never authenticate again
-        return await self.update_receiver(rid, {"status": "retired", "retired_at": utc_iso(),
+        return await self.update_receiver(rid, {"status": "retired", "retired_at": now_iso(),
                                                 "secret_enc": None})
 
     # ------------------------------------------------------------------ users and tokens

@@ -8,7 +8,7 @@ into Sources is the engine's catalogue.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,7 +48,7 @@ class SirenSpec(BaseModel):
     seconds: float = Field(6.0, gt=0, le=600)
 
 
-SourceSpec = Annotated[Union[FileSpec, MediaSpec, ToneSpec, ChimeSpec, SirenSpec],
+SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec,
                       Field(discriminator="kind")]
 
 

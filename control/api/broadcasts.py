@@ -102,7 +102,7 @@ class BroadcastHandlers:
                     if ev is None:  # the server is shutting down
                         break
                     await resp.write(EventHub.sse(ev))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -61,10 +61,12 @@ def test_bad_input_gets_clear_4xx_and_server_carries_on(server, tmp_path):
     assert st == 201, b
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(os.urandom(4000))
+    def play_file(path):
+        return {"zones": ["xa-nhon-ly"], "source": {"kind": "file", "path": str(path)}}
     cases = [
-        ({"zones": ["xa-nhon-ly"], "source": {"kind": "file", "path": str(corrupt)}}, 422, "media_unplayable"),
-        ({"zones": ["xa-nhon-ly"], "source": {"kind": "file", "path": str(tmp_path / "missing.wav")}}, 422, "media_unplayable"),
-        ({"zones": ["xa-nhon-ly"], "source": {"kind": "file", "path": str(tmp_path)}}, 422, "media_unplayable"),
+        (play_file(corrupt), 422, "media_unplayable"),
+        (play_file(tmp_path / "missing.wav"), 422, "media_unplayable"),
+        (play_file(tmp_path), 422, "media_unplayable"),
         ({"zones": ["nowhere"], "source": {"kind": "tone"}}, 404, "unknown_zone"),
         ({"zones": ["xa-nhon-ly"], "level": "urgent", "source": {"kind": "tone"}}, 422, "invalid_request"),
         ({"zones": [], "source": {"kind": "tone"}}, 422, "invalid_request"),

@@ -235,7 +235,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
             async with s.delete(f"{url}/api/v1/live/{b_id}") as r:
                 assert r.status == 200
         await b_pc.close()
-        assert [b.to_dict() for b in engine.broadcasts()] == []
+        assert engine.broadcasts() == []
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'on_air'", 15, "on air")
         a_id = await br.js("window.loaState.broadcast")
@@ -282,7 +282,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         # hang up: the zone is free, packets stop
         await br.js("document.getElementById('latch').click(); true")
         await br.wait("window.loaState.phase == 'ended'", 5, "the hang-up")
-        await wait_for(lambda: [b.to_dict() for b in engine.broadcasts()] == [], 5, "the zone to be freed")
+        await wait_for(lambda: engine.broadcasts() == [], 5, "the zone to be freed")
         assert engine.broadcast(a_id).state == "stopped"
         n = cap.count
         await asyncio.sleep(0.5)
@@ -299,7 +299,7 @@ async def test_phone_page_goes_live_refused_preempted_and_hangs_up(live_server, 
         await br.wait("window.loaState.phase == 'on_air'", 15, "on air again")
         c_id = await br.js("window.loaState.broadcast")
         await br.close_page()
-        await wait_for(lambda: [b.to_dict() for b in engine.broadcasts()] == [], 8, "release after page close")
+        await wait_for(lambda: engine.broadcasts() == [], 8, "release after page close")
         assert engine.broadcast(c_id).state == "stopped"
         assert not sessions
     finally:
@@ -343,6 +343,6 @@ async def test_network_drop_keeps_the_zone_for_the_grace_period(live_server):
         track.stall_until = time.monotonic() + 5.0
         await wait_for(lambda: engine.broadcast(bid).state == "stopped", 4, "release after grace")
         assert "no audio" in session.end_reason
-        assert [b.to_dict() for b in engine.broadcasts()] == []
+        assert engine.broadcasts() == []
     finally:
         await pc.close()
