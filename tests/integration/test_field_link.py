@@ -1,4 +1,4 @@
-"""Registered receivers on loopback: a real engine + Fanout + receiver endpoint, real reference
+"""Registered receivers on loopback: a real engine (Runtime) + Fanout + receiver endpoint, real reference
 receivers (jitter buffer, libopus, SRTP), real UDP. Join, play, injection, spoofing, address
 change, offline detection, failover, delivery report, RTCP."""
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 from receivers.field import FieldReceiver, FieldSession
 from receivers.output import NullSink
 from receivers.receiver import Receiver, udp_socket
-from streamer.engine import BroadcastSpec, Engine
-from streamer.ingest.tones import ToneSource
 from streamer.mixer.arbitration import Level
+from streamer.port import ReplaceZones, SetZoneLoss, StartBroadcast, ToneAudio
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.fanout import Fanout
 from streamer.rtp.link import start_receiver_endpoint
 from streamer.rtp.packet import RtpPacket
 from streamer.rtp.registry import ReceiverRegistry
-from streamer.rtp.srtp import MediaKeyring, MediaProtector, ProtectedFanout
-from streamer.zones import Zone, ZoneTree
+from streamer.rtp.srtp import MediaKeyring
+from streamer.runtime import Runtime
+from streamer.zones import Zone
 from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,8 @@ HB = 0.3
 
 
 class FieldServer:
-    """The server side as control/app.py will wire it (engine + protected fanout + endpoint)."""
+    """The server side as control/app.py wires it (runtime with the SRTP keyring + fanout +
+    endpoint)."""
 
     def __init__(self, secrets=SECRETS, zones=("z1", "z2"), srtp=True, host="127.0.0.1",
                  settings=None):
@@ -42,18 +43,15 @@ class FieldServer:
         self.host = host
         self.events: list[dict] = []
 
-    async def start(self) -> "FieldServer":
-        tree = ZoneTree()
-        for z in self.zones:
-            tree.add(Zone(z))
+    async def start(self) -> FieldServer:
         self.raw_fanout = Fanout(bind=(self.host, 0))
         self.keyring = MediaKeyring(time.monotonic()) if self.srtp else None
-        fanout = (ProtectedFanout(self.raw_fanout, MediaProtector(self.keyring))
-                  if self.srtp else self.raw_fanout)
-        self.engine = Engine(tree, fanout, self.settings)
+        self.engine = Runtime(self.raw_fanout, self.settings, keyring=self.keyring)
+        self.engine.submit(ReplaceZones(tuple(Zone(z) for z in self.zones)))
         self.engine.start()
         self.registry = ReceiverRegistry(self.secrets.get, on_event=self.events.append,
-                                         on_zone_loss=self.engine.set_zone_loss,
+                                         on_zone_loss=lambda zone, perc: self.engine.submit(
+                                             SetZoneLoss(zone, perc)),
                                          keyring=self.keyring, heartbeat_s=HB, report_s=0.4)
         self.link = await start_receiver_endpoint(self.engine, self.registry,
                                                   poll_interval=0.05, sr_interval=0.5)
@@ -61,10 +59,16 @@ class FieldServer:
         return self
 
     def tone(self, zones, seconds=3.0, freq=1000.0, level="normal"):
-        return self.engine.start_broadcast(BroadcastSpec(
-            targets=list(zones), level=Level.parse(level), kind="tone", duration_s=seconds,
-            source_factory=lambda s: ToneSource(freq_hz=freq, seconds=seconds,
-                                                amplitude_dbfs=-16.0)))
+        return self.engine.submit(StartBroadcast(
+            id="", targets=tuple(zones), level=Level.parse(level),
+            source=ToneAudio(freq_hz=freq, seconds=seconds, amplitude_dbfs=-16.0)))
+
+    def destinations(self, zone):
+        """The zone's registered receivers as the fan-out has them (SRTP ones under `zone#s`)."""
+        return self.raw_fanout.destinations(f"{zone}#s" if self.srtp else zone)
+
+    def state(self, broadcast_id):
+        return self.engine.broadcast(broadcast_id).state
 
     def stop(self) -> None:
         self.link.close()
@@ -104,7 +108,7 @@ async def test_join_play_injection_spoof_move_offline():
         await until(lambda: rx.session.registered, 3, "registration")
         assert rx.session.srtp and rx.session.keys.ready
         # destination changes are applied in 20 ms batches
-        await until(lambda: srv.engine.fanout.destinations("z1") == [rx.addr], 1, "destination")
+        await until(lambda: srv.destinations("z1") == [rx.addr], 1, "destination")
         srv.tone(["z1"], seconds=20)
         await until(lambda: rx.audio_s > 1.0, 5, "audio")
         snap = rx.fr.snapshot()
@@ -113,7 +117,8 @@ async def test_join_play_injection_spoof_move_offline():
         # an injected RTP packet with a valid-looking header, from the server's own address
         # (as an on-path attacker would spoof it) and from elsewhere: neither is played
         played_before = rx.fr.rx.jitter.stats.received
-        evil = RtpPacket(111, (srv.engine.seq + 2) & 0xFFFF, srv.engine.ts0, srv.engine.ssrc,
+        ssrc, ts0, _, _ = srv.engine.rtp_clock()
+        evil = RtpPacket(111, (srv.engine.rtp.seq + 2) & 0xFFFF, ts0, ssrc,
                          True, b"\xfc" + b"\x00" * 60).serialize()
         srv.raw_fanout.sock.sendto(evil, rx.addr)
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -132,7 +137,7 @@ async def test_join_play_injection_spoof_move_offline():
         attacker.sendto(hb, srv.addr)
         await until(lambda: srv.registry.counters["bad_mac"] >= 1
                     and srv.registry.counters["replay"] >= 1, 5, "spoof counted")
-        assert srv.engine.fanout.destinations("z1") == [rx.addr]
+        assert srv.destinations("z1") == [rx.addr]
         attacker.close()
 
         # the receiver's address changes (a 4G reconnect): the next heartbeat moves the stream
@@ -141,7 +146,7 @@ async def test_join_play_injection_spoof_move_offline():
         rx.start()
         assert rx.addr != old
         a0 = rx.audio_s
-        await until(lambda: srv.engine.fanout.destinations("z1") == [rx.addr], 3, "move")
+        await until(lambda: srv.destinations("z1") == [rx.addr], 3, "move")
         await until(lambda: rx.audio_s > a0 + 1.0, 5, "audio after the move")
         assert any(e["type"] == "receiver.address_changed" for e in srv.events)
         st = srv.registry.status("rx1")
@@ -160,7 +165,7 @@ async def test_join_play_injection_spoof_move_offline():
         # silence: 3 missed heartbeats -> offline, removed from the destinations
         await rx.stop()
         await until(lambda: not srv.registry.status("rx1")["online"], 3 * HB + 2, "offline")
-        await until(lambda: srv.engine.fanout.destinations("z1") == [], 1, "removed")
+        await until(lambda: srv.destinations("z1") == [], 1, "removed")
         assert [e["receiver"] for e in srv.events if e["type"] == "receiver.offline"] == ["rx1"]
     finally:
         if not rx.task.done():
@@ -177,9 +182,9 @@ async def test_delivery_report_full_partly_never_and_first_audio():
         b = srv.tone(["z1"], seconds=4.0)
         await asyncio.sleep(2.0)
         rx2 = FieldRx("rx2", [srv.addr]).start()          # joins half way through
-        await until(lambda: srv.engine.get(b.id)["state"] == "finished", 8, "the end")
+        await until(lambda: srv.state(b.id) == "finished", 8, "the end")
         await asyncio.sleep(1.0)                           # last reports
-        rep = srv.registry.delivery_report(srv.engine.get(b.id),
+        rep = srv.registry.delivery_report(srv.engine.broadcast(b.id).to_dict(),
                                            expected=[("rx1", "z1"), ("rx2", "z1"),
                                                      ("rx9", "z1")])
         rows = {r["receiver"]: r for r in rep["receivers"]}

@@ -15,12 +15,13 @@ import pytest
 
 from receivers.field import FieldReceiver, FieldSession
 from receivers.receiver import Receiver, udp_socket
-from streamer.engine import BroadcastSpec, EngineSettings
 from streamer.ingest.file import FileSource
 from streamer.mixer.arbitration import Level
+from streamer.port import FileAudio, StartBroadcast
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.rtcp import is_rtcp
+from streamer.runtime import EngineSettings
 from tests.conftest import require_tool
 from tests.integration.conftest import until
 from tests.integration.test_field_link import FieldServer
@@ -201,14 +202,14 @@ async def test_lossy_relay_concealment_and_similarity(tmp_path):
                                                     stop=stop))
                 rxs[rid] = (fr, sink, stop, task, relay)
         await until(lambda: all(v[0].session.registered for v in rxs.values()), 5, "registered")
-        bs = {app: srv.engine.start_broadcast(BroadcastSpec(
-            targets=["z1"], level=Level.NORMAL, kind="file",
-            source_factory=lambda s: FileSource(path))) for app, srv in servers.items()}
+        bs = {app: srv.engine.submit(StartBroadcast(
+            id="", targets=("z1",), level=Level.NORMAL, source=FileAudio(str(path))))
+              for app, srv in servers.items()}
         # the burst-loss receiver's reports make its zone's encoder plan for that loss (FEC)
-        await until(lambda: all(srv.engine.encoder_stats["max_loss_perc"] >= 15
+        await until(lambda: all(srv.engine.stats().encoders["max_loss_perc"] >= 15
                                 for srv in servers.values()), 10, "encoders planning for loss")
-        planned = {app: srv.engine.encoder_stats for app, srv in servers.items()}
-        await until(lambda: all(srv.engine.get(bs[a].id)["state"] == "finished"
+        planned = {app: dict(srv.engine.stats().encoders) for app, srv in servers.items()}
+        await until(lambda: all(srv.state(bs[a].id) == "finished"
                                 for a, srv in servers.items()), 60, "the end of the speech")
         await asyncio.sleep(1.0)
         results = {}
