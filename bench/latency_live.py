@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -118,21 +119,38 @@ def frame_onsets(x: np.ndarray, times: np.ndarray, threshold_db: float = -30.0) 
 
 # ------------------------------------------------------------------------------- RTP bench
 def _bench_rtp(onsets: int, period_s: float = 0.5, burst_s: float = 0.2) -> dict:
-    from streamer.engine import Engine
     from streamer.ingest.rtp_in import RtpIngest, RtpIngestConfig
+    from streamer.mixer.arbitration import Level
+    from streamer.port import (LiveAudio, ReplaceZones, StartBroadcast, StopBroadcast,
+                               UnknownBroadcast)
     from streamer.rtp.fanout import Fanout
-    from streamer.zones import Zone, ZoneTree
+    from streamer.runtime import Runtime
+    from streamer.zones import Zone
 
     cap = RtpCapture()
-    tree = ZoneTree()
-    tree.add(Zone(id="bench", name="bench", unicast=[("127.0.0.1", cap.port)]))
     fan = Fanout(bind=("127.0.0.1", 0))
-    eng = Engine(tree, fan)
+    eng = Runtime(fan)
+    eng.submit(ReplaceZones((Zone(id="bench", name="bench", unicast=[("127.0.0.1", cap.port)]),)))
+
+    def start_live(name: str, zones: tuple[str, ...], level: Level, source: Any) -> str:
+        snap = eng.submit(StartBroadcast(
+            id="", targets=tuple(zones), level=level, owner=name,
+            source=LiveAudio(eng.add_live_input(source), via="rtp")))
+        assert snap is not None
+        return snap.id
+
+    def stop_live(broadcast_id: str, reason: str) -> None:
+        try:
+            eng.submit(StopBroadcast(broadcast_id, reason=reason))
+        except UnknownBroadcast:
+            pass
+
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    ing = RtpIngest(RtpIngestConfig(port=port, zones=["bench"], allow=["127.0.0.1"]), eng)
+    ing = RtpIngest(RtpIngestConfig(port=port, zones=["bench"], allow=["127.0.0.1"]),
+                    start_live, stop_live)
     eng.start()
     ing.start()
     enc = OpusEncoder(OpusSettings(application="lowdelay"))
