@@ -623,7 +623,6 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
     ctl = socket.socket(fileno=ctl_fd)
     stats = mmap.mmap(stats_fd, 0)
     off = index * _STAT.size
-    keys: dict[int, np.ndarray] = {}
     pending: dict[int, list[np.ndarray]] = {}
     unions: dict[int, tuple[int, ...]] = {}   # union id -> key ids (one tuple object each)
     dests = _Destinations(build_arrays=batched)
@@ -671,7 +670,6 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
             if final:
                 parts = pending.pop(kid)
                 packed = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                keys[kid] = packed
                 dests.set(kid, packed)
                 publish()
     _STAT.pack_into(stats, off, res.sent, res.dropped, res.errors, res.calls, sends,
