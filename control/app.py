@@ -14,7 +14,7 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -43,7 +43,14 @@ from streamer.rtp.opus import OpusSettings
 from streamer.runtime import EngineSettings, Runtime
 from streamer.zones import Zone, ZoneTree, parse_hostport
 
+if TYPE_CHECKING:
+    from streamer.rtp.link import ReceiverLink
+
 log = logging.getLogger("loa.control")
+
+
+class HasRoutes(Protocol):
+    def routes(self) -> list[Route]: ...
 
 __all__ = ["create_app", "build_tree", "Server"]
 
@@ -103,14 +110,14 @@ class Server:
         self.receiver_secrets = ReceiverSecrets(self.db, self.state)
         self.registry = ReceiverRegistry(
             self.receiver_secrets.lookup, on_event=self.hub.publish,
-            on_zone_loss=lambda zone, perc: self.engine.submit(SetZoneLoss(zone, perc)),
+            on_zone_loss=self._send_zone_loss,
             keyring=keyring, heartbeat_s=settings.receiver_heartbeat_s)
         self.access = Access(self.db, settings, self.tree)
         self.broadcasts = Broadcasts(self.engine, self.tree, self.db, settings)
         self.asrun = AsRunWriter(self.db, self.engine, self.hub)
         self.live = LiveApi.from_settings(self.broadcasts, self.engine, self.access, settings)
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
-        self.handlers = [
+        self.handlers: list[HasRoutes] = [
             SystemHandlers(self.engine, self.db, self.access, self.registry, self.route_table),
             SessionHandlers(self.db, settings),
             ZoneHandlers(self.state, self.engine, self.db, settings, self.tree),
@@ -120,7 +127,7 @@ class Server:
             UserHandlers(self.state, self.db, self.access),
             self.live, self.rtp_ingest,
         ]
-        self.link = None
+        self.link: ReceiverLink | None = None
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ wiring
@@ -147,6 +154,9 @@ class Server:
 
     def _send_zones(self, tree: ZoneTree, changed: set[str]) -> None:
         self.engine.submit(UpdateZones(tuple(tree.zones[z] for z in changed)))
+
+    def _send_zone_loss(self, zone: str, loss_perc: int | None) -> None:
+        self.engine.submit(SetZoneLoss(zone, loss_perc))
 
     def _receivers_changed(self, rows: list[dict], secrets: dict[str, bytes]) -> None:
         self.receiver_secrets.changed(rows, secrets)

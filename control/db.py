@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
@@ -111,13 +111,19 @@ def _dump(v: Any) -> Any:
 class Database:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.conn: aiosqlite.Connection | None = None
+        self._conn: aiosqlite.Connection | None = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError("the database is not open")
+        return self._conn
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> Database:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = await aiosqlite.connect(self.path, isolation_level=None)
+        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         self.conn.row_factory = aiosqlite.Row
         await self.conn.execute("PRAGMA journal_mode=WAL")
         await self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -127,12 +133,13 @@ class Database:
         return self
 
     async def close(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
     async def migrate(self) -> int:
-        (version,) = await (await self.conn.execute("PRAGMA user_version")).fetchone()
+        row = await (await self.conn.execute("PRAGMA user_version")).fetchone()
+        version = int(row[0]) if row is not None else 0
         for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await self.conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={i};\nCOMMIT;")
         return len(MIGRATIONS)
@@ -140,7 +147,7 @@ class Database:
     # ------------------------------------------------------------------ helpers
     async def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
         cur = await self.conn.execute(sql, tuple(args))
-        return [_row(r) for r in await cur.fetchall()]
+        return [dict(_row(r) or {}) for r in await cur.fetchall()]
 
     async def _one(self, sql: str, args: Iterable = ()) -> dict | None:
         cur = await self.conn.execute(sql, tuple(args))
@@ -160,7 +167,7 @@ class Database:
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
             f"ON CONFLICT({key}) DO UPDATE SET {sets}", [_dump(row[c]) for c in cols])
 
-    async def transaction(self, statements: list[tuple[str, Iterable]]) -> None:
+    async def transaction(self, statements: Sequence[tuple[str, Iterable[Any]]]) -> None:
         """Run several writes atomically (a CSV import is all or nothing)."""
         await self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -270,7 +277,7 @@ class Database:
     async def count_receivers_in(self, zid: str) -> int:
         r = await self._one("SELECT COUNT(*) AS n FROM receivers WHERE zone=? AND status!='retired'",
                             (zid,))
-        return r["n"]
+        return int(r["n"]) if r is not None else 0
 
     # ------------------------------------------------------------------ media
     async def media_list(self, language: str | None = None, tag: str | None = None) -> list[dict]:
@@ -360,7 +367,8 @@ class Database:
 
     async def asrun(self, since: int = 0, broadcast: str | None = None, limit: int = 1000,
                     type_: str | None = None) -> list[dict]:
-        sql, args = "SELECT seq, data FROM asrun WHERE seq>?", [since]
+        sql = "SELECT seq, data FROM asrun WHERE seq>?"
+        args: list[Any] = [since]
         if broadcast:
             sql += " AND broadcast=?"
             args.append(broadcast)
@@ -381,7 +389,8 @@ class Database:
         return await self._one("SELECT * FROM users WHERE username=?", (name,))
 
     async def count_users(self) -> int:
-        return (await self._one("SELECT COUNT(*) AS n FROM users"))["n"]
+        r = await self._one("SELECT COUNT(*) AS n FROM users")
+        return int(r["n"]) if r is not None else 0
 
     async def insert_user(self, username: str, role: str, scope: list[str],
                           password_hash: str | None, display_name: str = "") -> int:
@@ -390,6 +399,7 @@ class Database:
             "INSERT INTO users (username, role, scope, password_hash, created_at, updated_at, "
             "display_name) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (username, role, json.dumps(scope), password_hash, now, now, display_name))
+        assert cur.lastrowid is not None
         return cur.lastrowid
 
     async def update_user(self, uid: int, **fields: Any) -> None:
@@ -434,7 +444,8 @@ class Database:
 
     async def audit_log(self, since: int = 0, limit: int = 500, actor: str | None = None,
                         action: str | None = None) -> list[dict]:
-        sql, args = "SELECT * FROM audit WHERE seq>?", [since]
+        sql = "SELECT * FROM audit WHERE seq>?"
+        args: list[Any] = [since]
         if actor:
             sql += " AND actor=?"
             args.append(actor)

@@ -3,7 +3,7 @@ pure function that turns stored rows into the engine's ZoneTree."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,7 +55,7 @@ class GroupPut(_Strict):
 
 class ReceiverProvision(ReceiverConfig):
     model_config = ConfigDict(extra="forbid")
-    id: Id | None = None  # generated when absent
+    id: Id | None = None  # type: ignore[assignment]  # generated when absent
 
 
 #: receivers per `POST /receivers/bulk` request: bigger lists go in several requests (a 10,000-row
@@ -140,7 +140,7 @@ class Login(_Strict):
     password: str = Field(min_length=1, max_length=256)
 
 
-def zone_from_row(r: dict, extra_unicast: list[str] = ()) -> Zone:
+def zone_from_row(r: dict, extra_unicast: Sequence[str] = ()) -> Zone:
     """`unicast` entries and receiver addresses may carry a packet time: HOST:PORT/40."""
     uni: list[tuple[str, int]] = []
     ptime: dict[tuple[str, int], int] = {}

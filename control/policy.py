@@ -89,7 +89,8 @@ class Principal:
 
 class Tree(Protocol):
     """What the policy needs of a zone tree."""
-    zones: Mapping[str, Any]
+    @property
+    def zones(self) -> Mapping[str, Any]: ...
 
     def subtree(self, zid: str) -> set[str]: ...
 

@@ -21,6 +21,7 @@ import secrets
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from control import auth
@@ -95,7 +96,8 @@ class ControlState:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                (v,) = await (await self.db.conn.execute("PRAGMA data_version")).fetchone()
+                row = await (await self.db.conn.execute("PRAGMA data_version")).fetchone()
+                v = row[0] if row is not None else None
                 if last is not None and v != last:
                     async with self.lock:
                         await self.reload_tree()
@@ -201,7 +203,7 @@ class ControlState:
             self._check(zones + [row], groups, rxs)
             await self.db.upsert_zone(row)
             await self.reload_tree()
-            return await self.db.zone(data["id"])
+            return _found(await self.db.zone(data["id"]))
 
     async def update_zone(self, zid: str, changes: dict) -> dict:
         async with self.lock:
@@ -213,7 +215,7 @@ class ControlState:
             self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
             await self.db.upsert_zone(_zone_cols(new))
             await self.reload_tree()
-            return await self.db.zone(zid)
+            return _found(await self.db.zone(zid))
 
     async def move_zone(self, zid: str, parent: str | None) -> dict:
         async with self.lock:
@@ -227,7 +229,7 @@ class ControlState:
             self._check([new if z["id"] == zid else z for z in zones], groups, rxs)
             await self.db.upsert_zone(_zone_cols(new))
             await self.reload_tree()
-            return await self.db.zone(zid)
+            return _found(await self.db.zone(zid))
 
     async def delete_zone(self, zid: str) -> None:
         async with self.lock:
@@ -242,7 +244,7 @@ class ControlState:
             if kids:
                 raise Conflict("zone_has_children",
                                f"zone {zid!r} still has child zones: {', '.join(kids[:10])}")
-            stmts = [("DELETE FROM zones WHERE id=?", (zid,))]
+            stmts: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM zones WHERE id=?", (zid,))]
             for g in groups:
                 if zid in g["zones"]:
                     stmts.append(("UPDATE groups SET zones=?, updated_at=? WHERE id=?",
@@ -433,7 +435,7 @@ class ControlState:
             await self.db.update_receiver(rid, **changes)
             if (before, cur["zone"]) != (after, new["zone"]):
                 await self._refresh_zone_destinations({cur["zone"], new["zone"]})
-            row = await self.db.receiver(rid)
+            row = _found(await self.db.receiver(rid))
             self._notify_receivers([row])
             return public_receiver(row)
 
@@ -457,7 +459,7 @@ class ControlState:
         ph = await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password) \
             if password else None
         uid = await self.db.insert_user(username, role, scope, ph, display_name)
-        return public_user(await self.db.user(uid))
+        return public_user(_found(await self.db.user(uid)))
 
     async def update_user(self, uid: int, changes: dict) -> dict:
         if await self.db.user(uid) is None:
@@ -473,7 +475,7 @@ class ControlState:
             await self.db.update_user(uid, **fields)
         if fields.get("disabled") or "password_hash" in fields:
             await self.db.conn.execute("DELETE FROM sessions WHERE user_id=?", (uid,))
-        return public_user(await self.db.user(uid))
+        return public_user(_found(await self.db.user(uid)))
 
     async def create_token(self, uid: int, name: str) -> dict:
         if await self.db.user(uid) is None:
@@ -492,6 +494,12 @@ class ControlState:
         new = await self.create_token(t["user_id"], t["name"])
         await self.db.revoke_token(tid)
         return dict(new, replaces=tid)
+
+
+def _found(row: dict | None) -> dict:
+    """A row just written (or checked) under the state lock: it is there."""
+    assert row is not None
+    return row
 
 
 def _zone_cols(z: dict) -> dict:

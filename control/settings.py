@@ -171,9 +171,9 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    cls = Settings
+    cls: type[Settings] = Settings
     if config is not None:
-        cls = type("FileSettings", (Settings,), {})
+        cls = type("FileSettings", (Settings,), {})  # type: ignore[assignment]
         _TOML_FILE[cls] = str(config)
     try:
         return cls(**overrides)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import re
 import secrets
 import unicodedata
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
 from control import models as m
@@ -36,9 +37,10 @@ def probe_upload(path: str) -> dict:
     from streamer.ingest.file import probe
     from streamer.mixer.loudness import measure_file
     info = probe(path)
+    lufs: float | None
     try:
         lufs = measure_file(path, max_seconds=300.0)
-        lufs = lufs if lufs == lufs and abs(lufs) != float("inf") else None
+        lufs = lufs if math.isfinite(lufs) else None
     except MediaError:
         raise
     except Exception:
@@ -143,7 +145,7 @@ class MediaHandlers:
                     part = await reader.next()
                     if part is None:
                         break
-                    if not hasattr(part, "read_chunk"):
+                    if not isinstance(part, BodyPartReader):
                         raise HttpError(400, "malformed_multipart", "nested multipart is not accepted")
                     if part.name == "file":
                         if f is not None:
