@@ -1,7 +1,9 @@
-"""Events from the engine to whoever listens: the as-run log and Server-Sent Event streams.
+"""Events to whoever listens: the as-run log (control/asrun.py) and Server-Sent Event streams.
 
-The engine calls `publish` from its tick thread; it must return at once. Everything else happens
-on the event loop.
+`publish` takes JSON-safe dicts: the engine's events (the server subscribes to the port and
+publishes `EngineEvent.to_dict()`, from the tick thread) and the receiver registry's. It must
+return at once; everything else happens on the event loop. A failing observer is logged, never
+silently dropped, and never stops the others.
 """
 from __future__ import annotations
 
