@@ -18,6 +18,8 @@ derived from the receiver secret (`seal`/`unseal`), so only that receiver can re
 """
 from __future__ import annotations
 
+from typing import Any
+
 import enum
 import hashlib
 import hmac
@@ -64,7 +66,7 @@ class Message:
     receiver_id: str
     timestamp_ms: int
     nonce: bytes
-    body: dict = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
     signed: bytes = b""      # the bytes the MAC covers (set by parse)
     mac: bytes = b""
 
@@ -79,7 +81,7 @@ def looks_like_control(data: bytes | memoryview) -> bool:
     return len(data) >= 4 and bytes(data[:3]) == MAGIC
 
 
-def encode(type_: MsgType, receiver_id: str, secret: bytes, body: dict | None = None, *,
+def encode(type_: MsgType, receiver_id: str, secret: bytes, body: dict[str, Any] | None = None, *,
            timestamp_ms: int, nonce: bytes | None = None) -> bytes:
     rid = receiver_id.encode()
     if not 0 < len(rid) <= MAX_ID:

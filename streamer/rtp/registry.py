@@ -23,13 +23,21 @@ emits `receiver.not_playing` (an alarm), coming back `receiver.playing_again`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from streamer.rtp import control_protocol as cp
+from streamer.timefmt import utc_iso
+
+if TYPE_CHECKING:
+    from streamer.rtp.srtp import MediaKeyring
+
+log = logging.getLogger("loa.registry")
 
 Addr = tuple[str, int]
 SecretLookup = Callable[[str], "tuple[bytes, str] | None"]
@@ -40,8 +48,7 @@ CLOCK_SLACK_S = 1.0    # receiver messages stamped this much before our start ar
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return utc_iso(t)
 
 
 def _parse_iso(s: str | None) -> float | None:
@@ -53,7 +60,7 @@ def _parse_iso(s: str | None) -> float | None:
         return None
 
 
-def _num(v, lo: float, hi: float) -> float | None:  # noqa: ANN001
+def _num(v: object, lo: float, hi: float) -> float | None:
     """A report field, if it is a finite number in range (reports are authenticated but still
     input: a buggy receiver must not break the status page)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -76,9 +83,9 @@ class _Receiver:
     registers: int = 0
     heartbeats: int = 0
     reports: int = 0
-    report: dict = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
     report_wall: float | None = None
-    played: dict[str, dict] = field(default_factory=dict)   # broadcast -> first/last/audio_s
+    played: dict[str, dict[str, Any]] = field(default_factory=dict)   # broadcast -> first/last/audio_s
     rtt_ms: float | None = None
     now_key: str | None = None
     redundant: bool = False          # gets RFC 2198 packets (previous frame repeated)
@@ -98,13 +105,14 @@ class ReceiverRegistry:
     COUNTERS = ("datagrams", "accepted", "malformed", "unexpected_type", "unknown_id", "bad_mac",
                 "stale", "replay", "lookup_errors", "registers", "heartbeats", "reports", "byes",
                 "welcomes_sent", "now_sent", "address_changes", "offline_transitions",
-                "rekeys", "not_playing_transitions")
+                "rekeys", "not_playing_transitions", "destination_errors")
 
     def __init__(self, secret_for: SecretLookup, *,
-                 on_event: Callable[[dict], None] | None = None,
-                 on_destinations: Callable[[str, list[Addr]], None] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 on_destinations: Callable[[str, list[tuple[str, int, int, bool]]], None]
+                 | None = None,
                  on_zone_loss: Callable[[str, int | None], None] | None = None,
-                 keyring=None, heartbeat_s: float = 15.0, missed: int = 3,  # noqa: ANN001
+                 keyring: MediaKeyring | None = None, heartbeat_s: float = 15.0, missed: int = 3,
                  window_s: float = 30.0, report_s: float = 5.0, server_name: str = "loa",
                  max_played: int = 64, started_wall: float | None = None) -> None:
         self.secret_for = secret_for
@@ -126,7 +134,7 @@ class ReceiverRegistry:
         self.media_ssrc: int | None = None
         self.counters = dict.fromkeys(self.COUNTERS, 0)
         self._rx: dict[str, _Receiver] = {}
-        self._on_air: dict[str, list[dict]] = {}
+        self._on_air: dict[str, list[dict[str, Any]]] = {}
         self._on_air_key: dict[str, str] = {}       # zone -> its on-air list as sent (JSON)
         self._status_seen: object = None            # the last status mapping looked at
         self._now_pending: set[str] = set()         # receivers whose now-playing is due
@@ -139,13 +147,13 @@ class ReceiverRegistry:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _emit(self, type_: str, wall: float, **fields) -> None:
+    def _emit(self, type_: str, wall: float, **fields: Any) -> None:
         ev = {"type": type_, "time": _iso(wall)}
         ev.update(fields)
         try:
             self.on_event(ev)
-        except Exception:       # an observer must never break the protocol
-            pass
+        except Exception:       # an observer must never break the protocol, but it is told
+            log.exception("receiver event observer failed on %s", type_)
 
     def _reject(self, reason: str, addr: Addr, rid: str | None, wall: float, now: float) -> None:
         self.counters[reason] += 1
@@ -162,7 +170,9 @@ class ReceiverRegistry:
         try:
             self.on_destinations(zone, addrs)
         except Exception:
-            pass
+            # receivers of this zone may now get no audio: never silent about it
+            self.counters["destination_errors"] += 1
+            log.exception("applying the destinations of zone %s failed", zone)
 
     # -- input --------------------------------------------------------------------------------
 
@@ -198,7 +208,7 @@ class ReceiverRegistry:
             return []
         r = self._rx.get(msg.receiver_id)
         fresh = r is None
-        if fresh:
+        if r is None:
             r = _Receiver(msg.receiver_id, zone, cp.ReplayGuard(self.window_s, floor))
         why = r.guard.check(msg.timestamp_ms, msg.nonce, int(wall * 1000))
         if why is not None:
@@ -289,10 +299,10 @@ class ReceiverRegistry:
             h[r.loss_bucket] -= 1
             touched.append(r.loss_zone)
         if bucket is not None and zone is not None:
-            h = self._loss_hist.get(zone)
-            if h is None:
-                h = self._loss_hist[zone] = [0] * (self.LOSS_CAP + 1)
-            h[bucket] += 1
+            hz = self._loss_hist.get(zone)
+            if hz is None:
+                hz = self._loss_hist[zone] = [0] * (self.LOSS_CAP + 1)
+            hz[bucket] += 1
             if zone not in touched:
                 touched.append(zone)
         r.loss_bucket, r.loss_zone = bucket, zone
@@ -344,7 +354,8 @@ class ReceiverRegistry:
         self._push_destinations(r.zone)
 
     def _welcome(self, r: _Receiver, secret: bytes, wall: float) -> bytes:
-        body: dict = {"server": self.server_name, "zone": r.zone, "heartbeat_s": self.heartbeat_s,
+        assert r.addr is not None  # welcomed only once online (its address known)
+        body: dict[str, Any] = {"server": self.server_name, "zone": r.zone, "heartbeat_s": self.heartbeat_s,
                       "report_s": self.report_s, "observed": f"{r.addr[0]}:{r.addr[1]}",
                       "on_air": self._on_air.get(r.zone, []), "srtp": self.keyring is not None}
         if self.media_ssrc is not None:
@@ -355,8 +366,8 @@ class ReceiverRegistry:
         self.counters["welcomes_sent"] += 1
         return cp.encode(cp.MsgType.WELCOME, r.id, secret, body, timestamp_ms=int(wall * 1000))
 
-    def _take_report(self, r: _Receiver, body: dict, wall: float) -> None:
-        rep: dict = {}
+    def _take_report(self, r: _Receiver, body: dict[str, Any], wall: float) -> None:
+        rep: dict[str, Any] = {}
         for name, lo, hi in (("fraction_lost", 0, 1), ("cumulative_lost", 0, 2**31),
                              ("jitter_ms", 0, 1e5), ("concealed_pct", 0, 100),
                              ("jb_depth_ms", 0, 1e5), ("jb_target_ms", 0, 1e5),
@@ -499,7 +510,7 @@ class ReceiverRegistry:
             cutoff = wall - 60
             self._sr_sent = {k: v for k, v in self._sr_sent.items() if v > cutoff}
 
-    def set_on_air(self, status: dict[str, list[dict]], wall: float) -> list[tuple[bytes, Addr]]:
+    def set_on_air(self, status: dict[str, list[dict[str, Any]]], wall: float) -> list[tuple[bytes, Addr]]:
         """Zone id -> on-air broadcasts ({broadcast, level}); returns now-playing messages for
         the online receivers of zones whose list changed, and for receivers that just came
         online or moved. Called several times a second: passing the same mapping object again
@@ -565,13 +576,13 @@ class ReceiverRegistry:
 
     # -- output -------------------------------------------------------------------------------
 
-    def status(self, receiver_id: str | None = None) -> list[dict] | dict | None:
+    def status(self, receiver_id: str | None = None) -> list[dict[str, Any]] | dict[str, Any] | None:
         if receiver_id is not None:
             r = self._rx.get(receiver_id)
             return None if r is None else self._status(r)
         return [self._status(r) for r in sorted(self._rx.values(), key=lambda x: (x.zone, x.id))]
 
-    def _status(self, r: _Receiver) -> dict:
+    def _status(self, r: _Receiver) -> dict[str, Any]:
         rep = r.report
         loss = rep.get("fraction_lost")
         conc = rep.get("concealed_pct")
@@ -613,10 +624,10 @@ class ReceiverRegistry:
             out[r.zone] = out.get(r.zone, 0) + (1 if r.online else 0)
         return out
 
-    def delivery_report(self, broadcast: dict,
+    def delivery_report(self, broadcast: dict[str, Any],
                         expected: Iterable[tuple[str, str]] | None = None,
-                        wall: float | None = None) -> dict:
-        """Who played a broadcast (an `Engine.get()` dict): `full` (from its start to its end,
+                        wall: float | None = None) -> dict[str, Any]:
+        """Who played a broadcast (a broadcast snapshot as a dict): `full` (from its start to its end,
         within TOLERANCE_S), `partly`, `never`; and time from start to first audio.
 
         expected: (receiver id, zone) of every receiver that should have played it (from the

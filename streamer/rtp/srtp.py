@@ -45,6 +45,8 @@ Replay and rollover state is *per key* (restarts, failover):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import struct
 import threading
@@ -87,7 +89,7 @@ class MediaKey:
     active_from: float
     retire_after: float | None = None    # stop accepting at this time (set when superseded)
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         return {"kid": self.kid, "key": self.key.hex()}
 
 
@@ -156,7 +158,7 @@ class MediaKeyring:
                     if k is not act and k.active_from <= now:
                         if k.retire_after is None:
                             k = MediaKey(k.kid, k.key, k.created, k.active_from, now + self.grace_s)
-                        if k.retire_after <= now:
+                        if k.retire_after is not None and k.retire_after <= now:
                             continue
                     keep.append(k)
                 self._keys = keep
@@ -165,7 +167,7 @@ class MediaKeyring:
         if rotate:
             self.rotate(now)
 
-    def for_receivers(self) -> list[dict]:
+    def for_receivers(self) -> list[dict[str, Any]]:
         """Keys a receiver needs now: the retiring one (grace), the active one, a pending one."""
         with self._lock:
             keys = self._keys
@@ -256,7 +258,7 @@ class MediaUnprotector:
     def era_of(self, kid: int) -> int | None:
         return self._max_era.get(kid)
 
-    def set_keys(self, keys: list[dict] | list[tuple[int, bytes]]) -> None:
+    def set_keys(self, keys: list[dict[str, Any]] | list[tuple[int, bytes]]) -> None:
         new: dict[int, bytes] = {}
         for k in keys:
             kid, key = (k["kid"], bytes.fromhex(k["key"])) if isinstance(k, dict) else k
@@ -336,19 +338,3 @@ class MediaUnprotector:
                 del self._sessions[old]
         self.ok += 1
         return plain
-
-
-class ProtectedFanout:
-    """A Fanout whose `send` protects the packet first: one protect per program packet, then
-    the same bytes to every receiver. Drop-in for the engine (`Engine(tree, ProtectedFanout(...))`);
-    everything else is delegated to the wrapped Fanout."""
-
-    def __init__(self, fanout, protector: MediaProtector) -> None:  # noqa: ANN001
-        self._fanout = fanout
-        self.protector = protector
-
-    def send(self, packet, keys) -> int:  # noqa: ANN001
-        return self._fanout.send(self.protector.protect(packet), keys)
-
-    def __getattr__(self, name: str):
-        return getattr(self._fanout, name)

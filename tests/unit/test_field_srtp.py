@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from streamer.rtp.packet import RtpPacket
 from streamer.rtp.srtp import (TRAILER_SIZE, MediaAuthError, MediaKeyring, MediaProtector,
-                               MediaUnprotector, ProtectedFanout)
+                               MediaUnprotector)
 
 SSRC = 0x11223344
 
@@ -127,21 +127,3 @@ def test_scheduled_rotation():
     assert len(ring.for_receivers()) == 2 and ring.active[0] == k0
     ring.advance(105.0)
     assert ring.active[0] != k0
-
-
-def test_protected_fanout_protects_once_per_send():
-    class FakeFanout:
-        def __init__(self):
-            self.sent = []
-            self.sock = "the socket"
-
-        def send(self, packet, keys):
-            self.sent.append((packet, tuple(keys)))
-            return len(self.sent[-1][1])
-
-    ring, tx, rx = pair()
-    inner = FakeFanout()
-    f = ProtectedFanout(inner, tx)
-    assert f.send(memoryview(rtp(5, b"\xfc" * 30)), ["z1", "z2", "z3"]) == 3
-    assert tx.protected == 1 and f.sock == "the socket"
-    assert rx.unprotect(inner.sent[0][0]) == rtp(5, b"\xfc" * 30)
