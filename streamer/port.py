@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Union
+from typing import Any, ClassVar, Protocol, cast
 
 from streamer.mixer.arbitration import Level
 from streamer.zones import Zone, ZoneError
@@ -138,15 +138,15 @@ class Programme:
     repeat_pause_s: float = 2.0
 
 
-SourceDescription = Union[FileAudio, ToneAudio, ChimeAudio, SirenAudio, SilenceAudio,
-                          LiveAudio, Programme]
+SourceDescription = (FileAudio | ToneAudio | ChimeAudio | SirenAudio | SilenceAudio | LiveAudio
+                     | Programme)
 
 
 def _plain(v: Any) -> Any:
     if isinstance(v, Level):
         return v.label
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return describe(v) if hasattr(type(v), "kind") else to_plain(v)
+        return describe(cast(SourceDescription, v)) if hasattr(type(v), "kind") else to_plain(v)
     if isinstance(v, Mapping):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (tuple, list, frozenset, set)):
@@ -261,8 +261,8 @@ class SetZoneLoss:
     loss_perc: int | None
 
 
-Command = Union[StartBroadcast, StopBroadcast, ReplaceZones, UpdateZones, SetDestinations,
-                SetZoneLoss]
+Command = (StartBroadcast | StopBroadcast | ReplaceZones | UpdateZones | SetDestinations
+           | SetZoneLoss)
 
 
 def _zone_plain(z: Zone) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def _zone_plain(z: Zone) -> dict[str, Any]:
 
 def _zone_from(d: Mapping[str, Any]) -> Zone:
     return Zone(id=d["id"], name=d.get("name", ""), parent=d.get("parent"),
-                multicast=tuple(d["multicast"]) if d.get("multicast") else None,  # type: ignore[arg-type]
+                multicast=tuple(d["multicast"]) if d.get("multicast") else None,
                 unicast=[(str(h), int(p)) for h, p in d.get("unicast", [])],
                 level=d.get("level", ""), code=d.get("code", ""),
                 language=d.get("language", "vi"),
@@ -348,7 +348,8 @@ class EngineEvent:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EngineEvent:
         names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in d.items() if k in names}
         return cls(**kw)
 
 

@@ -45,7 +45,7 @@ from streamer.core.engine import (Broadcast, BroadcastSpec, Core, EngineSettings
 from streamer.core.loss import LossPolicy
 from streamer.ingest.base import Source
 from streamer.ingest.catalogue import Catalogue, duration_of
-from streamer.mixer.programs import ProgramBank
+from streamer.mixer.programs import ProgramBank, ProgramKey
 from streamer.port import (BroadcastSnapshot, Command, EngineEvent, EngineStats, LiveAudio,
                            ReplaceZones, SetDestinations, SetZoneLoss, StartBroadcast,
                            StopBroadcast, UpdateZones, ZoneError, ZoneSnapshot)
@@ -69,8 +69,9 @@ class Runtime:
         self.settings = s = settings or EngineSettings()
         self.catalogue = catalogue or Catalogue()
         self.core = Core(s)
-        self.bank = ProgramBank(s.opus, s.limiter_ceiling_db, s.idle_channel_ttl_s)
         self.loss = LossPolicy(s.opus.packet_loss_perc, s.loss_hold_s, s.loss_apply_interval_s)
+        self.bank = ProgramBank(s.opus, s.limiter_ceiling_db, s.idle_channel_ttl_s,
+                                on_close=self.loss.forget)
         self.rtp = RtpOutput(fanout, s.payload_type, keyring)
         self.outputs: list[Output] = [self.rtp, *(outputs or [])]
         self.lock = threading.RLock()
@@ -177,7 +178,7 @@ class Runtime:
 
     def broadcasts(self, include_past: bool = False) -> list[BroadcastSnapshot]:
         with self.lock:
-            return self.core.list(include_past)
+            return self.core.snapshots(include_past)
 
     def zone_status(self) -> Mapping[str, ZoneSnapshot]:
         with self.lock:
@@ -385,12 +386,12 @@ class Runtime:
             self.encoders_active = len(programs)
             if programs and not plan.fast:
                 core.first_packets(time.monotonic_ns())
-            core.frames_read(plan, frames, rtp.version)
+            core.frames_read(plan, rtp.version)
             self.ticks += 1
         if core.events or core.to_close or core.to_open:
             self._after()
 
-    def _apply_loss(self, programs: Mapping[Any, tuple[str, ...]], now: float) -> None:
+    def _apply_loss(self, programs: Mapping[ProgramKey, tuple[str, ...]], now: float) -> None:
         channels = self.bank.channels
         for key, perc in self.loss.plan(programs, self.bank.loss(), now).items():
             channels[key].encoder.set_packet_loss(perc)

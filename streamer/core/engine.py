@@ -18,7 +18,7 @@ playhead, never per zone.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from streamer.audio import SILENCE, db_to_gain
 from streamer.ingest.base import Source
 from streamer.mixer.arbitration import Claim, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp
+from streamer.mixer.programs import ProgramKey
 from streamer.port import (BroadcastSnapshot, Conflict, EngineEvent, OnAir, Refused,
                            UnknownBroadcast, ZoneSnapshot)
 from streamer.rtp.opus import OpusSettings
@@ -175,9 +176,6 @@ class Broadcast:
             title=s.title)
 
 
-ProgramKey = tuple[tuple[int, float, float], ...]
-
-
 @dataclass
 class Plan:
     """One tick's decisions. The same object comes back while the plan holds (`fast`)."""
@@ -210,7 +208,7 @@ class Core:
         # the plan
         self._plan: Plan | None = None
         self._plan_sig: tuple[Any, ...] | None = None
-        self._zone_key: dict[str, Hashable] = {}  # program key each zone heard last tick
+        self._zone_key: dict[str, ProgramKey] = {}  # program key each zone heard last tick
         self._zone_winner: dict[str, int] = {}    # winning playhead id per zone, last tick
         self._ramps: dict[tuple[str, str], GainRamp] = {}
         self._zone_status: tuple[Any, dict[str, ZoneSnapshot]] | None = None
@@ -307,7 +305,7 @@ class Core:
                 return h
         return None
 
-    def list(self, include_past: bool = False) -> list[BroadcastSnapshot]:
+    def snapshots(self, include_past: bool = False) -> list[BroadcastSnapshot]:
         out = [b.snapshot() for b in sorted(self.broadcasts.values(), key=lambda x: x.order)]
         if include_past:
             out = list(reversed(self.history)) + out
@@ -444,8 +442,8 @@ class Core:
             key_items = []
             for layer in ls:
                 b = self.broadcasts[layer.claim_id]
-                p = b.playhead_for(z)
-                if p is None or p.finished or (p.paused and not b.spec.live):
+                ph = b.playhead_for(z)
+                if ph is None or ph.finished or (ph.paused and not b.spec.live):
                     continue
                 ramp = self._ramps.get((z, b.id))
                 if ramp is None:
@@ -455,7 +453,7 @@ class Core:
                 g0, g1 = ramp.advance()
                 if g0 != g1 or not ramp.settled:
                     steady = False
-                key_items.append((p.id, round(g0 * b.gain, 5), round(g1 * b.gain, 5)))
+                key_items.append((ph.id, round(g0 * b.gain, 5), round(g1 * b.gain, 5)))
             if not key_items:
                 continue
             key = tuple(key_items)
@@ -478,15 +476,14 @@ class Core:
         self._steady = steady
         return plan
 
-    def frames_read(self, plan: Plan, frames: dict[int, np.ndarray], dest_version: int,
-                    zone_key: dict[str, Hashable] | None = None) -> None:
+    def frames_read(self, plan: Plan, dest_version: int) -> None:
         """After the runtime read `plan.reads` (each playhead's `frame`, and `started` set for
         those that gave one): on a new plan, remember what each zone hears, and whether the
         plan may be reused (every ramp settled and every playhead started: the first frame
         flips `started`, part of the signature)."""
         if plan.fast:
             return
-        new_keys: dict[str, Hashable] = {}
+        new_keys: dict[str, ProgramKey] = {}
         for key, zones in plan.programs.items():
             for z in zones:
                 new_keys[z] = key
@@ -503,7 +500,7 @@ class Core:
                     b.ready_ns = b.playheads[0].source.ready_ns
 
     @property
-    def zone_keys(self) -> dict[str, Hashable]:
+    def zone_keys(self) -> dict[str, ProgramKey]:
         """The programme key each zone heard last tick."""
         return self._zone_key
 

@@ -5,6 +5,9 @@ after the higher value held `hold_s`; reported changes are looked at no more oft
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)   # a programme's key
 
 
 class LossPolicy:
@@ -38,9 +41,8 @@ class LossPolicy:
         return (self._version != self._applied and now >= self._next) or \
             bool(self._due and now >= self._due)
 
-    def plan(self, programs: Mapping[Hashable, tuple[str, ...]],
-             current: Mapping[Hashable, tuple[Hashable, int]], now: float
-             ) -> dict[Hashable, int]:
+    def plan(self, programs: Mapping[K, tuple[str, ...]],
+             current: Mapping[K, tuple[Hashable, int]], now: float) -> dict[K, int]:
         """The loss each program's encoder should plan for now, for those that must change.
         `current[key]` is (the program's encoder, the loss it plans for now): an encoder handed
         to another program keeps its last rise. O(zones): on plan changes and when `due`."""
@@ -48,7 +50,7 @@ class LossPolicy:
         self._next = now + self.apply_interval_s
         zl, default, raised = self.zone_loss, self.default, self._raised
         due = 0.0
-        out: dict[Hashable, int] = {}
+        out: dict[K, int] = {}
         for key, zones in programs.items():
             want = max([zl.get(z, default) for z in zones]) if zl else default
             enc, have = current[key]

@@ -212,11 +212,11 @@ class Catalogue:
             if desc.attention not in ATTENTION_KINDS:
                 raise MediaError(f"unknown attention signal {desc.attention!r}")
             parts.append(attention_part(desc.attention))
+        pause = desc.repeat_pause_s
+        silence = _skip(lambda: SilenceSource(seconds=pause))
         for i in range(max(1, desc.repeat)):
-            if i > 0 and desc.repeat_pause_s > 0:
-                pause = desc.repeat_pause_s
-                parts.append(Part(_skip(lambda p=pause: SilenceSource(seconds=p)), pause,
-                                  "pause"))
+            if i > 0 and pause > 0:
+                parts.append(Part(silence, pause, "pause"))
             parts.append(Part(message, content, f"message {i + 1}"))
         kind = type(desc.message).kind
         return lambda start_s: SequenceSource(parts, start_s, kind=kind)

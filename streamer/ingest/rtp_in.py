@@ -20,8 +20,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ class RtpIngestConfig:
         self.networks = [ipaddress.ip_network(a, strict=False) for a in self.allow]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RtpIngestConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> RtpIngestConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -271,7 +272,7 @@ class RtpIngest:
         while not self._stop.is_set():
             try:
                 data, addr = sock.recvfrom(2048)
-            except socket.timeout:
+            except TimeoutError:
                 self.poll(time.monotonic())
                 continue
             except OSError:
@@ -306,7 +307,7 @@ class RtpIngest:
             return "opus" if 96 <= pt <= 127 else None
         return {PT_PCMU: "pcmu", PT_PCMA: "pcma"}.get(pt)
 
-    def datagram_received(self, data: bytes, addr: tuple, now: float) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...], now: float) -> None:
         st = self.stats
         st.datagrams += 1
         if not self.allowed(addr[0]):
@@ -425,7 +426,7 @@ class RtpIngest:
         """What people see as the broadcast's owner: the configured name or `rtp:<port>`."""
         return self.config.name or f"rtp:{self.port}"
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"port": self.port, "zones": list(self.config.zones), "level": self.level.label,
                 "codec": self.config.codec, "allow": list(self.config.allow),
                 "broadcast": self.broadcast_id, "ssrc": self.ssrc,

@@ -44,11 +44,11 @@ class SkipSource(Source):
             self._skip -= 1
 
     @property
-    def ready_ns(self):  # type: ignore[override]
+    def ready_ns(self) -> int | None:
         return self.inner.ready_ns
 
     @ready_ns.setter
-    def ready_ns(self, value) -> None:
+    def ready_ns(self, value: int | None) -> None:
         pass
 
     def ready(self) -> bool:
@@ -82,11 +82,11 @@ class SkipSource(Source):
         self.inner.close()
 
     @property
-    def error(self):  # type: ignore[override]
+    def error(self) -> str | None:
         return self.inner.error
 
     @error.setter
-    def error(self, value) -> None:
+    def error(self, value: str | None) -> None:
         pass
 
 
@@ -138,11 +138,11 @@ class SequenceSource(Source):
                 self._next = self._open(self._index + 1, 0.0)
 
     @property
-    def ready_ns(self):  # type: ignore[override]
+    def ready_ns(self) -> int | None:
         return self._current.ready_ns if self._current is not None else None
 
     @ready_ns.setter
-    def ready_ns(self, value) -> None:
+    def ready_ns(self, value: int | None) -> None:
         pass
 
     def ready(self) -> bool:

@@ -7,7 +7,7 @@ another programme last tick takes over that programme's encoder, so their decode
 continuous Opus stream where possible."""
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from streamer.mixer.mix import SoftLimiter, add_scaled
 from streamer.rtp.opus import OpusEncoder, OpusSettings
 from streamer.rtp.packet import HEADER_SIZE
 
+#: a programme: its layers (playhead id, gain at tick start, gain at tick end), first wins
 ProgramKey = tuple[tuple[int, float, float], ...]
 
 
@@ -53,17 +54,20 @@ class ProgramChannel:
 
 
 class ProgramBank:
-    def __init__(self, opus: OpusSettings, ceiling_db: float, idle_ttl_s: float = 10.0) -> None:
+    def __init__(self, opus: OpusSettings, ceiling_db: float, idle_ttl_s: float = 10.0,
+                 on_close: Callable[[int], None] | None = None) -> None:
         self.opus = opus
+        #: told the id (as in `loss()`) of each encoder closed after idling
+        self.on_close = on_close
         self.ceiling_db = ceiling_db
         self.idle_ttl_s = idle_ttl_s
-        self.channels: dict[Hashable, ProgramChannel] = {}
+        self.channels: dict[ProgramKey, ProgramChannel] = {}
         self._free: list[ProgramChannel] = []
 
-    def assign(self, programs: Mapping[Hashable, tuple[str, ...]],
-               previous: Mapping[str, Hashable], now: float) -> dict[Hashable, ProgramChannel]:
+    def assign(self, programs: Mapping[ProgramKey, tuple[str, ...]],
+               previous: Mapping[str, ProgramKey], now: float) -> dict[ProgramKey, ProgramChannel]:
         """A channel for every programme (`previous`: the key each zone heard last tick)."""
-        used: dict[Hashable, ProgramChannel] = {}
+        used: dict[ProgramKey, ProgramChannel] = {}
         for key in programs:
             ch = self.channels.get(key)
             if ch is not None:
@@ -92,6 +96,8 @@ class ProgramBank:
             for ch in self._free:
                 if now - ch.last_used > self.idle_ttl_s:
                     ch.close()
+                    if self.on_close is not None:
+                        self.on_close(id(ch))
                 else:
                     keep.append(ch)
             self._free = keep
@@ -101,9 +107,9 @@ class ProgramBank:
     def mix_encode(self, frames: Mapping[int, np.ndarray], now: float) -> None:
         for key, ch in self.channels.items():
             ch.last_used = now
-            ch.mix_encode(key, frames)  # type: ignore[arg-type]
+            ch.mix_encode(key, frames)
 
-    def loss(self) -> dict[Hashable, tuple[Hashable, int]]:
+    def loss(self) -> dict[ProgramKey, tuple[Hashable, int]]:
         """key -> (encoder id, the loss it plans for): for the loss policy."""
         return {key: (id(ch), ch.encoder.loss_perc) for key, ch in self.channels.items()}
 

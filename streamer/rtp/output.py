@@ -27,8 +27,9 @@ from __future__ import annotations
 import secrets
 import zlib
 from collections import deque
-from collections.abc import Hashable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -38,10 +39,13 @@ from streamer.rtp.opus import OpusRepacketizer
 from streamer.rtp.packet import HEADER_SIZE, write_header
 from streamer.zones import PTIMES, Zone, ZoneTree
 
+if TYPE_CHECKING:
+    from streamer.mixer.programs import ProgramKey
+
 __all__ = ["Output", "ProgramFrame", "RtpOutput", "addr_phase", "fanout_key"]
 
-ProgramKey = Hashable
 Dest = tuple[Any, ...]   # (host, port[, ptime[, redundant]])
+_NONE: frozenset[str] = frozenset()
 
 
 class ProgramFrame(Protocol):
@@ -260,7 +264,9 @@ class RtpOutput:
             self._slow = {key: tuple(z for z in zones if z in zp or z in rz)
                           for key, zones in programs.items()}
             self._slow_for = (programs, self.version)
-        spurt_starts: set[str] = set()
+        spurt_starts: set[str] | None = None   # made only on ticks where a talk spurt starts
+        plain: tuple[str, ...]
+        marked: tuple[str, ...]
         for key, zones in programs.items():
             ch = frames[key]
             n = ch.n
@@ -275,7 +281,10 @@ class RtpOutput:
             if marked:
                 write_header(buf, pt, seq, ts, ssrc, marker=True)
                 self._send(ch.view[:n], marked)
-                spurt_starts.update(marked)
+                if spurt_starts is None:
+                    spurt_starts = set(marked)
+                else:
+                    spurt_starts.update(marked)
             self.packets_built += 1
             if slow_frames is not None:
                 slow = self._slow.get(key, ())
@@ -288,7 +297,7 @@ class RtpOutput:
             if self._zone_ptimes:
                 self._send_long_packets(k)
             if self._red_zones:
-                self._send_redundant(k, slow_frames, seq, ts, spurt_starts)
+                self._send_redundant(k, slow_frames, seq, ts, spurt_starts or _NONE)
         elif self._frame_hist:
             self._frame_hist.clear()
         self.tick_index = k
@@ -329,7 +338,7 @@ class RtpOutput:
         return keys
 
     def _send_redundant(self, k: int, frames: dict[str, bytes], seq: int, ts: int,
-                        marked: set[str]) -> None:
+                        marked: AbstractSet[str]) -> None:
         """RFC 2198 packets (this tick's frame + the previous one) for registered receivers on
         lossy links: built once per distinct frame pair, same sequence number and timestamp as
         the plain packet of this tick. The marker bit is the plain packet's (a talk spurt
