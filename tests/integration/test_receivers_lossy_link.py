@@ -24,7 +24,7 @@ from streamer.rtp.rtcp import is_rtcp
 from streamer.runtime import EngineSettings
 from tests.conftest import require_tool
 from tests.integration.conftest import until
-from tests.integration.test_field_link import FieldServer
+from tests.integration.test_rtp_link import FieldServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONDITIONS = ("clean", "random5", "burst20")

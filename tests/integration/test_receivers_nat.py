@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import require_root, require_tool
 from tests.integration.conftest import until
-from tests.integration.test_field_link import SECRETS, FieldServer
+from tests.integration.test_rtp_link import SECRETS, FieldServer
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
