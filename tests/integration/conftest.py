@@ -191,7 +191,7 @@ def tone_stats(x, rate: int, threshold_db: float = -40.0):
     return float(freq), len(on) * win / rate, on[0] * win / rate
 
 
-def wait_for(what: str, fn, timeout: float, interval: float = 0.1):  # noqa: ANN001
+def wait_for(what: str, fn, timeout: float, interval: float = 0.1):
     """Poll `fn` until it returns something truthy (returned); bounded by `timeout`."""
     deadline = time.monotonic() + timeout
     last = None
@@ -203,7 +203,7 @@ def wait_for(what: str, fn, timeout: float, interval: float = 0.1):  # noqa: ANN
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
-async def until(pred, timeout: float, what: str, interval: float = 0.02) -> None:  # noqa: ANN001
+async def until(pred, timeout: float, what: str, interval: float = 0.02) -> None:
     """The asyncio twin of `wait_for`: poll `pred` without blocking the loop."""
     import asyncio
     end = time.monotonic() + timeout

@@ -118,14 +118,14 @@ class Browser:
     def call(self, method: str, params: dict | None = None, timeout: float = 15.0) -> dict:
         return self.loop.run_until_complete(asyncio.wait_for(self._call(method, params), timeout))
 
-    def js(self, expr: str):  # noqa: ANN201
+    def js(self, expr: str):
         r = self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True,
                                            "awaitPromise": True})
         if "exceptionDetails" in r:
             raise RuntimeError(f"{expr}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def wait(self, what: str, expr: str, timeout: float = 15.0):  # noqa: ANN201
+    def wait(self, what: str, expr: str, timeout: float = 15.0):
         deadline = time.monotonic() + timeout
         last = None
         guarded = f"(() => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }})()"
@@ -189,7 +189,7 @@ def test_dashboard_live_state_and_offline_alarm(serve, receivers, browser):
     server = serve(TOML, env={"LOA_ADMIN_TOKEN": TOKEN,
                               "LOA_RECEIVER_HEARTBEAT_S": str(HEARTBEAT_S)})
 
-    def api(method: str, path: str, body=None):  # noqa: ANN001, ANN202
+    def api(method: str, path: str, body=None):
         return server.request(method, path, body, headers=AUTH)
     _, health = api("GET", "/api/v1/health")
     assert health["bootstrap_mode"] is False

@@ -56,7 +56,7 @@ class Sink:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(2048)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -97,7 +97,7 @@ def test_provisioned_receiver_end_to_end(serve, receivers, tmp_path):
         sink.close()
 
 
-def _run(serve, receivers, tmp_path, sink: Sink) -> None:  # noqa: ANN001
+def _run(serve, receivers, tmp_path, sink: Sink) -> None:
     t0 = time.monotonic()
     server = serve(TOML.format(port=sink.port), env={"LOA_RECEIVER_HEARTBEAT_S": str(HEARTBEAT_S)})
     st, health = server.request("GET", "/api/v1/health")
@@ -202,7 +202,7 @@ def _run(serve, receivers, tmp_path, sink: Sink) -> None:  # noqa: ANN001
           f"{t_offline - t_stopped:.2f} s, total {time.monotonic() - t0:.2f} s")
 
 
-def _log(r) -> str:  # noqa: ANN001
+def _log(r) -> str:
     r.logf.flush()
     r.logf.seek(0)
     text = r.logf.read().decode(errors="replace")

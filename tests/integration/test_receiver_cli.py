@@ -56,7 +56,7 @@ class Proc:
             threading.Thread(target=self._pump, args=(stream, sink, q), daemon=True).start()
 
     @staticmethod
-    def _pump(stream, sink, q) -> None:  # noqa: ANN001
+    def _pump(stream, sink, q) -> None:
         for line in stream:
             sink.append(line.rstrip("\n"))
             if q is not None:

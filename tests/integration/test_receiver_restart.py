@@ -57,12 +57,12 @@ class ThreadedReceiver:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
 
-        async def go():  # noqa: ANN202
+        async def go():
             self.stop_ev = asyncio.Event()
             return await self.fr.run(self.sock, duration=120, stop=self.stop_ev)
         self.result = self.loop.run_until_complete(go())
 
-    def call(self, fn, *args):  # noqa: ANN001, ANN201
+    def call(self, fn, *args):
         """Run fn(*args) on the receiver's loop thread and return its result."""
         done = threading.Event()
         box = []
@@ -98,13 +98,13 @@ def aged_packet(key: bytes, kid: int, era: int) -> bytes:
     return s.protect(plain) + TRAILER.pack(kid, 0, era)
 
 
-def live(server, rid: str) -> dict:  # noqa: ANN001
+def live(server, rid: str) -> dict:
     st, body = server.request("GET", f"/api/v1/receivers/{rid}")
     assert st == 200, body
     return body["live"]
 
 
-def tone(server, seconds: float = 60.0) -> str:  # noqa: ANN001
+def tone(server, seconds: float = 60.0) -> str:
     st, b = server.request("POST", "/api/v1/broadcasts",
                            {"zones": ["xa-nhon-ly"], "level": "normal",
                             "source": {"kind": "tone", "freq_hz": 1000, "seconds": seconds}})

@@ -153,7 +153,7 @@ def similarity(ref, out, block=9600, search=2400):
         r = ref[start:start + block]
         if np.sqrt(np.mean(r ** 2)) < 0.01:
             continue                     # silence between words says nothing
-        def score(lag):
+        def score(lag, off=off, start=start, r=r):
             o0 = off + start + lag
             if o0 < 0 or o0 + block > len(out):
                 return -1.0
@@ -252,7 +252,7 @@ async def test_lossy_relay_concealment_and_similarity(tmp_path):
         assert v5["similarity"] > clean - 0.1, results
         assert v20["similarity"] > 0.5, results
     finally:
-        for fr, sink, stop, task, relay in rxs.values():
+        for _fr, _sink, stop, task, _relay in rxs.values():
             stop.set()
             if not task.done():
                 task.cancel()

@@ -34,7 +34,7 @@ def make_rig(n_zones=3, **kw):
 def test_one_encoder_for_500_zones_and_two_when_an_emergency_takes_20():
     eng, fan, _ = make_rig(500)
     eng.start(["province"], seconds=5)
-    k = eng.run(5)
+    eng.run(5)
     assert eng.rt.encoders_active == 1
     # one packet per tick for the whole province
     assert len([s for s in fan.sent if s[0] == 4]) == 1
@@ -88,10 +88,10 @@ def test_emergency_preempts_subzone_next_tick_and_programme_resumes_2s_before_cu
 def test_duck_lowers_programme_by_15_db():
     eng, fan, events = make_rig(1)
     eng.start(["z0"], level="background", freq=300, seconds=10)
-    k = eng.run(100)
+    eng.run(100)
     # a nearly silent announcement: measure the bed under it
     eng.start(["z0"], mode="duck", source=ToneAudio(3000, 3.0, amplitude_dbfs=-60.0))
-    k = eng.run(100)
+    eng.run(100)
     pcm = decode_zone(fan, "z0")
     def band_rms(x, f):
         s = np.abs(np.fft.rfft(x * np.hanning(len(x))))
@@ -192,7 +192,7 @@ def test_a_big_cellular_zone_spreads_its_long_packets_over_the_ticks():
     busy = [per_tick.get(t, 0) for t in range(5, 39)]
     assert max(busy) <= max(n.values()) * 2 and min(busy) > 4_400, busy
     assert sorted(busy)[len(busy) // 2] < 5_600, busy   # split windows aside, half per tick
-    for ph, pkts in by_phase.items():
+    for pkts in by_phase.values():
         assert len(pkts) >= 18
         assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1
                    for a, b in zip(pkts, pkts[1:]))

@@ -17,17 +17,17 @@ SERVER = ("127.0.0.1", 5004)
 T0 = 1_750_000_000.0
 
 
-def welcome(ring: MediaKeyring, wall: float, on_air=None) -> bytes:  # noqa: ANN001
+def welcome(ring: MediaKeyring, wall: float, on_air=None) -> bytes:
     body = {"heartbeat_s": 15.0, "report_s": 5.0, "srtp": True, "on_air": on_air or [],
             "keys": cp.seal(SECRET, "rx1", json.dumps(ring.for_receivers()).encode())}
     return cp.encode(cp.MsgType.WELCOME, "rx1", SECRET, body, timestamp_ms=int(wall * 1000))
 
 
-def sent_types(out):  # noqa: ANN001
+def sent_types(out):
     return [(cp.parse(d).type, cp.parse(d).body.get("rekey")) for d, _ in out]
 
 
-def joined(ring: MediaKeyring, on_air=None):  # noqa: ANN001
+def joined(ring: MediaKeyring, on_air=None):
     fr = FieldReceiver(FieldSession("rx1", SECRET, [SERVER]), Receiver(NullSink()))
     s = fr.session
     assert sent_types(s.poll(0.0, T0)) == [(cp.MsgType.REGISTER, None)]

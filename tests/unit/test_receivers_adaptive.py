@@ -53,7 +53,7 @@ def test_target_follows_jitter_and_ignores_outliers():
     for k in range(500):
         d.observe(rnd.uniform(0, 0.15) if k % 50 else 3.0)   # spikes of 3 s, 2 %
     assert 0.15 < d.target < 0.2, d.target                # p95 of 0..150 ms + 20 ms margin
-    for k in range(500):
+    for _ in range(500):
         d.observe(rnd.uniform(0, 1.0))
     assert d.target == 0.4                                # ceiling
 

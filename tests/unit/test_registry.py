@@ -18,16 +18,16 @@ def make(**kw):
     return reg, events
 
 
-def send(reg, t, rid, wall, body=None, addr=ADDR):  # noqa: ANN001
+def send(reg, t, rid, wall, body=None, addr=ADDR):
     data = cp.encode(t, rid, SECRETS[rid][0], body, timestamp_ms=int(wall * 1000))
     return reg.datagram_received(data, addr, wall - T0, wall)
 
 
-def report(reg, rid, wall, **body):  # noqa: ANN001
+def report(reg, rid, wall, **body):
     send(reg, cp.MsgType.REPORT, rid, wall, {"fraction_lost": 0.0, "received": 0, **body})
 
 
-def types(events):  # noqa: ANN001
+def types(events):
     return [e["type"] for e in events]
 
 

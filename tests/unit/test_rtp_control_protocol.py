@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.registry import ReceiverRegistry
 from streamer.rtp.srtp import MediaKeyring
+from datetime import UTC
 
 SECRETS = {"rx1": (b"s1" * 16, "z1"), "rx2": (b"s2" * 16, "z1"), "rx3": (b"s3" * 16, "z2")}
 T0 = 1_750_000_000.0
@@ -196,8 +197,8 @@ def test_reports_status_now_playing_and_delivery_report():
 
 
 def _iso(t):
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    from datetime import datetime
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_reject_events_are_rate_limited_and_lookup_errors_survive():
