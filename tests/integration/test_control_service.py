@@ -9,8 +9,6 @@ import pytest
 
 from control import auth
 from control.db import Database
-from control.errors import DomainError
-from control.http import status_of
 from control.models import tree_from_rows
 from control.service import ControlState
 from control.settings import load_settings
@@ -82,26 +80,6 @@ async def test_receiver_changes_are_incremental_and_match_a_full_rebuild(state, 
     assert ("127.0.0.1", 7000) in st.tree.zones["b"].unicast
     assert st.tree.zones["c"].ptime == {("127.0.0.1", 7000): 40}  # the SIM link's packet time
     assert ("127.0.1.8", 9) not in st.tree.zones["b"].unicast  # r7 retired
-
-
-async def test_bulk_is_all_or_nothing(state):
-    st = state
-    await st.provision_receivers([{"zone": "b", "id": "taken"}])
-    n = len(await st.db.receivers())
-    cases = [
-        ([{"zone": "b", "id": "x1"}, {"zone": "nowhere", "id": "x2"}], 404, "unknown_zone", "x2"),
-        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x1"}], 422, "duplicate_ids", "x1"),
-        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "taken"}], 409, "receiver_exists", "taken"),
-        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x2", "address": "127.0.0.1:5/30"}],
-         422, "invalid_address", "x2"),
-    ]
-    for rows, status, code, named in cases:
-        with pytest.raises(DomainError) as e:
-            await st.provision_receivers(rows)
-        assert (status_of(e.value), e.value.code) == (status, code), rows
-        assert named in e.value.message
-        assert len(await st.db.receivers()) == n  # nothing written
-    assert await st.db.receiver("x1") is None
 
 
 async def test_server_secret_cache_is_incremental(tmp_path, monkeypatch):

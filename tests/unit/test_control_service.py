@@ -1,0 +1,74 @@
+"""Adding, moving and retiring receivers touches only the zones concerned: in the service layer
+(no full read of the receivers table, no tree rebuild) and in the server's secret cache (nothing
+decrypted again). What the engine does with them: tests/unit/test_rtp_output.py and
+tests/integration/test_rtp_output_fanout.py. No sockets except the in-process test server of the
+secret cache test."""
+from __future__ import annotations
+
+import pytest
+
+from control import auth
+from control.db import Database
+from control.errors import DomainError
+from control.http import status_of
+from control.models import tree_from_rows
+from control.service import ControlState
+from control.settings import load_settings
+from streamer.zones import ZoneTree
+
+
+TOML = """
+cellular_ptime_ms = 40
+[[zones]]
+id = "a"
+[[zones]]
+id = "b"
+parent = "a"
+unicast = ["127.0.0.1:7000"]
+[[zones]]
+id = "c"
+parent = "a"
+"""
+
+
+@pytest.fixture
+async def state(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TOML)
+    settings = load_settings(cfg, data_dir=tmp_path)
+    db = await Database(tmp_path / "s.db").open()
+    swaps: list = []
+    st = ControlState(db, settings, auth.SecretBox.load(None, tmp_path / "k"),
+                      apply_tree=lambda t: swaps.append(("tree", None)),
+                      apply_zones=lambda t, z: swaps.append(("zones", set(z))))
+    await st.apply_config()
+    st.swaps = swaps
+    yield st
+    await db.close()
+
+
+async def full_rebuild(st: ControlState) -> ZoneTree:
+    return tree_from_rows(await st.db.zones(), await st.db.groups(), await st.db.receivers(),
+                          cellular_ptime=40)
+
+
+async def test_bulk_is_all_or_nothing(state):
+    st = state
+    await st.provision_receivers([{"zone": "b", "id": "taken"}])
+    n = len(await st.db.receivers())
+    cases = [
+        ([{"zone": "b", "id": "x1"}, {"zone": "nowhere", "id": "x2"}], 404, "unknown_zone", "x2"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x1"}], 422, "duplicate_ids", "x1"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "taken"}], 409, "receiver_exists", "taken"),
+        ([{"zone": "b", "id": "x1"}, {"zone": "b", "id": "x2", "address": "127.0.0.1:5/30"}],
+         422, "invalid_address", "x2"),
+    ]
+    for rows, status, code, named in cases:
+        with pytest.raises(DomainError) as e:
+            await st.provision_receivers(rows)
+        assert (status_of(e.value), e.value.code) == (status, code), rows
+        assert named in e.value.message
+        assert len(await st.db.receivers()) == n  # nothing written
+    assert await st.db.receiver("x1") is None
+
+
