@@ -138,13 +138,17 @@ class ReceiverLink(asyncio.DatagramProtocol):
             self.transport = None
 
 
+#: (host, port, packet time ms, redundant): a registered receiver as the registry reports it
+DestTuple = tuple[str, int, int, bool]
+
+
 def _on_destinations(engine: LinkRuntime, loop: asyncio.AbstractEventLoop,
-                     coalesce_s: float = 0.02) -> Callable[[str, list[Addr]], None]:
+                     coalesce_s: float = 0.02) -> Callable[[str, list[DestTuple]], None]:
     """Destination changes are applied at most every `coalesce_s` per zone: when thousands of
     receivers register at once (after a server restart, say), each zone's destination list is
     rebuilt once per window instead of once per receiver (which is O(n²) under the engine
     lock, and the tick waits on that lock)."""
-    pending: dict[str, list[tuple[str, int]]] = {}
+    pending: dict[str, list[DestTuple]] = {}
     handle: list[asyncio.TimerHandle | None] = [None]
 
     def flush() -> None:
@@ -157,7 +161,7 @@ def _on_destinations(engine: LinkRuntime, loop: asyncio.AbstractEventLoop,
             except Exception:   # receivers of this zone would stay without audio: say so
                 log.exception("applying the registered receivers of zone %s failed", zone)
 
-    def push(zone: str, addrs: list[tuple[str, int]]) -> None:
+    def push(zone: str, addrs: list[DestTuple]) -> None:
         pending[zone] = list(addrs)
         if handle[0] is None:
             handle[0] = loop.call_later(coalesce_s, flush)
