@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _field_settings(args, ap) -> tuple[str, bytes, list[tuple[str, int]]] | None:  # noqa: ANN001
+def _field_settings(args, ap) -> tuple[str, bytes, list[tuple[str, int]]] | None:
     conf: dict = {}
     if args.config:
         import tomllib
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:  # noqa: ANN001
+def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:
     from receivers.field import FieldReceiver, FieldSession, resolve_servers
     rid, secret, servers = field
     try:
@@ -262,7 +262,7 @@ def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:  # no
     return 0
 
 
-def _run(rx: Receiver, sock, args) -> dict:  # noqa: ANN001
+def _run(rx: Receiver, sock, args) -> dict:
     async def go() -> dict:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

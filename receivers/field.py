@@ -21,6 +21,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from receivers.receiver import Receiver, playout_ticks
 from streamer.audio import SAMPLE_RATE
@@ -214,7 +215,7 @@ class FieldSession:
             self.counters["control_rejected"] += 1
             return None
 
-    def _set_on_air(self, on, now: float) -> None:  # noqa: ANN001
+    def _set_on_air(self, on, now: float) -> None:
         if isinstance(on, list):
             was = bool(self.on_air)
             self.on_air = [x for x in on if isinstance(x, dict)
@@ -309,8 +310,8 @@ class FieldReceiver:
 
     def report(self) -> dict:
         snap = self.rx.snapshot()
-        rec, lost, conc = snap["received"], snap["lost"], snap["concealed"]
-        red_rec = snap.get("red_recovered", 0)
+        rec, lost, conc = int(snap["received"]), int(snap["lost"]), int(snap["concealed"])
+        red_rec = int(snap.get("red_recovered", 0))
         d_rec, d_lost, d_conc = (rec - self._prev[0], lost - self._prev[1],
                                  conc - self._prev[2])
         # the network's loss, before redundancy repaired it: what the server decides on
@@ -322,6 +323,7 @@ class FieldReceiver:
         expected = d_rec + d_lost
         playing = self._last_written > 0 and time.time() - self._last_written < 1.0
         on = self.session.on_air[0] if self.session.on_air else {}
+        body: dict[str, Any]
         body = {"fraction_lost": round(d_lost / expected, 4) if expected > 0 else 0.0,
                 "cumulative_lost": lost, "jitter_ms": snap["jitter_ms"],
                 "concealed_pct": round(100.0 * d_conc / (d_rec + d_conc), 2)
@@ -343,7 +345,7 @@ class FieldReceiver:
         return body
 
     def snapshot(self) -> dict:
-        s = self.rx.snapshot()
+        s: dict[str, Any] = self.rx.snapshot()
         s.update(self.counters)
         s.update({f"session_{k}": v for k, v in self.session.counters.items()})
         s["registered"] = self.session.registered
@@ -372,7 +374,7 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, fr: FieldReceiver) -> None:
         self._fr = fr
 
-    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+    def datagram_received(self, data: bytes, addr) -> None:
         self._fr.datagram_received(data, addr[:2], time.monotonic(), time.time())
 
     def error_received(self, exc: Exception) -> None:
@@ -385,5 +387,5 @@ def resolve_servers(servers: list[Addr]) -> list[Addr]:
     out = []
     for host, port in servers:
         info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
-        out.append((info[0][4][0], port))
+        out.append((str(info[0][4][0]), port))
     return out

@@ -261,6 +261,7 @@ class JitterBuffer:
             self._begin_spurt(ts, arrival)
             return self._insert(seq, ts, packet.payload, samples, packet.marker, arrival)
 
+        assert self._next_ts is not None     # set whenever a spurt plays
         d = ts_diff(ts, self._next_ts)
         if d < 0:
             if d < -self.max_ahead:
@@ -365,6 +366,7 @@ class JitterBuffer:
         if now < self._anchor + self._played_samples / self.clock_rate:
             return None
         ts = self._next_ts
+        assert ts is not None                # set whenever a spurt plays
         e = self._buf.pop(ts, None)
         if e is not None:
             spurt_start = not self._started
@@ -405,6 +407,7 @@ class JitterBuffer:
         return Playout(Action.PLC, None, n, ts)
 
     def _advance(self, samples: int) -> None:
+        assert self._next_ts is not None
         self._next_ts = (self._next_ts + samples) & 0xFFFFFFFF
         self._played_samples += samples
         self._started = True

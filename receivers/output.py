@@ -10,7 +10,8 @@ import shutil
 import struct
 import subprocess
 import sys
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -122,8 +123,10 @@ class SoundCardSink:
             return
         out = self._pcm16[:len(pcm)]
         to_int16(pcm[:_MAX_BLOCK], out=out)
+        stdin = self._proc.stdin
+        assert stdin is not None     # opened with stdin=PIPE
         try:
-            self._proc.stdin.write(out.data)
+            stdin.write(out.data)
         except (BrokenPipeError, OSError):
             self._notice("loa receiver: the sound card output (ffmpeg) stopped; "
                          "discarding audio from now on")
@@ -134,7 +137,8 @@ class SoundCardSink:
         if proc is None:
             return
         try:
-            proc.stdin.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
         except OSError:
             pass
         try:

@@ -156,6 +156,7 @@ class Receiver:
 
     def _adapt(self, now: float) -> int:
         jb, d = self.jitter, self.delay
+        assert d is not None                 # only called when adaptive
         jb.target_delay = d.target
         due, nts = jb.next_due, jb.next_ts
         if due is None or nts is None or now < due or self._ref_ts is None or jb.depth < 2:
@@ -181,8 +182,10 @@ class Receiver:
         dec = self.decoder
         try:
             if p.action is Action.DECODE:
+                assert p.payload is not None     # DECODE and FEC slots carry a packet
                 return dec.decode(p.payload)
             if p.action is Action.FEC:
+                assert p.payload is not None
                 return dec.decode_fec(p.payload, p.samples)
             return dec.conceal(p.samples)
         except OpusError:
@@ -194,7 +197,7 @@ class Receiver:
 
     def snapshot(self) -> dict[str, float | int | bool]:
         jb = self.jitter
-        s = jb.stats.as_dict()
+        s: dict[str, float | int | bool] = dict(jb.stats.as_dict())
         s["concealed"] = s["concealed_fec"] + s["concealed_plc"]
         s.update(self.stats.as_dict())
         s["jitter_ms"] = round(jb.jitter * 1000.0, 3)
@@ -260,7 +263,7 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, receiver: Receiver) -> None:
         self._rx = receiver
 
-    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+    def datagram_received(self, data: bytes, addr) -> None:
         self._rx.datagram_received(data, time.monotonic())
 
     def error_received(self, exc: Exception) -> None:
