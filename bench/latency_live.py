@@ -55,7 +55,7 @@ class RtpCapture:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(2048)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -371,7 +371,7 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
 
     import aiohttp
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    track = _ToneTrack(onsets, lead_s=1.5)
+    track: Any = _ToneTrack(onsets, lead_s=1.5)   # a MediaStreamTrack made at run time
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(track)
     out: dict = {"sender": "aiortc", "capture_clock": "scheduled frame time (time.time)"}
@@ -474,7 +474,7 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     out: dict = {"sender": "chromium"}
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-    ws = None
+    ws: Any = None
     ids = iter(range(1, 1 << 30))
     end = time.monotonic() + deadline_s
 
@@ -587,7 +587,7 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
             await stop_browser()
         out["_hangup"] = hang_up
         return out
-    except (TimeoutError, asyncio.TimeoutError, RuntimeError, aiohttp.ClientError, OSError) as e:
+    except (TimeoutError, RuntimeError, aiohttp.ClientError, OSError) as e:
         out["error"] = f"{type(e).__name__}: {e}"
         return out
     finally:
