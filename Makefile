@@ -9,7 +9,7 @@ APT_PACKAGES := libopus0 ffmpeg espeak-ng redis-server iproute2 iptables \
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: run test deps apt venv clean
+.PHONY: run test lint deps apt venv clean
 
 deps: $(STAMP_APT) $(STAMP_PY)
 
@@ -32,7 +32,11 @@ $(STAMP_PY): pyproject.toml
 run: deps
 	$(VENV)/bin/loa demo
 
-test: deps
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q -ra
 
 clean:
