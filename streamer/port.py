@@ -22,7 +22,7 @@ from streamer.mixer.arbitration import Level
 from streamer.zones import Zone, ZoneError
 
 __all__ = [
-    "FileAudio", "ToneAudio", "ChimeAudio", "SirenAudio", "SilenceAudio", "LiveAudio",
+    "FileAudio", "TtsAudio", "ToneAudio", "ChimeAudio", "SirenAudio", "SilenceAudio", "LiveAudio",
     "Programme", "SourceDescription", "describe", "source_from_dict",
     "StartBroadcast", "StopBroadcast", "ReplaceZones", "UpdateZones", "SetDestinations",
     "SetZoneLoss", "Command", "command_from_dict",
@@ -128,6 +128,21 @@ class LiveAudio:
 
 @_source
 @dataclass(frozen=True, slots=True)
+class TtsAudio:
+    """Text read aloud by a speech engine, sentence by sentence (synthesised off the tick, ahead
+    of playout). `text` is what the submitter sent; the engine side normalises it (numbers,
+    dates, units, abbreviations) before synthesis. `engine` None: the configured default;
+    `voice` None: the zone's or the server's default voice."""
+    kind: ClassVar[str] = "tts"
+    text: str
+    voice: str | None = None
+    rate: float = 1.0
+    engine: str | None = None
+    language: str = "vi"
+
+
+@_source
+@dataclass(frozen=True, slots=True)
 class Programme:
     """A message with its attention signal and repeats: [attention] message [pause message]...
     `attention` is "chime", "siren" or None."""
@@ -139,7 +154,7 @@ class Programme:
 
 
 SourceDescription = (FileAudio | ToneAudio | ChimeAudio | SirenAudio | SilenceAudio | LiveAudio
-                     | Programme)
+                     | TtsAudio | Programme)
 
 
 def _plain(v: Any) -> Any:
