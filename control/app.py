@@ -107,7 +107,7 @@ class Server:
         self.state = ControlState(self.db, settings, box, apply_tree=self._send_tree,
                                   apply_zones=self._send_zones,
                                   receivers_changed=self._receivers_changed)
-        self.receiver_secrets = ReceiverSecrets(self.db, self.state)
+        self.receiver_secrets = ReceiverSecrets(self.db, self.state, on_stale=self._reload)
         self.registry = ReceiverRegistry(
             self.receiver_secrets.lookup, on_event=self.hub.publish,
             on_zone_loss=self._send_zone_loss,
@@ -161,10 +161,18 @@ class Server:
     def _receivers_changed(self, rows: list[dict], secrets: dict[str, bytes]) -> None:
         self.receiver_secrets.changed(rows, secrets)
 
+    async def _reload(self) -> None:
+        """Everything from the database again (the tree, then the secrets through _send_tree):
+        another process changed it and the watcher has not said so yet."""
+        async with self.state.lock:
+            await self.state.reload_tree()
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
         await self.db.open()
+        # before anything is read: a write by another process from here on is seen as a change
+        baseline = await self.state.data_version()
         await self.state.apply_config()
         gone = await self.db.mark_interrupted()
         if gone:
@@ -172,7 +180,8 @@ class Server:
                         "interrupted: %s", len(gone), ", ".join(gone))
         await self.access.open()
         self.asrun.start()
-        self._tasks = [asyncio.create_task(self.state.watch(), name="loa-db-watch")]
+        self._tasks = [asyncio.create_task(self.state.watch(baseline=baseline),
+                                            name="loa-db-watch")]
         await self.receiver_secrets.refresh()
         await asyncio.get_running_loop().run_in_executor(None, prewarm)
         # The tick shares the GIL with this whole process, and a full garbage collection walks

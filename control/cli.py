@@ -309,7 +309,7 @@ def _state_parser(prog: str, desc: str) -> argparse.ArgumentParser:
     return p
 
 
-async def _with_state(args: argparse.Namespace, fn):
+async def _with_state(args: argparse.Namespace, fn, apply_config: bool = False):
     from control.auth import SecretBox
     from control.db import Database
     from control.service import ControlState
@@ -318,15 +318,20 @@ async def _with_state(args: argparse.Namespace, fn):
     try:
         box = SecretBox.load(settings.secret_key.get_secret_value() if settings.secret_key else None,
                              settings.data_dir / "secret.key")
-        return await fn(ControlState(db, settings, box))
+        state = ControlState(db, settings, box)
+        if apply_config:
+            # the settings file's zones/groups/receivers first, as `loa serve` does at start, so
+            # offline provisioning works on a data directory no server has opened yet
+            await state.apply_config()
+        return await fn(state)
     finally:
         await db.close()
 
 
-def _run_state(args, fn, prog: str) -> int:
+def _run_state(args, fn, prog: str, apply_config: bool = False) -> int:
     from control.errors import DomainError
     try:
-        out = asyncio.run(_with_state(args, fn))
+        out = asyncio.run(_with_state(args, fn, apply_config))
     except DomainError as e:
         print(f"{prog}: {e.message} ({e.code})", file=sys.stderr)
         return 1
@@ -474,8 +479,8 @@ def cmd_receivers(argv: list[str]) -> int:
             return 2
 
         async def bulk(state):
-            return {"receivers": await state.provision_receivers(rows)}
-        return _run_state(args, bulk, prog)
+            return {"receivers": await state.provision_receivers(rows, origin="cli")}
+        return _run_state(args, bulk, prog, apply_config=True)
     if not args.zone:
         print(f"{prog}: --zone is required (or --file)", file=sys.stderr)
         return 2
@@ -485,7 +490,8 @@ def cmd_receivers(argv: list[str]) -> int:
     except ValidationError as e:
         print(f"{prog}: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    return _run_state(args, lambda state: state.provision_receiver(body.model_dump()), prog)
+    return _run_state(args, lambda state: state.provision_receiver(body.model_dump(), origin="cli"),
+                      prog, apply_config=True)
 
 
 def main(argv: list[str]) -> int:

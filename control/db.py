@@ -268,6 +268,11 @@ class Database:
         """Only what the receiver protocol's secret cache needs, for every receiver."""
         return await self._all("SELECT id, zone, status, secret_enc FROM receivers ORDER BY rowid")
 
+    async def one_receiver_secret_row(self, rid: str) -> dict | None:
+        """The same for one receiver (an id the secret cache did not know)."""
+        return await self._one("SELECT id, zone, status, secret_enc FROM receivers WHERE id=?",
+                               (rid,))
+
     async def update_receiver(self, rid: str, **fields: Any) -> None:
         fields["updated_at"] = now_iso()
         sets = ", ".join(f"{k}=?" for k in fields)

@@ -5,29 +5,102 @@ Filled from the database at start and after a full reload (another process may h
 moved or retired receivers); changes made by this server come from the service layer with the
 raw secrets of new receivers, so nothing is decrypted for them. A secret is decrypted again
 only when its sealed blob changed.
+
+An id the cache does not know is looked up in the database before it is given up on: off the
+datagram path (a task; this datagram is dropped as unknown, the receiver's next registration,
+2 s later, finds its secret), at most `MISS_RATE` look-ups a second in all and one per id per
+`MISS_RETRY_S` (any datagram names an id before its MAC is checked). An id the database knows
+and the cache did not means the cache is stale: everything is reloaded (`on_stale`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from control.db import Database
 from control.service import ControlState
 
 log = logging.getLogger("loa.control")
 
+MISS_RATE = 20.0        # database look-ups of unknown ids, per second, in all
+MISS_BURST = 20
+MISS_RETRY_S = 5.0      # an id not found is not looked up again for this long
+MISS_PENDING = 256      # ids waiting for a look-up, at most
+
 
 class ReceiverSecrets:
-    def __init__(self, db: Database, state: ControlState) -> None:
+    def __init__(self, db: Database, state: ControlState,
+                 on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
         self.db = db
         self.state = state
+        #: reloads everything (zone tree and secrets) when the database knows an id we did not
+        self.on_stale = on_stale
+        self.misses = {"looked_up": 0, "found": 0, "dropped": 0}
+        self._missed_at: dict[str, float] = {}    # id -> when it was last looked up
+        self._pending: dict[str, None] = {}       # ids waiting for the look-up task
+        self._miss_task: asyncio.Task | None = None
+        self._tokens = float(MISS_BURST)
+        self._tokens_at = time.monotonic()
         #: receiver id -> (secret, zone)
         self.secrets: dict[str, tuple[bytes, str]] = {}
         #: receiver id -> the sealed blob its cached secret was opened from
         self._sealed: dict[str, bytes] = {}
 
     def lookup(self, rid: str) -> tuple[bytes, str] | None:
-        return self.secrets.get(rid)
+        found = self.secrets.get(rid)
+        if found is None:
+            self._missed(rid)
+        return found
+
+    def _missed(self, rid: str) -> None:
+        """Queue a database look-up of an id the cache does not know (never waits)."""
+        now = time.monotonic()
+        last = self._missed_at.get(rid)
+        if rid in self._pending or (last is not None and now - last < MISS_RETRY_S):
+            return
+        self._tokens = min(float(MISS_BURST), self._tokens + (now - self._tokens_at) * MISS_RATE)
+        self._tokens_at = now
+        if self._tokens < 1.0 or len(self._pending) >= MISS_PENDING:
+            self.misses["dropped"] += 1
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return          # no loop (a test driving the registry by hand): nothing to do
+        self._tokens -= 1.0
+        self._pending[rid] = None
+        if self._miss_task is None or self._miss_task.done():
+            self._miss_task = loop.create_task(self._look_up_misses(), name="loa-secret-miss")
+
+    async def _look_up_misses(self) -> None:
+        stale = False
+        while self._pending:
+            rid = next(iter(self._pending))
+            try:
+                if len(self._missed_at) > 10 * MISS_PENDING:   # forget old negative answers
+                    cut = time.monotonic() - MISS_RETRY_S
+                    self._missed_at = {k: t for k, t in self._missed_at.items() if t >= cut}
+                self._missed_at[rid] = time.monotonic()
+                self.misses["looked_up"] += 1
+                row = await self.db.one_receiver_secret_row(rid)
+                if row is not None and rid not in self.secrets:
+                    self._cache(row)
+                    if rid in self.secrets:
+                        self.misses["found"] += 1
+                        stale = True
+                        log.warning("receiver %s is in the database but was not known to this "
+                                    "server (changed by another process?): reloading", rid)
+            except Exception:
+                log.exception("looking up receiver %s failed", rid)
+            finally:
+                self._pending.pop(rid, None)
+        if stale and self.on_stale is not None:
+            try:
+                await self.on_stale()
+            except Exception:
+                log.exception("reloading after a stale receiver cache failed")
 
     def forget(self, rid: str) -> None:
         self.secrets.pop(rid, None)

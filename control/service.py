@@ -90,15 +90,24 @@ class ControlState:
             self.apply_tree(tree)
         return tree
 
-    async def watch(self, interval_s: float = 2.0) -> None:
-        """Pick up zone/receiver changes another process (the CLI) wrote to the same file."""
-        last = None
+    async def data_version(self) -> int | None:
+        """SQLite's `PRAGMA data_version` of our connection: it changes when another connection
+        (the CLI, a restore, another tool) commits to the file, never for our own writes."""
+        row = await (await self.db.conn.execute("PRAGMA data_version")).fetchone()
+        return row[0] if row is not None else None
+
+    async def watch(self, interval_s: float = 2.0, baseline: int | None = None) -> None:
+        """Pick up zone/receiver changes another process (the CLI) wrote to the same file.
+        `baseline`: the data_version read *before* the state was loaded, so a write made while
+        the server was starting is a change, not the baseline (None: read it now)."""
+        last = baseline
+        if last is None:
+            last = await self.data_version()
         while True:
             await asyncio.sleep(interval_s)
             try:
-                row = await (await self.db.conn.execute("PRAGMA data_version")).fetchone()
-                v = row[0] if row is not None else None
-                if last is not None and v != last:
+                v = await self.data_version()
+                if v != last:
                     async with self.lock:
                         await self.reload_tree()
                 last = v
@@ -293,15 +302,17 @@ class ControlState:
             return {"created": created, "updated": updated, "rows": len(rows)}
 
     # ------------------------------------------------------------------ receivers
-    async def provision_receiver(self, data: dict) -> dict:
+    async def provision_receiver(self, data: dict, origin: str = "api") -> dict:
         """Returns the receiver with its secret; the secret is never shown again."""
-        return (await self.provision_receivers([data]))[0]
+        return (await self.provision_receivers([data], origin))[0]
 
-    async def provision_receivers(self, items: list[dict]) -> list[dict]:
+    async def provision_receivers(self, items: list[dict], origin: str = "api") -> list[dict]:
         """Provision many receivers at once, all or nothing: every row is checked (zones exist,
         ids are free and distinct, addresses parse) before one transaction writes them all;
         the engine then gets the new destinations of the zones concerned in one change.
-        Returns the receivers in the order given, each with its secret (shown only this once)."""
+        Returns the receivers in the order given, each with its secret (shown only this once).
+        `origin`: who made them, as recorded ("api", or "cli" for `loa receivers provision`)."""
+        assert origin in ("api", "cli")
         if not items:
             raise Invalid("invalid_request", "no receivers given")
         given = [it["id"] for it in items if it.get("id")]
@@ -357,7 +368,7 @@ class ControlState:
                      "lat": it.get("lat"), "lon": it.get("lon"),
                      "link": it.get("link") or "ethernet", "address": it.get("address"),
                      "notes": it.get("notes") or "", "status": "provisioned", "secret_enc": None,
-                     "origin": "api", "created_at": now, "updated_at": now, "retired_at": None,
+                     "origin": origin, "created_at": now, "updated_at": now, "retired_at": None,
                      "last_seen_at": None} for rid, it in zip(ids, items)]
             # AES-GCM per receiver: ~0.1 s for 10,000, off the event loop
             raw = await asyncio.get_running_loop().run_in_executor(None, self._seal, rows) \
