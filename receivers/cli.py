@@ -15,7 +15,7 @@ stops answering. The config file holds the same settings:
     id = "cum-loa-01"
     secret = "..."                       # or secret_file = "/etc/loa/secret"
     servers = ["loa1.example.vn:5004", "loa2.example.vn:5004"]
-    listen = "0.0.0.0:0"                 # optional
+    listen = "0.0.0.0:0"                 # optional; default: the address routing to the servers
 
 Statistics go to stdout as `key=value` lines (`stats ...` periodically, `final ...` on exit);
 notices and errors go to stderr.
@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Receive a Loa zone's Opus/RTP stream and play it.")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--listen", type=host_port, metavar="HOST:PORT",
-                     help="unicast: bind this UDP address")
+                     help="unicast: bind this UDP address. With --server and no --listen: the "
+                          "local address that routes to the server(s), any port (0.0.0.0:0, "
+                          "every interface, when they route through different ones)")
     src.add_argument("--multicast", type=host_port, metavar="GROUP:PORT",
                      help="join this IPv4 multicast group")
     ap.add_argument("--interface", metavar="IP",
@@ -143,6 +145,23 @@ def decode_secret(text: str) -> bytes:
     return t.encode()
 
 
+def route_address(servers: list[tuple[str, int]]) -> str:
+    """The local address that routes to every server (a connected UDP socket's own address; no
+    packet is sent), or 0.0.0.0 when they route through different interfaces or one cannot be
+    resolved or reached."""
+    import socket
+    found = set()
+    for host, port in servers:
+        try:
+            ip = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((ip, port))
+                found.add(s.getsockname()[0])
+        except OSError:
+            return "0.0.0.0"
+    return found.pop() if len(found) == 1 else "0.0.0.0"
+
+
 def _line(tag: str, snap: dict, keys: tuple[str, ...]) -> str:
     return tag + " " + " ".join(f"{k}={snap[k]}" for k in keys)
 
@@ -155,7 +174,7 @@ def main(argv: list[str]) -> int:
         if args.multicast:
             ap.error("--server receives unicast; it does not go with --multicast")
         if args.listen is None:
-            args.listen = ("0.0.0.0", 0)
+            args.listen = (route_address(field[2]), 0)
     elif not (args.listen or args.multicast):
         ap.error("one of --listen, --multicast or --server is required")
     if args.interface and not args.multicast:
