@@ -88,7 +88,8 @@ class Broadcasts:
             cmd = StartBroadcast(id=req.id or "", targets=tuple(req.zones), level=req.level_enum,
                                  source=desc, mode=req.mode, gain_db=req.gain_db,
                                  owner=principal.name, owner_name=principal.label,
-                                 title=str(details.get("title") or ""), details=details)
+                                 title=str(details.get("title") or ""),
+                                 details=dict(details, owner_id=principal.id))
             return await loop.run_in_executor(None, self.submit, cmd)
 
     def start_live(self, principal: Principal, targets: list[str] | tuple[str, ...],
@@ -100,7 +101,8 @@ class Broadcasts:
         input_id = self.port.add_live_input(source)
         cmd = StartBroadcast(id="", targets=tuple(targets), level=level,
                              source=LiveAudio(input_id, via=via), owner=principal.name,
-                             owner_name=principal.label, details=dict(details or {}))
+                             owner_name=principal.label,
+                             details=dict(details or {}, owner_id=principal.id))
         return self.submit(cmd)
 
     def submit(self, cmd: StartBroadcast) -> BroadcastSnapshot:

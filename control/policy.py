@@ -78,6 +78,15 @@ class Principal:
     display_name: str = ""
 
     @property
+    def id(self) -> str:
+        """Who this is, stably: a user by its row id (a user deleted and another made with the
+        same name is somebody else), a built-in principal by its kind. Ownership is decided on
+        this, never on a name people can choose."""
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        return f"{self.via}:{self.name}"
+
+    @property
     def label(self) -> str:
         """What other people see (a refusal names the holder by it)."""
         return self.display_name or self.name
@@ -167,7 +176,7 @@ class Policy:
         lim = ROLE_LIMITS[principal.role]
         if principal.role == "admin":
             return True
-        if broadcast.get("owner") == principal.name:
+        if owns(principal, broadcast):
             return True
         if not lim.stop_any_in_scope:
             return False
@@ -179,7 +188,31 @@ class Policy:
     @staticmethod
     def may_hang_up(principal: Principal, broadcast: Mapping[str, Any]) -> bool:
         """A live talk ends by its talker, or by a role that may end anyone's."""
-        return broadcast.get("owner") == principal.name or ROLE_LIMITS[principal.role].hang_up_any
+        return owns(principal, broadcast) or ROLE_LIMITS[principal.role].hang_up_any
+
+
+#: names no user may take: the built-in principals' (and what the audit log calls nobody)
+RESERVED_NAMES = frozenset({"admin-token", "local-bootstrap", "anonymous", "system", "config"})
+
+
+def reserved_name(name: str, extra: Iterable[str] = ()) -> bool:
+    """A username that would read as a built-in principal (case-insensitive), or as one of
+    `extra` (the configured inputs that act under their own names, e.g. RTP ingest ports)."""
+    n = name.strip().lower()
+    return n in RESERVED_NAMES or n in {e.lower() for e in extra}
+
+
+def owns(principal: Principal, broadcast: Mapping[str, Any]) -> bool:
+    """Ownership by identity: the starter's stable id (kept in the source description as
+    `owner_id`). A record without one (started before ids were kept) falls back to the account
+    name, except for a user whose name is a built-in principal's."""
+    source = broadcast.get("source") or {}
+    oid = source.get("owner_id") if isinstance(source, Mapping) else None
+    if oid:
+        return bool(oid == principal.id)
+    if principal.user_id is not None and reserved_name(principal.name):
+        return False
+    return bool(broadcast.get("owner") == principal.name)
 
 
 def path_allowed(path: str, media_dirs: list[Path]) -> str | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from control import auth
 from control.db import Database, now_iso
 from control.errors import Conflict, Invalid, NotFound, TooLarge
-from control.policy import ROLES
+from control.policy import ROLES, reserved_name
 from control.models import (receiver_destination, tree_from_rows, zone_from_row,
                             zone_with_destinations)
 from control.settings import Settings
@@ -465,6 +465,11 @@ class ControlState:
                           password: str | None, display_name: str = "") -> dict:
         if role not in ROLES:
             raise Invalid("invalid_role", f"role must be one of {', '.join(ROLES)}")
+        ingests = [str(i.get("name") or "") for i in getattr(self.settings, "rtp_ingest", [])
+                   if isinstance(i, dict)]
+        if reserved_name(username, [n for n in ingests if n]):
+            raise Invalid("reserved_username", f"{username!r} is the name of a built-in principal "
+                          "or a configured input; choose another username")
         if await self.db.user_by_name(username) is not None:
             raise Conflict("user_exists", f"user {username!r} already exists")
         ph = await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password) \
