@@ -1,0 +1,66 @@
+"""control/alerts/signature.py: only the registered authority's key makes a message authentic."""
+from __future__ import annotations
+
+import pytest
+
+from control.alerts.signature import Authorities, Authority, SignatureError, Unsigned
+from tests.cap_build import cap, make_key_and_cert, sign
+
+KEY, CERT = make_key_and_cert("KTTV")
+OTHER_KEY, OTHER_CERT = make_key_and_cert("KTTV")  # same name, another key
+BOOK = Authorities([Authority("kttv", "Trung tâm KTTV", CERT)])
+
+
+def test_valid_signature_by_the_registered_key():
+    alert, who = BOOK.verify(sign(cap(), KEY), 1 << 20)
+    assert who.id == "kttv" and alert.identifier == "VN-KTTV-2025-0001" and alert.signed
+
+
+def test_valid_with_embedded_registered_certificate_too():
+    assert BOOK.verify(sign(cap(), KEY, CERT), 1 << 20)[1].id == "kttv"
+
+
+def test_wrong_key_is_refused():
+    with pytest.raises(SignatureError) as e:
+        BOOK.verify(sign(cap(), OTHER_KEY), 1 << 20)
+    assert e.value.code == "bad_signature"
+
+
+def test_an_embedded_certificate_proves_nothing_by_itself():
+    # signed correctly with the other key and carrying its certificate: integrity, not origin
+    signed = sign(cap(), OTHER_KEY, OTHER_CERT)
+    with pytest.raises(SignatureError):
+        BOOK.verify(signed, 1 << 20)
+    assert Authorities([Authority("x", "x", OTHER_CERT)]).verify(signed, 1 << 20)[1].id == "x"
+
+
+@pytest.mark.parametrize("old,new", [
+    (b"<status>Actual</status>", b"<status>Test</status>"),
+    (b"21598", b"21599"),
+    (b"B\xc3\xa3o s\xe1\xbb\x91 13", b"B\xc3\xa3o s\xe1\xbb\x91 14"),
+])
+def test_tampered_after_signing_is_refused(old, new):
+    signed = sign(cap(), KEY, CERT)
+    assert old in signed
+    with pytest.raises(SignatureError):
+        BOOK.verify(signed.replace(old, new, 1), 1 << 20)
+
+
+def test_unsigned_is_its_own_error():
+    with pytest.raises(Unsigned):
+        BOOK.verify(cap(), 1 << 20)
+
+
+def test_a_feed_bound_to_an_authority_accepts_only_that_key():
+    both = Authorities([Authority("kttv", "", CERT), Authority("other", "", OTHER_CERT)])
+    signed = sign(cap(), OTHER_KEY)
+    assert both.verify(signed, 1 << 20)[1].id == "other"
+    with pytest.raises(SignatureError):
+        both.verify(signed, 1 << 20, only="kttv")
+
+
+def test_hostile_xml_is_refused_before_signature_code():
+    from control.errors import Invalid
+    with pytest.raises(Invalid) as e:
+        BOOK.verify(b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>', 1 << 20)
+    assert e.value.code == "forbidden_xml"
