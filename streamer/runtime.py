@@ -240,7 +240,7 @@ class Runtime:
     def _start(self, cmd: StartBroadcast) -> BroadcastSnapshot:
         bid = cmd.id or secrets.token_hex(6)
         try:
-            factory = self.catalogue.factory(cmd.source)
+            factory = self.catalogue.factory(cmd.source, priority=int(cmd.level))
             duration = cmd.duration_s if cmd.duration_s is not None else duration_of(cmd.source)
             spec = BroadcastSpec(targets=list(cmd.targets), level=cmd.level,
                                  source_factory=factory, kind=cmd.kind,
@@ -250,7 +250,7 @@ class Runtime:
                                  title=cmd.title)
             with self.lock:
                 b: Broadcast = self.core.admit(spec, time.time(), time.monotonic_ns())
-            # open the source outside the lock: starting decode threads can take a moment
+            # open the source outside the lock (a file's decoding goes to the shared pool)
             source = factory(0.0)
             source.start()
         except BaseException:

@@ -162,12 +162,13 @@ class Catalogue:
             return len(self._live)
 
     # -- descriptions ------------------------------------------------------------------------
-    def factory(self, desc: SourceDescription) -> SourceFactory:
+    def factory(self, desc: SourceDescription, priority: int = 0) -> SourceFactory:
         """`make(start_s) -> Source` for a description. No I/O here (a live input must be
-        registered already: MediaError otherwise)."""
+        registered already: MediaError otherwise). `priority` (the broadcast's level) orders
+        the shared decoder pool: an emergency's file is decoded before lower levels'."""
         from streamer.ingest.tones import ChimeSource, SilenceSource, SirenSource, ToneSource
         if isinstance(desc, FileAudio):
-            return self._file(desc)
+            return self._file(desc, priority)
         if isinstance(desc, ToneAudio):
             d = desc
             return _skip(lambda: ToneSource(freq_hz=d.freq_hz, seconds=d.seconds,
@@ -184,28 +185,28 @@ class Catalogue:
             src = self.live_input(desc.input_id)
             return lambda start_s: src   # live audio cannot seek: always the one input
         if isinstance(desc, Programme):
-            return self._programme(desc)
+            return self._programme(desc, priority)
         raise MediaError(f"cannot play a {type(desc).__name__}")
 
     def open(self, desc: SourceDescription, start_s: float = 0.0) -> Source:
         """The Source for a description, `start_s` seconds in (not started)."""
         return self.factory(desc)(start_s)
 
-    def _file(self, desc: FileAudio) -> SourceFactory:
+    def _file(self, desc: FileAudio, priority: int = 0) -> SourceFactory:
         from streamer.ingest.file import FileSource
         path, measured, target = desc.path, desc.loudness_lufs, self.loudness_target
 
         def make(start_s: float) -> Source:
             return FileSource(path, loudness_target_lufs=target, measured_lufs=measured,
-                              start_s=start_s)
+                              start_s=start_s, priority=priority)
         return make
 
-    def _programme(self, desc: Programme) -> SourceFactory:
+    def _programme(self, desc: Programme, priority: int = 0) -> SourceFactory:
         """[attention] message [pause message]...: a SequenceSource, reopenable part-way."""
         from streamer.ingest.tones import SilenceSource
         if isinstance(desc.message, (Programme, LiveAudio)):
             raise MediaError("a programme's message must be a recording or a tone")
-        message = self.factory(desc.message)
+        message = self.factory(desc.message, priority)
         content = duration_of(desc.message) or 0.0
         parts: list[Part] = []
         if desc.attention:

@@ -1,15 +1,17 @@
 """Media files (wav, mp3, ogg/opus, ogg/vorbis, flac, m4a/aac, ...) as a Source.
 
-PyAV decodes in a worker thread; each decoded frame is resampled to 48 kHz (all channels kept,
-planar float), downmixed to mono by averaging the channels, cut into exact 960-sample frames
-and put on a bounded queue. Averaging (rather than FFmpeg's default mono matrix, which sums
-correlated stereo to +3 dB and an unknown 6-channel layout to +4.6 dB) means a dual-mono file
-plays exactly like its mono original and the downmix can never push a sample past full scale.
+PyAV decodes on the shared bounded decoder pool (streamer/ingest/decode_pool.py: a few worker
+threads for every playing file, never a thread per file); each decoded frame is resampled to
+48 kHz (all channels kept, planar float), downmixed to mono by averaging the channels, cut into
+exact 960-sample frames and put on a bounded queue. Averaging (rather than FFmpeg's default mono
+matrix, which sums correlated stereo to +3 dB and an unknown 6-channel layout to +4.6 dB) means
+a dual-mono file plays exactly like its mono original and the downmix can never push a sample
+past full scale.
 
-The worker blocks when the queue is full, so a paused (preempted) item holds at most
-`queue_frames` decoded frames. `read()` never blocks. The last `history_s` seconds of frames
-already read are kept in a preallocated ring so a preempted item can resume a little before
-where it was cut (`rewind`) without seeking the decoder.
+A source whose queue is full is parked (it costs no worker) until it has been read down, so a
+paused (preempted) item holds at most `queue_frames` decoded frames. `read()` never blocks. The
+last `history_s` seconds of frames already read are kept in a preallocated ring so a preempted
+item can resume a little before where it was cut (`rewind`) without seeking the decoder.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from av.container import InputContainer
 
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, db_to_gain
 from streamer.ingest.base import MediaError, Source
+from streamer.ingest.decode_pool import DONE, FULL, RUN, DecodePool, default_pool
 
 #: loudness normalisation never changes the level by more than this
 MAX_NORMALISE_DB = 20.0
@@ -306,9 +309,17 @@ class FileSource(Source):
     def __init__(self, path: str | os.PathLike[str], gain_db: float = 0.0,
                  loudness_target_lufs: float | None = None, measured_lufs: float | None = None,
                  history_s: float = 10.0, queue_frames: int = 50, start_s: float = 0.0,
-                 max_decode_errors: int = MAX_DECODE_ERRORS) -> None:
+                 max_decode_errors: int = MAX_DECODE_ERRORS, priority: int = 0,
+                 pool: DecodePool | None = None) -> None:
         super().__init__()
         self.path = os.fspath(path)
+        #: the decoder pool serves higher priorities first (the runtime gives the broadcast level)
+        self.decode_priority = int(priority)
+        self._pool = pool
+        self._pool_parked = False
+        self._pool_running = False
+        self._frames_gen: Generator[np.ndarray, None, None] | None = None
+        self._pending: np.ndarray | None = None  # decoded, waiting for queue space
         self.max_decode_errors = max_decode_errors
         norm_db = 0.0
         if (loudness_target_lufs is not None and measured_lufs is not None
@@ -320,10 +331,11 @@ class FileSource(Source):
         self._gain = db_to_gain(self.gain_db)  # only ever lowered, by peak protection
         self.queue_frames = max(1, int(queue_frames))
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=self.queue_frames)
+        #: a parked decoder is woken once the queue has been read down to this
+        self._low_water = self.queue_frames - max(1, self.queue_frames // 4)
         self._stop = threading.Event()
         self._done = threading.Event()      # worker has put its last frame
         self._has_data = threading.Event()  # first frame queued, or worker done
-        self._thread: threading.Thread | None = None
         self._closed = False
         self.decoded_frames = 0
         # history ring: frames already read, in media order (slot i = frame number i mod cap)
@@ -356,9 +368,9 @@ class FileSource(Source):
                 g = self._gain = max(1.0, PEAK_CEILING / peak)
         frame *= g
 
-    # -- worker -----------------------------------------------------------------------
+    # -- decoding (on the shared pool) --------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None or self._closed:
+        if self._frames_gen is not None or self._closed:
             return
         prefix = None
         if self._prefix_key is not None:
@@ -371,25 +383,17 @@ class FileSource(Source):
             self.decoded_frames = self._skip
             self.ready_ns = time.monotonic_ns()
             self._has_data.set()
-        self._thread = threading.Thread(
-            target=self._run, name=f"loa-file-{os.path.basename(self.path)}", daemon=True)
-        self._thread.start()
+        self._frames_gen = self._produce()
+        if self._pool is None:
+            self._pool = default_pool()
+        self._pool.submit(self)
 
-    def _put(self, item: np.ndarray) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        gen = None
+    def _produce(self) -> Generator[np.ndarray, None, None]:
+        """The file as gained 960-sample frames (those already queued from the prefix cache
+        are decoded but not yielded). Runs a turn at a time on a pool worker."""
+        extra = {"start_s": self.start_s} if self.start_s else {}
+        gen = decode_mono48(self.path, self.max_decode_errors, stop=self._stop.is_set, **extra)
         try:
-            extra = {"start_s": self.start_s} if self.start_s else {}
-            gen = decode_mono48(self.path, self.max_decode_errors, stop=self._stop.is_set,
-                                **extra)
             acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
             fill = 0
             produced = 0
@@ -409,32 +413,55 @@ class FileSource(Source):
                             learn.append(acc.copy())
                             if produced == PREFIX_FRAMES:
                                 self._remember(learn)
-                        if produced <= self._skip:
-                            acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
-                            fill = 0
-                            continue  # already queued from the prefix cache
-                        if not self._put(acc):
-                            return
-                        self.decoded_frames += 1
-                        if self.ready_ns is None:
-                            self.ready_ns = time.monotonic_ns()
-                        self._has_data.set()
+                        if produced > self._skip:  # else already queued from the prefix cache
+                            yield acc
                         acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
                         fill = 0
             if fill and not self._stop.is_set():
                 acc[fill:] = 0.0  # the last frame is padded with silence
                 self._apply_gain(acc)
-                if self._put(acc):
-                    self.decoded_frames += 1
+                yield acc
+        finally:
+            gen.close()
+
+    def _queued(self) -> int:
+        return self._queue.qsize()
+
+    def _room(self) -> bool:
+        return self._stop.is_set() or self._queue.qsize() <= self._low_water
+
+    def _pump(self, budget: int) -> int:
+        """One turn on a pool worker: up to `budget` frames onto the queue. RUN: more to do,
+        FULL: the queue is full (park until read down), DONE: ended, failed or closed."""
+        gen = self._frames_gen
+        try:
+            while gen is not None and not self._stop.is_set():
+                if budget <= 0:
+                    return RUN
+                if self._pending is None:
+                    self._pending = next(gen)
+                try:
+                    self._queue.put_nowait(self._pending)
+                except queue.Full:
+                    return FULL
+                self._pending = None
+                budget -= 1
+                self.decoded_frames += 1
+                if self.ready_ns is None:
+                    self.ready_ns = time.monotonic_ns()
+                self._has_data.set()
+        except StopIteration:
+            pass
         except MediaError as e:
             self.error = str(e)
         except Exception as e:  # a bug or an FFmpeg surprise must not kill silently
             self.error = f"{os.path.basename(self.path)}: decoding failed ({e!r})"
-        finally:
-            if gen is not None:
-                gen.close()
-            self._done.set()
-            self._has_data.set()
+        self._pending = None
+        if gen is not None:
+            gen.close()  # closes the file (a no-op when it ended by itself)
+        self._done.set()
+        self._has_data.set()
+        return DONE
 
     def _remember(self, frames: list[np.ndarray]) -> None:
         if self._prefix_key is None or self.error:
@@ -469,8 +496,13 @@ class FileSource(Source):
         try:
             frame = self._queue.get_nowait()
         except queue.Empty:
-            if self._thread is not None and not self._done.is_set() and not self._closed:
+            if self._frames_gen is not None and not self._done.is_set() and not self._closed:
                 self.underruns += 1
+            frame = None
+        if self._pool_parked and self._pool is not None \
+                and self._queue.qsize() <= self._low_water:
+            self._pool.wake(self)
+        if frame is None:
             return None
         slot = self._hist_count % self._hist_cap
         out: np.ndarray = self._hist[slot]
@@ -505,18 +537,21 @@ class FileSource(Source):
 
     @property
     def worker_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The decoder still holds the file (started, neither ended nor closed)."""
+        return self._frames_gen is not None and not self._done.is_set()
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed = True
         self._replay = 0
         self._stop.set()
-        # free queue space so a worker blocked in put() wakes at once (it may still slip one
-        # frame in before it sees the stop flag: drained again after the join)
+        # free queue space (a turn may still slip one frame in before it sees the stop flag:
+        # drained again after), and hand a parked decoder back to the pool so a worker closes
+        # the file (only the thread running a generator may close it)
         self._drain()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
+        pool = self._pool
+        if pool is not None and self._frames_gen is not None:
+            pool.wake(self)
+            self._done.wait(timeout)
         self._drain()
 
     def _drain(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 import streamer.ingest.file as file_mod
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.base import MediaError
+from streamer.ingest.decode_pool import DecodePool
 from streamer.ingest.file import DecodeError, FileSource, MediaInfo, PEAK_CEILING, probe
 from tests.conftest import FFMPEG, require_tool, tone, write_wav
 
@@ -284,24 +285,30 @@ def test_close_joins_worker_promptly(long_wav):
     src.close()
     assert time.monotonic() - t0 < 1.0
     assert not src.worker_alive
-    assert src._thread not in threading.enumerate()
     assert src.finished and src.read() is None
     src.close()  # idempotent
 
 
 def test_close_without_start_and_many_sources_leak_no_threads(long_wav):
     FileSource(long_wav).close()
-    sources = [FileSource(long_wav, queue_frames=3) for _ in range(8)]
+    pool = DecodePool(workers=2)
+    before = threading.active_count()
+    sources = [FileSource(long_wav, queue_frames=3, pool=pool) for _ in range(40)]
     for s in sources:
         s.start()
     for s in sources:
-        s.wait_ready(2.0)
-    threads = [s._thread for s in sources]
-    assert all(t.is_alive() for t in threads)          # blocked on their full queues
+        assert s.wait_ready(5.0)
+    _wait_until(lambda: all(s.queued_frames == 3 for s in sources))
+    # 40 files decoding: the pool's two workers, never a thread per file (issue 13: 600
+    # files made 1,809 threads)
+    assert threading.active_count() - before == 2
+    assert all(s.worker_alive for s in sources)         # parked on their full queues
     for s in sources:
         s.close()
-    alive = set(threading.enumerate())
-    assert not any(t in alive for t in threads)
+    assert not any(s.worker_alive for s in sources)
+    assert pool.jobs == 0
+    pool.close()
+    assert pool.threads == 0
 
 
 def test_underrun_counted_only_while_waiting(monkeypatch):
