@@ -44,10 +44,10 @@ class RigCatalogue(Catalogue):
         super().__init__()
         self.made = {}
 
-    def factory(self, desc):
+    def factory(self, desc, priority=0):
         if isinstance(desc, FileAudio) and desc.path in self.made:
             return self.made[desc.path]
-        return super().factory(desc)
+        return super().factory(desc, priority)
 
 
 class Rig:
