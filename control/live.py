@@ -26,6 +26,7 @@ from control.errors import Conflict, Forbidden, NotFound
 from control.http import HttpError, Route, json_response
 from control.policy import Policy
 from control.settings import Settings
+from control.visibility import ReadScope
 from streamer.ingest.live import LiveSource
 from streamer.ingest.rtp_in import RtpIngest, RtpIngestConfig
 from streamer.ingest.webrtc import WebRtcSession, restrict_ice_to_loopback
@@ -174,7 +175,9 @@ class LiveApi:
     async def status(self, request: web.Request) -> web.Response:
         bid = request.match_info["broadcast"]
         b = self._live(bid)
-        await self.access.authorize(request, "live.status", list(b["zones"]), b["level"])
+        user = await self.access.authorize(request, "live.status", list(b["zones"]), b["level"])
+        if not ReadScope(user, self.broadcasts.tree()).broadcast(b):
+            raise NotFound("unknown_broadcast", f"no live broadcast {bid!r}")
         s = self.sessions.get(bid)
         return json_response({"broadcast": b, "webrtc": s.stats() if s else None})
 
@@ -214,4 +217,6 @@ class RtpIngests:
             await loop.run_in_executor(None, ing.stop)
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_response({"rtp_ingest": [i.status() for i in self.ingests]})
+        scope = ReadScope(request.get("principal"), self.broadcasts.tree())
+        return json_response({"rtp_ingest": [i.status() for i in self.ingests
+                                             if scope.sees_zones(i.config.zones)]})

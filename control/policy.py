@@ -41,7 +41,8 @@ POLICY: dict[str, frozenset[str] | str] = {
     "live.start": STARTERS,
     "live.stop": STARTERS,
     "live.status": ALL,
-    "live.ingest.read": PUBLIC,
+    # what the RTP ingest ports hear (zones, sender addresses): like receivers, not public
+    "live.ingest.read": frozenset({"admin", "operator", "viewer"}),
 }
 #: actions whose routes authorise themselves (through Access.authorize) instead of the
 #: middleware, because the decision needs what the body or the broadcast says
@@ -126,6 +127,19 @@ class Policy:
             if z in tree.zones:
                 out |= tree.subtree(z)
         return out
+
+    @classmethod
+    def read_zones(cls, principal: Principal | None, tree: Tree) -> set[str] | None:
+        """Zones whose broadcasts, events and receivers the principal may read; None means
+        everywhere. Roles that act anywhere read everywhere; so does a viewer given no scope
+        (a province-wide observer); everybody else reads inside their scope's subtrees, and
+        nobody anonymous reads anything."""
+        if principal is None:
+            return set()
+        if ROLE_LIMITS[principal.role].anywhere or (principal.role == "viewer"
+                                                    and not principal.scope):
+            return None
+        return cls.scope_zones(principal, tree) or set()
 
     @staticmethod
     def what_may_start(principal: Principal) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from control.broadcasts import Broadcasts
 from control.db import Database
 from control.events import EventHub
 from control.http import Route, json_response, parse_body, q, since_limit
+from control.errors import NotFound
 from control.sources import BroadcastRequest
+from control.visibility import ReadScope
 
 
 class BroadcastHandlers:
@@ -44,6 +46,18 @@ class BroadcastHandlers:
               errors=(401,), produces="text/event-stream"),
         ]
 
+    def scope(self, request: web.Request) -> ReadScope:
+        """What the caller may read (control/visibility.py)."""
+        return ReadScope(request.get("principal"), self.broadcasts.tree())
+
+    async def visible(self, request: web.Request, broadcast_id: str) -> dict:
+        """A broadcast the caller may read; one outside its scope is not found, like one that
+        never was (its existence is information too)."""
+        b = await self.broadcasts.find(broadcast_id)
+        if not self.scope(request).broadcast(b):
+            raise NotFound("unknown_broadcast", f"no broadcast with id {broadcast_id!r}")
+        return b
+
     async def start_broadcast(self, request: web.Request) -> web.Response:
         req = await parse_body(request, BroadcastRequest)
         request["audit_detail"] = {"zones": req.zones[:50], "level": req.level,
@@ -54,16 +68,18 @@ class BroadcastHandlers:
 
     async def list_broadcasts(self, request: web.Request) -> web.Response:
         past = request.query.get("past", "").lower() in ("1", "true", "yes")
-        live = [b.to_dict() for b in self.broadcasts.port.broadcasts(include_past=past)]
+        scope = self.scope(request)
+        live = scope.filter_broadcasts(
+            b.to_dict() for b in self.broadcasts.port.broadcasts(include_past=past))
         if not past:
             return json_response({"broadcasts": live})
-        merged = {b["id"]: b for b in await self.db.broadcasts(limit=500)}
+        merged = {b["id"]: b for b in scope.filter_broadcasts(await self.db.broadcasts(limit=500))}
         merged.update({b["id"]: b for b in live})
         out = sorted(merged.values(), key=lambda b: b.get("created_at") or "")
         return json_response({"broadcasts": out})
 
     async def get_broadcast(self, request: web.Request) -> web.Response:
-        return json_response(await self.broadcasts.find(request.match_info["id"]))
+        return json_response(await self.visible(request, request.match_info["id"]))
 
     async def stop_broadcast(self, request: web.Request) -> web.Response:
         snap = await self.broadcasts.stop(request["principal"], request.match_info["id"])
@@ -72,16 +88,29 @@ class BroadcastHandlers:
     async def delivery(self, request: web.Request) -> web.Response:
         """Which receivers played a broadcast from start to end, partly, or never, and how long
         each took from the broadcast's start to its first audio (from receiver reports)."""
-        b = await self.broadcasts.find(request.match_info["id"])
-        zones = set(b.get("reached_zones") or [])
+        scope = self.scope(request)
+        b = await self.visible(request, request.match_info["id"])
+        zones = {z for z in b.get("reached_zones") or [] if scope.sees_zone(z)}
         expected = [(r["id"], r["zone"]) for r in await self.db.receivers(status="provisioned")
                     if r["zone"] in zones]
+        # receivers outside the reader's scope are not expected, so not listed
         return json_response(self.registry.delivery_report(b, expected=expected, wall=time.time()))
 
     async def asrun(self, request: web.Request) -> web.Response:
         since, limit = since_limit(request, 1000)
-        events = await self.db.asrun(since, broadcast=request.query.get("broadcast"),
-                                     limit=limit, type_=request.query.get("type"))
+        scope = self.scope(request)
+        kw = {"broadcast": request.query.get("broadcast"), "type_": request.query.get("type")}
+        events = await self.db.asrun(since, limit=limit, **kw)
+        if not scope.everything:
+            # filtered after reading: read on (a bounded number of pages) so a scoped reader
+            # still gets up to `limit` of its own records
+            out = scope.filter_events(events)
+            pages = 0
+            while len(out) < limit and len(events) == limit and pages < 20:
+                pages += 1
+                events = await self.db.asrun(events[-1]["seq"], limit=limit, **kw)
+                out += scope.filter_events(events)
+            events = out[:limit]
         return json_response({"events": events})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -90,18 +119,21 @@ class BroadcastHandlers:
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         q_ = self.hub.subscribe()
+        scope = self.scope(request)
         try:
             last = request.headers.get("Last-Event-ID") or request.query.get("since")
             if last and last.isdigit():
                 for ev in self.hub.since(int(last)):
-                    await resp.write(EventHub.sse(ev))
+                    if scope.event(ev):
+                        await resp.write(EventHub.sse(ev))
             await resp.write(b": connected\n\n")
             while True:
                 try:
                     ev = await asyncio.wait_for(q_.get(), timeout=15.0)
                     if ev is None:  # the server is shutting down
                         break
-                    await resp.write(EventHub.sse(ev))
+                    if scope.event(ev):
+                        await resp.write(EventHub.sse(ev))
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):

@@ -14,6 +14,7 @@ from control.errors import NotFound
 from control.http import HttpError, Route, json_dumps, json_response, parse_body, q, read_json
 from control.receiver_secrets import ReceiverSecrets
 from control.service import ControlState, public_receiver
+from control.visibility import ReadScope
 from streamer.zones import ZoneTree
 
 
@@ -72,7 +73,8 @@ class ReceiverHandlers:
             zones = tree.subtree(zone)
         rows = await self.db.receivers(status=status, zones=zones)
         live = request.query.get("live")
-        out = [self.with_live(public_receiver(r)) for r in rows]
+        scope = ReadScope(request.get("principal"), self.tree())
+        out = [self.with_live(public_receiver(r)) for r in rows if scope.receiver(r)]
         if live in ("online", "offline", "never"):
             out = [r for r in out if r["live"]["state"] == live]
         return json_response({"receivers": out})
@@ -80,7 +82,7 @@ class ReceiverHandlers:
     async def get_receiver(self, request: web.Request) -> web.Response:
         rid = request.match_info["id"]
         r = await self.db.receiver(rid)
-        if r is None:
+        if r is None or not ReadScope(request.get("principal"), self.tree()).receiver(r):
             raise NotFound("unknown_receiver", f"no receiver with id {rid!r}")
         return json_response(self.with_live(public_receiver(r)))
 

@@ -76,3 +76,99 @@ async def test_an_admin_token_emergency_is_not_stopped_by_a_namesake_account(tmp
         assert (await c.delete(f"/api/v1/broadcasts/{own['id']}", headers=off)).status == 200
         await c.delete(f"/api/v1/broadcasts/{b['id']}", headers=ADM)
         await asyncio.sleep(0)
+
+
+async def read_sse(c: TestClient, headers: dict[str, str]) -> str:
+    """The event stream's replay (since=0) up to its `: connected` mark."""
+    r = await c.get("/api/v1/events?since=0", headers=headers)
+    assert r.status == 200
+    buf = b""
+    async with asyncio.timeout(10):
+        while b": connected" not in buf:
+            buf += await r.content.readany()
+    r.close()
+    return buf.decode()
+
+
+async def test_every_read_is_filtered_by_the_readers_scope(tmp_path):
+    """An official scoped to thon-a1 (refused GET /receivers) and an operator scoped to xa-b
+    read only what concerns their zones, through every read route."""
+    async with app_client(tmp_path) as c:
+        hub = c.server.app["loa"].hub
+        off = await user(c, "an", "official", ["thon-a1"])
+        op_b = await user(c, "binh", "operator", ["xa-b"])
+        view = await user(c, "xem", "viewer", [])
+        for rid, zone in [("rx-a1", "thon-a1"), ("rx-b", "xa-b")]:
+            r = await c.post("/api/v1/receivers", json={"id": rid, "zone": zone,
+                                                        "address": "127.0.0.1:9"}, headers=ADM)
+            assert r.status == 201, await r.text()
+        r = await c.post("/api/v1/broadcasts", json={"zones": ["xa-b"], "level": "normal",
+                                                     "source": TONE}, headers=ADM)
+        far = (await r.json())["id"]
+        r = await c.post("/api/v1/broadcasts", json={"zones": ["xa-a"], "level": "normal",
+                                                     "source": TONE}, headers=ADM)
+        near = (await r.json())["id"]
+        # what the receiver registry publishes (a receiver coming online: id, zone, address)
+        for rid, zone, addr in [("rx-a1", "thon-a1", "10.0.0.1:5004"),
+                                ("rx-b", "xa-b", "10.9.9.9:5004")]:
+            hub.publish({"type": "receiver.online", "time": "2025-07-01T00:00:00Z",
+                         "receiver": rid, "zone": zone, "address": addr})
+        hub.publish({"type": "receiver.rejected", "time": "2025-07-01T00:00:00Z",
+                     "receiver": "rx-b", "reason": "bad signature", "address": "10.9.9.9:1"})
+        await asyncio.sleep(0.3)  # the as-run writer
+
+        async def get(path, h):
+            r = await c.get(path, headers=h)
+            return r.status, await r.json()
+
+        # the official: the broadcast reaching its village, no receiver anything
+        st, body = await get("/api/v1/asrun", off)
+        text = str(body)
+        assert st == 200 and near in text and far not in text
+        assert "rx-" not in text and "10.9.9.9" not in text and "10.0.0.1" not in text
+        sse = await read_sse(c, off)
+        assert near in sse and far not in sse and "rx-" not in sse and "10.9.9.9" not in sse
+        ids = {b["id"] for b in (await get("/api/v1/broadcasts", off))[1]["broadcasts"]}
+        assert near in ids and far not in ids
+        ids = {b["id"] for b in (await get("/api/v1/broadcasts?past=1", off))[1]["broadcasts"]}
+        assert far not in ids
+        assert (await get(f"/api/v1/broadcasts/{far}", off))[0] == 404
+        assert (await get(f"/api/v1/broadcasts/{near}", off))[0] == 200
+        assert (await get(f"/api/v1/broadcasts/{far}/delivery", off))[0] == 403
+        # the operator of xa-b: its receiver and broadcast, nobody else's
+        st, body = await get("/api/v1/asrun", op_b)
+        text = str(body)
+        assert far in text and "rx-b" in text and near not in text and "rx-a1" not in text
+        assert "bad signature" not in text  # names no zone: for readers of everything only
+        sse = await read_sse(c, op_b)
+        assert "rx-b" in sse and "rx-a1" not in sse and near not in sse
+        rx = {r["id"] for r in (await get("/api/v1/receivers", op_b))[1]["receivers"]}
+        assert rx == {"rx-b"}
+        assert (await get("/api/v1/receivers/rx-a1", op_b))[0] == 404
+        assert (await get(f"/api/v1/broadcasts/{near}/delivery", op_b))[0] == 404
+        st, rep = await get(f"/api/v1/broadcasts/{far}/delivery", op_b)
+        assert st == 200 and [r["receiver"] for r in rep["receivers"]] == ["rx-b"]
+        # a viewer given no scope and the admin read everything
+        for h in (view, ADM):
+            text = str((await get("/api/v1/asrun", h))[1])
+            assert near in text and far in text and "rx-a1" in text and "rx-b" in text
+        assert "bad signature" in str((await get("/api/v1/asrun", ADM))[1])
+
+
+async def test_anonymous_reads_of_non_public_data_are_refused(tmp_path):
+    from tests.integration.conftest import free_udp_ports
+    ingest = [{"port": free_udp_ports(1)[0], "zones": ["xa-b"], "name": "studio",
+               "level": "priority"}]
+    async with app_client(tmp_path, rtp_ingest=ingest) as c:
+        off = await user(c, "an", "official", ["thon-a1"])
+        op_b = await user(c, "binh", "operator", ["xa-b"])
+        for path in ("/api/v1/live/ingest/rtp", "/api/v1/asrun", "/api/v1/broadcasts",
+                     "/api/v1/receivers", "/api/v1/events", "/api/v1/zones"):
+            r = await c.get(path)
+            assert r.status == 401, (path, r.status)
+            r.close()
+        assert (await c.get("/api/v1/live/ingest/rtp", headers=off)).status == 403
+        r = await c.get("/api/v1/live/ingest/rtp", headers=op_b)
+        assert r.status == 200 and len((await r.json())["rtp_ingest"]) == 1
+        r = await c.get("/api/v1/live/ingest/rtp", headers=await user(c, "c", "operator", ["xa-a"]))
+        assert r.status == 200 and (await r.json())["rtp_ingest"] == []
