@@ -88,10 +88,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT '';
     """,
+    # 3: disaster alerts (CAP 1.2 intake, control/alerts/) and zones' administrative codes
+    """
+    ALTER TABLE zones ADD COLUMN codes TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY, sender TEXT NOT NULL, identifier TEXT NOT NULL, sent TEXT NOT NULL,
+        status TEXT NOT NULL, msg_type TEXT NOT NULL, state TEXT NOT NULL,
+        outcome TEXT NOT NULL, level TEXT, risk_level INTEGER, risk_colour TEXT,
+        authority TEXT NOT NULL DEFAULT '', via TEXT NOT NULL DEFAULT '',
+        received_at TEXT NOT NULL, expires TEXT, next_at TEXT, airings INTEGER NOT NULL DEFAULT 0,
+        decision TEXT NOT NULL DEFAULT '{}', xml TEXT NOT NULL, updated_at TEXT NOT NULL,
+        UNIQUE (sender, identifier, sent));
+    CREATE INDEX alerts_state ON alerts(state);
+    CREATE TABLE alert_airings (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, broadcast_id TEXT,
+        n INTEGER NOT NULL, time TEXT NOT NULL, source TEXT NOT NULL DEFAULT '',
+        receipt_to_submit_ms REAL, error TEXT);
+    CREATE INDEX alert_airings_alert ON alert_airings(alert_id);
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
-_JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail"}
+_JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail", "codes", "decision"}
 
 
 def _row(r: aiosqlite.Row | None) -> dict | None:

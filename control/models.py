@@ -32,6 +32,7 @@ class ZoneUpdate(_Strict):
     level: str | None = Field(None, max_length=40)
     code: str | None = Field(None, max_length=40)
     language: Lang | None = None
+    codes: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(None, max_length=1000)
 
     @field_validator("multicast")
     @classmethod

@@ -70,6 +70,8 @@ class ControlState:
         self.receivers_changed = receivers_changed
         #: the tree as stored, kept only when there is an engine to feed (not in the CLI)
         self.tree: ZoneTree | None = None
+        #: each zone's administrative codes (CAP geocodes), as stored
+        self.zone_codes: dict[str, list[str]] = {}
         self.lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ tree
@@ -84,7 +86,9 @@ class ControlState:
             raise Conflict("invalid_tree", str(e)) from None
 
     async def reload_tree(self) -> ZoneTree:
-        tree = self._check(*await self._rows())
+        rows = await self._rows()
+        tree = self._check(*rows)
+        self.zone_codes = {z["id"]: list(z.get("codes") or []) for z in rows[0]}
         if self.apply_tree is not None:
             self.tree = tree
             self.apply_tree(tree)
@@ -521,6 +525,7 @@ def _found(row: dict | None) -> dict:
 def _zone_cols(z: dict) -> dict:
     return {k: z.get(k) for k in ("id", "name", "parent", "multicast", "unicast", "level",
                                    "code", "language", "origin")} | {
+        "codes": list(z.get("codes") or []),
         "unicast": z.get("unicast") or [], "name": z.get("name") or "",
         "level": z.get("level") or "", "code": z.get("code") or "",
         "language": z.get("language") or "vi", "origin": z.get("origin") or "api"}

@@ -20,6 +20,8 @@ class ZoneConfig(BaseModel):
     level: str = ""
     code: str = ""
     language: str = "vi"
+    #: administrative unit codes a CAP <geocode> may name to reach this zone (and its subtree)
+    codes: list[str] = Field([], max_length=1000)
 
     @field_validator("multicast")
     @classmethod

@@ -66,6 +66,7 @@ class ZoneHandlers:
         s = status.get(zid)
         d["on_air"] = s.to_dict()["on_air"] if s is not None else []
         d["sdp"] = f"/api/v1/zones/{zid}/sdp"
+        d["codes"] = self.state.zone_codes.get(zid, [])
         return d
 
     async def list_zones(self, request: web.Request) -> web.Response:
