@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control import auth
+from control import auth, origin
 from control.db import Database
 from control.errors import DomainError, Invalid
 from control.http import READ_METHODS, Handler, HttpError, as_http, from_aiohttp
@@ -78,6 +78,9 @@ class Access:
             if s is not None:
                 u = await self.db.user(s["user_id"])
                 if u is not None and not u["disabled"]:
+                    problem = origin.origin_problem(request.method, request.headers)
+                    if problem:  # the cookie rides along with a same-site, cross-origin page
+                        raise HttpError(403, "cross_origin", problem)
                     return Principal(u["username"], u["role"], u["id"], tuple(u["scope"]),
                                      via="session", display_name=u.get("display_name") or "")
             if not public:
@@ -89,6 +92,14 @@ class Access:
             except ValueError:
                 peer_ok = False
             if peer_ok:
+                sock = request.transport.get_extra_info("sockname") if request.transport else None
+                problem = origin.bootstrap_problem(
+                    request.method, request.headers, request.content_type, request.body_exists,
+                    sock[1] if isinstance(sock, tuple) and len(sock) >= 2 else None)
+                if problem:
+                    if public:
+                        return None
+                    raise HttpError(403, "cross_origin", problem)
                 return Principal("local-bootstrap", "admin", via="bootstrap")
         return None
 

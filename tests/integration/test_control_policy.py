@@ -172,3 +172,59 @@ async def test_anonymous_reads_of_non_public_data_are_refused(tmp_path):
         assert r.status == 200 and len((await r.json())["rtp_ingest"]) == 1
         r = await c.get("/api/v1/live/ingest/rtp", headers=await user(c, "c", "operator", ["xa-a"]))
         assert r.status == 200 and (await r.json())["rtp_ingest"] == []
+
+
+async def test_bootstrap_mode_refuses_cross_origin_writes_and_foreign_hosts(tmp_path):
+    """No admin token, no user, loopback: requests from this machine act as admin, but only
+    from this server's own origin and Host."""
+    async with app_client(tmp_path, admin_token=None) as c:
+        port = c.server.port
+        host = f"127.0.0.1:{port}"
+        start = {"zones": ["tinh"], "level": "emergency", "source": TONE}
+
+        async def post(headers, **kw):
+            r = await c.post("/api/v1/broadcasts", headers={"Host": host, **headers}, **kw)
+            body = await r.json()
+            if r.status == 201:
+                await c.delete(f"/api/v1/broadcasts/{body['id']}", headers={"Host": host})
+            return r.status, body
+        import json as _json
+        for origin in (f"http://127.0.0.2:{port}", f"http://localhost:{port + 1}", "null",
+                       "http://evil.example"):
+            st, body = await post({"Origin": origin}, json=start)
+            assert st == 403 and body["error"]["code"] == "cross_origin", (origin, body)
+        for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+            st, body = await post({"Content-Type": ctype}, data=_json.dumps(start))
+            assert st == 403, (ctype, body)
+        for bad_host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}",
+                         f"rebind.127.0.0.1.nip.io:{port}"):
+            st, body = await post({"Host": bad_host}, json=start)
+            assert st == 403, bad_host
+            r = await c.get("/api/v1/zones", headers={"Host": bad_host})
+            assert r.status in (401, 403), bad_host  # rebinding reads nothing either
+            r.close()
+        assert (await c.get("/api/v1/health", headers={"Host": "evil.example"})).status == 200
+        # the server's own page, curl and the CLI still work
+        assert (await post({"Origin": f"http://{host}"}, json=start))[0] == 201
+        assert (await post({"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                           json=start))[0] == 201
+        assert (await post({}, json=start))[0] == 201
+
+
+async def test_a_session_cookie_does_not_carry_a_cross_origin_write(tmp_path):
+    async with app_client(tmp_path) as c:
+        r = await c.post("/api/v1/users", json={"username": "an", "role": "official",
+                                                "scope": ["thon-a1"], "password": "mat-khau-123"},
+                         headers=ADM)
+        assert r.status == 201
+        r = await c.post("/api/v1/session", json={"username": "an", "password": "mat-khau-123"})
+        assert r.status in (200, 201), await r.text()
+        port = c.server.port
+        body = {"zones": ["thon-a1"], "level": "priority", "source": TONE}
+        # same site (another port on the same address), other origin: the cookie rides along
+        r = await c.post("/api/v1/broadcasts", json=body,
+                         headers={"Origin": f"http://127.0.0.1:{port + 1}"})
+        assert r.status == 403 and (await r.json())["error"]["code"] == "cross_origin"
+        r = await c.post("/api/v1/broadcasts", json=body,
+                         headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert r.status == 201, await r.text()
