@@ -68,6 +68,7 @@ class Runtime:
         self.fanout = fanout
         self.settings = s = settings or EngineSettings()
         self.catalogue = catalogue or Catalogue()
+        self.catalogue.resume_rewind_s = s.resume_rewind_s  # a TTS fork maps back to the cut
         self.core = Core(s)
         self.loss = LossPolicy(s.opus.packet_loss_perc, s.loss_hold_s, s.loss_apply_interval_s)
         self.bank = ProgramBank(s.opus, s.limiter_ceiling_db, s.idle_channel_ttl_s,

@@ -382,6 +382,10 @@ class Core:
         `frames_read`."""
         for b in list(self.broadcasts.values()):
             for p in b.playheads:
+                if p.source.notice is not None:   # rare: a source has something to tell
+                    self._emit("broadcast.notice", b, wall, zones=sorted(p.zones),
+                               notice=p.source.notice)
+                    p.source.notice = None
                 if p.finished or not p.source.finished:
                     continue
                 p.finished = True

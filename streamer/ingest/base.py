@@ -25,6 +25,9 @@ class Source:
         self.error: str | None = None
         #: monotonic ns when the first frame became available (for latency accounting)
         self.ready_ns: int | None = None
+        #: something people should know, published once as a broadcast.notice event (a TTS
+        #: emergency fell back to espeak-ng...); the core takes it and sets it back to None
+        self.notice: str | None = None
 
     def start(self) -> None:
         """Begin producing (start worker threads). Called once, off the tick."""

@@ -21,12 +21,16 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.ingest.base import MediaError, Source
 from streamer.ingest.sequence import Part, SequenceSource, SkipSource
+from streamer.mixer.arbitration import Level
 from streamer.port import (ChimeAudio, FileAudio, LiveAudio, Programme, SilenceAudio,
-                           SirenAudio, SourceDescription, ToneAudio)
+                           SirenAudio, SourceDescription, ToneAudio, TtsAudio)
+
+if TYPE_CHECKING:
+    from streamer.tts.service import TtsService
 
 __all__ = ["Catalogue", "SourceFactory", "analyse", "attention_part", "duration_of",
            "ATTENTION_KINDS"]
@@ -132,10 +136,22 @@ class Catalogue:
     Thread-safe: live inputs are added from the event loop or an RTP thread, factories are made
     on the submitting thread, sources opened by the runtime."""
 
-    def __init__(self, loudness_target: float | None = None) -> None:
+    def __init__(self, loudness_target: float | None = None,
+                 tts: TtsService | None = None) -> None:
         self.loudness_target = loudness_target
         self._live: dict[str, Source] = {}
         self._lock = threading.Lock()
+        #: streamer.tts.service.TtsService (engines, cache, pool); espeak-ng alone by default
+        self._tts = tts
+        #: how far before a cut the core reopens a fork (a TTS item maps it back to the cut)
+        self.resume_rewind_s = 2.0
+
+    @property
+    def tts(self) -> TtsService:
+        if self._tts is None:
+            from streamer.tts.service import TtsService
+            self._tts = TtsService(loudness_target=self.loudness_target)
+        return self._tts
 
     # -- live inputs ------------------------------------------------------------------------
     def add_live(self, source: Source) -> str:
@@ -169,6 +185,8 @@ class Catalogue:
         from streamer.ingest.tones import ChimeSource, SilenceSource, SirenSource, ToneSource
         if isinstance(desc, FileAudio):
             return self._file(desc, priority)
+        if isinstance(desc, TtsAudio):
+            return self._speech(desc, urgent=priority >= int(Level.EMERGENCY))
         if isinstance(desc, ToneAudio):
             d = desc
             return _skip(lambda: ToneSource(freq_hz=d.freq_hz, seconds=d.seconds,
@@ -199,6 +217,26 @@ class Catalogue:
         def make(start_s: float) -> Source:
             return FileSource(path, loudness_target_lufs=target, measured_lufs=measured,
                               start_s=start_s, priority=priority)
+        return make
+
+    def _speech(self, desc: TtsAudio, urgent: bool) -> SourceFactory:
+        """Text read aloud (streamer.tts): checked and cut into normalised sentences here (pure
+        CPU), synthesised by the source in the TTS pool. An emergency (`urgent`) falls back to
+        espeak-ng when its engine fails or is late."""
+        from streamer.tts.source import Timeline, TtsSource
+        from streamer.tts.text import TextError
+        svc = self.tts
+        try:
+            prep = svc.prepare(desc.text, desc.engine, desc.voice, desc.rate)
+        except TextError as e:
+            raise MediaError(e.message) from None
+        timeline = Timeline(len(prep.sentences))
+        hint = self.resume_rewind_s
+
+        def make(start_s: float) -> Source:
+            return TtsSource(svc, prep.sentences, prep.engine, prep.voice, prep.rate,
+                             urgent=urgent, start_s=start_s, timeline=timeline,
+                             resume_hint_s=hint)
         return make
 
     def _programme(self, desc: Programme, priority: int = 0) -> SourceFactory:

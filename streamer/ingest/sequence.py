@@ -73,6 +73,15 @@ class SkipSource(Source):
     def finished(self) -> bool:
         return self.inner.finished
 
+    @property
+    def notice(self) -> str | None:
+        return self.inner.notice
+
+    @notice.setter
+    def notice(self, value: str | None) -> None:
+        if hasattr(self, "inner"):
+            self.inner.notice = value
+
     def rewind(self, seconds: float) -> None:
         before = self.inner.frames_read
         self.inner.rewind(seconds)
@@ -168,6 +177,17 @@ class SequenceSource(Source):
     @property
     def finished(self) -> bool:
         return self._started and self._current is None
+
+    @property
+    def notice(self) -> str | None:
+        cur = getattr(self, "_current", None)
+        return cur.notice if cur is not None else None
+
+    @notice.setter
+    def notice(self, value: str | None) -> None:
+        cur = getattr(self, "_current", None)
+        if cur is not None:
+            cur.notice = value
 
     @property
     def part_label(self) -> str:
