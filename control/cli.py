@@ -494,12 +494,29 @@ def cmd_receivers(argv: list[str]) -> int:
                       prog, apply_config=True)
 
 
+def cmd_tts(argv: list[str]) -> int:
+    if not argv or argv[0] != "normalize":
+        print('usage: loa tts normalize "TEXT" [--sentences]   (TEXT "-" or none: read stdin)',
+              file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(prog="loa tts normalize",
+                                description="Print the words a Vietnamese text is read as (one line).")
+    p.add_argument("text", nargs="?", default="-")
+    p.add_argument("--sentences", action="store_true", help="one spoken sentence per line")
+    args = p.parse_args(argv[1:])
+    from streamer.tts.normalize import normalize, spoken_sentences
+    text = sys.stdin.read() if args.text == "-" else args.text
+    print("\n".join(spoken_sentences(text)) if args.sentences else normalize(text))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo, "admin": cmd_admin,
-                "zones": cmd_zones, "receivers": cmd_receivers}
+                "zones": cmd_zones, "receivers": cmd_receivers,
+                "tts": cmd_tts}
     if cmd not in commands:
         print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench, admin, "
-              "zones, receivers", file=sys.stderr)
+              "zones, receivers, tts", file=sys.stderr)
         return 2
     return commands[cmd](rest)

@@ -515,7 +515,7 @@ _END = re.compile(r"([.!?;…]+)([\"'”’»)\]]*)(?=\s|$)")
 def _ends_here(line: str, m: re.Match[str]) -> bool:
     if m.group(1) != ".":
         return True
-    before = re.search(r"([\w./]+)$", line[: m.start()])
+    before = re.search(r"([\w./]+)$", line[max(0, m.start() - 40): m.start()])
     word = before.group(1) if before else ""
     if word in _NO_STOP or (len(word) == 1 and word.isupper()):
         return False
