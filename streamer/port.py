@@ -216,6 +216,12 @@ class StartBroadcast:
     duration_s: float | None = None
     #: what to show about the source (media id, path, format...): JSON-safe, display only
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: wall-clock instant (UTC epoch seconds) to go on air: the engine opens the source now
+    #: (decoding, synthesis ahead) and holds the broadcast queued until the first tick at or
+    #: after it. None or a past instant: at once (a scheduled programme's exact start)
+    start_at: float | None = None
+    #: where in the item to begin (a scheduled programme joined in progress)
+    offset_s: float = 0.0
 
     @property
     def live(self) -> bool:

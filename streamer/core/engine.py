@@ -76,6 +76,7 @@ class BroadcastSpec:
     id: str = ""
     owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
     title: str = ""
+    start_at: float | None = None  # wall clock: held (queued, source open) until then
 
 
 class PendingSource(Source):
@@ -142,10 +143,13 @@ class Broadcast:
         self.created_ns = now_ns
         self.ready_ns: int | None = None
         self.first_packet_ns: int | None = None
+        #: not on air before spec.start_at (a scheduled start): arbitration skips it until
+        #: the first tick at or after that instant (decided by the tick's time, never here)
+        self.held = spec.start_at is not None
 
     def claim(self) -> Claim:
-        ready = any(p.started or p.source.ready() or p.source.finished
-                    for p in self.playheads if not p.finished)
+        ready = not self.held and any(p.started or p.source.ready() or p.source.finished
+                                      for p in self.playheads if not p.finished)
         return Claim(self.id, self.level, frozenset(self.zones - self.done_zones), self.order,
                      self.spec.mode, self.spec.live, ready, self.spec.owner)
 
@@ -213,6 +217,7 @@ class Core:
         self._ramps: dict[tuple[str, str], GainRamp] = {}
         self._zone_status: tuple[Any, dict[str, ZoneSnapshot]] | None = None
         self._steady = False
+        self._release_at: float | None = None  # the earliest start_at of a held broadcast
 
     # ---------------------------------------------------------------- events
     def _emit(self, type_: str, b: Broadcast, wall: float, **fields: Any) -> None:
@@ -255,6 +260,9 @@ class Core:
             raise Conflict(f"broadcast {b.id!r} already exists")
         b.playheads.append(Playhead(source, set(b.zones)))
         self.broadcasts[b.id] = b
+        if b.held and b.spec.start_at is not None and (
+                self._release_at is None or b.spec.start_at < self._release_at):
+            self._release_at = b.spec.start_at
         self._emit("broadcast.created", b, wall, zones=sorted(b.zones),
                    targets=list(b.spec.targets))
         return b.snapshot()
@@ -380,6 +388,8 @@ class Core:
         """Retire what finished, then decide this tick: the previous plan while nothing that
         arbitration looks at changed, a new one otherwise. Read `plan.reads`, then call
         `frames_read`."""
+        if self._release_at is not None and wall >= self._release_at:
+            self._release(wall)
         for b in list(self.broadcasts.values()):
             for p in b.playheads:
                 if p.source.notice is not None:   # rare: a source has something to tell
@@ -402,6 +412,22 @@ class Core:
             self._plan.fast = True
             return self._plan
         return self._arbitrate(k, wall)
+
+    def _release(self, wall: float) -> None:
+        """Held broadcasts whose instant has come join arbitration this tick, in the order
+        they come on air (a same-level item already playing keeps the zone: it came first)."""
+        nxt: float | None = None
+        for b in sorted(self.broadcasts.values(), key=lambda x: x.order):
+            at = b.spec.start_at
+            if not b.held or at is None:
+                continue
+            if at <= wall:
+                b.held = False
+                b.order = next(self._order)
+            elif nxt is None or at < nxt:
+                nxt = at
+        self._release_at = nxt
+        self._plan_sig = None  # arbitrate again
 
     def _arbitrate(self, k: int, wall: float) -> Plan:
         claims = [b.claim() for b in self.broadcasts.values()]

@@ -7,7 +7,8 @@ import pytest
 from streamer.audio import FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.sequence import Part, SequenceSource, SkipSource
 from streamer.ingest.tones import ToneSource
-from streamer.port import Refused, ToneAudio
+from streamer.mixer.arbitration import Level
+from streamer.port import Refused, StartBroadcast, StopBroadcast, ToneAudio
 from streamer.rtp.opus import OpusDecoder
 from streamer.rtp.output import addr_phase
 from streamer.rtp.packet import RtpPacket
@@ -300,3 +301,44 @@ def test_long_packet_phase_is_a_fixed_function_of_the_address():
 def zlib_phase(text, per):
     import binascii
     return binascii.crc32(text.encode()) % per
+
+
+def test_a_broadcast_held_until_its_start_at_goes_on_air_on_that_tick():
+    """StartBroadcast.start_at: the source opens at once, the broadcast stays queued, and its
+    first packet leaves on the first tick at or after the instant (here 1.005 s ahead: tick 51
+    at +1.02 s). A same-level item started meanwhile keeps the zone (it came on air first)."""
+    eng, fan, events = make_rig(2)
+    at = eng.wall + 1.005
+    snap = eng.rt.submit(StartBroadcast(id="sched", targets=("z0",), level=Level.NORMAL,
+                                        source=ToneAudio(700.0, 1.0), start_at=at))
+    assert snap.state == "queued"
+    eng.run(51)
+    assert fan.by_zone("z0") == [] and eng.rt.broadcast("sched").state == "queued"
+    eng.run(1)
+    first = fan.by_zone("z0")[0]
+    assert first[0] == 51 and first[1].marker
+    started = [e for e in events if e.type == "broadcast.started" and e.broadcast == "sched"]
+    assert started and started[0].tick == 51
+    # a held item waits behind a same-level item that came on air before its instant
+    eng.rt.submit(StartBroadcast(id="later", targets=("z1",), level=Level.NORMAL,
+                                 source=ToneAudio(500.0, 1.0), start_at=eng.wall + 0.5))
+    eng.start(["z1"], freq=900, seconds=2.0)
+    eng.run(40)
+    assert eng.rt.broadcast("later").state == "queued"
+    pcm = decode_zone(fan, "z1")
+    assert abs(dominant_freq(pcm[-4800:]) - 900) < 20
+    # a held broadcast can be stopped before its instant: it never airs
+    eng.rt.submit(StartBroadcast(id="never", targets=("z0",), level=Level.EMERGENCY,
+                                 source=ToneAudio(300.0, 1.0), start_at=eng.wall + 0.2))
+    eng.rt.submit(StopBroadcast("never"))
+    eng.run(20)
+    assert not [e for e in events if e.broadcast == "never" and e.type == "broadcast.started"]
+
+
+def test_offset_s_starts_the_item_inside():
+    eng, fan, events = make_rig(1)
+    eng.rt.submit(StartBroadcast(id="joined", targets=("z0",), level=Level.NORMAL,
+                                 source=ToneAudio(700.0, 3.0), offset_s=2.0))
+    eng.run(80)
+    ends = [e for e in events if e.type == "broadcast.finished" and e.broadcast == "joined"]
+    assert ends, "a 3 s tone joined at 2 s ends after about 1 s"
