@@ -82,6 +82,9 @@ def build_runtime(settings: Settings) -> tuple[Runtime, Fanout, Any]:
         payload_type=settings.payload_type, duck_db=settings.duck_db,
         duck_ramp_ms=settings.duck_ramp_ms, resume_rewind_s=settings.resume_rewind_s,
         realtime=settings.engine_realtime)
+    if settings.decode_workers:
+        from streamer.ingest import decode_pool
+        decode_pool.configure(settings.decode_workers)
     keyring = None
     if settings.srtp:
         from streamer.rtp.srtp import MediaKeyring
@@ -208,6 +211,7 @@ class Server:
         if self.link is not None:
             self.link.close()
         self.engine.stop()
+        self.broadcasts.close()
         self.fanout.close()
         await self.asrun.close()
         for t in self._tasks:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 from control.db import Database
 from control.errors import Conflict, Forbidden, Invalid, NotFound
+from control.limits import NON_DECODING, Active, StartLimiter, StartLimits, Ticket
 from control.policy import Policy, Principal
 from control.settings import Settings
 from control.sources import BroadcastRequest, FileSpec, MediaSpec, describe_request
@@ -43,9 +47,52 @@ class Broadcasts:
         self.tree = tree  # control's zone tree
         self.db = db
         self.settings = settings
-        #: held while a media item is looked up and started, and while one is deleted: a
-        #: recording cannot disappear between its look-up and its first frame
-        self.media_lock = asyncio.Lock()
+        #: shared while a media item is looked up and started, exclusive while one is deleted:
+        #: a recording cannot disappear between its look-up and its first frame, and starts
+        #: never wait for each other (one lock for all starts made an emergency wait 3.75 s
+        #: behind a burst of 300 lower starts)
+        self.media_lock = MediaLock()
+        self.limits = StartLimiter(StartLimits(
+            active_per_principal=settings.limit_active_per_principal,
+            starts_per_minute_per_principal=settings.limit_starts_per_minute_per_principal,
+            decoders_per_principal=settings.limit_decoders_per_principal,
+            active_per_zone=settings.limit_active_per_zone,
+            starts_per_minute_per_zone=settings.limit_starts_per_minute_per_zone))
+        #: file checks and engine submits: urgent starts (emergencies, alert authorities) have
+        #: threads of their own, so they never queue behind lower starts, uploads or decodes
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start")
+        self._urgent_pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start-urgent")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._urgent_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ limits
+    @staticmethod
+    def urgent(principal: Principal, level: Level) -> bool:
+        return level >= Level.EMERGENCY or principal.role == "alert_authority"
+
+    def admit(self, principal: Principal, reached: set[str], level: Level,
+              kind: str) -> Ticket | None:
+        """Count this start against its principal's and its zones' limits (TooMany, a 429,
+        when over); None for inputs the administrator configured (RTP ingest ports)."""
+        if principal.via == "config":
+            return None
+        active = []
+        for b in self.port.broadcasts():
+            try:
+                lvl = Level.parse(b.level)
+            except ValueError:
+                continue
+            src = b.source or {}
+            active.append(Active(str(src.get("owner_id") or b.owner), frozenset(b.reached_zones),
+                                 lvl, str(src.get("kind", "")) not in NON_DECODING))
+        return self.limits.admit(principal.id, reached, level, kind not in NON_DECODING,
+                                 active, time.monotonic())
+
+    def release(self, ticket: Ticket | None) -> None:
+        if ticket is not None:
+            self.limits.release(ticket)
 
     # ------------------------------------------------------------------ start
     def _reach(self, targets: list[str] | tuple[str, ...]) -> set[str]:
@@ -64,11 +111,19 @@ class Broadcasts:
 
     async def start(self, principal: Principal, req: BroadcastRequest) -> BroadcastSnapshot:
         """POST /broadcasts."""
-        self.authorize_start(principal, req.zones, req.level_enum, req.source.kind)
+        reached = self.authorize_start(principal, req.zones, req.level_enum, req.source.kind)
         if isinstance(req.source, FileSpec):
             Policy.check_raw_path(principal, req.source.path, self.settings.media_dirs)
+        ticket = self.admit(principal, reached, req.level_enum, req.source.kind)
+        try:
+            return await self._start(principal, req)
+        finally:
+            self.release(ticket)
+
+    async def _start(self, principal: Principal, req: BroadcastRequest) -> BroadcastSnapshot:
         loop = asyncio.get_running_loop()
-        async with self.media_lock:
+        pool = self._urgent_pool if self.urgent(principal, req.level_enum) else self._pool
+        async with self.media_lock.shared():
             media = analysis = None
             try:
                 if isinstance(req.source, MediaSpec):
@@ -76,10 +131,10 @@ class Broadcasts:
                     if media is None:
                         raise NotFound("unknown_media", f"no media with id {req.source.id!r}")
                     # still there and readable (cached while unchanged); measured at upload
-                    await loop.run_in_executor(None, analyse, media["path"], None)
+                    await loop.run_in_executor(pool, analyse, media["path"], None)
                 elif isinstance(req.source, FileSpec):
                     analysis = await loop.run_in_executor(
-                        None, analyse, os.path.abspath(req.source.path),
+                        pool, analyse, os.path.abspath(req.source.path),
                         self.settings.loudness_target_lufs)
             except MediaError as e:
                 raise Invalid("media_unplayable", str(e)) from None
@@ -90,20 +145,24 @@ class Broadcasts:
                                  owner=principal.name, owner_name=principal.label,
                                  title=str(details.get("title") or ""),
                                  details=dict(details, owner_id=principal.id))
-            return await loop.run_in_executor(None, self.submit, cmd)
+            return await loop.run_in_executor(pool, self.submit, cmd)
 
     def start_live(self, principal: Principal, targets: list[str] | tuple[str, ...],
                    level: Level, source: Any, via: str, details: dict[str, Any] | None = None
                    ) -> BroadcastSnapshot:
         """A live input (a phone's WebRTC track, an encoder's RTP stream): registered with the
         engine and aired. Thread-safe and short (RTP ingest calls it from its own thread)."""
-        self.authorize_start(principal, targets, level, via)
-        input_id = self.port.add_live_input(source)
-        cmd = StartBroadcast(id="", targets=tuple(targets), level=level,
-                             source=LiveAudio(input_id, via=via), owner=principal.name,
-                             owner_name=principal.label,
-                             details=dict(details or {}, owner_id=principal.id))
-        return self.submit(cmd)
+        reached = self.authorize_start(principal, targets, level, via)
+        ticket = self.admit(principal, reached, level, "live")
+        try:
+            input_id = self.port.add_live_input(source)
+            cmd = StartBroadcast(id="", targets=tuple(targets), level=level,
+                                 source=LiveAudio(input_id, via=via), owner=principal.name,
+                                 owner_name=principal.label,
+                                 details=dict(details or {}, owner_id=principal.id))
+            return self.submit(cmd)
+        finally:
+            self.release(ticket)
 
     def submit(self, cmd: StartBroadcast) -> BroadcastSnapshot:
         """The port's refusals as domain errors."""
@@ -171,3 +230,34 @@ class Broadcasts:
         return [b.id for b in self.port.broadcasts()
                 if (b.source or {}).get("media_id") == media_id]
 
+
+
+class MediaLock:
+    """Starts share it; deleting a media item holds it alone (`async with lock:`)."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+            self._writer = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()

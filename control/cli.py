@@ -43,7 +43,10 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
     from control.app import create_app
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    from control.conn_guard import guarded_runner
+    # header/body timeouts, connection caps, the open-files limit raised (issue 13)
+    runner = guarded_runner(app, settings, access_log=None, handle_signals=False,
+                            shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_hostport(settings.http)
     ssl_ctx = None

@@ -37,3 +37,8 @@ class Forbidden(DomainError):
 
 class TooLarge(DomainError):
     """More than a limit allows (rows in a file, receivers in one request)."""
+
+
+class TooMany(DomainError):
+    """A resource limit of the caller, a zone or the server is reached (broadcasts active,
+    starts per minute, decoders, event streams): refused with the reason, retry later."""

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from control.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, TooLarge
+from control.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, TooLarge, TooMany
 
 log = logging.getLogger("loa.control")
 
@@ -25,7 +25,7 @@ READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 #: the one map from domain errors to HTTP statuses
 STATUS: dict[type[DomainError], int] = {
-    NotFound: 404, Conflict: 409, Invalid: 422, Forbidden: 403, TooLarge: 413,
+    NotFound: 404, Conflict: 409, Invalid: 422, Forbidden: 403, TooLarge: 413, TooMany: 429,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

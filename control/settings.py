@@ -131,6 +131,29 @@ class Settings(BaseSettings):
     login_attempts: int = Field(5, ge=1, le=1000)  # failed logins per 5 min per address/user
     # zones (editable through the API later; from this file for now)
     zones: list[ZoneConfig] = []
+    # a username's failures from all addresses per 5 min before every attempt on it is slowed
+    # (never blocked: a correct password from a client that is not failing still signs in)
+    login_user_budget: int = Field(20, ge=1, le=100_000)
+    # resource limits (issue 13): no account starves the engine, the API stays reachable.
+    # Broadcasts: per principal (an emergency counts too) and per zone (counting the new
+    # start's level and above; never refusing an emergency). Refusals are 429 with the reason.
+    limit_active_per_principal: int = Field(16, ge=1, le=100_000)
+    limit_starts_per_minute_per_principal: int = Field(30, ge=1, le=100_000)
+    limit_decoders_per_principal: int = Field(8, ge=1, le=100_000)
+    limit_active_per_zone: int = Field(8, ge=1, le=100_000)
+    limit_starts_per_minute_per_zone: int = Field(60, ge=1, le=100_000)
+    decode_workers: int = Field(0, ge=0, le=64)  # shared file-decoder threads; 0: 2-4 by cores
+    # HTTP: a request's headers must arrive within header_timeout_s of the connection (or of
+    # the previous answer); a body may pause at most body_timeout_s between bytes
+    http_header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    http_body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    http_max_connections: int = Field(4000, ge=16, le=1_000_000)
+    http_max_connections_per_address: int = Field(256, ge=1, le=1_000_000)
+    # open files kept free for everything but HTTP connections (database, media, decoders,
+    # sockets): the connection cap is lowered to fit the process's open-files limit
+    open_files_reserve: int = Field(256, ge=16, le=100_000)
+    event_streams_per_principal: int = Field(8, ge=1, le=10_000)
+    event_stream_recheck_s: float = Field(5.0, gt=0, le=3600)  # credentials re-checked this often
     groups: list[GroupConfig] = []
     receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone
