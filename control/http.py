@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from control import textsafe
 from control.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, TooLarge, TooMany
 
 log = logging.getLogger("loa.control")
@@ -105,8 +106,8 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise HttpError(400, "empty_body", "the request body is empty; a JSON object is expected")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        return textsafe.loads(raw)
+    except ValueError as e:  # textsafe.BadInput, and anything the decoder raises
         raise HttpError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
 
 

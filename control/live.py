@@ -13,13 +13,13 @@ through an HTTP handler.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from control import textsafe
 from control.access import Access
 from control.broadcasts import Broadcasts
 from control.errors import Conflict, Forbidden, NotFound
@@ -100,8 +100,8 @@ class LiveApi:
     async def offer(self, request: web.Request) -> web.Response:
         try:
             raw = await request.read()
-            body = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            body = textsafe.loads(raw) if raw else None
+        except ValueError as e:  # textsafe.BadInput: depth, huge numbers, lone surrogates
             raise HttpError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
             raise HttpError(422, "invalid_request", "the body must be a JSON object "

@@ -39,7 +39,7 @@ def _split_host(host: str) -> tuple[str, int | None] | None:
         return None
     if port_s == "":
         return name.lower(), None
-    if not port_s.isdigit() or len(port_s) > 5:
+    if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:
         return None
     return name.lower(), int(port_s)
 

@@ -122,7 +122,7 @@ class BroadcastHandlers:
         scope = self.scope(request)
         try:
             last = request.headers.get("Last-Event-ID") or request.query.get("since")
-            if last and last.isdigit():
+            if last and last.isascii() and last.isdigit() and len(last) < 19:
                 for ev in self.hub.since(int(last)):
                     if scope.event(ev):
                         await resp.write(EventHub.sse(ev))

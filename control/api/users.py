@@ -13,7 +13,7 @@ from control.service import ControlState, public_user
 
 def user_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise NotFound("unknown_user", f"no user with id {raw!r}")
     return int(raw)
 

@@ -22,7 +22,8 @@ ZONES = [{"id": "tinh"}, {"id": "xa-a", "parent": "tinh"}, {"id": "thon-a1", "pa
 async def app_client(tmp_path, **settings: Any) -> AsyncIterator[TestClient]:
     from control.app import create_app
     from control.settings import Settings
-    kw: dict[str, Any] = {"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "zones": ZONES}
+    kw: dict[str, Any] = {"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "zones": ZONES,
+                          "send_port": 0}
     kw.update(settings)
     app = create_app(Settings(**kw))
     async with TestClient(TestServer(app)) as c:
