@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from control.access import Access
+from control.alerts.intake import AlertIntake
+from control.api.alerts import AlertHandlers
 from control.api.broadcasts import BroadcastHandlers
 from control.api.media import MediaHandlers
 from control.api.receivers import ReceiverHandlers
@@ -120,6 +122,8 @@ class Server:
         self.asrun = AsRunWriter(self.db, self.engine, self.hub)
         self.live = LiveApi.from_settings(self.broadcasts, self.engine, self.access, settings)
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
+        self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
+                                  settings, self.hub.publish)
         self.handlers: list[HasRoutes] = [
             SystemHandlers(self.engine, self.db, self.access, self.registry, self.route_table),
             SessionHandlers(self.db, settings),
@@ -129,6 +133,7 @@ class Server:
             BroadcastHandlers(self.broadcasts, self.db, self.hub, self.registry),
             UserHandlers(self.state, self.db, self.access),
             self.live, self.rtp_ingest,
+            AlertHandlers(self.alerts, self.db, self.registry),
         ]
         self.link: ReceiverLink | None = None
         self._tasks: list[asyncio.Task] = []
@@ -198,6 +203,7 @@ class Server:
         from streamer.rtp.link import start_receiver_endpoint
         self.link = await start_receiver_endpoint(self.engine, self.registry)
         self.rtp_ingest.start()
+        await self.alerts.start()
         st = self.engine.stats()
         log.info("engine started: %d zones, ssrc %08x, media/receiver port %s",
                  len(self.tree().zones), st.ssrc, st.receiver_port)
@@ -207,6 +213,7 @@ class Server:
         await self.live.close_all()
 
     async def close(self) -> None:
+        await self.alerts.close()
         await self.rtp_ingest.stop()
         if self.link is not None:
             self.link.close()

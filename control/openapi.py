@@ -51,6 +51,10 @@ def build_openapi(version: str, routes: list[Route]) -> dict:
                     "title": {"type": "string", "maxLength": 300},
                     "language": {"type": "string"},
                     "tags": {"type": "string", "description": "comma-separated"}}}}}}
+        elif r.body_kind == "cap":
+            op["requestBody"] = {"required": True, "content": {
+                t: {"schema": {"type": "string", "description": "a CAP 1.2 <alert>, XML-signed"}}
+                for t in ("application/cap+xml", "application/xml")}}
         elif r.body_kind == "csv":
             op["requestBody"] = {"required": True, "content": {"text/csv": {
                 "schema": {"type": "string",

@@ -35,6 +35,8 @@ POLICY: dict[str, frozenset[str] | str] = {
     "broadcasts.start": STARTERS,
     "broadcasts.stop": STARTERS,
     "asrun.read": ALL, "events.read": ALL,
+    # disaster alerts (CAP): pushed by the authorities' accounts, read by everyone
+    "alerts.push": frozenset({"admin", "alert_authority"}), "alerts.read": ALL,
     "users.read": ADMIN, "users.write": ADMIN,
     "audit.read": ADMIN,
     # going live: the live routes check these themselves (they need the body's zones and level)

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
+from control.alerts.config import (DEFAULT_LEVEL_RULES, AlertAuthorityConfig, AlertFeedConfig,
+                                   AlertLevelRule)
 from streamer.zones import parse_destination, parse_hostport
 
 
@@ -21,7 +23,7 @@ class ZoneConfig(BaseModel):
     code: str = ""
     language: str = "vi"
     #: administrative unit codes a CAP <geocode> may name to reach this zone (and its subtree)
-    codes: list[str] = Field([], max_length=1000)
+    codes: list[str] = Field(default_factory=list, max_length=1000)
 
     @field_validator("multicast")
     @classmethod
@@ -157,6 +159,19 @@ class Settings(BaseSettings):
     groups: list[GroupConfig] = []
     receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone
+    # disaster alerts: CAP 1.2 push and pull (control/alerts/)
+    alert_authorities: list[AlertAuthorityConfig] = []
+    alert_feeds: list[AlertFeedConfig] = []
+    alerts_allow_unsigned_push: bool = False  # unsigned push from an alert_authority token airs
+    alert_max_kb: int = Field(1024, ge=4, le=16 * 1024)  # one CAP message
+    alert_risk_parameter: str = "capDoRuiRo"  # <parameter> carrying the risk level (1-5)
+    alert_levels: list[AlertLevelRule] = list(DEFAULT_LEVEL_RULES)  # first row that holds
+    alert_repeat_minutes: dict[str, float] = {"emergency": 15.0, "priority": 30.0, "normal": 0.0}
+    alert_drill_zones: list[str] = []  # where status Exercise may air (with their subtrees)
+    alert_languages: list[str] = ["vi-VN", "vi"]  # which <info> block is aired
+    alert_attention: Literal["chime", "siren", "none"] = "siren"
+    alert_resource_hosts: list[str] = []  # hosts an audio <resource> may be fetched from
+    alert_resource_max_mb: float = Field(20.0, gt=0, le=500)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

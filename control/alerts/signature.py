@@ -54,7 +54,7 @@ class Authorities:
         signxml hands back, so nothing outside the signature can be smuggled in."""
         alert = parse(data, max_bytes)  # refuses hostile XML before lxml ever reads it
         if not alert.signed:
-            raise Unsigned("unsigned_alert", "the message carries no XML signature")
+            raise Unsigned("the message carries no XML signature", code="unsigned_alert")
         candidates = [self.items[only]] if only in self.items else (
             [] if only is not None else list(self.items.values()))
         if not candidates:
@@ -74,6 +74,7 @@ class Authorities:
             except Exception as e:  # signxml/lxml on malformed signature parts
                 problems.append(f"{auth.id}: {type(e).__name__}")
                 continue
+            assert not isinstance(res, list)  # expect_references=1: one result
             signed = res.signed_xml
             if signed is None or signed.tag != f"{{{NS}}}alert" or signed.getparent() is not None:
                 raise SignatureError("the signature does not cover the whole alert",
