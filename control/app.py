@@ -39,6 +39,7 @@ from control.receiver_secrets import ReceiverSecrets
 from control.service import ControlState
 from control.settings import Settings
 from streamer.ingest.catalogue import Catalogue
+from control.tts import TtsHandlers, build_tts
 from streamer.port import EngineEvent, ReplaceZones, SetZoneLoss, UpdateZones
 from streamer.rtp.fanout import Fanout
 from streamer.rtp.opus import OpusSettings
@@ -92,7 +93,7 @@ def build_runtime(settings: Settings) -> tuple[Runtime, Fanout, Any]:
         from streamer.rtp.srtp import MediaKeyring
         keyring = MediaKeyring(time.monotonic(), rotate_every_s=settings.media_key_rotate_h * 3600)
     runtime = Runtime(fanout, eng_settings, keyring=keyring,
-                      catalogue=Catalogue(settings.loudness_target_lufs))
+                      catalogue=Catalogue(settings.loudness_target_lufs, tts=build_tts(settings)))
     return runtime, fanout, keyring
 
 
@@ -132,6 +133,7 @@ class Server:
             MediaHandlers(self.db, settings, self.broadcasts),
             BroadcastHandlers(self.broadcasts, self.db, self.hub, self.registry),
             UserHandlers(self.state, self.db, self.access),
+            TtsHandlers(self.engine.catalogue.tts, self.db, settings),
             self.live, self.rtp_ingest,
             AlertHandlers(self.alerts, self.db, self.registry),
         ]

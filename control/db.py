@@ -106,10 +106,15 @@ MIGRATIONS: list[str] = [
         receipt_to_submit_ms REAL, error TEXT);
     CREATE INDEX alert_airings_alert ON alert_airings(alert_id);
     """,
+    # 4: media rendered from text (POST /media/tts): the text, voice and engine it was read with
+    """
+    ALTER TABLE media ADD COLUMN tts TEXT;
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
-_JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail", "codes", "decision"}
+_JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail", "codes", "decision",
+              "tts"}
 
 
 def _row(r: aiosqlite.Row | None) -> dict | None:

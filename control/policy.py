@@ -31,6 +31,9 @@ POLICY: dict[str, frozenset[str] | str] = {
     "zones.read": ALL, "zones.write": ADMIN,
     "receivers.read": frozenset({"admin", "operator", "viewer"}), "receivers.write": ADMIN,
     "media.read": ALL, "media.write": frozenset({"admin", "operator"}),
+    # text to speech: previewing a text is part of starting a broadcast; rendering one into the
+    # library is a media write
+    "tts.read": ALL, "tts.preview": STARTERS, "media.tts": frozenset({"admin", "operator"}),
     "broadcasts.read": ALL,
     "broadcasts.start": STARTERS,
     "broadcasts.stop": STARTERS,

@@ -63,6 +63,19 @@ class ReceiverConfig(BaseModel):
         return v
 
 
+class TtsEngineConfig(BaseModel):
+    """A speech engine (`[[tts_engines]]`): espeak-ng (offline, always there) or a domestic
+    cloud service; its API key is read from the environment variable `api_key_env` names."""
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    kind: Literal["espeak", "fpt", "viettel", "zalo", "vbee"]
+    url: str = ""
+    api_key_env: str = ""
+    voices: list[str] = []
+    default_voice: str | None = None
+    app_id: str = ""        # Vbee
+    callback_url: str = ""  # Vbee (required by its API; results are polled)
+
+
 class GroupConfig(BaseModel):
     id: str = Field(min_length=1, max_length=100)
     name: str = ""
@@ -159,6 +172,13 @@ class Settings(BaseSettings):
     groups: list[GroupConfig] = []
     receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone
+    # text to speech (issue 14): espeak-ng is always there; cloud engines from [[tts_engines]]
+    tts_engines: list[TtsEngineConfig] = []
+    tts_engine: str = "espeak"     # the default engine
+    tts_voice: str | None = "vi"   # the default voice (of the default engine)
+    tts_deadline_s: float = Field(2.0, gt=0, le=60)  # a cloud engine's answer, per sentence
+    tts_max_chars: int = Field(20_000, ge=100, le=1_000_000)
+    tts_cache_mb: int = Field(200, ge=0, le=100_000)  # rendered sentences in <data_dir>/tts-cache
     # disaster alerts: CAP 1.2 push and pull (control/alerts/)
     alert_authorities: list[AlertAuthorityConfig] = []
     alert_feeds: list[AlertFeedConfig] = []

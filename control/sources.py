@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamer.mixer.arbitration import Level
 from streamer.port import (ChimeAudio, FileAudio, Programme, SirenAudio, SourceDescription,
-                           ToneAudio)
+                           ToneAudio, TtsAudio)
 
 
 class FileSpec(BaseModel):
@@ -48,7 +48,19 @@ class SirenSpec(BaseModel):
     seconds: float = Field(6.0, gt=0, le=600)
 
 
-SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec,
+class TtsSpec(BaseModel):
+    """Text read aloud (voice None: the server's default; engine None: the default engine).
+    The engine side checks the text (empty, too long, control characters, unreadable script)
+    and the voice, and refuses before anything airs."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["tts"]
+    text: str = Field(max_length=1_000_000)
+    voice: str | None = Field(None, min_length=1, max_length=100)
+    engine: str | None = Field(None, min_length=1, max_length=100)
+    rate: float = Field(1.0, ge=0.5, le=2.0)
+
+
+SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec | TtsSpec,
                       Field(discriminator="kind")]
 
 
@@ -100,6 +112,10 @@ def describe_request(req: BroadcastRequest, default_attention: str, *,
     elif isinstance(s, ToneSpec):
         desc = ToneAudio(s.freq_hz, s.seconds, s.amplitude_dbfs)
         details = {"freq_hz": s.freq_hz, "seconds": s.seconds}
+    elif isinstance(s, TtsSpec):
+        desc = TtsAudio(s.text, voice=s.voice, rate=s.rate, engine=s.engine)
+        details = {"title": s.text[:80], "voice": s.voice, "engine": s.engine, "rate": s.rate,
+                   "chars": len(s.text)}
     elif isinstance(s, ChimeSpec):
         desc, details = ChimeAudio(), {}
     else:

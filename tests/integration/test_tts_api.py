@@ -1,0 +1,148 @@
+"""Text to speech through a real `loa serve`: a TTS broadcast decoded by ffmpeg from the zone's
+SDP is speech of the right length; bad texts are refused with a 4xx naming the problem; the
+preview and the media library; a preempted TTS item resumes at a sentence start."""
+from __future__ import annotations
+
+import base64
+import io
+import time
+import wave
+
+import numpy as np
+import pytest
+
+from streamer.tts.service import TtsService
+from tests.integration.conftest import free_udp_ports, read_wav
+from tests.integration.test_ffmpeg_client import start_ffmpeg, stop_ffmpeg
+
+pytestmark = pytest.mark.integration
+
+TEXT = ("Thông báo của Ủy ban nhân dân xã. Đề nghị bà con chủ động di dời đến nơi an toàn "
+        "trước mười bảy giờ chiều nay. Xin cảm ơn bà con.")
+
+
+def sentence_frames(text: str, voice: str = "vi") -> list[int]:
+    """What the server will render: the same engine, the same sentences, in frames."""
+    from streamer.tts.source import to_frames
+    svc = TtsService(loudness_target=None)
+    p = svc.prepare(text, voice=voice)
+    eng = svc.engine(p.engine)
+    return [to_frames(svc.render_sentence(s, eng, p.voice, p.rate), 1.0).shape[0]
+            for s in p.sentences]
+
+
+def speech_stats(x: np.ndarray, rate: int) -> tuple[float, float]:
+    """(seconds of sound above -45 dBFS in 20 ms windows, share of energy in 250-4000 Hz)."""
+    win = rate // 50
+    n = len(x) // win
+    frames = x[: n * win].reshape(n, win)
+    rms = np.sqrt(np.mean(frames ** 2, axis=1) + 1e-12)
+    loud = rms > 10 ** (-45 / 20)
+    idx = np.nonzero(loud)[0]
+    active = (idx[-1] - idx[0] + 1) / 50 if len(idx) else 0.0
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    band = spec[(f >= 250) & (f <= 4000)].sum() / max(spec[f > 20].sum(), 1e-12)
+    return float(active), float(band)
+
+
+def test_tts_broadcast_is_speech_on_the_wire(serve, tmp_path):
+    port = free_udp_ports(1)[0] & ~1 or 40000
+    srv = serve(f'[[zones]]\nid = "z"\nunicast = ["127.0.0.1:{port}"]\n')
+    st, sdp = srv.request("GET", "/api/v1/zones/z/sdp")
+    assert st == 200
+    sdp_path = tmp_path / "z.sdp"
+    sdp_path.write_text(sdp)
+    out = tmp_path / "ffmpeg.wav"
+    ff = start_ffmpeg(sdp_path, out)
+    time.sleep(1.0)
+    st, b = srv.request("POST", "/api/v1/broadcasts", {
+        "zones": ["z"], "source": {"kind": "tts", "text": TEXT, "voice": "vi-vn-x-south"}})
+    assert st == 201, b
+    assert b["source"]["kind"] == "tts"
+    done = srv.wait_state(b["id"], timeout=30)
+    assert done["state"] == "finished" and not done.get("error"), done
+    time.sleep(0.5)
+    err = stop_ffmpeg(ff)
+    x, rate = read_wav(out)
+    expected = sum(sentence_frames(TEXT, "vi-vn-x-south")) * 0.02
+    active, band = speech_stats(x, rate)
+    assert expected > 4.0
+    assert abs(active - expected) < 0.6, (active, expected, err)   # espeak's own edge silence
+    assert band > 0.8, band            # speech, not hum or hiss
+    assert abs(done["position_s"] - expected) < 0.1, (done["position_s"], expected)
+
+
+@pytest.mark.parametrize("source,code_part", [
+    ({"text": ""}, "empty"),
+    ({"text": "x" * 101}, "101"),
+    ({"text": "Thông báo\x07 khẩn"}, "control character"),
+    ({"text": "Bão số 3 台风"}, "CJK"),
+    ({"text": "Xin chào", "voice": "nobody"}, "nobody"),
+    ({"text": "Xin chào", "engine": "nope"}, "nope"),
+])
+def test_bad_texts_are_refused_and_nothing_airs(serve, source, code_part):
+    srv = serve('tts_max_chars = 100\n[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
+    st, b = srv.request("POST", "/api/v1/broadcasts",
+                        {"zones": ["z"], "source": dict(source, kind="tts")})
+    assert 400 <= st < 500, (st, b)
+    assert code_part in b["error"]["message"], b
+    st, p = srv.request("POST", "/api/v1/tts/preview", dict(source))
+    assert 400 <= st < 500, (st, p)
+    assert code_part in p["error"]["message"], p
+    _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
+    assert lst["broadcasts"] == []
+
+
+def test_preview_and_media_library(serve):
+    srv = serve('[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
+    st, p = srv.request("POST", "/api/v1/tts/preview", {"text": TEXT, "voice": "vi"})
+    assert st == 200, p
+    assert p["engine"] == "espeak" and p["voice"] == "vi" and len(p["sentences"]) == 3
+    assert "Ủy ban nhân dân" in p["words"]
+    with wave.open(io.BytesIO(base64.b64decode(p["audio"]))) as w:
+        assert w.getframerate() == 48000 and w.getnchannels() == 1
+        assert abs(w.getnframes() / 48000 - p["duration_s"]) < 0.05
+    assert p["duration_s"] > 4.0
+    st, m = srv.request("POST", "/api/v1/media/tts", {"text": TEXT, "voice": "vi-vn-x-central",
+                                                       "title": "Thông báo di dời"})
+    assert st == 201, m
+    assert m["tts"] == {"text": TEXT, "voice": "vi-vn-x-central", "engine": "espeak",
+                        "rate": 1.0}
+    assert m["title"] == "Thông báo di dời" and m["duration_s"] > 4.0
+    st, again = srv.request("GET", f"/api/v1/media/{m['id']}")
+    assert st == 200 and again["tts"]["voice"] == "vi-vn-x-central"
+    st, b = srv.request("POST", "/api/v1/broadcasts",
+                        {"zones": ["z"], "source": {"kind": "media", "id": m["id"]}})
+    assert st == 201, b
+
+
+def test_preempted_tts_resumes_at_a_sentence_start(serve):
+    srv = serve('[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
+    frames = sentence_frames(TEXT)
+    starts = [sum(frames[:i]) * 0.02 for i in range(len(frames))]
+    st, b = srv.request("POST", "/api/v1/broadcasts", {
+        "zones": ["z"], "level": "normal", "source": {"kind": "tts", "text": TEXT}})
+    assert st == 201, b
+    # cut it in the middle of the second sentence
+    cut_at = starts[1] + 1.0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _, cur = srv.request("GET", f"/api/v1/broadcasts/{b['id']}")
+        if cur["position_s"] >= cut_at:
+            break
+        time.sleep(0.05)
+    st, e = srv.request("POST", "/api/v1/broadcasts", {
+        "zones": ["z"], "level": "priority",
+        "source": {"kind": "tone", "freq_hz": 800, "seconds": 1.0}})
+    assert st == 201, e
+    srv.wait_state(e["id"], timeout=10)
+    srv.wait_state(b["id"], timeout=30)
+    _, log = srv.request("GET", f"/api/v1/asrun?broadcast={b['id']}")
+    types = [ev["type"] for ev in log["events"]]
+    assert "broadcast.preempted" in types and "broadcast.resumed" in types, types
+    pre = next(ev for ev in log["events"] if ev["type"] == "broadcast.preempted")
+    res = next(ev for ev in log["events"] if ev["type"] == "broadcast.resumed")
+    assert starts[1] < pre["position_s"] < starts[2]
+    # resumed exactly where the cut sentence starts (not 2 s back, not mid-word)
+    assert res["position_s"] == pytest.approx(starts[1], abs=0.021), (res, starts)
