@@ -110,7 +110,7 @@ def read_number(s: str) -> str:
         whole, _, frac = s.replace(".", ",", 1).partition(",")
     if not whole.isdigit():
         return digits_words(s)
-    if len(whole) > 1 and whole.startswith("0"):
+    if len(whole) > 2 and whole.startswith("0"):    # a code; "05 người", "04 giờ" read as numbers
         words = digits_words(whole)
     elif len(whole) > 15:
         words = digits_words(whole)
@@ -260,7 +260,7 @@ UNITS: dict[str, str] = {
     "VND": "đồng", "USD": "đô la Mỹ", "h": "giờ", "ng": "người", "t": "tấn", "ms": "mi li giây",
 }
 _UNIT = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
-_UNIT_END = r"(?![\w/³²])"
+_UNIT_END = r"(?![\w³²])"
 
 _COMPASS = {"N": "vĩ bắc", "S": "vĩ nam", "E": "kinh đông", "Đ": "kinh đông", "W": "kinh tây",
             "B": "vĩ bắc", "T": "kinh tây"}
@@ -298,6 +298,13 @@ def _called_number(m: re.Match[str]) -> str:
     head = m.group(0)[: m.start(1) - m.start(0)]
     groups = [g for g in re.split(r"[ .()-]+", m.group(2)) if g]
     return head + m.group(1) + ", ".join(digits_words(g) for g in groups) + " "
+
+
+# 113 (police), 114 (fire), 115 (ambulance) after what they call
+@_pass(r"(?i:(cấp\s+cứu|cứu\s+thương|cứu\s+hỏa|cứu\s+hoả|chữa\s+cháy|công\s+an|cảnh\s+sát|cứu\s+nạn|"
+       r"khẩn\s+cấp)\s*:?\s*)(11[1-5])(?![\w]|[.,]\d)")
+def _emergency_number(m: re.Match[str]) -> str:
+    return m.group(0)[: m.start(2) - m.start(0)] + digits_words(m.group(2)) + " "
 
 
 @_pass(_B + r"(\(?0\d{2,4}\)?(?:[ .-]?\d{2,4}){1,3})" + r"(?![\w,]|[.,]\d)")
@@ -397,7 +404,13 @@ def _range(m: re.Match[str]) -> str:
     return _w("từ", read_number(m.group(2)), "đến", read_number(m.group(3)), unit)
 
 
-# 16,5°N 112,3°E
+# 14,5N-113,2E, 16,5°N, 112,3°E
+@_pass(_B + r"(" + _NUM + r")\s?°?\s?([NS])\s*[-–,;/]?\s*(" + _NUM + r")\s?°?\s?([EW])(?!\w)")
+def _coordinate_pair(m: re.Match[str]) -> str:
+    return _w(read_number(m.group(1)), "độ", _COMPASS[m.group(2)] + ",", read_number(m.group(3)), "độ",
+              _COMPASS[m.group(4)])
+
+
 @_pass(_B + r"(" + _NUM + r")\s?°\s?([NSEWĐ])(?!\w)")
 def _coordinate(m: re.Match[str]) -> str:
     return _w(read_number(m.group(1)), "độ", _COMPASS[m.group(2)])
@@ -464,6 +477,12 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 _REPEATED_PUNCT = re.compile(r"([.,;:!?])(?:\s*[.,;:!?])+")
 
 
+# the kind of a document in its number: số 12/CĐ-TTg, 05/NQ-HĐND
+_DOC_TYPES = {"CĐ": "Công điện", "NQ": "Nghị quyết", "BC": "Báo cáo", "TTr": "Tờ trình",
+              "HD": "Hướng dẫn", "GM": "Giấy mời", "KL": "Kết luận", "TTr-UBND": "Tờ trình Ủy ban nhân dân"}
+_DOC_RE = re.compile(r"(?<=/)(" + "|".join(sorted(_DOC_TYPES, key=len, reverse=True)) + r")(?=[-\s.,;]|$)")
+
+
 def _prepare(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     # control and format characters (and line separators) become spaces
@@ -472,6 +491,7 @@ def _prepare(text: str) -> str:
 
 def _normalize_line(line: str) -> str:
     s = " " + _prepare(line) + " "
+    s = _DOC_RE.sub(lambda m: _DOC_TYPES[m.group(1)], s)
     s = _ABBR_RE.sub(_expand, s)
     for pattern, fn in _PASSES:
         s = pattern.sub(fn, s)
