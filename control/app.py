@@ -38,6 +38,7 @@ from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.receiver_secrets import ReceiverSecrets
 from control.service import ControlState
 from control.settings import Settings
+from control.streams import StreamGuard
 from streamer.ingest.catalogue import Catalogue
 from control.tts import TtsHandlers, build_tts
 from streamer.port import EngineEvent, ReplaceZones, SetZoneLoss, UpdateZones
@@ -131,7 +132,9 @@ class Server:
             ZoneHandlers(self.state, self.engine, self.db, settings, self.tree),
             ReceiverHandlers(self.state, self.db, self.registry, self.receiver_secrets, self.tree),
             MediaHandlers(self.db, settings, self.broadcasts),
-            BroadcastHandlers(self.broadcasts, self.db, self.hub, self.registry),
+            BroadcastHandlers(self.broadcasts, self.db, self.hub, self.registry,
+                              StreamGuard(self.access, settings.event_streams_per_principal,
+                                          settings.event_stream_recheck_s)),
             UserHandlers(self.state, self.db, self.access),
             TtsHandlers(self.engine.catalogue.tts, self.db, settings),
             self.live, self.rtp_ingest,

@@ -13,13 +13,15 @@ from control.events import EventHub
 from control.http import Route, json_response, parse_body, q, since_limit
 from control.errors import NotFound
 from control.sources import BroadcastRequest
+from control.streams import StreamGuard
 from control.visibility import ReadScope
 
 
 class BroadcastHandlers:
     def __init__(self, broadcasts: Broadcasts, db: Database, hub: EventHub,
-                 registry: Any) -> None:
+                 registry: Any, streams: StreamGuard | None = None) -> None:
         self.broadcasts = broadcasts
+        self.streams = streams  # event streams: a cap per principal, credentials re-checked
         self.db = db
         self.hub = hub
         self.registry = registry  # receiver reports: the delivery report
@@ -117,7 +119,15 @@ class BroadcastHandlers:
         """Server-Sent Events: every engine event as it happens (replays from Last-Event-ID)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
+        lease = self.streams.open(request, "events.read") if self.streams else None
+        try:
+            await resp.prepare(request)
+        except BaseException:
+            if lease is not None:
+                lease.close()
+            raise
+        wait_s = min(15.0, self.streams.recheck_s) if self.streams else 15.0
+        quiet_since = time.monotonic()
         q_ = self.hub.subscribe()
         scope = self.scope(request)
         try:
@@ -129,15 +139,25 @@ class BroadcastHandlers:
             await resp.write(b": connected\n\n")
             while True:
                 try:
-                    ev = await asyncio.wait_for(q_.get(), timeout=15.0)
+                    ev = await asyncio.wait_for(q_.get(), timeout=wait_s)
                     if ev is None:  # the server is shutting down
                         break
+                    if lease is not None and not await lease.valid():
+                        break  # revoked, disabled, demoted, expired or signed out
                     if scope.event(ev):
                         await resp.write(EventHub.sse(ev))
                 except TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
+                    if lease is not None and not await lease.valid():
+                        break
+                    if time.monotonic() - quiet_since >= 15.0:
+                        await resp.write(b": keep-alive\n\n")
+                        quiet_since = time.monotonic()
+                    continue
+                quiet_since = time.monotonic()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.hub.unsubscribe(q_)
+            if lease is not None:
+                lease.close()
         return resp
