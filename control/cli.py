@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from control import textsafe
 from control.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("loa")
@@ -105,6 +106,7 @@ def cmd_serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    textsafe.install_log_escaping()  # user text in a log line cannot forge another line
     from control.errors import DomainError
     try:
         _run(serve_async(settings))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 from collections.abc import Callable
+
+from control import textsafe
 
 log = logging.getLogger("loa.events")
 
@@ -82,5 +83,5 @@ class EventHub:
 
     @staticmethod
     def sse(event: dict) -> bytes:
-        return (f"id: {event['seq']}\nevent: {event['type']}\n"
-                f"data: {json.dumps(event, ensure_ascii=False)}\n\n").encode()
+        return (f"id: {event['seq']}\nevent: {textsafe.sse_field(event['type'])}\n"
+                f"data: {textsafe.json_line(event)}\n\n").encode()

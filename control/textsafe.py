@@ -18,6 +18,7 @@ formulas. A leaf module: nothing from control.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from typing import Any
@@ -118,3 +119,36 @@ def csv_cell(s: Any) -> str:
     if text[:1] in ("=", "+", "-", "@", "\t"):
         return "'" + text
     return text
+
+
+_JSON_SEPARATORS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def json_line(value: Any) -> str:
+    """JSON on one line for every reader: `ensure_ascii=False` keeps Vietnamese readable but
+    leaves U+0085/U+2028/U+2029 raw, which some line readers split on; they are escaped (the
+    JSON stays equal)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text.translate({ord(k): v for k, v in _JSON_SEPARATORS.items()})
+
+
+def sse_field(s: Any) -> str:
+    """A value for an SSE `event:` or `id:` field (the stream splits on CR and LF)."""
+    return one_line(s, 200)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines that stay one line: user text in a message (a path, a zone name) cannot
+    forge another log entry. Tracebacks, which are ours, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
+def install_log_escaping(root: logging.Logger | None = None) -> None:
+    """Every handler of the root logger formats with OneLineFormatter (same format)."""
+    for h in (root or logging.getLogger()).handlers:
+        fmt = h.formatter
+        h.setFormatter(OneLineFormatter(fmt._fmt if fmt is not None else None,
+                                        fmt.datefmt if fmt is not None else None))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 
 from control import models as m
+from control import textsafe
 from control.db import Database
 from control.errors import NotFound
 from control.http import HttpError, Route, json_response, parse_body, q
@@ -164,8 +165,8 @@ def zone_sdp(z: Zone, host: str, port: int, ssrc: int, settings: Settings) -> st
     return (
         "v=0\r\n"
         f"o=- {ssrc} 1 IN {ip_ver} 127.0.0.1\r\n"
-        f"s=Loa zone {z.id}\r\n"
-        f"i={z.name}\r\n"
+        f"s=Loa zone {textsafe.one_line(z.id)}\r\n"
+        f"i={textsafe.one_line(z.name, 500) or '-'}\r\n"
         f"c=IN {ip_ver} {host}{ttl}\r\n"
         "t=0 0\r\n"
         f"m=audio {port} RTP/AVP {pt}\r\n"

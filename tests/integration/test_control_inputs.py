@@ -127,3 +127,25 @@ def test_the_issues_examples_are_clear_4xx(app, route, fragment):
         status = loop.run_until_complete(call(client, "POST", route, body, {
             "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}))
         assert 400 <= status < 500, (route, template[:40], status)
+
+
+@pytest.mark.parametrize("br", ["\r\n", "\n", "\r", "\u0085", "\u2028", "\u2029"])
+def test_a_zone_named_with_line_breaks_serves_a_clean_public_sdp(app, br):
+    loop, client, _ = app
+    adm = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    zid = "z" + "-".join(str(ord(c)) for c in br)
+    name = f"Xã{br}c=IN IP4 6.6.6.6{br}m=audio 9 RTP/AVP 0"
+
+    async def go() -> str:
+        body = json.dumps({"id": zid, "name": name, "parent": "xa",
+                           "multicast": "239.9.9.9:5004"}).encode()
+        r = await client.post("/api/v1/zones", data=body, headers=adm)
+        assert r.status == 201, await r.text()
+        r = await client.get(f"/api/v1/zones/{zid}/sdp")
+        assert r.status == 200
+        return await r.text()
+    sdp = loop.run_until_complete(go())
+    lines = sdp.splitlines()
+    assert [ln[:2] for ln in lines] == ["v=", "o=", "s=", "i=", "c=", "t=", "m=", "a=", "a=",
+                                        "a=", "a="], sdp
+    assert "239.9.9.9" in sdp and "6.6.6.6" in lines[3]
