@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import unicodedata
 
+# the Vietnamese normaliser (numbers, dates, units, abbreviations): its own module
+from streamer.tts.normalize import normalize as _normalize
+from streamer.tts.normalize import sentences as _sentences
+
 __all__ = ["TextError", "check_text", "normalize", "sentences", "MAX_CHARS"]
 
 MAX_CHARS = 20_000
@@ -60,19 +64,6 @@ def check_text(text: str, max_chars: int = MAX_CHARS) -> str:
                         "the text contains letters the Vietnamese voices cannot read "
                         f"({', '.join(foreign[:5])} script); write it in Vietnamese")
     return text
-
-
-try:  # the Vietnamese normaliser (numbers, dates, units, abbreviations), its own module
-    from streamer.tts.normalize import normalize as _normalize
-    from streamer.tts.normalize import sentences as _sentences
-except ImportError:  # pragma: no cover - only while the normaliser has not landed
-    import re
-
-    def _normalize(text: str) -> str:
-        return " ".join(text.split())
-
-    def _sentences(text: str) -> list[str]:  # type: ignore[misc]
-        return [p.strip() for p in re.split(r"(?<=[.!?;])\s+|\n+", text) if p.strip()]
 
 
 def normalize(text: str) -> str:
