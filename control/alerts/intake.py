@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from control.alerts.cap import CapAlert, CapError, Key, Resource, parse
+from control.alerts.config import AlertFeedConfig
+from control.alerts.feeds import Feeds
 from control.alerts.rules import AlertBook, AreaIndex, Decision, ReceiverPoint, Record, RuleContext
 from control.alerts.signature import Authorities, SignatureError, Unsigned
 from control.alerts.store import AlertStore, alert_id, decision_from_dict
@@ -74,6 +76,10 @@ class AlertIntake:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.max_bytes = settings.alert_max_kb * 1024
+        feeds = list(settings.alert_feeds) + [
+            AlertFeedConfig(url=a.feed, id=a.id, authority=a.id, interval_s=60.0, timeout_s=10.0)
+            for a in settings.alert_authorities if a.feed]
+        self.feeds = Feeds(self, feeds)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -87,8 +93,10 @@ class AlertIntake:
             self.book.restore(alert, d, "active", nxt, int(row.get("airings") or 0))
         await self._refresh_points()
         self._tasks.append(asyncio.create_task(self._run(), name="loa-alert-repeats"))
+        await self.feeds.start()
 
     async def close(self) -> None:
+        await self.feeds.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -347,7 +355,8 @@ class AlertIntake:
 
     # ------------------------------------------------------------------ reports
     def status(self) -> dict[str, Any]:
-        return {"active": len(self.book.active()), "counters": dict(self.counters)}
+        return {"active": len(self.book.active()), "counters": dict(self.counters),
+                "feeds": self.feeds.status()}
 
 
 __all__ = ["AlertIntake", "Outcome", "CapError"]
