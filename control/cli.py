@@ -391,13 +391,18 @@ def cmd_admin(argv: list[str]) -> int:
 
 def cmd_zones(argv: list[str]) -> int:
     if not argv or argv[0] != "import":
-        print("usage: loa zones import FILE.csv   (columns: code,name,parent_code,level)",
+        print("usage: loa zones import FILE.csv   (columns: code,name,parent_code,level)\n"
+              "       loa zones import --province NAME   (communes after the 2025 merger)",
               file=sys.stderr)
         return 2
-    p = _state_parser("loa zones import", "Import the administrative tree from a CSV file.")
-    p.add_argument("file")
+    p = _state_parser("loa zones import", "Import the administrative tree from a CSV file, or a "
+                      "province and its communes with their official codes (vietnam-provinces).")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--province", help="name or code, e.g. 'Gia Lai', gia_lai, 52")
     args = p.parse_args(argv[1:])
-    try:
+    if args.province:
+        from control.alerts.provinces import UnknownProvince, province_csv
+        try:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         print(f"loa zones import: cannot read {args.file}: {e}", file=sys.stderr)
