@@ -403,6 +403,14 @@ def cmd_zones(argv: list[str]) -> int:
     if args.province:
         from control.alerts.provinces import UnknownProvince, province_csv
         try:
+            rows_csv = province_csv(args.province)
+        except UnknownProvince as e:
+            print(f"loa zones import: {e}", file=sys.stderr)
+            return 2
+        return _run_state(args, lambda state: state.import_csv(rows_csv), "loa zones import")
+    if not args.file:
+        p.error("a CSV file or --province NAME")
+    try:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         print(f"loa zones import: cannot read {args.file}: {e}", file=sys.stderr)
