@@ -4,6 +4,7 @@
                    [--target loa|bare] [--peer gstreamer|bare] [--runs R] [--json FILE]
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
+  loa bench tts [--rounds 20] [--config FILE] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
 
@@ -104,6 +105,22 @@ def _preempt(argv: list[str]) -> int:
                    a.json_path, console)
 
 
+def _tts(argv: list[str]) -> int:
+    from bench.tts import render, run_tts
+    p = argparse.ArgumentParser(prog="loa bench tts",
+                                description="TTS API call → first packet (cold/warm cache), "
+                                            "real-time factor per engine.")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--config", default=None, help="settings file with [[tts_engines]]")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    if not 1 <= a.rounds <= 1000:
+        print("--rounds must be 1..1000", file=sys.stderr)
+        return 2
+    console = _console()
+    return _finish(run_tts(a.rounds, a.config), render, a.json_path, console)
+
+
 def _latency(argv: list[str]) -> int:
     from bench.latency import render, run_latency
     p = argparse.ArgumentParser(prog="loa bench latency",
@@ -165,6 +182,8 @@ def main(argv: list[str]) -> int:
         return _latency(rest)
     if cmd == "provision":
         return _provision(rest)
+    if cmd == "tts":
+        return _tts(rest)
     print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency, provision",
           file=sys.stderr)
     return 2

@@ -175,6 +175,49 @@ def cmd_play(argv: list[str]) -> int:
     return 0
 
 
+def cmd_say(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loa say",
+                                description="Read a text aloud on zones (text to speech).")
+    p.add_argument("text", help='the text ("-": read it from stdin)')
+    p.add_argument("--zone", action="append", required=True, help="zone or group id (repeatable)")
+    p.add_argument("--server", default=os.environ.get("LOA_SERVER", "http://127.0.0.1:8080"))
+    p.add_argument("--voice", default=None, help="e.g. vi, vi-vn-x-central, vi-vn-x-south")
+    p.add_argument("--engine", default=None, help="a configured TTS engine (default: espeak)")
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--level", default="normal",
+                   choices=["background", "normal", "priority", "emergency"])
+    p.add_argument("--mode", default="preempt", choices=["preempt", "duck", "mix"])
+    p.add_argument("--wait", action="store_true", help="wait until the broadcast ends")
+    args = p.parse_args(argv)
+    text = sys.stdin.read() if args.text == "-" else args.text
+    source = {"kind": "tts", "text": text, "rate": args.rate}
+    if args.voice:
+        source["voice"] = args.voice
+    if args.engine:
+        source["engine"] = args.engine
+    body = {"zones": args.zone, "level": args.level, "mode": args.mode, "source": source}
+    try:
+        status, resp = _api(args.server, "POST", "/api/v1/broadcasts", body)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"loa say: cannot reach {args.server}: {e}", file=sys.stderr)
+        return 1
+    if status >= 400:
+        err = resp.get("error", {})
+        print(f"loa say: refused ({status} {err.get('code')}): {err.get('message')}",
+              file=sys.stderr)
+        return 1
+    print(f"broadcast {resp['id']} {resp['state']} on {', '.join(resp['reached_zones'])}")
+    if args.wait:
+        while True:
+            time.sleep(0.5)
+            _, b = _api(args.server, "GET", f"/api/v1/broadcasts/{resp['id']}")
+            if b.get("state") in ("finished", "stopped", "interrupted"):
+                print(f"broadcast {resp['id']} {b['state']}"
+                      + (f" ({b['error']})" if b.get("error") else ""))
+                return 1 if b.get("error") else 0
+    return 0
+
+
 def make_demo_programme(path: Path) -> Path:
     """A short Vietnamese announcement (espeak-ng) between chimes, or a melody without it."""
     import numpy as np
@@ -532,9 +575,9 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo, "admin": cmd_admin,
                 "zones": cmd_zones, "receivers": cmd_receivers,
-                "tts": cmd_tts}
+                "tts": cmd_tts, "say": cmd_say}
     if cmd not in commands:
         print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench, admin, "
-              "zones, receivers, tts", file=sys.stderr)
+              "zones, receivers, tts, say", file=sys.stderr)
         return 2
     return commands[cmd](rest)

@@ -1,0 +1,154 @@
+"""`loa bench tts`: text to speech, measured.
+
+- api_to_first_packet_ms: a real `loa serve` with one zone sending to a probe socket here; each
+  round POSTs a 2,000-character bulletin as a `tts` broadcast (espeak-ng) and timestamps the
+  first RTP packet with the marker bit (the zone's talk spurt starting) at the probe. Cold:
+  every round's text is new (nothing cached); warm: the same text again (the sentences come
+  from the disk cache). Client-side: HTTP, checks, normalisation, synthesis of the first
+  sentence, the wait for the next tick, encode and send.
+- real-time factor per engine (audio seconds per second of synthesis, in-process, cache off);
+  cloud engines only when configured (`--config` with [[tts_engines]] and their keys).
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine_info
+from bench.fanout import REPO, Proc, _child_env, _free_tcp_port, _http
+from bench.preempt import _drain, _wait_marker, summary, wait_healthy
+
+SENTENCES = [
+    "Thông báo của Ủy ban nhân dân xã về công tác phòng, chống bão số 3.",
+    "Hồi 7 giờ sáng nay, vị trí tâm bão ở khoảng 18,5 độ Vĩ Bắc, 110,2 độ Kinh Đông.",
+    "Sức gió mạnh nhất vùng gần tâm bão mạnh cấp 12, giật cấp 15.",
+    "Đề nghị bà con chủ động gia cố nhà cửa, chặt tỉa cây xanh, neo đậu tàu thuyền an toàn.",
+    "Các hộ dân ở vùng trũng thấp di dời đến nơi an toàn trước 17 giờ chiều nay.",
+    "Mọi thông tin cần hỗ trợ xin liên hệ Ban chỉ huy phòng chống thiên tai của xã.",
+]
+
+
+def bulletin(tag: str, chars: int = 2000) -> str:
+    """A bulletin of about `chars` characters whose first sentence carries `tag` (so a cold
+    round's first sentence is not in the cache)."""
+    out = [f"Bản tin số {tag}."]
+    i = 0
+    while sum(len(s) + 1 for s in out) < chars:
+        out.append(SENTENCES[i % len(SENTENCES)])
+        i += 1
+    return " ".join(out)[:chars]
+
+
+def _words(n: int) -> str:
+    from streamer.tts.normalize import normalize
+    return normalize(str(n)).rstrip(".")
+
+
+def realtime_factors(config: str | None) -> list[dict]:
+    from control.settings import load_settings
+    from control.tts import build_tts
+    from streamer.tts.cache import TtsCache
+    settings = load_settings(config, data_dir=tempfile.mkdtemp(prefix="loa-bench-tts-"))
+    svc = build_tts(settings)
+    svc.cache = TtsCache(None)
+    out = []
+    for name, engine in sorted(svc.engines.items()):
+        p = svc.prepare(bulletin("một"), engine=name)
+        t = time.perf_counter()
+        try:
+            audio = svc.render(p, deadline_s=30)
+        except Exception as e:  # an unreachable cloud engine is reported, not fatal
+            out.append({"engine": name, "kind": engine.kind, "error": str(e)})
+            continue
+        wall = time.perf_counter() - t
+        secs = audio.shape[0] / 48_000
+        out.append({"engine": name, "kind": engine.kind, "audio_s": round(secs, 2),
+                    "synthesis_s": round(wall, 3), "rtf": round(wall / secs, 4),
+                    "x_realtime": round(secs / wall, 1)})
+    return out
+
+
+def run_tts(rounds: int = 20, config: str | None = None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-"))
+    report: dict = {"benchmark": "tts", "machine": machine_info(),
+                    "settings": {"rounds": rounds, "chars": 2000, "engine": "espeak"},
+                    "valid": True, "invalid_reasons": []}
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    probe.bind(("127.0.0.1", 0))
+    probe.setblocking(False)
+    cfg = work / "bench.toml"
+    # many starts in a minute from one account: the start limits would (rightly) refuse them
+    cfg.write_text("limit_starts_per_minute_per_principal = 100000\n"
+                   "limit_starts_per_minute_per_zone = 100000\n"
+                   f'[[zones]]\nid = "z"\nunicast = ["127.0.0.1:{probe.getsockname()[1]}"]\n')
+    http = _free_tcp_port()
+    server = Proc([sys.executable, "-m", "loa.cli",
+                   "serve", "--config", str(cfg), "--http", f"127.0.0.1:{http}", "--data-dir",
+                   str(work / "data")], env=dict(_child_env(), LOA_SEND_PORT="0"),
+                  name="loa serve", cwd=str(REPO))
+    base = f"http://127.0.0.1:{http}"
+    try:
+        if not wait_healthy(base, server):
+            report["valid"] = False
+            report["invalid_reasons"].append("loa serve did not start")
+            return report
+        results: dict[str, list[float]] = {"cold": [], "warm": []}
+        warm_text = bulletin("một nghìn")
+        for phase in ("cold", "warm"):
+            if phase == "warm":   # render it once so every warm round is a cache hit
+                st, b = _http("POST", base + "/api/v1/broadcasts", {
+                    "zones": ["z"], "source": {"kind": "tts", "text": warm_text}})
+                if st == 201:
+                    _http("DELETE", base + f"/api/v1/broadcasts/{b['id']}")
+                time.sleep(0.5)
+            for i in range(rounds):
+                text = bulletin(_words(i + 1)) if phase == "cold" else warm_text
+                time.sleep(0.2)
+                _drain(probe)
+                t0 = time.monotonic_ns()
+                st, b = _http("POST", base + "/api/v1/broadcasts", {
+                    "zones": ["z"], "source": {"kind": "tts", "text": text}})
+                if st != 201:
+                    report["valid"] = False
+                    report["invalid_reasons"].append(f"start refused: {st} {b}")
+                    return report
+                t1 = _wait_marker(probe, t0, 5.0)
+                _http("DELETE", base + f"/api/v1/broadcasts/{b['id']}")
+                if t1 is None:
+                    report["valid"] = False
+                    report["invalid_reasons"].append(f"{phase} round {i}: no packet in 5 s")
+                    continue
+                results[phase].append((t1 - t0) / 1e6)
+        report["api_to_first_packet_ms"] = {k: summary(v) for k, v in results.items()}
+        report["targets_ms"] = {"cold_p95": 300, "warm_p95": 50}
+    finally:
+        server.stop()
+        probe.close()
+    report["realtime_factor"] = realtime_factors(config)
+    return report
+
+
+def render(report: dict, console) -> None:
+    from rich.table import Table
+    t = Table(title="loa bench tts: API call → first TTS packet (2,000-character bulletin)")
+    for c in ("cache", "n", "p50 ms", "p95 ms", "max ms", "target p95"):
+        t.add_column(c)
+    for phase, target in (("cold", 300), ("warm", 50)):
+        s = report.get("api_to_first_packet_ms", {}).get(phase)
+        if s:
+            t.add_row(phase, str(s["n"]), str(s["p50"]), str(s["p95"]), str(s["max"]),
+                      f"≤ {target}")
+    console.print(t)
+    r = Table(title="synthesis speed per engine")
+    for c in ("engine", "kind", "audio s", "synthesis s", "RTF", "× real time"):
+        r.add_column(c)
+    for e in report.get("realtime_factor", []):
+        r.add_row(e["engine"], e["kind"], str(e.get("audio_s", "")), str(e.get("synthesis_s", "")),
+                  str(e.get("rtf", e.get("error", ""))), str(e.get("x_realtime", "")))
+    console.print(r)
+    if not report.get("valid"):
+        console.print(f"[red]invalid: {report['invalid_reasons']}[/]")
