@@ -54,7 +54,7 @@ def realtime_factors(config: str | None) -> list[dict]:
     settings = load_settings(config, data_dir=tempfile.mkdtemp(prefix="loa-bench-tts-"))
     svc = build_tts(settings)
     svc.cache = TtsCache(None)
-    out = []
+    out: list[dict[str, object]] = []
     for name, engine in sorted(svc.engines.items()):
         p = svc.prepare(bulletin("một"), engine=name)
         t = time.perf_counter()

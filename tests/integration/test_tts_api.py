@@ -146,3 +146,17 @@ def test_preempted_tts_resumes_at_a_sentence_start(serve):
     assert starts[1] < pre["position_s"] < starts[2]
     # resumed exactly where the cut sentence starts (not 2 s back, not mid-word)
     assert res["position_s"] == pytest.approx(starts[1], abs=0.021), (res, starts)
+
+
+def test_loa_say_reads_a_text_and_refuses_a_bad_one(serve):
+    import subprocess
+    import sys
+    srv = serve('[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
+    run = [sys.executable, "-m", "loa.cli", "say", "--server", srv.url, "--zone", "z"]
+    r = subprocess.run(run + ["Xin chào bà con.", "--voice", "vi-vn-x-central", "--wait"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "finished" in r.stdout
+    r = subprocess.run(run + ["Xin chào", "--voice", "nobody"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "nobody" in r.stderr
