@@ -12,7 +12,6 @@ domain errors (control/errors.py), which the HTTP layer maps to statuses.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Any
 from control.db import Database
 from control.errors import Conflict, Forbidden, Invalid, NotFound
 from control.limits import NON_DECODING, Active, StartLimiter, StartLimits, Ticket
+from control.pinned import Pin, PinnedFiles
 from control.policy import Policy, Principal
 from control.settings import Settings
 from control.sources import BroadcastRequest, FileSpec, MediaSpec, describe_request
@@ -52,6 +52,8 @@ class Broadcasts:
         #: never wait for each other (one lock for all starts made an emergency wait 3.75 s
         #: behind a burst of 300 lower starts)
         self.media_lock = MediaLock()
+        #: raw server-side files: opened, then checked, then played from what was opened
+        self.pins = PinnedFiles(self._alive)
         self.limits = StartLimiter(StartLimits(
             active_per_principal=settings.limit_active_per_principal,
             starts_per_minute_per_principal=settings.limit_starts_per_minute_per_principal,
@@ -62,6 +64,10 @@ class Broadcasts:
         #: threads of their own, so they never queue behind lower starts, uploads or decodes
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start")
         self._urgent_pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start-urgent")
+
+    def _alive(self, broadcast_id: str) -> bool:
+        snap = self.port.broadcast(broadcast_id)
+        return snap is not None and not snap.ended
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -125,6 +131,7 @@ class Broadcasts:
         pool = self._urgent_pool if self.urgent(principal, req.level_enum) else self._pool
         async with self.media_lock.shared():
             media = analysis = None
+            pin: Pin | None = None
             try:
                 if isinstance(req.source, MediaSpec):
                     media = await self.db.media(req.source.id)
@@ -133,19 +140,39 @@ class Broadcasts:
                     # still there and readable (cached while unchanged); measured at upload
                     await loop.run_in_executor(pool, analyse, media["path"], None)
                 elif isinstance(req.source, FileSpec):
-                    analysis = await loop.run_in_executor(
-                        pool, analyse, os.path.abspath(req.source.path),
-                        self.settings.loudness_target_lufs)
+                    # the file checked is the file measured and played, whatever its name
+                    # points at later (a swapped symlink)
+                    pin = await loop.run_in_executor(pool, self.pins.pin, req.source.path,
+                                                     self.settings.media_dirs,
+                                                     bool(self.settings.media_dirs))
+                    try:
+                        analysis = await loop.run_in_executor(
+                            pool, analyse, pin.path, self.settings.loudness_target_lufs)
+                    except BaseException:
+                        self.pins.release(pin)
+                        raise
+                    req = req.model_copy(update={"source": req.source.model_copy(
+                        update={"path": pin.path})})
             except MediaError as e:
                 raise Invalid("media_unplayable", str(e)) from None
             desc, details = describe_request(req, self.settings.emergency_attention,
                                              media=media, analysis=analysis)
+            if pin is not None:
+                details["path"] = pin.real
             cmd = StartBroadcast(id=req.id or "", targets=tuple(req.zones), level=req.level_enum,
                                  source=desc, mode=req.mode, gain_db=req.gain_db,
                                  owner=principal.name, owner_name=principal.label,
                                  title=str(details.get("title") or ""),
                                  details=dict(details, owner_id=principal.id))
-            return await loop.run_in_executor(pool, self.submit, cmd)
+            if pin is None:
+                return await loop.run_in_executor(pool, self.submit, cmd)
+            try:
+                snap = await loop.run_in_executor(pool, self.submit, cmd)
+            except BaseException:
+                self.pins.release(pin)
+                raise
+            self.pins.attach(pin, snap.id)
+            return snap
 
     def start_live(self, principal: Principal, targets: list[str] | tuple[str, ...],
                    level: Level, source: Any, via: str, details: dict[str, Any] | None = None

@@ -100,7 +100,9 @@ def analyse(path: str, loudness_target: float | None) -> tuple[Any, float | None
     from streamer.mixer.loudness import measure_file
     try:
         st = os.stat(path)
-        key: tuple[Any, ...] | None = (path, st.st_size, st.st_mtime_ns,
+        # the inode too: /proc/self/fd/N (a pinned file, control/pinned.py) names another
+        # file once N is reused
+        key: tuple[Any, ...] | None = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                        loudness_target is not None)
     except OSError:
         key = None
