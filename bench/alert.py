@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from bench.common import machine_info
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _free_tcp_port, _http, _prefix,
@@ -187,14 +188,14 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
                 break
             t1 = _wait_marker(probe, t0, 5.0)
             ms = round((t1 - t0) / 1e6, 3) if t1 else None
-            rnd = {"kind": kind, "api_to_packet_ms": ms}
+            rnd: dict[str, Any] = {"kind": kind, "api_to_packet_ms": ms}
             if kind == "cap_push":
                 st2, a = _req("GET", base + f"/api/v1/alerts/{b['id']}")
                 air = (a.get("airings") or [{}])[0] if st2 == 200 else {}
                 rnd["receipt_to_submit_ms"] = air.get("receipt_to_submit_ms")
                 rnd["source"] = air.get("source")
                 if rnd["receipt_to_submit_ms"] is not None and i > 0:
-                    series["cap_submit_ms"].append(rnd["receipt_to_submit_ms"])
+                    series["cap_submit_ms"].append(float(rnd["receipt_to_submit_ms"]))
             report["rounds"].append(rnd)
             if ms is None:
                 report["valid"] = False
