@@ -34,6 +34,7 @@ from control.broadcasts import Broadcasts
 from control.db import Database
 from control.events import EventHub
 from control.http import Route, error_middleware
+from control.outputs import Outputs
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.receiver_secrets import ReceiverSecrets
 from control.service import ControlState
@@ -74,7 +75,8 @@ def build_tree(settings: Settings) -> ZoneTree:
     return tree
 
 
-def build_runtime(settings: Settings) -> tuple[Runtime, Fanout, Any]:
+def build_runtime(settings: Settings, outputs: list[Any] | None = None
+                  ) -> tuple[Runtime, Fanout, Any]:
     """This node's engine, with its media socket and its SRTP keyring (None without SRTP)."""
     fanout = Fanout(bind=("0.0.0.0", settings.send_port), multicast_ttl=settings.multicast_ttl,
                     multicast_if=settings.multicast_if, workers=settings.fanout_workers,
@@ -93,7 +95,7 @@ def build_runtime(settings: Settings) -> tuple[Runtime, Fanout, Any]:
     if settings.srtp:
         from streamer.rtp.srtp import MediaKeyring
         keyring = MediaKeyring(time.monotonic(), rotate_every_s=settings.media_key_rotate_h * 3600)
-    runtime = Runtime(fanout, eng_settings, keyring=keyring,
+    runtime = Runtime(fanout, eng_settings, keyring=keyring, outputs=outputs,
                       catalogue=Catalogue(settings.loudness_target_lufs, tts=build_tts(settings)))
     return runtime, fanout, keyring
 
@@ -106,7 +108,8 @@ class Server:
         self.settings = settings
         self.hub = EventHub()
         #: the engine port (only EnginePort methods are used, and `start`/`stop`)
-        self.engine, self.fanout, keyring = build_runtime(settings)
+        self.outputs = Outputs(settings)   # listening, archive, e-boards (issue 18)
+        self.engine, self.fanout, keyring = build_runtime(settings, self.outputs.engine_outputs)
         self.engine.subscribe(self._on_engine_event)
         self.db = Database(settings.database_path)
         box = SecretBox.load(settings.secret_key.get_secret_value() if settings.secret_key else None,
@@ -140,6 +143,8 @@ class Server:
             self.live, self.rtp_ingest,
             AlertHandlers(self.alerts, self.db, self.registry),
         ]
+        self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
+        self.handlers += self.outputs.handlers
         self.link: ReceiverLink | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -208,6 +213,7 @@ class Server:
         from streamer.rtp.link import start_receiver_endpoint
         self.link = await start_receiver_endpoint(self.engine, self.registry)
         self.rtp_ingest.start()
+        await self.outputs.start()
         await self.alerts.start()
         st = self.engine.stats()
         log.info("engine started: %d zones, ssrc %08x, media/receiver port %s",
@@ -216,6 +222,7 @@ class Server:
     async def shutdown(self) -> None:
         self.hub.close_streams()  # open event streams end now, not at their next keep-alive
         await self.live.close_all()
+        await self.outputs.close()   # listeners end now
 
     async def close(self) -> None:
         await self.alerts.close()

@@ -84,5 +84,9 @@ class Metrics:
         self._registry = CollectorRegistry()
         self._registry.register(EngineCollector(port, registry))
 
+    def register(self, collector) -> None:
+        """Another part's collector (listener counts...), rendered with the engine's."""
+        self._registry.register(collector)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self._registry), CONTENT_TYPE_LATEST

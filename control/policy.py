@@ -48,6 +48,10 @@ POLICY: dict[str, frozenset[str] | str] = {
     "live.status": ALL,
     # what the RTP ingest ports hear (zones, sender addresses): like receivers, not public
     "live.ingest.read": frozenset({"admin", "operator", "viewer"}),
+    # listening, replay archive and e-boards (issue 18): public zones to anybody; the handlers
+    # ask `may_hear` for a private zone (a signed-in account that may read it)
+    "listen.read": PUBLIC, "listen.write": ADMIN,
+    "archive.read": PUBLIC, "boards.read": PUBLIC,
 }
 #: actions whose routes authorise themselves (through Access.authorize) instead of the
 #: middleware, because the decision needs what the body or the broadcast says
@@ -145,6 +149,15 @@ class Policy:
                                                     and not principal.scope):
             return None
         return cls.scope_zones(principal, tree) or set()
+
+    @classmethod
+    def may_hear(cls, principal: Principal | None, tree: Tree, zone: str, public: bool) -> bool:
+        """Listening, replays and e-boards of a zone: anybody for a zone marked public,
+        otherwise a signed-in account that may read the zone."""
+        if public:
+            return True
+        zones = cls.read_zones(principal, tree)
+        return zones is None or zone in zones
 
     @staticmethod
     def what_may_start(principal: Principal) -> dict[str, Any]:

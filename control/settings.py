@@ -169,6 +169,15 @@ class Settings(BaseSettings):
     open_files_reserve: int = Field(256, ge=16, le=100_000)
     event_streams_per_principal: int = Field(8, ge=1, le=10_000)
     event_stream_recheck_s: float = Field(5.0, gt=0, le=3600)  # credentials re-checked this often
+    # listening, archive, e-boards (issue 18)
+    listen_public_zones: list[str] = []   # zones anybody may hear (also set by the API)
+    listen_max_per_zone: int = Field(500, ge=1, le=1_000_000)
+    listen_max_total: int = Field(2000, ge=1, le=1_000_000)
+    listen_max_per_address: int = Field(4, ge=1, le=1_000_000)
+    listen_buffer_kb: int = Field(64, ge=4, le=65_536)  # unsent bytes before a slow reader goes
+    archive: bool = True   # every finished broadcast at normal level or above, as Ogg/Opus
+    archive_max_age_days: float = Field(90.0, gt=0, le=36_500)
+    archive_max_mb: int = Field(2000, ge=1, le=10_000_000)
     groups: list[GroupConfig] = []
     receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone

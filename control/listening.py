@@ -1,0 +1,275 @@
+"""Citizens' listening (issue 18): `/listen/{zone}.ogg` (Icecast listener conventions), the
+public listening page `/nghe/{zone}`, listener counts (`/api/v1/listen`, Icecast's
+`/status-json.xsl`), and which zones are public.
+
+The audio itself comes from `streamer.outputs.listen.ListenHub` (handed over at assembly): this
+module only decides who may hear a zone, answers the HTTP conversation and hands the
+connection's transport to the hub. Which zones are public: `listen_public_zones` in the
+settings plus what an admin sets with `PUT /api/v1/listen/zones/{zone}` (kept in
+`<data_dir>/listening.json`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from pydantic import BaseModel, ConfigDict
+
+from control.errors import NotFound
+from control.http import HttpError, Route, error_response, json_response, parse_body
+from control.policy import Policy, Principal
+from control.settings import Settings
+from streamer.outputs.listen import ListenHub, ListenRefused, status_json
+from streamer.port import EnginePort
+from streamer.zones import ZoneTree
+
+log = logging.getLogger("loa.listen")
+STATIC = Path(__file__).resolve().parent / "static"
+_LINE_BREAKS = {ord(c): " " for c in "\r\n\x85\u2028\u2029\x00\t\x0b\x0c"}
+
+
+def header_text(s: str, limit: int = 200) -> str:
+    """User text fit for an HTTP header line (no line breaks of any kind)."""
+    return s.translate(_LINE_BREAKS)[:limit]
+
+
+class PublicPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public: bool
+
+
+class PublicZones:
+    """Which zones anybody may hear: the settings' list plus the admin's marks (a file)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.configured = set(settings.listen_public_zones)
+        self.path = settings.data_dir / "listening.json"
+        self.marks: dict[str, bool] = {}
+        try:
+            data = json.loads(self.path.read_text())
+            self.marks = {str(k): bool(v) for k, v in data.get("public", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def is_public(self, zone: str) -> bool:
+        return self.marks.get(zone, zone in self.configured)
+
+    def set(self, zone: str, public: bool) -> None:
+        self.marks[zone] = public
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"public": self.marks}, ensure_ascii=False))
+        os.replace(tmp, self.path)
+
+
+class Audience:
+    """The zone checks the listening, archive and board routes share."""
+
+    def __init__(self, tree: Callable[[], ZoneTree], public: PublicZones) -> None:
+        self.tree = tree
+        self.public = public
+
+    def zone(self, request: web.Request, zid: str | None = None) -> str:
+        """The request's zone, if it exists and the caller may hear it (404 / 401 / 403)."""
+        zid = zid if zid is not None else request.match_info["zone"]
+        tree = self.tree()
+        if zid not in tree.zones:
+            raise NotFound("zone_not_found", f"no zone {zid!r}")
+        principal: Principal | None = request.get("principal")
+        if not Policy.may_hear(principal, tree, zid, self.public.is_public(zid)):
+            if principal is None:
+                raise HttpError(401, "unauthenticated",
+                                f"zone {zid} is not public: sign in with an account that may "
+                                "read it")
+            raise HttpError(403, "forbidden", f"{principal.name} may not hear zone {zid}")
+        return zid
+
+    def visible(self, request: web.Request) -> list[str]:
+        tree = self.tree()
+        principal: Principal | None = request.get("principal")
+        return [z for z in tree.zones
+                if Policy.may_hear(principal, tree, z, self.public.is_public(z))]
+
+    def name(self, zid: str) -> str:
+        z = self.tree().zones.get(zid)
+        return (z.name or zid) if z is not None else zid
+
+
+def now_playing(port: EnginePort, zid: str) -> dict[str, Any] | None:
+    """What a zone hears now (the first broadcast on air there), or None."""
+    st = port.zone_status().get(zid)
+    if st is None or not st.on_air:
+        return None
+    b = port.broadcast(st.on_air[0].broadcast)
+    if b is None:
+        return None
+    src = dict(b.source)
+    return {"id": b.id, "title": b.title or str(src.get("title") or src.get("kind") or ""),
+            "text": str(src.get("text") or b.title or ""), "level": b.level,
+            "kind": str(src.get("kind") or ""), "started_at": b.started_at,
+            "duration_s": b.duration_s, "position_s": round(b.position_s, 1),
+            "risk_level": src.get("risk_level"), "live": b.live}
+
+
+class ListenHandlers:
+    def __init__(self, hub: ListenHub, port: EnginePort, audience: Audience,
+                 next_items: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
+        self.hub = hub
+        self.port = port
+        self.audience = audience
+        self.next_items = next_items or (lambda zone: [])
+
+    def routes(self) -> list[Route]:
+        R = Route
+        return [
+            R("GET", "/listen/{zone}.ogg", self.listen_ogg, "listen.read",
+              "A zone's programme as an Ogg/Opus stream (Icecast listener conventions)",
+              root=True, produces="audio/ogg"),
+            R("GET", "/nghe/{zone}", self.page, "listen.read", "The public listening page",
+              root=True, produces="text/html"),
+            R("GET", "/nghe-static/{name}", self.asset, "listen.read",
+              "The listening and board pages' script and style", root=True),
+            R("GET", "/status-json.xsl", self.icecast_status, "listen.read",
+              "Listener counts in Icecast's status-json shape", root=True),
+            R("GET", "/listen", self.counts, "listen.read",
+              "Listener counts per zone the caller may hear, and the limits"),
+            R("GET", "/listen/{zone}", self.zone_info, "listen.read",
+              "A zone's listening info: stream URLs, listeners, now playing, next items",
+              errors=(401, 403, 404)),
+            R("PUT", "/listen/zones/{zone}", self.set_public, "listen.write",
+              "Mark a zone public (anybody may listen) or private", body=PublicPut,
+              errors=(401, 403, 404, 422)),
+        ]
+
+    async def listen_ogg(self, request: web.Request) -> web.StreamResponse:
+        zid = self.audience.zone(request)
+        addr = request.remote or "unknown"
+        try:
+            lst = self.hub.admit(zid, addr, request.headers.get("User-Agent", "")[:200])
+        except ListenRefused as e:
+            resp = error_response(503, e.code, e.message)
+            resp.headers["Retry-After"] = str(e.retry_after_s)
+            return resp
+        name = header_text(self.audience.name(zid))
+        stream = web.StreamResponse(headers={
+            "Content-Type": "audio/ogg",
+            "icy-name": name,
+            "icy-description": header_text(f"Loa: {name}"),
+            "icy-pub": "1" if self.audience.public.is_public(zid) else "0",
+            "icy-genre": "public announcements",
+            "Cache-Control": "no-cache, no-store, must-revalidate",
+            "Pragma": "no-cache", "Expires": "0",
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "icy-name, icy-description, icy-pub",
+            "X-Content-Type-Options": "nosniff",
+        })
+        chunked = request.version >= HttpVersion11
+        if chunked:
+            stream.enable_chunked_encoding()
+        else:
+            stream.force_close()
+        transport = request.transport
+        try:
+            await stream.prepare(request)
+            await stream.write(self.hub.headers(zid))
+        except (ConnectionError, RuntimeError):
+            self.hub.release(lst)
+            return stream
+        if transport is None or transport.is_closing():
+            self.hub.release(lst)
+            return stream
+        sock = transport.get_extra_info("socket")
+        if sock is not None:   # the kernel's share of a stalled listener is bounded too
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                max(8192, self.hub.limits.max_buffer))
+            except OSError:
+                pass
+        # from here the hub writes the pages straight to the transport (same bytes for every
+        # listener of the zone, chunk-framed once); it ends when the client goes, reads too
+        # slowly or the server stops
+        why = await self.hub.serve(lst, transport, chunked)  # type: ignore[arg-type]
+        log.debug("listener %s of %s ended: %s", addr, zid, why)
+        stream.force_close()
+        return stream
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        zid = request.match_info["zone"]
+        if zid not in self.audience.tree().zones:
+            raise NotFound("zone_not_found", f"no zone {zid!r}")
+        # the page itself is public; the API calls it makes decide what it may show
+        return web.FileResponse(STATIC / "nghe.html", headers={"Cache-Control": "no-cache"})
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in ("nghe.js", "nghe.css", "board.js", "board.css"):
+            raise NotFound("not_found", f"no such resource: {request.path}")
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    def _zone_counts(self, zones: list[str]) -> list[dict[str, Any]]:
+        counts = self.hub.counts()
+        peaks = self.hub.peaks()
+        return [{"zone": z, "name": self.audience.name(z),
+                 "public": self.audience.public.is_public(z),
+                 "listeners": {"current": counts.get(z, 0), "peak": peaks.get(z, 0)},
+                 "listen_url": f"/listen/{z}.ogg", "hls_url": f"/listen/{z}/index.m3u8",
+                 "page_url": f"/nghe/{z}"} for z in zones]
+
+    async def counts(self, request: web.Request) -> web.Response:
+        lim = self.hub.limits
+        return json_response({
+            "zones": self._zone_counts(self.audience.visible(request)),
+            "total": self.hub.total, "refused": self.hub.refused,
+            "dropped_slow": self.hub.dropped_slow,
+            "limits": {"per_zone": lim.max_per_zone, "total": lim.max_total,
+                       "per_address": lim.max_per_address, "buffer_bytes": lim.max_buffer}})
+
+    async def zone_info(self, request: web.Request) -> web.Response:
+        zid = self.audience.zone(request)
+        d = self._zone_counts([zid])[0]
+        np_ = now_playing(self.port, zid)
+        # AzuraCast's now-playing shape, where it fits
+        d["now_playing"] = np_
+        d["is_online"] = np_ is not None
+        d["playing_next"] = self.next_items(zid)
+        return json_response(d)
+
+    async def icecast_status(self, request: web.Request) -> web.Response:
+        tree = self.audience.tree()
+        zones = {z: tree.zones[z] for z in self.audience.visible(request)}
+        base = f"{request.scheme}://{request.host}"
+        return json_response(status_json(self.hub, zones, base))
+
+    async def set_public(self, request: web.Request) -> web.Response:
+        zid = request.match_info["zone"]
+        if zid not in self.audience.tree().zones:
+            raise NotFound("zone_not_found", f"no zone {zid!r}")
+        body = await parse_body(request, PublicPut)
+        self.audience.public.set(zid, body.public)
+        request["audit_target"] = zid
+        return json_response({"zone": zid, "public": body.public})
+
+
+def listener_metrics(hub: ListenHub) -> Any:
+    """A prometheus collector of listener counts (registered with /metrics at assembly)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Any:
+            g = GaugeMetricFamily("loa_listeners", "HTTP listeners per zone", labels=["zone"])
+            for z, n in sorted(hub.counts().items()):
+                g.add_metric([z], n)
+            yield g
+            yield GaugeMetricFamily("loa_listeners_total", "HTTP listeners in all",
+                                    value=hub.total)
+            yield CounterMetricFamily("loa_listeners_refused", "Listeners refused (limits)",
+                                      value=hub.refused)
+            yield CounterMetricFamily("loa_listeners_dropped_slow",
+                                      "Listeners dropped as slow readers", value=hub.dropped_slow)
+    return _Collector()

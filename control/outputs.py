@@ -1,0 +1,69 @@
+"""The assembly of issue 18's outputs: HTTP listening, the replay archive, e-boards (and HLS).
+
+`control/app.py` makes one `Outputs` before the engine (the engine gets `outputs.engine_outputs`
+to feed every tick), binds it to the engine port and control's tree once both exist, adds
+`outputs.handlers` to its route table and starts/closes it with the server.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from control.listening import Audience, ListenHandlers, PublicZones, listener_metrics
+from control.settings import Settings
+from streamer.outputs.listen import ListenHub, ListenLimits, ListenOutput
+from streamer.port import EnginePort
+from streamer.zones import ZoneTree
+
+
+class Outputs:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.listen_output = ListenOutput()
+        self.engine_outputs: list[Any] = [self.listen_output]
+        self.public = PublicZones(settings)
+        self.handlers: list[Any] = []
+        self.hub: ListenHub | None = None
+        self._closers: list[Callable[[], Any]] = []
+        self._starters: list[Callable[[], Any]] = []
+
+    def bind(self, port: EnginePort, tree: Callable[[], ZoneTree], handlers: list[Any],
+             events: Any = None) -> None:
+        s = self.settings
+        self.audience = Audience(tree, self.public)
+
+        def title(zone: str) -> str:
+            return self.audience.name(zone)
+        self.hub = ListenHub(self.listen_output, ListenLimits(
+            max_per_zone=s.listen_max_per_zone, max_total=s.listen_max_total,
+            max_per_address=s.listen_max_per_address, max_buffer=s.listen_buffer_kb * 1024),
+            title=title)
+        self.listen = ListenHandlers(self.hub, port, self.audience, self.next_items)
+        self.handlers.append(self.listen)
+        for h in handlers:   # listener counts on /metrics
+            m = getattr(h, "metrics_", None)
+            if m is not None and hasattr(m, "register"):
+                m.register(listener_metrics(self.hub))
+        self._closers.append(self.hub.close)
+
+    def next_items(self, zone: str) -> list[dict[str, Any]]:
+        """The zone's next scheduled items (empty until the schedule offers them)."""
+        fn = getattr(self, "schedule_next", None)
+        if fn is None:
+            return []
+        try:
+            return list(fn(zone))
+        except Exception:
+            return []
+
+    async def start(self) -> None:
+        for fn in self._starters:
+            r = fn()
+            if hasattr(r, "__await__"):
+                await r
+
+    async def close(self) -> None:
+        for fn in self._closers:
+            r = fn()
+            if hasattr(r, "__await__"):
+                await r

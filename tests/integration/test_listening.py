@@ -1,0 +1,166 @@
+"""HTTP listening (issue 18): /listen/{zone}.ogg decoded by ffmpeg (an independent client) is
+the zone's audio across a preemption and silence; Icecast headers; limits refuse with 503 and
+Retry-After; counts in the API and /metrics; private zones need an account."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import numpy as np
+from tests.integration.conftest import wait_for
+
+TOML = """
+demo_zone = false
+listen_public_zones = ["xa1"]
+listen_max_per_address = 3
+listen_max_per_zone = 5
+[[zones]]
+id = "xa1"
+name = "Xã Một"
+[[zones]]
+id = "xa2"
+name = "Xã Hai"
+"""
+
+
+def ffmpeg_record(url: str, seconds: float, out) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-t", str(seconds), "-i", url,
+         "-ac", "1", "-ar", "48000", "-f", "s16le", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def dominant(x: np.ndarray, rate: int = 48000) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spec)])
+
+
+def segments(x: np.ndarray, rate: int = 48000, win_s: float = 0.25) -> list[tuple[float, float]]:
+    """(rms, dominant frequency) per window."""
+    w = int(rate * win_s)
+    out = []
+    for i in range(0, len(x) - w, w):
+        seg = x[i:i + w]
+        rms = float(np.sqrt(np.mean(seg ** 2)))
+        out.append((rms, dominant(seg) if rms > 0.003 else 0.0))
+    return out
+
+
+def test_ogg_stream_is_the_zones_audio_across_preemption_and_silence(serve, tmp_path):
+    s = serve(TOML)
+    out = tmp_path / "listen.raw"
+    rec = ffmpeg_record(s.url + "/listen/xa1.ogg", 9.0, out)
+    wait_for("listener", lambda: s.request("GET", "/api/v1/listen")[1]["total"] == 1, 10)
+    time.sleep(1.0)   # ~1 s of silence first: the stream flows with nothing on air
+    st, b1 = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "normal",
+        "source": {"kind": "tone", "freq_hz": 440, "seconds": 6.0}})
+    assert st in (200, 201), b1
+    time.sleep(2.0)
+    st, b2 = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "emergency",
+        "source": {"kind": "tone", "freq_hz": 1200, "seconds": 2.0}})
+    assert st in (200, 201), b2
+    _, err = rec.communicate(timeout=30)
+    assert rec.returncode == 0, err.decode()
+    x = np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float32) / 32768
+    assert len(x) >= 48000 * 8.5, len(x) / 48000   # a continuous stream: ~9 s of audio
+    segs = segments(x)
+    freqs = [f for _, f in segs]
+    assert any(abs(f - 440) < 20 for f in freqs), freqs
+    assert any(abs(f - 1200) < 30 for f in freqs), freqs
+    # the order the zone heard: silence, 440 Hz, 1200 Hz (preemption), 440 Hz again (resumed)
+    seq = []
+    for f in freqs:
+        tag = 440 if abs(f - 440) < 20 else 1200 if abs(f - 1200) < 30 else 0 if f == 0 else -1
+        if not seq or seq[-1] != tag:
+            seq.append(tag)
+    assert seq[0] == 0, seq
+    i440 = seq.index(440)
+    assert 1200 in seq[i440:], seq
+    assert 440 in seq[seq.index(1200):], seq
+
+
+def _raw_get(port: int, path: str, read: int = 4096) -> tuple[str, bytes]:
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < read:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def test_icecast_headers_and_header_pages(serve):
+    s = serve(TOML)
+    head, body = _raw_get(s.port, "/listen/xa1.ogg", 200)
+    h = head.lower()
+    assert " 200 " in head.splitlines()[0]
+    assert "content-type: audio/ogg" in h
+    assert "icy-name:" in h and "icy-pub: 1" in h and "icy-description:" in h
+    assert "no-cache" in h and "access-control-allow-origin: *" in h
+    assert b"OggS" in body and b"OpusHead" in body
+
+
+def test_limits_refuse_with_503_and_retry_after(serve):
+    s = serve(TOML)
+    conns = []
+    try:
+        for _ in range(3):   # listen_max_per_address = 3
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"GET /listen/xa1.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 200 " in c.recv(4096).split(b"\r\n")[0]
+            conns.append(c)
+        wait_for("3 listeners", lambda: s.request("GET", "/api/v1/listen")[1]["total"] == 3, 10)
+        head, body = _raw_get(s.port, "/listen/xa1.ogg")
+        assert " 503 " in head.splitlines()[0], head
+        assert "retry-after:" in head.lower()
+        assert b"address_listeners_full" in body
+        _, m = s.request("GET", "/metrics")
+        assert 'loa_listeners{zone="xa1"} 3.0' in m
+        _, info = s.request("GET", "/api/v1/listen/xa1")
+        assert info["listeners"]["current"] == 3 and info["public"] is True
+    finally:
+        for c in conns:
+            c.close()
+    # gone clients are noticed and their places freed
+    wait_for("listeners gone", lambda: s.request("GET", "/api/v1/listen")[1]["total"] == 0, 10)
+    head, _ = _raw_get(s.port, "/listen/xa1.ogg", 100)
+    assert " 200 " in head.splitlines()[0]
+
+
+def test_private_zone_needs_an_account_and_unknown_zone_is_404(serve):
+    s = serve(TOML, env={"LOA_ADMIN_TOKEN": "secret-admin"})
+    st, body = s.request("GET", "/listen/xa2.ogg")
+    assert st == 401, body
+    st, body = s.request("GET", "/listen/nope.ogg")
+    assert st == 404, body
+    st, _ = s.request("PUT", "/api/v1/listen/zones/xa2", {"public": True},
+                      headers={"Authorization": "Bearer secret-admin"})
+    assert st == 200
+    head, _ = _raw_get(s.port, "/listen/xa2.ogg", 100)
+    assert " 200 " in head.splitlines()[0]
+    st, body = s.request("PUT", "/api/v1/listen/zones/xa2", {"public": "maybe"},
+                         headers={"Authorization": "Bearer secret-admin"})
+    assert st == 422, body
+
+
+def test_slow_reader_is_dropped(serve):
+    s = serve("listen_buffer_kb = 4\n" + TOML)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.connect(("127.0.0.1", s.port))
+    c.sendall(b"GET /listen/xa1.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "normal",
+        "source": {"kind": "tone", "freq_hz": 440, "seconds": 30.0}})
+    # never read: the server's buffer for it fills and it is dropped, the stream goes on
+    wait_for("slow reader dropped",
+             lambda: s.request("GET", "/api/v1/listen")[1]["dropped_slow"] >= 1, 40, 0.5)
+    assert s.request("GET", "/api/v1/listen")[1]["total"] == 0
+    c.close()
