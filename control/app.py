@@ -37,6 +37,10 @@ from control.http import Route, error_middleware
 from control.outputs import Outputs
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.receiver_secrets import ReceiverSecrets
+from control.schedule.api import ScheduleHandlers
+from control.schedule.runner import ScheduleRunner
+from control.schedule.service import Schedules
+from control.schedule.store import ScheduleStore
 from control.service import ControlState
 from control.settings import Settings
 from control.streams import StreamGuard
@@ -143,6 +147,13 @@ class Server:
             self.live, self.rtp_ingest,
             AlertHandlers(self.alerts, self.db, self.registry),
         ]
+        self.schedule_store = ScheduleStore(self.db)
+        self.schedules = Schedules(self.schedule_store, self.broadcasts, self.db,
+                                   lambda: settings.timezone, self._publish_now)
+        self.schedule_runner = ScheduleRunner(
+            self.schedule_store, self.broadcasts, self.engine, self.db, self._publish_now,
+            prepare_ahead_s=settings.schedule_prepare_ahead_s)
+        self.handlers.append(ScheduleHandlers(self.schedules, self.schedule_store, self.db))
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.handlers += self.outputs.handlers
         self.link: ReceiverLink | None = None
@@ -160,6 +171,10 @@ class Server:
         for r in self.route_table():
             route = app.router.add_route(r.method, r.url, r.handler)
             self.access.actions[route] = r.action
+
+    def _publish_now(self, ev: dict) -> None:
+        from streamer.timefmt import utc_iso
+        self.hub.publish(dict(ev, time=utc_iso(time.time())))
 
     def _on_engine_event(self, ev: EngineEvent) -> None:  # tick thread: must not block
         self.hub.publish(ev.to_dict())
@@ -215,6 +230,7 @@ class Server:
         self.rtp_ingest.start()
         await self.outputs.start()
         await self.alerts.start()
+        self.schedule_runner.start()
         st = self.engine.stats()
         log.info("engine started: %d zones, ssrc %08x, media/receiver port %s",
                  len(self.tree().zones), st.ssrc, st.receiver_port)
@@ -225,6 +241,7 @@ class Server:
         await self.outputs.close()   # listeners end now
 
     async def close(self) -> None:
+        await self.schedule_runner.close()   # before the engine: what is on air is suspended
         await self.alerts.close()
         await self.rtp_ingest.stop()
         if self.link is not None:

@@ -115,18 +115,24 @@ class Broadcasts:
         Policy.check_broadcast(principal, self.tree(), reached, level, kind)
         return reached
 
-    async def start(self, principal: Principal, req: BroadcastRequest) -> BroadcastSnapshot:
-        """POST /broadcasts."""
+    async def start(self, principal: Principal, req: BroadcastRequest, *,
+                    start_at: float | None = None, offset_s: float = 0.0,
+                    extra: dict[str, Any] | None = None) -> BroadcastSnapshot:
+        """POST /broadcasts, and a schedule's start (control/schedule/runner.py): `start_at`
+        (wall clock) prepares it now and airs it at that instant, `offset_s` joins it in
+        progress, `extra` adds to what the broadcast shows (the schedule, the occurrence)."""
         reached = self.authorize_start(principal, req.zones, req.level_enum, req.source.kind)
         if isinstance(req.source, FileSpec):
             Policy.check_raw_path(principal, req.source.path, self.settings.media_dirs)
         ticket = self.admit(principal, reached, req.level_enum, req.source.kind)
         try:
-            return await self._start(principal, req)
+            return await self._start(principal, req, start_at, offset_s, extra)
         finally:
             self.release(ticket)
 
-    async def _start(self, principal: Principal, req: BroadcastRequest) -> BroadcastSnapshot:
+    async def _start(self, principal: Principal, req: BroadcastRequest,
+                     start_at: float | None = None, offset_s: float = 0.0,
+                     extra: dict[str, Any] | None = None) -> BroadcastSnapshot:
         loop = asyncio.get_running_loop()
         pool = self._urgent_pool if self.urgent(principal, req.level_enum) else self._pool
         async with self.media_lock.shared():
@@ -163,7 +169,8 @@ class Broadcasts:
                                  source=desc, mode=req.mode, gain_db=req.gain_db,
                                  owner=principal.name, owner_name=principal.label,
                                  title=str(details.get("title") or ""),
-                                 details=dict(details, owner_id=principal.id))
+                                 details=dict(details, **(extra or {}), owner_id=principal.id),
+                                 start_at=start_at, offset_s=offset_s)
             if pin is None:
                 return await loop.run_in_executor(pool, self.submit, cmd)
             try:

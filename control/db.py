@@ -110,6 +110,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE media ADD COLUMN tts TEXT;
     """,
+    # 5: schedules and the decision taken for each occurrence (control/schedule/store.py)
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL DEFAULT '', request TEXT NOT NULL,
+        zones TEXT NOT NULL, level TEXT NOT NULL, start TEXT NOT NULL, tz TEXT NOT NULL,
+        rrule TEXT, until TEXT, exdates TEXT NOT NULL DEFAULT '[]', duration_s REAL,
+        on_busy TEXT NOT NULL DEFAULT 'wait', missed TEXT NOT NULL DEFAULT 'skip',
+        missed_window_s REAL NOT NULL DEFAULT 0, media_ids TEXT NOT NULL DEFAULT '[]',
+        enabled INTEGER NOT NULL DEFAULT 1, disabled_reason TEXT, owner TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE schedule_runs (
+        schedule_id TEXT NOT NULL, occurrence TEXT NOT NULL, outcome TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '', broadcast_id TEXT, offset_s REAL NOT NULL DEFAULT 0,
+        zones TEXT NOT NULL DEFAULT '[]', level TEXT NOT NULL DEFAULT '',
+        title TEXT NOT NULL DEFAULT '', decided_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (schedule_id, occurrence));
+    CREATE INDEX schedule_runs_occurrence ON schedule_runs(occurrence);
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")

@@ -38,6 +38,7 @@ POLICY: dict[str, frozenset[str] | str] = {
     "broadcasts.start": STARTERS,
     "broadcasts.stop": STARTERS,
     "asrun.read": ALL, "events.read": ALL,
+    "schedules.read": ALL, "schedules.write": STARTERS,  # + level and scope as for broadcasts
     # disaster alerts (CAP): pushed by the authorities' accounts, read by everyone
     "alerts.push": frozenset({"admin", "alert_authority"}), "alerts.read": ALL,
     "users.read": ADMIN, "users.write": ADMIN,

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
     groups: list[GroupConfig] = []
     receivers: list[ReceiverConfig] = []
     demo_zone: bool = True  # with no zones configured, serve a local demo zone
+    # schedules (issue 16): local times are in this zone (a schedule keeps the zone it was
+    # made in); items start this far ahead (decoded, synthesised) and air on their instant
+    timezone: str = "Asia/Ho_Chi_Minh"
+    schedule_prepare_ahead_s: float = Field(30.0, ge=2, le=600)
     # text to speech (issue 14): espeak-ng is always there; cloud engines from [[tts_engines]]
     tts_engines: list[TtsEngineConfig] = []
     tts_engine: str = "espeak"     # the default engine

@@ -108,6 +108,12 @@ class MediaHandlers:
                 raise Conflict("media_in_use",
                                f"media {mid} is in use by broadcast(s) {', '.join(users)}",
                                broadcasts=users)
+            from control.schedule.store import ScheduleStore
+            scheduled = await ScheduleStore(self.db).using_media(mid)
+            if scheduled:  # never a silent skip later: change or delete the schedules first
+                raise Conflict("media_scheduled",
+                               f"media {mid} is played by schedule(s) {', '.join(scheduled)}",
+                               schedules=scheduled)
             await self.db.delete_media(mid)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, os.unlink, row["path"])
