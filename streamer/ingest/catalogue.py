@@ -218,7 +218,7 @@ class Catalogue:
 
         def make(start_s: float) -> Source:
             return FileSource(path, loudness_target_lufs=target, measured_lufs=measured,
-                              start_s=start_s, priority=priority)
+                              start_s=start_s, priority=priority, expected_s=desc.duration_s)
         return make
 
     def _speech(self, desc: TtsAudio, urgent: bool) -> SourceFactory:

@@ -119,11 +119,34 @@ def _reason(e: BaseException) -> str:
 
 
 def _duration(container: InputContainer, stream: AudioStream) -> float | None:
+    """What the headers claim (a Xing frame, a WAV header...): never trusted for a duration,
+    which `_measured_duration` takes from the packets actually in the file."""
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return None
+
+
+def _measured_duration(container: InputContainer, stream: AudioStream, decoded_s: float,
+                       first_pts: float | None) -> float | None:
+    """The end of the last audio packet present in the file, in seconds from the first
+    (demuxed to the end, not decoded: ~1 s for an hour of MP3). A file cut short (a 10 KB
+    piece of a 60 s MP3 whose header still says 60 s) measures as what it holds."""
+    tb = stream.time_base
+    end = None
+    start = first_pts
+    for packet in container.demux(stream):
+        if packet.pts is None or tb is None:
+            continue
+        t = float(packet.pts * tb)
+        if start is None:
+            start = t
+        dur = float(packet.duration * tb) if packet.duration else 0.0
+        end = t + dur if end is None else max(end, t + dur)
+    if end is None or start is None:
+        return decoded_s if decoded_s > 0 else None
+    return max(decoded_s, end - start)
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
@@ -143,9 +166,12 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         packets = 0
         errors = 0
         last_error: BaseException | None = None
+        first_pts: float | None = None
         try:
             for packet in container.demux(stream):
                 packets += 1
+                if first_pts is None and packet.pts is not None and stream.time_base is not None:
+                    first_pts = float(packet.pts * stream.time_base)
                 try:
                     for frame in packet.decode():
                         decoded += frame.samples
@@ -167,9 +193,13 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             raise MediaError(f"{name} contains no decodable audio (empty or truncated)")
         if rate <= 0 or channels <= 0:
             raise MediaError(f"{name}: unsupported audio (no sample rate or channel count)")
+        try:
+            measured = _measured_duration(container, stream, decoded / rate, first_pts)
+        except av.FFmpegError:  # damage after the probed start: what decoded so far
+            measured = decoded / rate
         return MediaInfo(
             path=path,
-            duration_s=_duration(container, stream),
+            duration_s=measured,
             format_name=container.format.name,
             codec_name=stream.codec_context.name,
             sample_rate=int(rate),
@@ -303,6 +333,11 @@ def _prefix_key(path: str, gain_db: float) -> _PrefixKey | None:
     return (path, st.st_size, st.st_mtime_ns, round(gain_db, 3))
 
 
+#: how much shorter than measured a file may end before that is an error (decoder padding,
+#: priming samples, a last partial frame)
+SHORT_END_TOLERANCE_S = 1.0
+
+
 class FileSource(Source):
     kind = "file"
 
@@ -310,9 +345,12 @@ class FileSource(Source):
                  loudness_target_lufs: float | None = None, measured_lufs: float | None = None,
                  history_s: float = 10.0, queue_frames: int = 50, start_s: float = 0.0,
                  max_decode_errors: int = MAX_DECODE_ERRORS, priority: int = 0,
-                 pool: DecodePool | None = None) -> None:
+                 pool: DecodePool | None = None, expected_s: float | None = None) -> None:
         super().__init__()
         self.path = os.fspath(path)
+        #: the measured length (probe): ending well before it is an error, not a finish
+        self.expected_s = expected_s
+        self.ended_at_s: float | None = None
         #: the decoder pool serves higher priorities first (the runtime gives the broadcast level)
         self.decode_priority = int(priority)
         self._pool = pool
@@ -417,6 +455,8 @@ class FileSource(Source):
                             yield acc
                         acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
                         fill = 0
+            if not self._stop.is_set():
+                self.ended_at_s = self.start_s + (produced * FRAME_SAMPLES + fill) / SAMPLE_RATE
             if fill and not self._stop.is_set():
                 acc[fill:] = 0.0  # the last frame is padded with silence
                 self._apply_gain(acc)
@@ -451,7 +491,7 @@ class FileSource(Source):
                     self.ready_ns = time.monotonic_ns()
                 self._has_data.set()
         except StopIteration:
-            pass
+            self.error = self._short_end()
         except MediaError as e:
             self.error = str(e)
         except Exception as e:  # a bug or an FFmpeg surprise must not kill silently
@@ -462,6 +502,17 @@ class FileSource(Source):
         self._done.set()
         self._has_data.set()
         return DONE
+
+    def _short_end(self) -> str | None:
+        """An error when the file ended well before its measured length (truncated or
+        replaced while playing): the broadcast then finishes with this error."""
+        end, want = self.ended_at_s, self.expected_s
+        if end is None or want is None or self._stop.is_set():
+            return None
+        if end >= want - max(SHORT_END_TOLERANCE_S, want * 0.02):
+            return None
+        return (f"{os.path.basename(self.path)} ended at {end:.1f} s of {want:.1f} s "
+                "(truncated or changed while playing)")
 
     def _remember(self, frames: list[np.ndarray]) -> None:
         if self._prefix_key is None or self.error:
