@@ -576,8 +576,10 @@ def main(argv: list[str]) -> int:
     commands = {"serve": cmd_serve, "play": cmd_play, "demo": cmd_demo, "admin": cmd_admin,
                 "zones": cmd_zones, "receivers": cmd_receivers,
                 "tts": cmd_tts, "say": cmd_say}
+    from control.schedule.cli import cmd_schedule
+    commands["schedule"] = cmd_schedule
     if cmd not in commands:
         print(f"loa: unknown command {cmd!r}; try: serve, play, demo, receiver, bench, admin, "
-              "zones, receivers, tts, say", file=sys.stderr)
+              "zones, receivers, tts, say, schedule", file=sys.stderr)
         return 2
     return commands[cmd](rest)

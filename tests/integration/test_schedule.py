@@ -198,3 +198,26 @@ def test_listing_ics_conflicts_media_guard_and_reports(serve, tmp_path):
     assert b["id"] in csv_text and "thon-1" not in csv_text
     st, hours = srv.request("GET", "/api/v1/reports/hours")
     assert hours["hours"]["xa"][list(hours["hours"]["xa"])[0]]["normal"] > 0
+
+
+def test_cli_schedule_add_list_rm(serve):
+    import os
+    import subprocess
+    import sys
+    srv = serve('[[zones]]\nid = "xa"\nunicast = ["127.0.0.1:9"]\n')
+    env = dict(os.environ, LOA_SERVER=srv.url)
+    start, _ = at(3600)
+
+    def loa(*args):
+        return subprocess.run([sys.executable, "-m", "loa.cli", "schedule", *args],
+                              capture_output=True, text=True, timeout=30, env=env)
+    out = loa("add", "--zone", "xa", "--tone", "5", "--start", start, "--rrule", "FREQ=DAILY",
+              "--title", "Nhạc")
+    assert out.returncode == 0, out.stderr
+    sid = out.stdout.split()[1]
+    listed = loa("list")
+    assert sid in listed.stdout and "FREQ=DAILY" in listed.stdout
+    bad = loa("add", "--zone", "xa", "--tone", "5", "--start", start, "--rrule", "FREQ=NEVER")
+    assert bad.returncode == 1 and "invalid_rrule" in bad.stderr
+    assert loa("rm", sid).returncode == 0
+    assert sid not in loa("list").stdout
