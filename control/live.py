@@ -92,7 +92,7 @@ class LiveApi:
 
     async def asset(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if name not in ("live.js", "live.css"):
+        if name not in ("live.js", "live.css", "live-text.js", "live-text.css"):
             raise NotFound("not_found", f"no such resource: {request.path}")
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
