@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from control.archive import Archive
 from control.listening import Audience, ListenHandlers, PublicZones, listener_metrics
 from control.settings import Settings
+from streamer.outputs.archive import ArchiveIndex
 from streamer.outputs.listen import ListenHub, ListenLimits, ListenOutput
 from streamer.port import EnginePort
 from streamer.zones import ZoneTree
@@ -44,6 +46,14 @@ class Outputs:
             m = getattr(h, "metrics_", None)
             if m is not None and hasattr(m, "register"):
                 m.register(listener_metrics(self.hub))
+        self.archive: Archive | None = None
+        if s.archive:
+            self.archive = Archive(port, self.hub, self.audience,
+                                   ArchiveIndex(s.data_dir / "archive"),
+                                   s.archive_max_age_days * 86400, s.archive_max_mb * 1024 ** 2)
+            self.handlers.append(self.archive)
+            self._starters.append(self.archive.start)
+            self._closers.append(self.archive.close)
         self._closers.append(self.hub.close)
 
     def next_items(self, zone: str) -> list[dict[str, Any]]:

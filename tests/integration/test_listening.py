@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from urllib.parse import quote
 
 import numpy as np
 from tests.integration.conftest import wait_for
@@ -164,3 +165,45 @@ def test_slow_reader_is_dropped(serve):
              lambda: s.request("GET", "/api/v1/listen")[1]["dropped_slow"] >= 1, 40, 0.5)
     assert s.request("GET", "/api/v1/listen")[1]["total"] == 0
     c.close()
+
+
+def test_finished_broadcasts_are_archived_complete_and_replayable(serve, tmp_path):
+    s = serve(TOML)
+    st, t = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "priority",
+        "source": {"kind": "tts", "text": "Thông báo lịch tiêm chủng"}})
+    assert st in (200, 201), t
+    s.wait_state(t["id"])
+    st, b = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "normal",
+        "source": {"kind": "tone", "freq_hz": 660, "seconds": 3.0}})
+    assert st in (200, 201), b
+    st, bg = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa2"], "level": "background",
+        "source": {"kind": "tone", "freq_hz": 300, "seconds": 1.0}})
+    assert st in (200, 201), bg
+    s.wait_state(b["id"])
+    s.wait_state(bg["id"])
+    entries = wait_for("archived", lambda: len(s.request("GET", "/api/v1/archive")[1]["entries"])
+                       == 2 and s.request("GET", "/api/v1/archive")[1]["entries"], 15)
+    assert {e["id"] for e in entries} == {b["id"], t["id"]}   # background is not archived
+    e = next(e for e in entries if e["id"] == b["id"])
+    assert e["zones"] == ["xa1"] and e["level"] == "normal"
+    assert abs(e["duration_s"] - 3.0) < 0.5, e
+    day = e["started_at"][:10]
+    found = s.request("GET", f"/api/v1/archive?date={day}&q=" + quote("TIÊM"))[1]
+    assert [x["id"] for x in found["entries"]] == [t["id"]], found
+    assert s.request("GET", "/api/v1/archive?q=" + quote("bão"))[1]["count"] == 0
+    assert s.request("GET", "/api/v1/archive?zone=xa1")[1]["count"] == 2
+    assert s.request("GET", "/api/v1/archive?date=yesterday")[0] == 400
+    out = tmp_path / "replay.raw"
+    p = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i",
+                        s.url + e["url"], "-ac", "1", "-ar", "48000", "-f", "s16le", str(out)],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr.decode()
+    x = np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float32) / 32768
+    assert abs(len(x) / 48000 - 3.0) < 0.5
+    loud = x[np.abs(x) > 0.01]
+    assert len(loud) > 48000 * 2.0 and abs(dominant(x) - 660) < 15
+    st, _ = s.request("GET", "/api/v1/archive/nope.ogg")
+    assert st == 404
