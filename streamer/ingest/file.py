@@ -193,10 +193,15 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             raise MediaError(f"{name} contains no decodable audio (empty or truncated)")
         if rate <= 0 or channels <= 0:
             raise MediaError(f"{name}: unsupported audio (no sample rate or channel count)")
+        claimed = _duration(container, stream)
         try:
             measured = _measured_duration(container, stream, decoded / rate, first_pts)
         except av.FFmpegError:  # damage after the probed start: what decoded so far
             measured = decoded / rate
+        # the header may only shorten it (an edit list trims AAC priming and padding); a file
+        # holding less than its header says is as long as what it holds
+        if claimed is not None and measured is not None:
+            measured = min(claimed, measured)
         return MediaInfo(
             path=path,
             duration_s=measured,
