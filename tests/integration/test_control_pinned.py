@@ -42,7 +42,7 @@ async def test_a_symlink_swapped_during_the_check_never_plays_a_file_outside(tmp
         leaked = []
         shown = set()
         try:
-            for i in range(200):
+            for _ in range(200):
                 r = await c.post("/api/v1/broadcasts", headers=ADM, json={
                     "zones": ["xa-b"], "level": "normal", "mode": "mix",
                     "source": {"kind": "file", "path": str(link)}})
