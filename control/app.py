@@ -36,6 +36,7 @@ from control.events import EventHub
 from control.http import Route, error_middleware
 from control.outputs import Outputs
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
+from control.live_talk import TalkApi
 from control.receiver_secrets import ReceiverSecrets
 from control.schedule.api import ScheduleHandlers
 from control.schedule.runner import ScheduleRunner
@@ -46,6 +47,7 @@ from control.settings import Settings
 from control.streams import StreamGuard
 from streamer.ingest.catalogue import Catalogue
 from control.tts import TtsHandlers, build_tts
+from streamer.mixer.meter import ProgrammeLevels
 from streamer.port import EngineEvent, ReplaceZones, SetZoneLoss, UpdateZones
 from streamer.rtp.fanout import Fanout
 from streamer.rtp.opus import OpusSettings
@@ -128,8 +130,15 @@ class Server:
             keyring=keyring, heartbeat_s=settings.receiver_heartbeat_s)
         self.access = Access(self.db, settings, self.tree)
         self.broadcasts = Broadcasts(self.engine, self.tree, self.db, settings)
+        self.broadcasts.tts = self.engine.catalogue.tts   # texts checked before they air
+        self.broadcasts.zone_speech = lambda: self.state.zone_speech  # voices, languages
         self.asrun = AsRunWriter(self.db, self.engine, self.hub)
         self.live = LiveApi.from_settings(self.broadcasts, self.engine, self.access, settings)
+        self.levels = ProgrammeLevels()   # what each zone's speakers get (live talk-back)
+        self.engine.outputs.append(self.levels)
+        self.talk = TalkApi(self.broadcasts, self.engine, self.access, self.levels,
+                            grace_s=float(settings.webrtc_grace_s),
+                            ice_servers=list(settings.webrtc_ice_servers or []))
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
         self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
                                   settings, self.hub.publish)
@@ -144,7 +153,7 @@ class Server:
                                           settings.event_stream_recheck_s)),
             UserHandlers(self.state, self.db, self.access),
             TtsHandlers(self.engine.catalogue.tts, self.db, settings),
-            self.live, self.rtp_ingest,
+            self.live, self.talk, self.rtp_ingest,
             AlertHandlers(self.alerts, self.db, self.registry),
         ]
         self.schedule_store = ScheduleStore(self.db)
@@ -238,6 +247,7 @@ class Server:
     async def shutdown(self) -> None:
         self.hub.close_streams()  # open event streams end now, not at their next keep-alive
         await self.live.close_all()
+        await self.talk.close_all()
         await self.outputs.close()   # listeners end now
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ POLICY: dict[str, frozenset[str] | str] = {
     "live.start": STARTERS,
     "live.stop": STARTERS,
     "live.status": ALL,
+    "live.connect": STARTERS,   # a standing microphone connection (press to talk)
     # what the RTP ingest ports hear (zones, sender addresses): like receivers, not public
     "live.ingest.read": frozenset({"admin", "operator", "viewer"}),
     # listening, replay archive and e-boards (issue 18): public zones to anybody; the handlers

@@ -23,6 +23,9 @@
       resumed: "Đã lên sóng trở lại ở {zones}.", ended: "Buổi phát đã kết thúc: {why}",
       conn_lost: "Mất kết nối âm thanh.", failed: "Không phát được: ", you: "(bạn)",
       server_error: "Lỗi máy chủ, vui lòng thử lại.", session_expired: "Phiên đăng nhập đã hết hạn.",
+      conn_off: "Micro chưa kết nối", conn_connecting: "Đang kết nối micro…", conn_ready: "Micro sẵn sàng",
+      conn_failed: "Micro không kết nối được", conn_timeout: "không kết nối được tới máy chủ",
+      speakers: "Mức âm tại loa", spk_silent: "Loa không nhận được tiếng: kiểm tra micro!",
     },
     en: {
       title: "Go live", logout: "Log out", login: "Log in", username: "Username", password: "Password",
@@ -42,6 +45,10 @@
       resumed: "Back on air in {zones}.", ended: "The broadcast ended: {why}",
       conn_lost: "Audio connection lost.", failed: "Could not go live: ", you: "(you)",
       server_error: "Server error, please try again.", session_expired: "Your session has expired.",
+      conn_off: "Microphone not connected", conn_connecting: "Connecting the microphone…",
+      conn_ready: "Microphone ready", conn_failed: "Microphone cannot connect",
+      conn_timeout: "cannot reach the server", speakers: "Level at the loudspeakers",
+      spk_silent: "The loudspeakers get no sound: check the microphone!",
     },
   };
   const LEVEL_RANK = { background: 0, normal: 1, priority: 2, emergency: 3 };
@@ -100,6 +107,7 @@
       return showConsole();
     }
     S.user = null;
+    if (typeof closeMic === "function") { closeMic(); connState("off"); }
     if (es) { es.close(); es = null; }
     if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
     $("console").classList.add("hidden"); $("logout").classList.add("hidden");
@@ -149,6 +157,7 @@
       span.appendChild(busyBy); lab.append(cb, span); box.appendChild(lab);
     }
     renderLevels(); openEvents(); poll();
+    if (!C.session && S.conn !== "connecting") connectMic();
     if (!pollTimer) pollTimer = setInterval(poll, 2000);
   }
   const selectedZones = () => [...document.querySelectorAll("#zones input:checked")].map((c) => c.value);
@@ -221,6 +230,7 @@
   }
   async function startLive() {
     if (busy || (S.phase !== "idle" && S.phase !== "ended" && S.phase !== "refused")) return;
+    if (S.conn === "ready" && C.session) return talk();
     const zones = selectedZones();
     if (!zones.length) { notice("warn", t("pick_zone")); return; }
     busy = true; wantStop = false; notice(null, null); S.reached = []; S.startedAt = null;
@@ -295,6 +305,7 @@
     analyser = null;
   }
   async function stopLive(why) {
+    if (S.talking) return untalk(why);
     if (busy) { wantStop = true; return; }
     const id = S.broadcast;
     S.broadcast = null;
@@ -305,11 +316,170 @@
     S.lastStop = why || "";
   }
   function endedByServer(ev) {
-    S.broadcast = null; cleanupMedia(); S.startedAt = null;
+    if (S.talking) endTalk(); else cleanupMedia();
+    S.broadcast = null; S.startedAt = null;
     setPhase("ended");
     notice(ev.type === "broadcast.finished" ? "info" : "warn",
       t("ended", { why: ev.reason || ev.error || ev.type }));
   }
+
+  // ------------------------------------------------------------------ standing connection (issue 17)
+  // The microphone connects when the official signs in (track muted); pressing talk only unmutes
+  // and claims the zones, so the first syllable airs. S.conn: off | connecting | ready | failed.
+  const C = { pc: null, stream: null, track: null, session: null, retry: 0, timer: null, gen: 0 };
+  S.conn = "off"; S.session = null; S.talking = false; S.speakerDb = -120; S.pressAt = null;
+  function connState(st, why) {
+    S.conn = st;
+    const el = $("conn"); if (!el) return;
+    el.className = "conn " + st; el.textContent = t("conn_" + st) + (why ? " — " + why : "");
+  }
+  function closeMic() {
+    C.gen++;
+    if (C.timer) { clearTimeout(C.timer); C.timer = null; }
+    const sid = C.session;
+    if (C.pc) { try { C.pc.close(); } catch (e) { /* closed */ } C.pc = null; }
+    if (C.stream) { C.stream.getTracks().forEach((tr) => tr.stop()); C.stream = null; }
+    C.track = null; C.session = null; S.session = null;
+    if (sid) api("DELETE", "/live/sessions/" + encodeURIComponent(sid)).catch(() => {});
+  }
+  function reconnectSoon(why) {
+    if (!S.user) return;
+    connState("failed", why);
+    if (C.timer) return;
+    const wait = Math.min(10000, 500 * Math.pow(2, C.retry++));
+    C.timer = setTimeout(() => { C.timer = null; connectMic(); }, wait);
+  }
+  function attachMeter() {   // the phone's own meter, on the standing connection's microphone
+    try {
+      if (!audioCtx || !analyser || audioCtx.state === "closed") {
+        audioCtx = new (window.AudioContext || window.webkitAudioContext)();
+        analyser = audioCtx.createAnalyser(); analyser.fftSize = 1024; C.node = null;
+        requestAnimationFrame(meterLoop);
+      }
+      if (C.node) C.node.disconnect();
+      C.node = audioCtx.createMediaStreamSource(C.stream); C.node.connect(analyser);
+      if (audioCtx.state === "suspended") audioCtx.resume().catch(() => {});
+    } catch (e) { analyser = null; }
+  }
+  async function connectMic() {
+    if (!S.user || !navigator.mediaDevices || !window.RTCPeerConnection) return;
+    if (S.talking) return;
+    closeMic();
+    const gen = C.gen;
+    connState("connecting");
+    try {
+      C.stream = await navigator.mediaDevices.getUserMedia({ audio: {
+        echoCancellation: false, noiseSuppression: $("opt-ns").checked,
+        autoGainControl: $("opt-agc").checked, channelCount: 1 } });
+    } catch (e) { connState("failed", t("no_mic") + (e.message || e.name)); return; }
+    if (gen !== C.gen) return;
+    C.track = C.stream.getAudioTracks()[0];
+    C.track.enabled = false;   // muted: the browser sends silence until the press
+    attachMeter();
+    const p = C.pc = new RTCPeerConnection({ iceServers: [] });
+    p.addTrack(C.track, C.stream);
+    p.onconnectionstatechange = () => {
+      if (gen !== C.gen) return;
+      const s = p.connectionState;
+      if (s === "connected") { C.retry = 0; connState("ready"); }
+      else if (s === "failed" || s === "closed") {
+        if (S.talking) { notice("error", t("conn_lost")); endTalk(); }
+        reconnectSoon(t("conn_lost"));
+      }
+    };
+    let r;
+    try {
+      await p.setLocalDescription(await p.createOffer());
+      await waitIce(p);
+      r = await api("POST", "/live/connect", { sdp: p.localDescription.sdp, type: "offer" });
+    } catch (e) { r = { status: 0, data: { error: { message: String(e) } } }; }
+    if (gen !== C.gen) return;
+    if (r.status === 201 && r.data) {
+      C.session = S.session = r.data.session;
+      try { await p.setRemoteDescription({ type: r.data.type, sdp: r.data.sdp }); }
+      catch (e) { return reconnectSoon(String(e)); }
+      // no connection within 8 s: say so now, not when the official presses talk
+      setTimeout(() => { if (gen === C.gen && S.conn === "connecting") reconnectSoon(t("conn_timeout")); }, 8000);
+      return;
+    }
+    if (r.status === 401) { connState("off"); return loadMe(); }
+    if (r.status === 403) { connState("off"); return; }   // a role that may not go live
+    reconnectSoon(errMsg(r.data) || t("server_error"));
+  }
+  async function talk() {
+    const zones = selectedZones();
+    if (!zones.length) { notice("warn", t("pick_zone")); return; }
+    busy = true; wantStop = false; notice(null, null); S.reached = []; S.startedAt = null;
+    S.talking = true; S.pressAt = performance.now();
+    C.track.enabled = true;   // the audio from this instant on is what airs
+    if (!analyser && C.stream) attachMeter();
+    setPhase("connecting");
+    let r;
+    try {
+      r = await api("POST", "/live/sessions/" + encodeURIComponent(C.session) + "/claim",
+        { zones, level: selectedLevel() || "normal" });
+    } catch (e) { r = { status: 0, data: { error: { message: String(e) } } }; }
+    busy = false;
+    if (r.status === 201 && r.data) {
+      S.broadcast = r.data.broadcast.id;
+      S.reached = r.data.broadcast.reached_zones || zones;
+      S.claimMs = Math.round(performance.now() - S.pressAt);
+      S.startedAt = Date.now(); setPhase("on_air"); talkback();
+      if (wantStop) return untalk("released");
+      return;
+    }
+    S.talking = false; if (C.track) C.track.enabled = false;
+    if (r.status === 404) { reconnectSoon(t("conn_lost")); }
+    if (r.status === 409) {
+      const d = r.data && r.data.error || {};
+      const who = d.holder_name || (d.holder && d.holder.owner) || "?";
+      S.refusedBy = who;
+      setPhase("refused"); notice("error", t("refused", { who }) + (d.message || ""));
+    } else if (r.status === 401) {
+      setPhase("idle"); notice("error", t("session_expired")); loadMe();
+    } else if (r.status === 403) {
+      setPhase("idle"); notice("error", t("forbidden") + errMsg(r.data));
+    } else {
+      setPhase("idle"); notice("error", t("failed") + (errMsg(r.data) || t("server_error")));
+    }
+  }
+  function endTalk() {
+    S.talking = false; S.broadcast = null; S.startedAt = null; S.reached = [];
+    const tr = C.track;
+    // the server fades the claim out over the audio that follows the release
+    setTimeout(() => { if (tr && !S.talking) tr.enabled = false; }, 120);
+  }
+  async function untalk(why) {
+    if (busy) { wantStop = true; return; }
+    const id = S.broadcast;
+    endTalk();
+    if (C.session) {
+      try { await api("POST", "/live/sessions/" + encodeURIComponent(C.session) + "/release"); }
+      catch (e) { /* gone */ }
+    }
+    if (S.phase !== "refused") setPhase(id ? "ended" : "idle"); else renderPhase();
+    S.lastStop = why || "";
+  }
+  // talk-back: the level the claimed zones' loudspeakers get (the programme, not this phone)
+  async function talkback() {
+    while (S.talking && S.broadcast && C.session) {
+      try {
+        const r = await api("GET", "/live/sessions/" + encodeURIComponent(C.session));
+        const sp = r.data && r.data.speakers;
+        if (sp) {
+          S.speakerDb = sp.peak_db;
+          $("spk-bar").style.width = Math.max(0, Math.min(100, ((sp.peak_db + 60) / 60) * 100)) + "%";
+          S.speakerSilentSince = sp.peak_db > -50 ? null : (S.speakerSilentSince || Date.now());
+          $("spk-warn").classList.toggle("hidden", !(S.speakerSilentSince && Date.now() - S.speakerSilentSince > 1000));
+        }
+      } catch (e) { /* offline: the connection state says so */ }
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    $("spk-bar").style.width = "0"; $("spk-warn").classList.add("hidden"); S.speakerSilentSince = null;
+  }
+  window.addEventListener("online", () => { if (S.user && !S.talking) connectMic(); });
+  if (navigator.connection && navigator.connection.addEventListener)
+    navigator.connection.addEventListener("change", () => { if (S.user && !S.talking) connectMic(); });
 
   // hold to talk: pointer (touch and mouse) and the space bar
   const ptt = $("ptt");

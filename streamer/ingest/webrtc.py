@@ -1,10 +1,12 @@
-"""WebRTC microphone ingest (aiortc): SDP offer in, answer out, audio track into a LiveSource.
+"""WebRTC microphone ingest (aiortc): SDP offer in, answer out, audio into a LiveSource.
 
-One `WebRtcSession` per talker. aiortc decodes Opus in its own worker thread and hands us
-`av.AudioFrame`s (s16 stereo 48 kHz, 960 samples, from Chromium); turning one into 48 kHz mono
-float32 is a few microseconds of numpy, and any other rate or layout goes through a stateful
-`av.AudioResampler` (C code, well under a millisecond per frame), so nothing heavy runs on the
-event loop.
+One `WebRtcSession` per talker's connection. aiortc does ICE, DTLS and SRTP; the Opus packets
+themselves are taken from its receiver before its jitter buffer (`_OpusTap`) and go through
+Loa's own receive path in a worker thread: the reorder buffer and Opus decoder of RTP ingest
+(in-band FEC from the next packet, concealment otherwise), with no prefetch, into 20 ms frames.
+The receive queue in front of the tick (LiveSource) is as deep as the measured arrival jitter
+asks (1 frame on a clean link). Where the tap cannot go in, aiortc's decoded `av.AudioFrame`s
+are used instead (`AudioConverter`), with aiortc's 80 ms prefetch.
 
 The session ends, exactly once, with a reason:
 - the browser hangs up or the page closes (DTLS close → the track ends, or the peer connection
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from streamer.audio import DTYPE, SAMPLE_RATE
+from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
+from streamer.ingest.talk import ArrivalJitter, FadeOut, Preroll
 
 if TYPE_CHECKING:
     import av
@@ -97,14 +102,82 @@ class AudioConverter:
         return mono
 
 
-class WebRtcSession:
-    """One talker's RTCPeerConnection feeding one LiveSource."""
+class _OpusTap:
+    """Stands in for aiortc's audio jitter buffer inside its RTCRtpReceiver.
 
-    def __init__(self, source: LiveSource, *, grace_s: float = 3.0,
+    aiortc 1.16 hands every received RTP packet (SRTP already removed, in arrival order) to
+    `RTCRtpReceiver.__jitter_buffer.add(packet) -> (pli, frame)`; its audio buffer releases a
+    frame only once four later packets are in (80 ms), and its decoder has no FEC. This object
+    takes that buffer's place: Opus packets go to the session's own receive path (reorder, FEC,
+    concealment: the ones RTP ingest uses) with no prefetch, and `(False, None)` tells aiortc
+    there is nothing for its decoder; packets of any other codec go to aiortc's own buffer.
+    Relying on that private attribute is why pyproject pins aiortc to 1.16; the unit test
+    tests/unit/test_ingest_webrtc.py checks the contract against the installed aiortc."""
+
+    def __init__(self, original: Any, opus_pts: set[int],
+                 put: Callable[[int, int, bytes, float], None]) -> None:
+        self.original = original
+        self.opus_pts = opus_pts
+        self.put = put
+
+    @property
+    def capacity(self) -> int:
+        return int(self.original.capacity)
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        if packet.payload_type in self.opus_pts and packet.payload:
+            self.put(packet.sequence_number, packet.timestamp, bytes(packet.payload),
+                     time.monotonic())
+            return False, None
+        return cast("tuple[bool, Any]", self.original.add(packet))
+
+
+#: aiortc's private name of the receiver's jitter buffer (see _OpusTap)
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+def install_opus_tap(receiver: Any, opus_pts: set[int],
+                     put: Callable[[int, int, bytes, float], None]) -> bool:
+    """Put an _OpusTap in `receiver` (an aiortc RTCRtpReceiver); False if this aiortc has no
+    such buffer (then its own path, with its 80 ms prefetch, stays)."""
+    from aiortc.jitterbuffer import JitterBuffer
+    original = getattr(receiver, _JITTER_ATTR, None)
+    if not isinstance(original, JitterBuffer) or not opus_pts:
+        return False
+    setattr(receiver, _JITTER_ATTR, _OpusTap(original, opus_pts, put))
+    return True
+
+
+def opus_payload_types(sdp: str) -> set[int]:
+    """Payload types the SDP maps to Opus (a=rtpmap:PT opus/48000/2)."""
+    out = set()
+    for line in sdp.splitlines():
+        if line.lower().startswith("a=rtpmap:"):
+            pt, _, enc = line[9:].partition(" ")
+            if enc.lower().startswith("opus/") and pt.strip().isdigit():
+                out.add(int(pt))
+    return out
+
+
+class WebRtcSession:
+    """One talker's RTCPeerConnection feeding a LiveSource.
+
+    Two ways to use it:
+    - one broadcast per connection (POST /live/offer): `source` is given, and the session ends
+      with the broadcast;
+    - a standing connection (`source=None`, the /live page's press to talk): set up when the
+      official signs in, it carries the muted microphone; `claim()` makes a LiveSource that
+      starts with the audio since the microphone was unmuted (the pre-roll) and follows the live
+      audio, `release()` fades it out and ends it; the connection stays for the next press.
+    """
+
+    def __init__(self, source: LiveSource | None, *, grace_s: float = 3.0,
                  ice_servers: list[str] | None = None,
-                 on_end: Callable[[str], None] | None = None) -> None:
+                 on_end: Callable[[str], None] | None = None,
+                 preroll_frames: int = 15, fade_frames: int = 3) -> None:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
         self.source = source
+        self.standing = source is None
         self.grace_s = grace_s
         self.on_end = on_end
         # no ICE servers unless configured: aiortc's default would ask a public STUN server
@@ -118,9 +191,27 @@ class WebRtcSession:
         self.created = time.monotonic()
         self.first_frame_at: float | None = None
         self.gaps = 0  # audio stalls longer than 200 ms that recovered within the grace
+        self.receive_path = "aiortc"   # "loa" once the Opus tap is in
+        self.preroll = Preroll(preroll_frames)
+        self.fade_frames = fade_frames
+        self.jitter = ArrivalJitter()
+        self.queue_frames = 1   # receive queue depth the measured arrival jitter asks for
+        self.claims = 0
+        self.preroll_sent = 0   # frames of pre-roll handed to claims (all claims)
+        self.rx = {"packets": 0, "lost": 0, "fec_recovered": 0, "concealed": 0, "late": 0,
+                   "decode_errors": 0}
+        self._lock = threading.Lock()
+        self._fade: FadeOut | None = None
+        self._acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+        self._acc_n = 0
+        self._rx_q: queue.SimpleQueue[tuple[int, int, bytes, float] | None] = queue.SimpleQueue()
+        self._rx_thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.on_claim_end: Callable[[LiveSource], None] | None = None
+        self._offer_sdp = ""
 
         @self.pc.on("connectionstatechange")
         async def _state() -> None:
@@ -135,33 +226,178 @@ class WebRtcSession:
         def _track(track: MediaStreamTrack) -> None:
             if track.kind != "audio" or self._task is not None:
                 return
-            self._shorten_jitter_buffer(track)
+            self._tap(track)
             self._task = asyncio.ensure_future(self._consume(track))
 
-    def _shorten_jitter_buffer(self, track: MediaStreamTrack) -> None:
-        """aiortc holds 4 audio packets (80 ms) before it decodes the first; Loa's LiveSource
-        already has its own small jitter queue, so one packet of prefetch is enough. This saves
-        ~60 ms of mouth-to-loudspeaker delay. aiortc keeps the buffer in a private attribute:
-        if a future version moves it, we keep its default and say so once."""
+    def _tap(self, track: MediaStreamTrack) -> None:
+        pts = opus_payload_types(self._offer_sdp)
         try:
-            from aiortc.jitterbuffer import JitterBuffer
             for r in self.pc.getReceivers():
-                if r.track is track and hasattr(r, "_RTCRtpReceiver__jitter_buffer"):
-                    r._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=1)
+                if r.track is track and install_opus_tap(r, pts, self._rx_put):
+                    self.receive_path = "loa"
+                    self._rx_thread = threading.Thread(target=self._rx_run, daemon=True,
+                                                       name="loa-webrtc-rx")
+                    self._rx_thread.start()
                     return
             log.warning("aiortc's audio jitter buffer not found; its 80 ms prefetch stays")
         except Exception:
-            log.warning("could not shorten aiortc's audio jitter buffer", exc_info=True)
+            log.warning("could not tap aiortc's audio receiver", exc_info=True)
+
+    # ------------------------------------------------------------------ receive path
+    def _rx_put(self, seq: int, ts: int, payload: bytes, arrival: float) -> None:
+        self._rx_q.put((seq, ts, payload, arrival))
+
+    def _rx_run(self) -> None:
+        """Reorder, decode (FEC, concealment) and deliver, off the event loop."""
+        from streamer.ingest.rtp_in import ReorderBuffer, _Decoder
+        from streamer.rtp.opus import OpusError
+        reorder = ReorderBuffer(depth=3)
+        dec = _Decoder("opus")
+        rx = self.rx
+        try:
+            while True:
+                item = self._rx_q.get()
+                if item is None:
+                    return
+                seq, ts, payload, arrival = item
+                rx["packets"] += 1
+                self.jitter.add(ts, arrival)
+                if rx["packets"] % 10 == 0:
+                    self.queue_frames = self.jitter.depth_frames()
+                    reorder.depth = max(3, self.queue_frames)
+                released = reorder.push(seq, payload)
+                rx["late"] = reorder.late
+                for i, (_, p) in enumerate(released):
+                    try:
+                        if p is None:
+                            rx["lost"] += 1
+                            nxt = released[i + 1][1] if i + 1 < len(released) else None
+                            pcm, fec = dec.lost(cast("bytes | None", nxt))
+                            rx["fec_recovered" if fec else "concealed"] += 1
+                        else:
+                            pcm = dec.decode(cast(bytes, p))
+                    except OpusError:
+                        rx["decode_errors"] += 1
+                        continue
+                    self._deliver(pcm, arrival)
+        finally:
+            dec.close()
+
+    def _deliver(self, pcm: np.ndarray, now: float) -> None:
+        """Decoded 48 kHz mono samples: into 20 ms frames, the pre-roll and the claim."""
+        if self.last_frame_at is not None and now - self.last_frame_at > 0.2:
+            self.gaps += 1
+        self.last_frame_at = now
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        self.frames_received += 1
+        i, n = 0, len(pcm)
+        while i < n:
+            take = min(FRAME_SAMPLES - self._acc_n, n - i)
+            self._acc[self._acc_n:self._acc_n + take] = pcm[i:i + take]
+            self._acc_n += take
+            i += take
+            if self._acc_n == FRAME_SAMPLES:
+                frame, self._acc = self._acc, np.zeros(FRAME_SAMPLES, dtype=DTYPE)
+                self._acc_n = 0
+                self._frame(frame)
+
+    def _frame(self, frame: np.ndarray) -> None:
+        with self._lock:
+            if self.standing:
+                self.preroll.push(frame)
+            src = self.source
+            if src is None:
+                return
+            fade = self._fade
+            if fade is not None:
+                frame = fade.apply(frame)
+                if fade.done:
+                    self.source, self._fade = None, None
+            src.push(frame)
+
+    # ------------------------------------------------------------------ press to talk
+    def claim(self, kind: str = "webrtc") -> LiveSource:
+        """A LiveSource for a new claim: the pre-roll (audio since the microphone was unmuted)
+        first, then the live audio. Its queue is as deep as the measured arrival jitter asks."""
+        if not self.standing:
+            raise RuntimeError("this connection carries one broadcast; it cannot claim")
+        if self.ended:
+            raise RuntimeError(f"the connection has ended ({self.end_reason})")
+        with self._lock:
+            if self.source is not None and self._fade is None:
+                raise RuntimeError("already on air")
+            if self.source is not None:   # a release still fading: end it now
+                self.source.end()
+            depth = max(1, self.queue_frames)
+            pre = self.preroll.since_unmute(self.preroll.capacity)
+            src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
+                             prime_frames=depth)
+            for f in pre:
+                src.push(f)
+            self.preroll_sent += len(pre)
+            self.source, self._fade = src, None
+            self.claims += 1
+        src.on_close(lambda: self._claim_closed(src))
+        return src
+
+    def drop_claim(self, src: LiveSource) -> None:
+        """The claim did not go on air (zone busy, not allowed): stop feeding it."""
+        with self._lock:
+            if self.source is src:
+                self.source, self._fade = None, None
+        src.close()
+
+    def release(self) -> bool:
+        """Fade the claim out over the audio that follows and stop feeding it (the caller
+        stops the broadcast once the fade has aired, `fade_s` later); False if none."""
+        with self._lock:
+            if self.source is None or self._fade is not None:
+                return False
+            self._fade = FadeOut(self.fade_frames)
+            src = self.source
+        loop = self._loop
+        if loop is not None:   # nothing arrives to fade (the phone went quiet): end anyway
+            loop.call_later(0.02 * self.fade_frames + 0.5, self._end_fade, src)
+        return True
+
+    def _end_fade(self, src: LiveSource) -> None:
+        with self._lock:
+            if self.source is src and self._fade is not None:
+                self.source, self._fade = None, None
+
+    @property
+    def fade_s(self) -> float:
+        return 0.02 * self.fade_frames
+
+    def _claim_closed(self, src: LiveSource) -> None:
+        # the engine let go of a claim's source (ended, stopped by an operator)
+        with self._lock:
+            if self.source is src:
+                self.source, self._fade = None, None
+        cb = self.on_claim_end
+        loop = self._loop
+        if cb is not None and loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(cb, src)
+            except RuntimeError:
+                pass
+
+    @property
+    def on_air(self) -> bool:
+        return self.source is not None and self._fade is None
 
     async def accept(self, sdp: str, type_: str = "offer") -> dict[str, str]:
         """Apply the browser's offer and return the answer {sdp, type} (ICE gathered)."""
         from aiortc import RTCSessionDescription
         self._loop = asyncio.get_running_loop()
-        self.source.on_close(self._source_closed)
+        if self.source is not None:
+            self.source.on_close(self._source_closed)
         if type_ != "offer":
             raise ValueError(f"expected an SDP offer, got {type_!r}")
         if "m=audio" not in sdp:
             raise ValueError("the offer has no audio section")
+        self._offer_sdp = sdp   # the track event comes during setRemoteDescription
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             answer = await self.pc.createAnswer()
@@ -169,42 +405,42 @@ class WebRtcSession:
         except Exception as e:  # aiortc raises ValueError/various on malformed SDP
             await self.pc.close()
             raise ValueError(f"cannot use this SDP offer: {e}") from None
-        # no audio at all within a connect deadline: the browser never got through
-        self._watchdog = asyncio.ensure_future(self._connect_watchdog())
+        self._watch = asyncio.ensure_future(self._watchdog())
         d = self.pc.localDescription
         return {"sdp": d.sdp, "type": d.type}
 
-    async def _connect_watchdog(self) -> None:
-        await asyncio.sleep(max(10.0, self.grace_s))
-        if self.frames_received == 0 and not self.ended:
-            self.finish("no audio arrived (connection never established)")
+    async def _watchdog(self) -> None:
+        """No audio at all within a connect deadline: the browser never got through; later,
+        no audio for `grace_s`: the network is gone (a short 4G drop keeps the zone)."""
+        connect_by = time.monotonic() + max(10.0, self.grace_s)
+        while not self.ended:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            last = self.last_frame_at
+            if last is None:
+                if now > connect_by:
+                    self.finish("no audio arrived (connection never established)")
+            elif now - last > self.grace_s:
+                self.finish(f"no audio for {self.grace_s:g} s (network lost)")
 
     async def _consume(self, track: MediaStreamTrack) -> None:
+        """aiortc's own decoded frames (only when the Opus tap could not go in) and the end of
+        the track (the browser hung up)."""
         from aiortc.mediastreams import MediaStreamError
         # an audio track's frames are av.AudioFrames (aiortc types recv() for any kind of track)
         recv = cast("Callable[[], Awaitable[AudioFrame]]", track.recv)
         try:
             while not self.ended:
-                try:
-                    frame = await asyncio.wait_for(recv(), timeout=self.grace_s)
-                except TimeoutError:
-                    self.finish(f"no audio for {self.grace_s:g} s (network lost)")
-                    return
-                now = time.monotonic()
-                if self.last_frame_at is not None and now - self.last_frame_at > 0.2:
-                    self.gaps += 1
-                self.last_frame_at = now
-                if self.first_frame_at is None:
-                    self.first_frame_at = now
-                self.frames_received += 1
-                self.source.push(self.converter.convert(frame))
+                frame = await recv()
+                self._deliver(self.converter.convert(frame), time.monotonic())
         except MediaStreamError:
             self.finish("hung up (the audio track ended)")
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("webrtc audio failed")
-            self.source.error = f"live audio failed: {e}"
+            if self.source is not None:
+                self.source.error = f"live audio failed: {e}"
             self.finish(f"live audio failed: {e}")
 
     def finish(self, reason: str) -> None:
@@ -214,7 +450,11 @@ class WebRtcSession:
         self.ended = True
         self.end_reason = reason
         log.info("webrtc session ended: %s", reason)
-        self.source.end()
+        with self._lock:
+            src, self.source, self._fade = self.source, None, None
+        if src is not None:
+            src.end()
+        self._rx_q.put(None)
         if self.on_end is not None:
             try:
                 self.on_end(reason)
@@ -223,7 +463,7 @@ class WebRtcSession:
         self._closing = asyncio.ensure_future(self._close_pc())
 
     async def _close_pc(self) -> None:
-        w = getattr(self, "_watchdog", None)
+        w = self._watch
         if w is not None and w is not asyncio.current_task():
             w.cancel()
         if self._task is not None and self._task is not asyncio.current_task():
@@ -252,5 +492,9 @@ class WebRtcSession:
             "connection": self.pc.connectionState, "frames_received": self.frames_received,
             "ended": self.ended, "end_reason": self.end_reason, "gaps": self.gaps,
             "connect_s": round(self.first_frame_at - self.created, 3) if self.first_frame_at else None,
-            "source": self.source.stats(),
+            "source": self.source.stats() if self.source is not None else None,
+            "receive_path": self.receive_path, "receive": dict(self.rx),
+            "arrival_jitter_ms": round(self.jitter.spread_ms, 1),
+            "queue_frames": self.queue_frames, "claims": self.claims,
+            "preroll_sent": self.preroll_sent, "on_air": self.on_air,
         }
