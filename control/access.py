@@ -151,7 +151,7 @@ class Access:
                 await self.audit(request, action, principal, err.status, err.code, err.message)
                 raise err from None
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):  # the client went, or was cut off
             raise
         except Exception:
             await self.audit(request, action, principal, 500, "internal", "")

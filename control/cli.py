@@ -62,7 +62,10 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"cannot load the TLS certificate/key: {e}") from None
         scheme = "https"
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
+    # a deep accept queue: during a connection flood a new client's SYN is not dropped (and
+    # retried a second later) before the server has accepted and sorted the flood
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx,
+                       backlog=1024)
     await site.start()
     server = app["loa"]
     rport = server.engine.stats().receiver_port

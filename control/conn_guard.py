@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from control.http import HttpError
 from control.limits import ConnectionBook, connection_cap, raise_open_files
 from control.settings import Settings
 
@@ -88,6 +89,8 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         self._rx_at = self._loop.time()
         super().data_received(data)
+        if self._messages:  # a complete request head is queued: not evictable any more
+            self.guard.book.busy(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.book.closed(self)
@@ -119,6 +122,9 @@ class GuardedHandler(RequestHandler):
             if idle >= timeout:
                 self.guard.body_timeouts += 1
                 log.info("closing a connection whose request body stalled for %.0f s", idle)
+                # the handler waiting for the body answers 408 (to nobody), no server error
+                request.content.set_exception(HttpError(
+                    408, "body_timeout", f"the request body stalled for {timeout:g} s"))
                 self.force_close()
                 return
             holder[0] = self._loop.call_later(min(1.0, timeout - idle), check)

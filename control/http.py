@@ -91,7 +91,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         err = from_aiohttp(request, e)
         return error_response(err.status, err.code, err.message)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ConnectionResetError):  # the client went (or was cut off)
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
