@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from control.archive import Archive
+from control.boards import Boards
 from control.listening import Audience, ListenHandlers, PublicZones, listener_metrics
 from control.settings import Settings
 from streamer.outputs.archive import ArchiveIndex
@@ -28,6 +29,8 @@ class Outputs:
         self.hub: ListenHub | None = None
         self._closers: list[Callable[[], Any]] = []
         self._starters: list[Callable[[], Any]] = []
+        #: zone -> its next scheduled items ({title, at, ...}); set at assembly when available
+        self.schedule_next: Callable[[str], list[dict[str, Any]]] | None = None
 
     def bind(self, port: EnginePort, tree: Callable[[], ZoneTree], handlers: list[Any],
              events: Any = None) -> None:
@@ -54,11 +57,22 @@ class Outputs:
             self.handlers.append(self.archive)
             self._starters.append(self.archive.start)
             self._closers.append(self.archive.close)
+        self.boards = Boards(port, self.audience, self.next_items, self._recent,
+                             max_streams=s.listen_max_total)
+        self.handlers.append(self.boards)
+        self._starters.append(self.boards.start)
+        self._closers.append(self.boards.close)
         self._closers.append(self.hub.close)
 
+    def _recent(self, zone: str) -> list[dict[str, Any]]:
+        if self.archive is None:
+            return []
+        return [e.to_api() for e in self.archive.index.search({zone}, limit=10)]
+
     def next_items(self, zone: str) -> list[dict[str, Any]]:
-        """The zone's next scheduled items (empty until the schedule offers them)."""
-        fn = getattr(self, "schedule_next", None)
+        """The zone's next scheduled items: `schedule_next(zone)` once the schedule room offers
+        it (assembly sets the attribute); until then none."""
+        fn = self.schedule_next
         if fn is None:
             return []
         try:
