@@ -1,0 +1,211 @@
+"""Leadership under a lease, with fencing tokens.
+
+Schedules and alert intake run on exactly one origin at a time: the one holding the lease
+`Keys.lease(name)`, taken with `SET key token NX PX lease` and renewed by compare-and-extend
+(a Lua script: extend only if the value is still our token). Each acquisition also takes a
+fencing token from `INCR Keys.fence(name)`; every command the leader sends to edges carries
+it, and an edge drops commands whose token is older than the newest it has seen
+(`FenceGate`). A leader that paused (GC, SIGSTOP, a slow disk) past its lease and wakes up
+still believing it leads is thus refused by the edges.
+
+The counter must only grow, also across a Redis restart with persistence off (the counter is
+then 0 again). Acquisition floors it: the new token is max(INCR, floor), where `fence_floor`
+takes the wall clock in milliseconds and every token the caller has seen (its own last one,
+and the highest the edges report in their node hashes). Wall-clock milliseconds alone would do
+on machines whose clocks agree; the tokens seen cover one whose clock is behind.
+
+A leader stops issuing commands once it has not had a renewal confirmed for half the lease
+(`LeaseState.may_issue`): whatever Redis or the network does, by the time another node can take
+the lease this one has been silent for half a lease already. Times are measured from when a
+request was *sent* (the lease is at least that old when the answer arrives).
+
+`LeaseState` and `FenceGate` are pure (time is a parameter); `RedisLease` is the thin
+redis.asyncio layer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from streamer.cluster.keys import LEASE_MS, Keys
+
+__all__ = ["LeaseState", "FenceGate", "fence_floor", "RedisLease", "ACQUIRE_LUA", "EXTEND_LUA",
+           "RELEASE_LUA"]
+
+log = logging.getLogger("loa.cluster.lease")
+
+#: KEYS: lease, fence; ARGV: token, px, floor. Returns the new fencing token, or 0 if taken.
+ACQUIRE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local f = redis.call('INCR', KEYS[2])
+  local floor = tonumber(ARGV[3])
+  if f < floor then
+    redis.call('SET', KEYS[2], ARGV[3])
+    f = floor
+  end
+  return f
+end
+return 0
+"""
+#: KEYS: lease; ARGV: token, px. 1 if extended, 0 if the lease is not ours (any more).
+EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+#: KEYS: lease; ARGV: token.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def fence_floor(wall_s: float, *seen: int) -> int:
+    """The lowest fencing token a new leader may take: above every token seen and not below the
+    wall clock in milliseconds (a Redis that restarted empty counts from 0 again)."""
+    return max(int(wall_s * 1000), max(seen, default=0) + 1)
+
+
+class FenceGate:
+    """An edge's check on commands: a command carrying a token older than the newest seen is
+    refused. The same token is accepted again (one leader sends many commands)."""
+
+    def __init__(self, highest: int = 0) -> None:
+        self.highest = highest
+        self.accepted = 0
+        self.refused = 0
+
+    def admit(self, token: int) -> bool:
+        if token < self.highest:
+            self.refused += 1
+            return False
+        self.highest = token
+        self.accepted += 1
+        return True
+
+
+@dataclass
+class LeaseState:
+    """What one node knows about its hold on one lease. `now` is monotonic seconds."""
+    lease_ms: int = LEASE_MS
+    held: bool = False
+    fence: int = 0
+    confirmed_sent_at: float = -math.inf   # when the last confirmed acquire/renew was sent
+    acquisitions: int = 0
+    losses: int = 0
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease_ms / 1000.0
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_s / 4
+
+    def may_issue(self, now: float) -> bool:
+        """Only within half a lease of the last confirmed renewal."""
+        return self.held and now - self.confirmed_sent_at < self.lease_s / 2
+
+    def acquired(self, sent_at: float, fence: int) -> None:
+        self.held = True
+        self.fence = fence
+        self.confirmed_sent_at = sent_at
+        self.acquisitions += 1
+
+    def renewed(self, sent_at: float, ok: bool) -> None:
+        """The answer to a compare-and-extend sent at `sent_at`."""
+        if ok:
+            self.confirmed_sent_at = max(self.confirmed_sent_at, sent_at)
+        else:
+            self.lose()
+
+    def lose(self) -> None:
+        if self.held:
+            self.losses += 1
+        self.held = False
+
+    def expire(self, now: float) -> None:
+        """Nothing confirmed for a whole lease (Redis unreachable): the lease is gone for sure;
+        the next step tries to acquire again rather than extend."""
+        if self.held and now - self.confirmed_sent_at >= self.lease_s:
+            self.lose()
+
+
+class RedisLease:
+    """One node's hold on `name`, renewed from `run()`. `floor_seen()` returns the tokens this
+    node knows of (its database's last token, the edges' highest)."""
+
+    def __init__(self, redis: Any, keys: Keys, name: str, node_id: str, *,
+                 lease_ms: int = LEASE_MS, floor_seen: Any = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.name = name
+        self.token = f"{node_id}/{secrets.token_hex(8)}"
+        self.state = LeaseState(lease_ms)
+        self.floor_seen = floor_seen or (lambda: ())
+        self.errors = 0
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._extend = redis.register_script(EXTEND_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+
+    @property
+    def fence(self) -> int:
+        return self.state.fence
+
+    def may_issue(self) -> bool:
+        return self.state.may_issue(time.monotonic())
+
+    async def step(self) -> None:
+        """One acquire or renew attempt, bounded by a quarter lease."""
+        st = self.state
+        sent = time.monotonic()
+        st.expire(sent)
+        timeout = st.renew_every_s
+        try:
+            if st.held:
+                ok = await asyncio.wait_for(
+                    self._extend(keys=[self.keys.lease(self.name)],
+                                 args=[self.token, st.lease_ms]), timeout)
+                st.renewed(sent, bool(ok))
+                if not ok:
+                    log.warning("lease %s lost (another node holds it)", self.name)
+            else:
+                floor = fence_floor(time.time(), st.fence, *self.floor_seen())
+                fence = await asyncio.wait_for(
+                    self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name)],
+                                  args=[self.token, st.lease_ms, floor]), timeout)
+                if fence:
+                    st.acquired(sent, int(fence))
+                    log.info("lease %s taken, fencing token %d", self.name, st.fence)
+        except (TimeoutError, OSError, ConnectionError) as e:
+            self.errors += 1
+            log.debug("lease %s: %s", self.name, e)
+        except Exception as e:   # redis.exceptions.* (connection, busy, loading)
+            self.errors += 1
+            log.debug("lease %s: %s", self.name, e)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            await self.step()
+            try:
+                await asyncio.wait_for(stop.wait(), self.state.renew_every_s)
+            except TimeoutError:
+                pass
+
+    async def release(self) -> None:
+        if self.state.held:
+            self.state.lose()
+            try:
+                await asyncio.wait_for(self._release(keys=[self.keys.lease(self.name)],
+                                                     args=[self.token]), 1.0)
+            except Exception:
+                pass

@@ -1,0 +1,88 @@
+"""The lease state machine and the fencing rules, with time as a parameter."""
+from __future__ import annotations
+
+import pytest
+
+from streamer.cluster.commands import ClusterCommand, decode, encode
+from streamer.cluster.keys import Keys
+from streamer.cluster.lease import FenceGate, LeaseState, fence_floor
+from streamer.cluster.nodes import live_members
+
+
+def test_may_issue_only_within_half_a_lease_of_the_last_confirmation():
+    st = LeaseState(lease_ms=6000)
+    assert not st.may_issue(0.0)
+    st.acquired(sent_at=10.0, fence=7)
+    assert st.may_issue(10.0) and st.may_issue(12.99)
+    assert not st.may_issue(13.0)          # half the lease without a confirmed renewal
+    st.renewed(sent_at=12.5, ok=True)      # counted from when it was sent, not answered
+    assert st.may_issue(15.4) and not st.may_issue(15.5)
+
+
+def test_a_late_answer_never_moves_the_confirmation_back():
+    st = LeaseState(lease_ms=4000)
+    st.acquired(100.0, 1)
+    st.renewed(101.0, True)
+    st.renewed(100.5, True)    # an older request answered last
+    assert st.confirmed_sent_at == 101.0
+
+
+def test_a_refused_renewal_loses_the_lease():
+    st = LeaseState(lease_ms=6000)
+    st.acquired(0.0, 3)
+    st.renewed(1.0, ok=False)
+    assert not st.held and not st.may_issue(1.0) and st.losses == 1
+
+
+def test_expire_after_a_whole_lease_without_confirmation():
+    st = LeaseState(lease_ms=6000)
+    st.acquired(0.0, 3)
+    st.expire(5.9)
+    assert st.held
+    st.expire(6.0)
+    assert not st.held
+
+
+def test_fence_floor_beats_wall_clock_and_every_token_seen():
+    assert fence_floor(1000.0) == 1_000_000
+    assert fence_floor(1000.0, 5, 1_000_000) == 1_000_001   # a token from a clock ahead
+    assert fence_floor(1000.0, 2_000_000_000) == 2_000_000_001
+    # a later wall clock gives a higher floor with nothing seen: a Redis restarted empty
+    # (counter 0) cannot make tokens go backwards while clocks move forward
+    assert fence_floor(2000.0) > fence_floor(1999.999)
+
+
+def test_fence_gate_refuses_older_tokens_accepts_the_same():
+    g = FenceGate()
+    assert g.admit(5) and g.admit(5) and g.admit(9)
+    assert not g.admit(8) and not g.admit(5)
+    assert g.admit(9) and g.highest == 9
+    assert (g.accepted, g.refused) == (4, 2)
+
+
+def test_command_round_trip_and_malformed_entries():
+    c = ClusterCommand(42, "start", {"zones": ["z1"], "level": "emergency"}, "origin-a")
+    back = decode(b"1-0", {k.encode(): v.encode() for k, v in encode(c).items()})
+    assert back == ClusterCommand(42, "start", {"zones": ["z1"], "level": "emergency"},
+                                  "origin-a", "1-0")
+    assert decode("1-0", {"kind": "start"}) is None                 # no token
+    assert decode("1-0", {"fence": "x", "kind": "start"}) is None
+    assert decode("1-0", {"fence": "0", "kind": "start"}) is None   # tokens start at 1
+    assert decode("1-0", {"fence": "3", "kind": "s", "body": "[1]"}) is None
+    assert decode("1-0", {"fence": "3", "kind": "s", "body": "{"}) is None
+
+
+def test_keys_are_unambiguous():
+    k = Keys("loa:")
+    assert k.node("edge-1") == "loa:node:edge-1"
+    assert k.fence("leader") == "loa:lease:leader:fence"
+    assert k.edge_group("e1") == "edge:e1"
+    for bad in ("a:b", "", "a b", "x\n", "{a}"):
+        with pytest.raises(ValueError):
+            k.receiver(bad)
+    with pytest.raises(ValueError):
+        k.nodes("king")
+
+
+def test_live_members_drop_expired_scores():
+    assert live_members([(b"a", 2000.0), (b"b", 999.0), ("c", 1001.0)], 1000.0) == ["a", "c"]
