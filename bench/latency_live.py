@@ -544,6 +544,9 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
         await cdp("Page.navigate", url=f"{base}/live?zones={zone}&level=normal")
         await wait(f"document.querySelector('#zones input[value=\"{zone}\"]:checked') !== null",
                    "the /live console with the zone ticked (local bootstrap admin)", 20)
+        # the page connects its muted microphone on sign-in; talking then only claims the zone
+        await wait("window.loaState && window.loaState.conn == 'ready'", "the microphone "
+                   "connection (ICE, DTLS) before the press", 20)
         await js("document.getElementById('latch').click(); true")
         await wait("window.loaState && window.loaState.phase == 'on_air'", "on air", 20)
         out["on_air_wall"] = time.time()

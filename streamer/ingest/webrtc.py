@@ -132,6 +132,10 @@ class _OpusTap:
         return cast("tuple[bool, Any]", self.original.add(packet))
 
 
+#: a receive queue deeper than it needs to be for this many ticks in a row loses a frame: one
+#: late packet (a GC pause, a busy core) otherwise leaves 20 ms of extra delay for a second
+TRIM_AFTER = 10
+
 #: aiortc's private name of the receiver's jitter buffer (see _OpusTap)
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
@@ -178,6 +182,8 @@ class WebRtcSession:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
         self.source = source
         self.standing = source is None
+        if source is not None:
+            source.trim_after = min(source.trim_after, TRIM_AFTER)
         self.grace_s = grace_s
         self.on_end = on_end
         # no ICE servers unless configured: aiortc's default would ask a public STUN server
@@ -332,7 +338,7 @@ class WebRtcSession:
             depth = max(1, self.queue_frames)
             pre = self.preroll.since_unmute(self.preroll.capacity)
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
-                             prime_frames=depth)
+                             prime_frames=depth, trim_after=TRIM_AFTER)
             for f in pre:
                 src.push(f)
             self.preroll_sent += len(pre)

@@ -1,7 +1,7 @@
 """What each zone's loudspeakers are getting: the level of every programme after mix and limiter.
 
 An engine output (`Runtime(outputs=[...])`, fed each tick like the RTP output): per distinct
-programme it keeps a peak with a 20 dB/s fall-back and a 100 ms RMS, from the very PCM that is
+programme it keeps a peak with a 60 dB/s fall-back and a 100 ms RMS, from the very PCM that is
 encoded and sent. Per tick and programme that is two numpy reductions to scalars, no array is
 allocated. `snapshot()` (any thread) maps them to zones. The live page shows it to the talker
 while on air, so a muted or broken microphone shows as silence at the speakers within a second.
@@ -25,9 +25,9 @@ def to_db(x: float) -> float:
 
 
 class ProgrammeLevels:
-    """Engine output: per programme peak (held, falling 20 dB/s) and RMS (100 ms)."""
+    """Engine output: per programme peak (held, falling 60 dB/s) and RMS (100 ms)."""
 
-    def __init__(self, fall_db_per_s: float = 20.0, rms_ms: float = 100.0) -> None:
+    def __init__(self, fall_db_per_s: float = 60.0, rms_ms: float = 100.0) -> None:
         self._fall = 10 ** (-fall_db_per_s * FRAME_MS / 1000.0 / 20.0)   # per tick, linear
         self._alpha = min(1.0, FRAME_MS / rms_ms)
         self._lock = threading.Lock()

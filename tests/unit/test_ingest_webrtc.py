@@ -37,3 +37,15 @@ def test_other_rates_and_layouts_are_resampled():
     assert abs(np.fft.rfftfreq(len(x) - 1000, 1 / 48000)[np.argmax(spec)] - 1000) < 5
     assert 0.45 < np.max(np.abs(x[1000:])) < 0.55  # same level as the fast path
     assert tone.size  # (the input was a real tone, not silence)
+
+
+# ---------------------------------------------------------------------------- the Opus tap
+# (the tap's contract with aiortc's receiver is checked in tests/integration/test_ingest_webrtc.py:
+# importing aiortc runs ldconfig)
+def test_opus_payload_types_from_the_offer():
+    from streamer.ingest.webrtc import opus_payload_types
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0\r\na=rtpmap:111 opus/48000/2\r\n"
+           "a=rtpmap:63 red/48000/2\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n")
+    assert opus_payload_types(sdp) == {111}
+    assert opus_payload_types("m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n") == set()
+

@@ -1,0 +1,66 @@
+"""Press to talk, the pure parts: the pre-roll a claim starts with, the release fade, and the
+receive queue depth asked for by arrival jitter."""
+import numpy as np
+import pytest
+
+from streamer.audio import FRAME_SAMPLES
+from streamer.ingest.talk import ArrivalJitter, FadeOut, Preroll
+
+
+def frame(v: float) -> np.ndarray:
+    return np.full(FRAME_SAMPLES, v, dtype=np.float32)
+
+
+def test_preroll_starts_at_the_unmute():
+    p = Preroll(capacity=8)
+    for v in (0.0, 0.0, 0.0, 0.2, 0.3, 0.001):   # muted, then the press, then a quiet frame
+        p.push(frame(v))
+    got = p.since_unmute()
+    assert [float(f[0]) for f in got] == pytest.approx([0.2, 0.3, 0.001])
+
+
+def test_preroll_is_empty_while_the_live_edge_is_muted():
+    p = Preroll(capacity=4)
+    for v in (0.5, 0.5, 0.0):
+        p.push(frame(v))
+    assert p.since_unmute() == []
+
+
+def test_preroll_keeps_only_the_newest_frames():
+    p = Preroll(capacity=5)
+    for i in range(12):
+        p.push(frame(0.01 * (i + 1)))
+    assert len(p) == 5
+    got = p.since_unmute(max_frames=3)
+    assert [round(float(f[0]), 2) for f in got] == [0.10, 0.11, 0.12]
+    with pytest.raises(ValueError):
+        Preroll(0)
+
+
+def test_fade_out_ramps_to_silence_over_its_frames():
+    f = FadeOut(frames=3)
+    outs = [f.apply(frame(1.0)) for _ in range(3)]
+    assert f.done
+    x = np.concatenate(outs)
+    assert x[0] == pytest.approx(1.0, abs=1e-3) and x[-1] == pytest.approx(0.0, abs=1e-6)
+    assert np.all(np.diff(x) <= 1e-7)          # never gets louder
+    assert not np.any(f.apply(frame(1.0)))      # after the fade: silence
+    with pytest.raises(ValueError):
+        FadeOut(0)
+
+
+def test_clean_link_needs_one_frame_of_queue():
+    j = ArrivalJitter()
+    for k in range(100):
+        j.add(k * 960, 10.0 + k * 0.02 + 0.0003 * (k % 3))
+    assert j.depth_frames() == 1
+
+
+def test_jittery_link_asks_for_a_deeper_queue_and_the_rtp_clock_may_wrap():
+    rng = np.random.default_rng(7)
+    j = ArrivalJitter()
+    ts0 = 0xFFFFFFFF - 960 * 30   # the timestamp wraps around a third of the way in
+    for k in range(100):
+        j.add((ts0 + k * 960) & 0xFFFFFFFF, 5.0 + k * 0.02 + float(rng.uniform(0, 0.08)))
+    assert 60 < j.spread_ms < 80
+    assert 4 <= j.depth_frames() <= 5
