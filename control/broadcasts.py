@@ -21,10 +21,12 @@ from typing import Any
 from control.db import Database
 from control.errors import Conflict, Forbidden, Invalid, NotFound
 from control.limits import NON_DECODING, Active, StartLimiter, StartLimits, Ticket
+from control import playout
 from control.pinned import Pin, PinnedFiles
 from control.policy import Policy, Principal
 from control.settings import Settings
 from control.sources import BroadcastRequest, FileSpec, MediaSpec, describe_request
+from control.sources import PlaylistSpec, RelaySpec
 from streamer.ingest.base import MediaError
 from streamer.ingest.catalogue import analyse
 from streamer.mixer.arbitration import Level
@@ -136,6 +138,8 @@ class Broadcasts:
         loop = asyncio.get_running_loop()
         pool = self._urgent_pool if self.urgent(principal, req.level_enum) else self._pool
         async with self.media_lock.shared():
+            if isinstance(req.source, (RelaySpec, PlaylistSpec)):   # control/playout.py
+                return await playout.start(self, principal, req, pool, start_at, offset_s, extra)
             media = analysis = None
             pin: Pin | None = None
             try:

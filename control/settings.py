@@ -185,6 +185,25 @@ class Settings(BaseSettings):
     # made in); items start this far ahead (decoded, synthesised) and air on their instant
     timezone: str = "Asia/Ho_Chi_Minh"
     schedule_prepare_ahead_s: float = Field(30.0, ge=2, le=600)
+    # relays (issue 16, control/playout.py): hosts (names, addresses, CIDR networks) a relay
+    # may reach although private or local; what plays during dead air ("tone", "none" or a
+    # media id); how much dead air raises the notice; the longest wait between reconnections
+    relay_allow_hosts: list[str] = []
+    relay_fallback: str = Field("tone", min_length=1, max_length=64,
+                                pattern=r"^(tone|none|[0-9a-f]+)$")
+    relay_silence_s: float = Field(10.0, ge=1, le=3600)
+    relay_reconnect_max_s: float = Field(10.0, ge=0.5, le=600)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as "
+                             "Asia/Ho_Chi_Minh)") from None
+        return v
     # text to speech (issue 14): espeak-ng is always there; cloud engines from [[tts_engines]]
     tts_engines: list[TtsEngineConfig] = []
     tts_engine: str = "espeak"     # the default engine

@@ -60,7 +60,38 @@ class TtsSpec(BaseModel):
     rate: float = Field(1.0, ge=0.5, le=2.0)
 
 
-SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec | TtsSpec,
+class RelaySpec(BaseModel):
+    """An upstream live stream (Icecast/HTTP MP3, AAC, Ogg or HLS): control/playout.py checks
+    the URL (http(s) only, no private or local address unless `relay_allow_hosts` allows it:
+    422 invalid_url). `fallback` plays during dead air: "tone", "none" or a media id (default:
+    the `relay_fallback` setting); `silence_s` of dead air raise a notice (default
+    `relay_silence_s`); `seconds` ends it (None: until stopped)."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["relay"]
+    url: str = Field(min_length=1, max_length=2048)
+    seconds: float | None = Field(None, gt=0, le=24 * 3600)
+    silence_s: float | None = Field(None, ge=1, le=3600)
+    fallback: str | None = Field(None, min_length=1, max_length=64,
+                                 pattern=r"^(tone|none|[0-9a-f]+)$")
+
+
+PlaylistItem = Annotated[MediaSpec | TtsSpec | ToneSpec | ChimeSpec | SirenSpec,
+                         Field(discriminator="kind")]
+
+
+class PlaylistSpec(BaseModel):
+    """Media/TTS items in order (or shuffled once when it starts); `slot_s`: it fills a slot
+    of that length, cut at its end with a `fade_s` fade (control/playout.py)."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["playlist"]
+    items: list[PlaylistItem] = Field(min_length=1, max_length=500)
+    shuffle: bool = False
+    slot_s: float | None = Field(None, gt=0, le=24 * 3600)
+    fade_s: float = Field(3.0, ge=0, le=60)
+
+
+SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec | TtsSpec
+                      | RelaySpec | PlaylistSpec,
                       Field(discriminator="kind")]
 
 

@@ -24,6 +24,7 @@ from streamer.zones import Zone, ZoneError
 __all__ = [
     "FileAudio", "TtsAudio", "ToneAudio", "ChimeAudio", "SirenAudio", "SilenceAudio", "LiveAudio",
     "Programme", "SourceDescription", "describe", "source_from_dict",
+    "RelayAudio", "PlaylistAudio",
     "StartBroadcast", "StopBroadcast", "ReplaceZones", "UpdateZones", "SetDestinations",
     "SetZoneLoss", "Command", "command_from_dict",
     "EngineEvent", "BroadcastSnapshot", "ZoneSnapshot", "OnAir", "EngineStats",
@@ -153,8 +154,35 @@ class Programme:
     repeat_pause_s: float = 2.0
 
 
+@_source
+@dataclass(frozen=True, slots=True)
+class RelayAudio:
+    """An upstream live stream (Icecast/HTTP MP3, AAC or Ogg, or HLS) relayed through PyAV:
+    reconnected on drops (back-off up to `reconnect_max_s`); after `silence_s` of dead air
+    (nothing arriving, or silence) a notice is raised and `fallback` plays until the upstream
+    is back. `seconds` None: until stopped; else it ends after that long on air."""
+    kind: ClassVar[str] = "relay"
+    url: str
+    fallback: SourceDescription | None = None
+    silence_s: float = 10.0
+    reconnect_max_s: float = 10.0
+    seconds: float | None = None
+
+
+@_source
+@dataclass(frozen=True, slots=True)
+class PlaylistAudio:
+    """Items (recordings, texts, tones) one after another, in the order given (a shuffle is
+    decided by whoever describes it). `slot_s`: the playlist fills a slot of that length and
+    is cut at its end with a `fade_s` fade."""
+    kind: ClassVar[str] = "playlist"
+    items: tuple[SourceDescription, ...] = ()
+    slot_s: float | None = None
+    fade_s: float = 3.0
+
+
 SourceDescription = (FileAudio | ToneAudio | ChimeAudio | SirenAudio | SilenceAudio | LiveAudio
-                     | TtsAudio | Programme)
+                     | TtsAudio | Programme | RelayAudio | PlaylistAudio)
 
 
 def _plain(v: Any) -> Any:
@@ -186,6 +214,10 @@ def source_from_dict(d: Mapping[str, Any]) -> SourceDescription:
         raise ValueError(f"unknown source kind {kind!r}")
     if cls is Programme:
         d["message"] = source_from_dict(d["message"])
+    if cls is RelayAudio and d.get("fallback") is not None:
+        d["fallback"] = source_from_dict(d["fallback"])
+    if cls is PlaylistAudio:
+        d["items"] = tuple(source_from_dict(p) for p in d.get("items", ()))
     return cls(**d)  # type: ignore[no-any-return]
 
 

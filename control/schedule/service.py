@@ -20,7 +20,9 @@ from control.policy import ROLE_LIMITS, Policy, Principal, owns
 from control.schedule.rules import (LEVELS, UTC, Exdates, Slot, When, conflicts, iso,
                                     parse_instant, zone_info)
 from control.schedule.store import ScheduleStore
-from control.sources import BroadcastRequest, FileSpec, MediaSpec, SourceSpec
+from control import playout
+from control.sources import (BroadcastRequest, FileSpec, MediaSpec, PlaylistSpec, RelaySpec,
+                             SourceSpec)
 
 #: how far conflicts are looked for when a schedule is made or changed
 CONFLICT_DAYS = 31
@@ -143,6 +145,21 @@ class Schedules:
             base = float(getattr(s, "seconds", 0.0)) or None
         elif s.kind == "chime":
             base = 2.0
+        elif isinstance(s, RelaySpec):
+            base = s.seconds
+        elif isinstance(s, PlaylistSpec):
+            lengths: list[float | None] = []
+            for it in s.items:
+                if isinstance(it, MediaSpec):
+                    m = await self.db.media(it.id)
+                    lengths.append(float(m["duration_s"]) if m and m.get("duration_s") else None)
+                else:
+                    lengths.append(float(getattr(it, "seconds", 0.0)) or (
+                        max(2.0, len(getattr(it, "text", "")) / 14.0) if it.kind == "tts"
+                        else 2.0))
+            known = None if any(n is None for n in lengths) else sum(n or 0.0 for n in lengths)
+            base = known if s.slot_s is None else (s.slot_s if known is None
+                                                   else min(known, s.slot_s))
         elif s.kind == "tts":
             base = max(2.0, len(getattr(s, "text", "")) / 14.0)  # ~14 characters a second
         else:
@@ -166,6 +183,12 @@ class Schedules:
             if await self.db.media(breq.source.id) is None:
                 raise NotFound("unknown_media", f"no media with id {breq.source.id!r}")
             media_ids.append(breq.source.id)
+        if isinstance(breq.source, (RelaySpec, PlaylistSpec)):
+            # the URL, the playlist's items and the relay's fallback: checked now, as at start
+            import asyncio
+            await playout.describe(breq.source, self.db, self.broadcasts.settings,
+                                   asyncio.get_running_loop(), None)
+            media_ids.extend(playout.media_ids(breq.source, self.broadcasts.settings))
         tz = existing["tz"] if existing is not None else self.tz()
         zone_info(tz)
         start = parse_instant(req.start, "start")

@@ -28,6 +28,7 @@ from streamer.ingest.sequence import Part, SequenceSource, SkipSource
 from streamer.mixer.arbitration import Level
 from streamer.port import (ChimeAudio, FileAudio, LiveAudio, Programme, SilenceAudio,
                            SirenAudio, SourceDescription, ToneAudio, TtsAudio)
+from streamer.port import PlaylistAudio, RelayAudio
 
 if TYPE_CHECKING:
     from streamer.tts.service import TtsService
@@ -82,6 +83,14 @@ def duration_of(desc: SourceDescription) -> float | None:
         if desc.attention:
             total += attention_part(desc.attention).duration_s
         return total
+    if isinstance(desc, PlaylistAudio):
+        items = [duration_of(p) for p in desc.items]
+        known = None if any(n is None for n in items) else sum(n or 0.0 for n in items)
+        if desc.slot_s is not None:
+            return desc.slot_s if known is None else min(known, desc.slot_s)
+        return known
+    if isinstance(desc, RelayAudio):
+        return desc.seconds
     return None
 
 
@@ -206,6 +215,10 @@ class Catalogue:
             return lambda start_s: src   # live audio cannot seek: always the one input
         if isinstance(desc, Programme):
             return self._programme(desc, priority)
+        if isinstance(desc, RelayAudio):
+            return self._relay(desc, priority)
+        if isinstance(desc, PlaylistAudio):
+            return self._playlist(desc, priority)
         raise MediaError(f"cannot play a {type(desc).__name__}")
 
     def open(self, desc: SourceDescription, start_s: float = 0.0) -> Source:
@@ -239,6 +252,45 @@ class Catalogue:
             return TtsSource(svc, prep.sentences, prep.engine, prep.voice, prep.rate,
                              urgent=urgent, start_s=start_s, timeline=timeline,
                              resume_hint_s=hint)
+        return make
+
+    def _relay(self, desc: RelayAudio, priority: int = 0) -> SourceFactory:
+        """An upstream live stream (streamer.ingest.relay), with its fallback item (a recording
+        or a tone) opened ahead for dead air."""
+        from streamer.ingest.relay import RelaySource, check_url
+        check_url(desc.url)
+        fallback: SourceFactory | None = None
+        if desc.fallback is not None:
+            if isinstance(desc.fallback, (LiveAudio, RelayAudio, PlaylistAudio)):
+                raise MediaError("a relay's fallback must be a recording or a tone")
+            fallback = self.factory(desc.fallback, priority)
+
+        def make(start_s: float) -> Source:
+            return RelaySource(desc.url, fallback=fallback, silence_s=desc.silence_s,
+                               reconnect_max_s=desc.reconnect_max_s, seconds=desc.seconds,
+                               start_s=start_s)
+        return make
+
+    def _playlist(self, desc: PlaylistAudio, priority: int = 0) -> SourceFactory:
+        """Items one after another (reopenable part-way: a joined or resumed playlist lands in
+        the right item), cut at the slot's end with a fade (streamer.ingest.playlist)."""
+        from streamer.ingest.playlist import SlotSource
+        if not desc.items:
+            raise MediaError("a playlist needs at least one item")
+        parts: list[Part] = []
+        for i, item in enumerate(desc.items):
+            if isinstance(item, (LiveAudio, RelayAudio, PlaylistAudio)):
+                raise MediaError("a playlist's items must be recordings, texts or tones")
+            n = duration_of(item)
+            parts.append(Part(self.factory(item, priority), n if n is not None else math.inf,
+                              f"item {i + 1}"))
+        slot, fade = desc.slot_s, desc.fade_s
+
+        def make(start_s: float) -> Source:
+            seq = SequenceSource(parts, start_s, kind="playlist")
+            if slot is None:
+                return seq
+            return SlotSource(seq, slot, fade, start_s=start_s)
         return make
 
     def _programme(self, desc: Programme, priority: int = 0) -> SourceFactory:

@@ -9,6 +9,7 @@ from streamer.port import (BroadcastSnapshot, ChimeAudio, Destination, EngineEve
                            SilenceAudio, SirenAudio, StartBroadcast, StopBroadcast, ToneAudio,
                            UpdateZones, command_from_dict, command_to_dict, describe,
                            source_from_dict)
+from streamer.port import PlaylistAudio, RelayAudio
 from streamer.zones import Zone
 
 ZONES = (Zone(id="hn", name="Hà Nội", multicast=("239.1.1.1", 5004)),
@@ -20,7 +21,14 @@ SOURCES = [FileAudio("/srv/media/a.mp3", loudness_lufs=-19.5, duration_s=12.3),
            SilenceAudio(0.5), LiveAudio("in-abc", via="rtp"),
            Programme(FileAudio("/srv/a.mp3", -20.0, 30.0), attention="siren", repeat=3,
                      repeat_pause_s=1.5),
-           Programme(ToneAudio(), attention=None)]
+           Programme(ToneAudio(), attention=None),
+           RelayAudio("http://vov1.example/live.mp3"),
+           RelayAudio("https://x.example/a.m3u8", fallback=FileAudio("/srv/f.mp3", -18.0, 60.0),
+                      silence_s=5.0, reconnect_max_s=4.0, seconds=1800.0),
+           PlaylistAudio((FileAudio("/srv/a.mp3", -20.0, 30.0), SilenceAudio(1.5),
+                          ToneAudio(500.0, 1.0)), slot_s=1800.0, fade_s=2.0),
+           Programme(PlaylistAudio((ChimeAudio(),)), attention="chime")]
+
 
 COMMANDS = [
     *(StartBroadcast(id=f"b{i}", targets=("hn", "g1"), level=lvl, source=src, mode=mode,
