@@ -1,0 +1,225 @@
+"""The media path origin → edge: RTP programme frames in a small authenticated envelope (sans-IO).
+
+One envelope per tick per edge (split in parts when it would pass `MAX_DATAGRAM`) carries the
+origin's stream continuity — tick index `k`, sequence number, timestamp and SSRC of that tick,
+which the origin's RtpOutput gave every programme packet — and, per programme, its Opus payload
+and the edge's zones hearing it, each with its marker bit (a talk spurt starts there). The edge
+rebuilds exactly the packets the origin would have sent (same SSRC, sequence, timestamp, marker),
+so a receiver that moves from one edge to another, or from the origin to an edge, sees one
+continuous RTP stream. Packets to receivers are built and protected by the edge (its own SRTP
+keyring); static destinations get plain RTP as on a single node.
+
+Subscriptions go the other way: every second, and at once when its set changes, an edge sends
+the zones it needs (`pack_subscription`) from the socket it receives envelopes on; the origin
+sends to the address the subscription came from (NAT-friendly) until it expires. Redis is not on
+this path: a Redis stall or restart changes nothing here.
+
+Both kinds end with HMAC-SHA256 (truncated to 16 bytes) under the cluster key (stdlib `hmac`:
+one call per datagram, no state; `cryptography` would add nothing here) and carry the sender's
+wall clock: datagrams older than `MAX_AGE_S` or from further than that in the future are
+refused, so a captured envelope or subscription cannot be replayed later.
+
+    envelope := "LOAE" ver:u8 flags:u8 part:u8 0:u8 wall_ms:u64 k:u64 seq:u16 ts:u32 ssrc:u32
+                n:u16 { nz:u16 { marker:u8 len:u8 zone } plen:u16 payload }*n  mac:16
+    subscription := "LOAS" ver:u8 0:u8 nlen:u8 node wall_ms:u64 nz:u16 { len:u8 zone }* mac:16
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["EnvelopeError", "TickEnvelope", "Programme", "pack_tick", "unpack_tick",
+           "Subscription", "pack_subscription", "unpack_subscription", "MAX_DATAGRAM",
+           "MAX_AGE_S"]
+
+MAGIC_TICK = b"LOAE"
+MAGIC_SUB = b"LOAS"
+VERSION = 1
+MAC_LEN = 16
+MAX_DATAGRAM = 1400
+MAX_AGE_S = 5.0
+LAST = 0x01
+_HEAD = struct.Struct("!4sBBBxQQHIIH")     # magic ver flags part wall_ms k seq ts ssrc n
+_SUB_HEAD = struct.Struct("!4sBxB")
+
+
+class EnvelopeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Programme:
+    """One programme this tick: its Opus payload and the zones hearing it (with marker bits)."""
+    payload: bytes
+    zones: tuple[str, ...]         # zones continuing their talk spurt
+    marked: tuple[str, ...] = ()   # zones whose talk spurt starts (marker bit)
+
+    def all_zones(self) -> tuple[str, ...]:
+        return self.zones + self.marked
+
+
+@dataclass(frozen=True, slots=True)
+class TickEnvelope:
+    k: int
+    seq: int
+    ts: int
+    ssrc: int
+    wall_ms: int
+    programmes: tuple[Programme, ...]
+    part: int = 0
+    last: bool = True
+
+
+def _mac(key: bytes, data: bytes | memoryview) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_LEN]
+
+
+def _zone_bytes(z: str) -> bytes:
+    b = z.encode()
+    if not 0 < len(b) < 256:
+        raise EnvelopeError(f"zone id too long for the envelope: {z!r}")
+    return b
+
+
+def _programme_bytes(payload: bytes, zones: Sequence[tuple[bytes, bool]]) -> bytes:
+    out = [struct.pack("!H", len(zones))]
+    for zb, marked in zones:
+        out.append(struct.pack("!BB", 1 if marked else 0, len(zb)) + zb)
+    out.append(struct.pack("!H", len(payload)) + payload)
+    return b"".join(out)
+
+
+def pack_tick(key: bytes, k: int, seq: int, ts: int, ssrc: int, wall_ms: int,
+              programmes: Iterable[Programme], max_size: int = MAX_DATAGRAM) -> list[bytes]:
+    """The datagrams of one tick for one edge: as few as fit `max_size` (a programme whose zone
+    list alone is too long is split into entries with the same payload)."""
+    room = max_size - _HEAD.size - MAC_LEN
+    entries: list[bytes] = []
+    for p in programmes:
+        zs = [(_zone_bytes(z), False) for z in p.zones] + [(_zone_bytes(z), True)
+                                                          for z in p.marked]
+        fixed = 4 + len(p.payload)
+        if fixed + 2 + 255 > room:
+            raise EnvelopeError("payload too large for one envelope")
+        chunk: list[tuple[bytes, bool]] = []
+        size = fixed
+        for zb, m in zs:
+            if chunk and size + 2 + len(zb) > room:
+                entries.append(_programme_bytes(p.payload, chunk))
+                chunk, size = [], fixed
+            chunk.append((zb, m))
+            size += 2 + len(zb)
+        if chunk:
+            entries.append(_programme_bytes(p.payload, chunk))
+    parts: list[list[bytes]] = [[]]
+    size = 0
+    for e in entries:
+        if parts[-1] and size + len(e) > room:
+            parts.append([])
+            size = 0
+        parts[-1].append(e)
+        size += len(e)
+    out = []
+    for i, body in enumerate(parts):
+        flags = LAST if i == len(parts) - 1 else 0
+        head = _HEAD.pack(MAGIC_TICK, VERSION, flags, i & 0xFF, wall_ms, k, seq & 0xFFFF,
+                          ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF, len(body))
+        data = head + b"".join(body)
+        out.append(data + _mac(key, data))
+    return out
+
+
+def _check(key: bytes, data: bytes, magic: bytes, wall_now: float, min_len: int) -> memoryview:
+    if len(data) < min_len + MAC_LEN or data[:4] != magic:
+        raise EnvelopeError("not an envelope")
+    body = memoryview(data)[:-MAC_LEN]
+    if not hmac.compare_digest(_mac(key, body), data[-MAC_LEN:]):
+        raise EnvelopeError("bad MAC")
+    return body
+
+
+def unpack_tick(key: bytes, data: bytes, wall_now: float) -> TickEnvelope:
+    body = _check(key, data, MAGIC_TICK, wall_now, _HEAD.size)
+    try:
+        _m, ver, flags, part, wall_ms, k, seq, ts, ssrc, n = _HEAD.unpack_from(body)
+        if ver != VERSION:
+            raise EnvelopeError(f"envelope version {ver}")
+        if abs(wall_now - wall_ms / 1000.0) > MAX_AGE_S:
+            raise EnvelopeError("stale or future envelope")
+        off = _HEAD.size
+        progs = []
+        for _ in range(n):
+            (nz,) = struct.unpack_from("!H", body, off)
+            off += 2
+            plain: list[str] = []
+            marked: list[str] = []
+            for _ in range(nz):
+                m, ln = struct.unpack_from("!BB", body, off)
+                off += 2
+                z = bytes(body[off:off + ln]).decode()
+                if len(z.encode()) != ln or not z:
+                    raise EnvelopeError("truncated zone")
+                off += ln
+                (marked if m else plain).append(z)
+            (plen,) = struct.unpack_from("!H", body, off)
+            off += 2
+            payload = bytes(body[off:off + plen])
+            if len(payload) != plen:
+                raise EnvelopeError("truncated payload")
+            off += plen
+            progs.append(Programme(payload, tuple(plain), tuple(marked)))
+        if off != len(body):
+            raise EnvelopeError("trailing bytes")
+    except (struct.error, UnicodeDecodeError) as e:
+        raise EnvelopeError(f"malformed envelope: {e}") from None
+    return TickEnvelope(k, seq, ts, ssrc, wall_ms, tuple(progs), part, bool(flags & LAST))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    node: str
+    wall_ms: int
+    zones: frozenset[str]
+
+
+def pack_subscription(key: bytes, node: str, wall_ms: int, zones: Iterable[str]) -> bytes:
+    nb = node.encode()
+    if not 0 < len(nb) < 256:
+        raise EnvelopeError("node id length")
+    zs = [_zone_bytes(z) for z in sorted(zones)]
+    data = (_SUB_HEAD.pack(MAGIC_SUB, VERSION, len(nb)) + nb + struct.pack("!QH", wall_ms, len(zs))
+            + b"".join(bytes([len(z)]) + z for z in zs))
+    if len(data) + MAC_LEN > 65000:
+        raise EnvelopeError("too many zones for one subscription")
+    return data + _mac(key, data)
+
+
+def unpack_subscription(key: bytes, data: bytes, wall_now: float) -> Subscription:
+    body = _check(key, data, MAGIC_SUB, wall_now, _SUB_HEAD.size)
+    try:
+        _m, ver, nlen = _SUB_HEAD.unpack_from(body)
+        if ver != VERSION:
+            raise EnvelopeError(f"subscription version {ver}")
+        off = _SUB_HEAD.size
+        node = bytes(body[off:off + nlen]).decode()
+        off += nlen
+        wall_ms, nz = struct.unpack_from("!QH", body, off)
+        off += 10
+        if abs(wall_now - wall_ms / 1000.0) > MAX_AGE_S:
+            raise EnvelopeError("stale or future subscription")
+        zones = set()
+        for _ in range(nz):
+            ln = body[off]
+            z = bytes(body[off + 1:off + 1 + ln]).decode()
+            if len(z.encode()) != ln or not z:
+                raise EnvelopeError("truncated zone")
+            zones.add(z)
+            off += 1 + ln
+        if off != len(body) or not node:
+            raise EnvelopeError("malformed subscription")
+    except (struct.error, UnicodeDecodeError, IndexError) as e:
+        raise EnvelopeError(f"malformed subscription: {e}") from None
+    return Subscription(node, wall_ms, frozenset(zones))
