@@ -34,6 +34,9 @@ from control.broadcasts import Broadcasts
 from control.db import Database
 from control.events import EventHub
 from control.http import Route, error_middleware
+from control.journal import Journal, WriteAhead, storage_fault
+from control.recovery import RecordingRuntime, Recovery
+from control.storage import StorageCollector, storage_middleware
 from control.outputs import Outputs
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.live_talk import TalkApi
@@ -101,7 +104,8 @@ def build_runtime(settings: Settings, outputs: list[Any] | None = None
     if settings.srtp:
         from streamer.rtp.srtp import MediaKeyring
         keyring = MediaKeyring(time.monotonic(), rotate_every_s=settings.media_key_rotate_h * 3600)
-    runtime = Runtime(fanout, eng_settings, keyring=keyring, outputs=outputs,
+    # the commands it starts are kept as data (a crash is resumed from them: control/recovery)
+    runtime = RecordingRuntime(fanout, eng_settings, keyring=keyring, outputs=outputs,
                       catalogue=Catalogue(settings.loudness_target_lufs, tts=build_tts(settings)))
     return runtime, fanout, keyring
 
@@ -117,7 +121,12 @@ class Server:
         self.outputs = Outputs(settings)   # listening, archive, e-boards (issue 18)
         self.engine, self.fanout, keyring = build_runtime(settings, self.outputs.engine_outputs)
         self.engine.subscribe(self._on_engine_event)
-        self.db = Database(settings.database_path)
+        self.db = Database(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+        #: as-run and audit records: journaled, retried, never dropped (control/journal.py)
+        self.records = WriteAhead(self.db.write_records,
+                                  Journal(settings.data_dir / "records.journal",
+                                          settings.journal_reserve_kb * 1024),
+                                  on_alarm=self.hub.publish)
         box = SecretBox.load(settings.secret_key.get_secret_value() if settings.secret_key else None,
                              settings.data_dir / "secret.key")
         self.state = ControlState(self.db, settings, box, apply_tree=self._send_tree,
@@ -142,6 +151,7 @@ class Server:
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
         self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
                                   settings, self.hub.publish)
+        self.recovery = Recovery(self.db, self.records, self.engine, settings, self.alerts)
         self.handlers: list[HasRoutes] = [
             SystemHandlers(self.engine, self.db, self.access, self.registry, self.route_table),
             SessionHandlers(self.db, settings),
@@ -156,6 +166,10 @@ class Server:
             self.live, self.talk, self.rtp_ingest,
             AlertHandlers(self.alerts, self.db, self.registry),
         ]
+        system = self.handlers[0]
+        assert isinstance(system, SystemHandlers)
+        system.metrics_.register(StorageCollector(self.records))
+        system.health_parts["storage"] = self.records.status
         self.schedule_store = ScheduleStore(self.db)
         self.schedules = Schedules(self.schedule_store, self.broadcasts, self.db,
                                    lambda: settings.timezone, self._publish_now)
@@ -213,10 +227,25 @@ class Server:
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
         await self.db.open()
+        self.records.open()  # what the journal kept from the last run is written first
+        self.db.records = self.records
+        self.records.start()
         # before anything is read: a write by another process from here on is seen as a change
         baseline = await self.state.data_version()
-        await self.state.apply_config()
-        gone = await self.db.mark_interrupted()
+        try:
+            await self.state.apply_config()
+        except Exception as e:  # a full disk / locked database: serve what is stored
+            why = storage_fault(e)
+            if why is None:
+                raise
+            log.error("*** STORAGE ALARM at start: %s. Serving read-only with the stored zone "
+                      "tree (the settings file's zones are not applied); writes answer 503, "
+                      "records wait in the journal. ***", why)
+            self.hub.publish({"type": "storage.unavailable", "reason": why, "at": "start"})
+            async with self.state.lock:
+                await self.state.reload_tree()
+        gone = await self.recovery.mark_interrupted()
+        await self.records.flush(2.0)  # the schedule runner reads these states
         if gone:
             log.warning("%d broadcast(s) were on air when the server last stopped; recorded as "
                         "interrupted: %s", len(gone), ", ".join(gone))
@@ -239,6 +268,7 @@ class Server:
         self.rtp_ingest.start()
         await self.outputs.start()
         await self.alerts.start()
+        await self.recovery.resume()  # urgent broadcasts a crash cut, from their current repeat
         self.schedule_runner.start()
         st = self.engine.stats()
         log.info("engine started: %d zones, ssrc %08x, media/receiver port %s",
@@ -260,6 +290,7 @@ class Server:
         self.broadcasts.close()
         self.fanout.close()
         await self.asrun.close()
+        await self.records.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -271,7 +302,8 @@ _EMPTY = ZoneTree()
 
 def create_app(settings: Settings) -> web.Application:
     server = Server(settings)
-    app = web.Application(middlewares=[error_middleware, server.access.middleware],
+    app = web.Application(middlewares=[error_middleware, server.access.middleware,
+                                       storage_middleware],
                           client_max_size=settings.max_body_mb * 1024 * 1024)
     server.register(app)
     app["loa"] = server

@@ -39,16 +39,33 @@ def _split_hostport(text: str) -> tuple[str, int]:
 
 async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
                       stop: asyncio.Event | None = None) -> None:
+    from control.datadir import DataDirLock
+    # one server per data directory, decided before anything else touches it (issue 13)
+    lock = DataDirLock(settings.data_dir).acquire()
+    try:
+        await _serve_locked(settings, ready, stop)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(settings: Settings, ready: asyncio.Event | None,
+                        stop: asyncio.Event | None) -> None:
     from aiohttp import web
 
     from control.app import create_app
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     from control.conn_guard import guarded_runner
     # header/body timeouts, connection caps, the open-files limit raised (issue 13)
     runner = guarded_runner(app, settings, access_log=None, handle_signals=False,
                             shutdown_timeout=5.0)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:  # a start that failed half-way stops what it started (no hang)
+        try:
+            await runner.cleanup()
+        except Exception:
+            log.exception("cleanup after a failed start")
+        raise
     host, port = _split_hostport(settings.http)
     ssl_ctx = None
     scheme = "http"
@@ -110,9 +127,14 @@ def cmd_serve(argv: list[str]) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     textsafe.install_log_escaping()  # user text in a log line cannot forge another line
+    from control.datadir import DataDirBusy
     from control.errors import DomainError
+    from control.journal import storage_fault
     try:
         _run(serve_async(settings))
+    except DataDirBusy as e:
+        print(f"loa serve: {e}", file=sys.stderr)
+        return 1
     except DomainError as e:  # the TOML zones do not fit with the stored tree
         print(f"loa serve: invalid zone configuration: {e.message}", file=sys.stderr)
         return 2
@@ -121,6 +143,13 @@ def cmd_serve(argv: list[str]) -> int:
         return 2
     except OSError as e:
         print(f"loa serve: cannot start: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # the database unavailable at start (a full disk, a lock)
+        why = storage_fault(e)
+        if why is None:
+            raise
+        print(f"loa serve: cannot start: {why}; free space or release the database, then start "
+              "again", file=sys.stderr)
         return 1
     return 0
 

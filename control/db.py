@@ -10,6 +10,7 @@ bug in this process can rewrite history.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (schedule_id, occurrence));
     CREATE INDEX schedule_runs_occurrence ON schedule_runs(occurrence);
     """,
+    # 7: records that survive faults (control/journal.py): each as-run/audit record's
+    # write-ahead id (a journal replayed twice writes it once), and the command that started a
+    # broadcast (port.command_to_dict), so a crash can be resumed (control/recovery.py)
+    """
+    ALTER TABLE broadcasts ADD COLUMN command TEXT;
+    ALTER TABLE asrun ADD COLUMN wid TEXT;
+    CREATE UNIQUE INDEX asrun_wid ON asrun(wid) WHERE wid IS NOT NULL;
+    ALTER TABLE audit ADD COLUMN wid TEXT;
+    CREATE UNIQUE INDEX audit_wid ON audit(wid) WHERE wid IS NOT NULL;
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
@@ -150,9 +161,18 @@ def _dump(v: Any) -> Any:
 
 
 class Database:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
         self.path = str(path)
         self._conn: aiosqlite.Connection | None = None
+        #: how long a write waits for another connection's lock before it fails (a 503 for
+        #: the API): bounded, so a locked database never hangs a request
+        self.busy_timeout_ms = busy_timeout_ms
+        #: a second connection for the plain reads (_all/_one): in WAL mode they never wait
+        #: behind a write that waits for a lock (token checks stay fast on a locked database)
+        self._reader: aiosqlite.Connection | None = None
+        #: the write-ahead queue (control/journal.py) once the server starts: audit entries go
+        #: through it and are never dropped
+        self.records: Any = None
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -169,11 +189,23 @@ class Database:
         await self.conn.execute("PRAGMA journal_mode=WAL")
         await self.conn.execute("PRAGMA synchronous=NORMAL")
         await self.conn.execute("PRAGMA foreign_keys=ON")
-        await self.conn.execute("PRAGMA busy_timeout=5000")
+        await self.conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         await self.migrate()
+        if self.path != ":memory:":
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = aiosqlite.Row
+            await self._reader.execute("PRAGMA query_only=ON")
+            await self._reader.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         return self
 
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        return self._reader if self._reader is not None else self.conn
+
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -187,12 +219,15 @@ class Database:
 
     # ------------------------------------------------------------------ helpers
     async def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
-        cur = await self.conn.execute(sql, tuple(args))
+        cur = await self.reader.execute(sql, tuple(args))
         return [dict(_row(r) or {}) for r in await cur.fetchall()]
 
     async def _one(self, sql: str, args: Iterable = ()) -> dict | None:
-        cur = await self.conn.execute(sql, tuple(args))
-        return _row(await cur.fetchone())
+        cur = await self.reader.execute(sql, tuple(args))
+        try:
+            return _row(await cur.fetchone())
+        finally:
+            await cur.close()  # ends the read transaction (a reader never pins old pages)
 
     async def _exec(self, sql: str, args: Iterable = ()) -> int:
         cur = await self.conn.execute(sql, tuple(args))
@@ -399,6 +434,21 @@ class Database:
                  "reason": "the server stopped while it was on air"}, data)
         return [r["id"] for r in rows]
 
+    async def unfinished_broadcasts(self) -> list[dict]:
+        """Rows of broadcasts not ended (on air when the process died), with the command that
+        started them (a dict, or None for rows written before migration 7, or live ones)."""
+        rows = await self._all("SELECT * FROM broadcasts WHERE state NOT IN (?, ?, ?, ?) "
+                               "ORDER BY created_at", TERMINAL_STATES)
+        for r in rows:
+            r["command"] = json.loads(r["command"]) if r.get("command") else None
+        return rows
+
+    async def write_records(self, records: list[dict]) -> None:
+        """A batch of the write-ahead queue's records (control/journal.py) in one transaction,
+        run whole on the connection's thread (nothing else interleaves with it)."""
+        conn = self.conn
+        await conn._execute(lambda: write_records_sync(conn._conn, records))
+
     async def broadcasts(self, limit: int = 200, state: str | None = None) -> list[dict]:
         sql, args = "SELECT data FROM broadcasts", []
         if state:
@@ -483,6 +533,9 @@ class Database:
     # ------------------------------------------------------------------ audit
     async def audit(self, **entry: Any) -> None:
         entry.setdefault("time", now_iso())
+        if self.records is not None:  # through the write-ahead queue: never dropped
+            await self.records.put_wait("audit", {"entry": entry})
+            return
         entry["detail"] = json.dumps(entry.get("detail") or {}, ensure_ascii=False, default=str)
         cols = list(entry)
         await self._exec(f"INSERT INTO audit ({', '.join(cols)}) VALUES "
@@ -499,3 +552,58 @@ class Database:
             sql += " AND action=?"
             args.append(action)
         return await self._all(sql + " ORDER BY seq LIMIT ?", args + [limit])
+
+
+def write_records_sync(conn: sqlite3.Connection, records: list[dict]) -> None:
+    """Write-ahead records (control/journal.py), on the connection's own thread:
+    - "event": an as-run event and its broadcast's row (`row`: the snapshot; `cmd`: the
+      command that started it, kept once known);
+    - "audit": an audit entry;
+    - "ckpt": a broadcast's current state (position) while it is not ended.
+    Each record's `wid` is unique: a record written before (a journal replayed after a crash)
+    is not written again. Raises what sqlite3 raises (the queue retries)."""
+    now = now_iso()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for rec in records:
+            kind, wid = rec.get("k"), rec.get("wid")
+            if kind == "event":
+                ev = rec.get("ev") or {}
+                conn.execute(
+                    "INSERT OR IGNORE INTO asrun (time, type, broadcast, data, wid) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (ev.get("time") or now, ev.get("type", ""), ev.get("broadcast"),
+                     json.dumps(ev, ensure_ascii=False, default=str), wid))
+                snap = rec.get("row")
+                if snap is not None:
+                    cmd = rec.get("cmd")
+                    conn.execute(
+                        "INSERT INTO broadcasts (id, state, level, owner, data, created_at, "
+                        "ended_at, updated_at, command) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET state=excluded.state, data=excluded.data,"
+                        " ended_at=excluded.ended_at, updated_at=excluded.updated_at, "
+                        "command=COALESCE(excluded.command, broadcasts.command)",
+                        (snap["id"], snap.get("state") or "", snap.get("level", ""),
+                         snap.get("owner", ""), json.dumps(snap, ensure_ascii=False, default=str),
+                         snap.get("created_at") or now, snap.get("ended_at"), now,
+                         json.dumps(cmd, ensure_ascii=False) if cmd is not None else None))
+            elif kind == "audit":
+                entry = dict(rec.get("entry") or {})
+                entry["detail"] = json.dumps(entry.get("detail") or {}, ensure_ascii=False,
+                                             default=str)
+                entry["wid"] = wid
+                cols = list(entry)
+                conn.execute(f"INSERT OR IGNORE INTO audit ({', '.join(cols)}) VALUES "
+                             f"({', '.join('?' * len(cols))})", [entry[c] for c in cols])
+            elif kind == "ckpt":
+                snap = rec.get("row") or {}
+                conn.execute(
+                    "UPDATE broadcasts SET state=?, data=?, updated_at=? WHERE id=? AND "
+                    "state NOT IN (?, ?, ?, ?)",
+                    (snap.get("state") or "", json.dumps(snap, ensure_ascii=False, default=str),
+                     now, snap.get("id"), *TERMINAL_STATES))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

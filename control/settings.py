@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(200, ge=1, le=100_000)  # media uploads (streamed to disk)
     # state and accounts
     db_path: Path | None = None  # default: <data_dir>/loa.db
+    # faults (issue 13): a write waits this long for another connection's lock, then 503
+    db_busy_timeout_ms: int = Field(1000, ge=50, le=60_000)
+    # disk reserved at start for as-run/audit records the database cannot take (a full disk)
+    journal_reserve_kb: int = Field(8192, ge=0, le=4_194_304)
+    # an emergency/priority broadcast interrupted by a crash resumes if the server is back
+    # within this long (0: never resumed)
+    resume_within_s: float = Field(1800.0, ge=0, le=30 * 86400)
     admin_token: SecretStr | None = None  # LOA_ADMIN_TOKEN: a bearer token with the admin role
     secret_key: SecretStr | None = None  # base64 32 bytes; default: <data_dir>/secret.key
     session_ttl_h: float = Field(12.0, gt=0, le=24 * 30)

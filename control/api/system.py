@@ -30,6 +30,9 @@ class SystemHandlers:
         self.route_table = route_table  # the whole table, for the OpenAPI document
         self.metrics_ = Metrics(port, registry)
         self.started = time.time()
+        #: more parts of /health, by name (e.g. "storage": the write-ahead queue's status;
+        #: a part whose "writable" is False makes the status "degraded")
+        self.health_parts: dict[str, Callable[[], dict[str, Any]]] = {}
 
     def routes(self) -> list[Route]:
         R = Route
@@ -56,7 +59,14 @@ class SystemHandlers:
             "bootstrap_mode": await self.access.bootstrap_active(),
             "receiver_port": st.receiver_port,
             "receivers_online": sum(self.registry.online_by_zone().values()) if self.registry else 0,
+            **self._parts(),
         })
+
+    def _parts(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {name: fn() for name, fn in self.health_parts.items()}
+        if any(p.get("writable") is False for p in parts.values()):
+            parts["status"] = "degraded"
+        return parts
 
     async def openapi(self, request: web.Request) -> web.Response:
         return json_response(build_openapi(VERSION, self.route_table()))
