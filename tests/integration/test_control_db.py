@@ -107,7 +107,8 @@ async def test_authorize_hook_for_self_checking_routes(tmp_path):
     from control.app import create_app
     from control.settings import Settings
     settings = Settings(data_dir=tmp_path, admin_token="adm-token-123",
-                        zones=[{"id": "xa"}, {"id": "thon", "parent": "xa"}, {"id": "xb"}])
+                        zones=[{"id": "xa"}, {"id": "thon", "parent": "xa"}, {"id": "xb"}],
+                        send_port=0)  # a free media port: never the default 5004
     app = create_app(settings)
 
     async def go_live(request):

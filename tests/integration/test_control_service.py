@@ -87,7 +87,8 @@ async def test_server_secret_cache_is_incremental(tmp_path, monkeypatch):
 
     from control.app import create_app
     from control.settings import Settings
-    settings = Settings(data_dir=tmp_path, admin_token="adm-token-123", zones=[{"id": "xa"}])
+    settings = Settings(data_dir=tmp_path, admin_token="adm-token-123", zones=[{"id": "xa"}],
+                        send_port=0)  # a free media port: never the default 5004
     app = create_app(settings)
     adm = {"Authorization": "Bearer adm-token-123"}
     async with TestClient(TestServer(app)) as c:
