@@ -66,3 +66,17 @@ class ReadScope:
 
     def filter_broadcasts(self, items: Iterable[Mapping[str, Any]]) -> list[Any]:
         return [b for b in items if self.broadcast(b)]
+
+    def zone_ancestors(self, tree: Any) -> set[str]:
+        """Zones above the reader's scope that are not in it: shown by name only (where the
+        reader sits in the tree), never with destinations or what is on air."""
+        if self.zones is None:
+            return set()
+        return {a for z in self.zones for a in tree.ancestors(z)} - self.zones
+
+    def zone(self, d: dict[str, Any]) -> dict[str, Any]:
+        """A zone row as this reader may see it: unicast destinations are receivers' addresses
+        (only to roles that read receivers)."""
+        if not self.receivers and d.get("unicast"):
+            d = dict(d, unicast=[])
+        return d

@@ -14,6 +14,7 @@ from control.errors import NotFound
 from control.http import HttpError, Route, json_response, parse_body, q
 from control.service import ControlState
 from control.settings import Settings
+from control.visibility import ReadScope
 from streamer.port import EnginePort, ZoneSnapshot
 from streamer.zones import Zone, ZoneError, ZoneTree, parse_hostport
 
@@ -70,18 +71,35 @@ class ZoneHandlers:
         d["codes"] = self.state.zone_codes.get(zid, [])
         return d
 
+    @staticmethod
+    def _ancestor_dict(z: Zone) -> dict:
+        """A zone above the reader's scope: its name and place in the tree only."""
+        return {"id": z.id, "name": z.name, "parent": z.parent, "level": z.level,
+                "code": z.code, "ancestor": True}
+
     async def list_zones(self, request: web.Request) -> web.Response:
         tree, status = self.tree(), self.port.zone_status()
-        out = [self._zone_dict(zid, status) for zid in list(tree.zones)]
-        groups = [{"id": g, "zones": mem} for g, mem in tree.groups.items()]
-        return json_response({"zones": out, "groups": groups})
+        scope = ReadScope(request.get("principal"), tree)
+        above = scope.zone_ancestors(tree)
+        out = [scope.zone(self._zone_dict(zid, status)) if scope.sees_zone(zid)
+               else self._ancestor_dict(tree.zones[zid])
+               for zid in list(tree.zones) if scope.sees_zone(zid) or zid in above]
+        groups = [{"id": g, "zones": [z for z in mem if scope.sees_zone(z)]}
+                  for g, mem in tree.groups.items()]
+        return json_response({"zones": out, "groups": [g for g in groups
+                                                        if scope.everything or g["zones"]]})
 
     async def get_zone(self, request: web.Request) -> web.Response:
         zid = request.match_info["zone"]
         tree = self.tree()
-        zone_or_404(tree, zid)
-        d = self._zone_dict(zid, self.port.zone_status())
-        d["children"] = tree.children(zid)
+        z = zone_or_404(tree, zid)
+        scope = ReadScope(request.get("principal"), tree)
+        if not scope.sees_zone(zid):
+            if zid in scope.zone_ancestors(tree):
+                return json_response(self._ancestor_dict(z))
+            raise NotFound("unknown_zone", f"no zone with id {zid!r}")
+        d = scope.zone(self._zone_dict(zid, self.port.zone_status()))
+        d["children"] = [c for c in tree.children(zid) if scope.sees_zone(c)]
         d["receivers"] = await self.db.count_receivers_in(zid)
         return json_response(d)
 
@@ -122,7 +140,10 @@ class ZoneHandlers:
         return json_response(result)
 
     async def list_groups(self, request: web.Request) -> web.Response:
-        return json_response({"groups": await self.db.groups()})
+        scope = ReadScope(request.get("principal"), self.tree())
+        groups = [dict(g, zones=[z for z in g.get("zones") or [] if scope.sees_zone(z)])
+                  for g in await self.db.groups()]
+        return json_response({"groups": [g for g in groups if scope.everything or g["zones"]]})
 
     async def put_group(self, request: web.Request) -> web.Response:
         gid = request.match_info["group"]
