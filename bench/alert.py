@@ -27,7 +27,7 @@ from typing import Any
 from bench.common import machine_info
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _free_tcp_port, _http, _prefix,
                           resolve, write_toml)
-from bench.preempt import _drain, _wait_marker, summary, wait_healthy
+from bench.preempt import _drain, _wait_marker, kernel_stamps, summary, wait_healthy
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 
@@ -133,6 +133,7 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     probe.bind(("127.0.0.1", 0))
     probe.setblocking(False)
+    kernel_stamps(probe)
     server = None
     try:
         line = sink.expect(lambda s: s.startswith("ready"), 20)

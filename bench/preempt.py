@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -59,16 +60,37 @@ def _alert_file(path: Path, seconds: float = 3.0) -> Path:
     return write_tone_wav(path, 1500, seconds)
 
 
+#: Linux's SO_TIMESTAMPNS (also the control message type); Python does not name it
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def kernel_stamps(sock: socket.socket) -> None:
+    """Ask the kernel to stamp each datagram's arrival (SO_TIMESTAMPNS): the bench's own
+    process is not pinned and not favoured, so on a loaded machine it may notice a packet tens
+    or hundreds of ms after it arrived; the stamp is the arrival, whoever reads it later."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def _arrival_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The kernel's arrival stamp (CLOCK_REALTIME) on this machine's monotonic clock."""
+    for level, kind, raw in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+            sec, nsec = struct.unpack("qq", raw[:16])
+            return sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
+    return None
+
+
 def _wait_marker(sock: socket.socket, after_ns: int, timeout: float) -> int | None:
-    """Monotonic ns of the first marker packet that arrives after `after_ns`."""
+    """Monotonic ns of the first marker packet that arrives after `after_ns` (the kernel's
+    arrival stamp when the socket has `kernel_stamps`, else when this process read it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            data = sock.recv(2048)
+            data, anc, _flags, _addr = sock.recvmsg(2048, 64)
         except BlockingIOError:
             time.sleep(0.0002)
             continue
-        now = time.monotonic_ns()
+        now = _arrival_ns(anc) or time.monotonic_ns()
         if now >= after_ns and len(data) >= 12 and data[1] & 0x80:
             return now
     return None
@@ -99,6 +121,7 @@ def run_preempt(receivers: int = 1000, alerts: int = 20, attention: bool = False
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     probe.bind(("127.0.0.1", 0))
     probe.setblocking(False)
+    kernel_stamps(probe)
     server = None
     try:
         line = sink.expect(lambda s: s.startswith("ready"), 20)

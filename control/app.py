@@ -89,7 +89,7 @@ def build_runtime(settings: Settings, outputs: list[Any] | None = None
     """This node's engine, with its media socket and its SRTP keyring (None without SRTP)."""
     fanout = Fanout(bind=("0.0.0.0", settings.send_port), multicast_ttl=settings.multicast_ttl,
                     multicast_if=settings.multicast_if, workers=settings.fanout_workers,
-                    batch=settings.fanout_batch)
+                    batch=settings.fanout_batch, realtime=settings.engine_realtime)
     eng_settings = EngineSettings(
         opus=OpusSettings(bitrate=settings.opus_bitrate, complexity=settings.opus_complexity,
                           fec=settings.opus_fec, packet_loss_perc=settings.opus_packet_loss_perc,

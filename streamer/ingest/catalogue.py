@@ -100,6 +100,18 @@ _ANALYSIS_LOCK = threading.Lock()
 _ANALYSIS_MAX = 512
 
 
+def analysed(path: str, loudness_target: float | None) -> tuple[Any, float | None] | None:
+    """`analyse`'s answer if it is cached for the file as it is now, else None; never decodes
+    (one stat: an urgent start checks this on the event loop)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, loudness_target is not None)
+    with _ANALYSIS_LOCK:
+        return _ANALYSIS.get(key)
+
+
 def analyse(path: str, loudness_target: float | None) -> tuple[Any, float | None]:
     """(MediaInfo, measured LUFS or None) for a file, cached by (path, size, mtime): an alert
     that replays the same recording must not decode it twice before it can air. A changed file

@@ -20,6 +20,13 @@ this Fanout's UDP socket (same source port, so NAT mappings opened by receivers 
 The caller's process only packs membership changes and, per tick, writes one small message per
 worker (key ids + packet) on a SOCK_SEQPACKET socketpair; it never waits for the sends. A worker
 that cannot keep up loses that tick (counted in `worker_queue_drops`), it never blocks the tick.
+Each tick's message carries the time it was handed over, and a worker that finds it older than
+`max_lag_ms` drops it (`worker_stale_drops`): a packet that late is no use to a receiver's
+jitter buffer, and sending it would only keep every later packet late too (measured: a worker
+on a loaded core built a backlog of 0.1-4 s in its socket, so an emergency's first packet
+reached the wire that long after the engine handed it over). Workers run with real-time
+scheduling a notch below the tick thread where permitted (`realtime`), as the tick does: they
+are the other half of the real-time path.
 Counters come back through a shared memory page. A worker that dies is restarted and given its
 shard again.
 """
@@ -47,11 +54,14 @@ _UNION_CACHE = 256          # distinct key sets kept (programs × their zone set
 _CHUNK = 4096               # addresses per membership message to a worker
 _PREPARED_KEPT = 16         # destination lists packed ahead (Fanout.prepare)
 _PACK_MEMO_MAX = 200_000    # addresses whose packed form is remembered (~100 B each)
-_STAT_FIELDS = ("sent", "dropped", "errors", "calls", "sends", "destinations", "pid", "alive")
+_STAT_FIELDS = ("sent", "dropped", "errors", "calls", "sends", "destinations", "pid", "alive",
+                "stale", "max_lag_us")
 _STAT = struct.Struct(f"<{len(_STAT_FIELDS)}q")
 _IP_MTU_DISCOVER = 10       # Linux <netinet/in.h>; not exported by Python's socket module
 _IP_PMTUDISC_PROBE = 3
-_MSG_SEND = b"S"    # S, union id (u32), packet
+_MSG_SEND = b"S"    # S, union id (u32), handed over at (monotonic ns, i64), packet
+_STAMP = struct.Struct("<q")
+_WORKER_FIFO_PRIORITY = 9   # one below the tick thread's (streamer.clock): the tick preempts
 _MSG_UNION = b"U"   # U, union id (u32), count (u32), key ids (u32 each): defined once
 _MSG_DEST = b"D"
 _MSG_EXIT = b"X"
@@ -188,7 +198,8 @@ class Fanout:
     def __init__(self, bind: tuple[str, int] = ("0.0.0.0", 0), multicast_ttl: int = 1,
                  multicast_if: str | None = None, multicast_loop: bool = True, *,
                  workers: int = 0, batch: int = 512, sndbuf: int = 4 * 1024 * 1024,
-                 use_sendmmsg: bool | None = None) -> None:
+                 use_sendmmsg: bool | None = None, realtime: bool = True,
+                 max_lag_ms: float = 60.0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
@@ -222,7 +233,8 @@ class Fanout:
         self._closed = False
         self._pool: _WorkerPool | None = None
         if self.workers:
-            self._pool = _WorkerPool(self.sock, self.workers, batch, self.batched)
+            self._pool = _WorkerPool(self.sock, self.workers, batch, self.batched,
+                                     realtime=realtime, max_lag_ms=max_lag_ms)
 
     def _bind(self, bind: tuple[str, int]) -> None:
         """Bind the send socket, and beside it (Linux) a second socket on the same address
@@ -359,6 +371,8 @@ class Fanout:
             out["errors"] += w["errors"]
             out["syscalls"] += w["calls"]
             out["worker_queue_drops"] = self._pool.queue_drops
+            out["worker_stale_drops"] = w["stale"]
+            out["worker_max_lag_us"] = w["max_lag_us"]
             out["worker_restarts"] = self._pool.restarts
             out["workers_alive"] = w["alive"]
         return out
@@ -403,8 +417,11 @@ class _Worker:
 
 
 class _WorkerPool:
-    def __init__(self, udp: socket.socket, k: int, batch: int, batched: bool) -> None:
+    def __init__(self, udp: socket.socket, k: int, batch: int, batched: bool, *,
+                 realtime: bool = True, max_lag_ms: float = 60.0) -> None:
         self.udp = udp
+        self.realtime = realtime
+        self.max_lag_ns = int(max_lag_ms * 1e6)
         self.k = k
         self.batch = batch
         self.batched = batched
@@ -438,7 +455,7 @@ class _WorkerPool:
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "streamer.rtp.fanout", "--worker", str(self.udp.fileno()),
              str(b.fileno()), str(self.stats_fd), str(w.index), str(self.batch),
-             "1" if self.batched else "0"],
+             "1" if self.batched else "0", "1" if self.realtime else "0", str(self.max_lag_ns)],
             pass_fds=(self.udp.fileno(), b.fileno(), self.stats_fd), env=env,
             stdin=subprocess.DEVNULL)
         b.close()
@@ -541,7 +558,9 @@ class _WorkerPool:
             entry = self._union(keys)
             self._by_id.put(keys, entry)
         head, per_worker = entry
-        msg = b"".join((head, packet))
+        # the hand-over time, so a worker that is behind drops what is too late (not a decision
+        # of the engine's: the one clock read of this IO layer)
+        msg = b"".join((head, _STAMP.pack(time.monotonic_ns()), packet))
         for w, n in zip(self.workers, per_worker):
             if w.outbox and not self._flush(w) and n:
                 # still taking membership changes: this tick cannot go before them
@@ -588,7 +607,7 @@ class _WorkerPool:
         for w in self.workers:
             vals = _STAT.unpack_from(self.stats, w.index * _STAT.size)
             for f, v in zip(_STAT_FIELDS, vals):
-                t[f] += v
+                t[f] = max(t[f], v) if f == "max_lag_us" else t[f] + v
         t["alive"] = sum(1 for w in self.workers if w.proc and w.proc.poll() is None)
         return t
 
@@ -615,10 +634,26 @@ class _WorkerPool:
         os.close(self.stats_fd)
 
 
+def _worker_priority(realtime: bool) -> None:
+    """Real-time scheduling one notch below the tick thread where permitted, else nice -10."""
+    if not realtime:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_WORKER_FIFO_PRIORITY))
+        return
+    except (AttributeError, PermissionError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    except (AttributeError, PermissionError, OSError):
+        pass
+
+
 def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int,
-                 batched: bool) -> int:
+                 batched: bool, realtime: bool = False, max_lag_ns: int = 0) -> int:
     from streamer.clock import name_os_thread
     name_os_thread(f"loa-fanout-{index}")
+    _worker_priority(realtime)
     udp = socket.socket(fileno=udp_fd)
     ctl = socket.socket(fileno=ctl_fd)
     stats = mmap.mmap(stats_fd, 0)
@@ -628,11 +663,16 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
     dests = _Destinations(build_arrays=batched)
     sender = BatchSender(udp_fd, batch=batch) if batched else None
     res = BatchResult()
-    sends = 0
+    sends = stale = max_lag = 0
+    clock = time.monotonic_ns
+    unstamp = _STAMP.unpack_from
+    # what was queued while this process started is not "behind": the caller sends at once
+    # after starting (or restarting) it, and a worker that just booted has no backlog of its own
+    born = clock()
 
     def publish() -> None:
         _STAT.pack_into(stats, off, res.sent, res.dropped, res.errors, res.calls, sends,
-                        dests.count(), os.getpid(), 1)
+                        dests.count(), os.getpid(), 1, stale, max_lag // 1000)
 
     publish()
     while True:
@@ -650,7 +690,14 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
             ids = unions.get(uid)
             if ids is None:
                 continue                 # never defined (cannot happen): nothing to send to
-            packet = msg[5:]
+            lag = clock() - max(unstamp(msg, 5)[0], born)
+            if lag > max_lag:
+                max_lag = lag
+            if max_lag_ns and lag > max_lag_ns:
+                stale += 1               # too late to be of use: the next one is on time
+                publish()
+                continue
+            packet = msg[13:]
             n, arr, addrs = dests.union(ids)
             if n:
                 sends += 1
@@ -673,18 +720,20 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
                 dests.set(kid, packed)
                 publish()
     _STAT.pack_into(stats, off, res.sent, res.dropped, res.errors, res.calls, sends,
-                    dests.count(), os.getpid(), 0)
+                    dests.count(), os.getpid(), 0, stale, max_lag // 1000)
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+    if len(sys.argv) in (8, 10) and sys.argv[1] == "--worker":
         a = sys.argv[2:]
         try:
             sys.exit(_worker_main(int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]),
-                                  a[5] == "1"))
+                                  a[5] == "1", *((a[6] == "1", int(a[7])) if len(a) == 8
+                                                 else ())))
         except KeyboardInterrupt:  # pragma: no cover
             sys.exit(0)
-    print("usage: python -m streamer.rtp.fanout --worker UDP_FD CTL_FD STATS_FD INDEX BATCH 0|1",
+    print("usage: python -m streamer.rtp.fanout --worker UDP_FD CTL_FD STATS_FD INDEX BATCH 0|1 "
+          "[REALTIME 0|1 MAX_LAG_NS]",
           file=sys.stderr)
     sys.exit(2)

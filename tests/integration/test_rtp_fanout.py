@@ -260,7 +260,8 @@ def test_workers_get_a_many_zone_union_once_then_4_bytes_per_tick(sink):
         assert len(got) == 3 * n and len({d for d, _ in got}) == n
         union_msgs = [x for x in sizes if x > 1000]
         assert len(union_msgs) == 2                     # one definition per worker
-        assert sorted(x for x in sizes if x <= 1000) == [65] * 6   # "S" + id + 60 bytes
+        # "S" + id + hand-over time + 60 bytes
+        assert sorted(x for x in sizes if x <= 1000) == [73] * 6
         # a new tuple object with the same zones is the same union: no new definition
         assert f.send(b"\x09" * 60, tuple(keys)) == n
         assert len([x for x in sizes if x > 1000]) == 2
