@@ -66,8 +66,9 @@ class AlertHandlers:
     async def list_alerts(self, request: web.Request) -> web.Response:
         rows = await self.intake.store.recent(request.query.get("state") or None)
         for r in rows:
-            r["zones"] = (r.get("decision") or {}).get("targets", [])
-            r.pop("decision", None)
+            d = r.pop("decision", None) or {}
+            r["zones"] = d.get("targets", [])
+            r["text"] = str(d.get("text") or "")[:300]   # what is read out (the dashboard)
         return json_response({"alerts": rows, **self.intake.status()})
 
     async def get_alert(self, request: web.Request) -> web.Response:

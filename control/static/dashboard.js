@@ -701,3 +701,91 @@
   applyLang();
   loadMe().then(() => { if (hashDelivery()) onHash(); });
 })();
+
+// Active disaster alerts (GET /api/v1/alerts?state=active), each shown in its risk level's
+// colour (QĐ 18/2021/QĐ-TTg: 1 light blue, 2 light yellow, 3 orange, 4 red, 5 purple). The
+// colour the server decided (risk_colour) wins; the table is for an alert stored without one.
+// window.loaAlerts mirrors what the panel shows.
+(function () {
+  "use strict";
+  const EVERY_MS = 5000;
+  const RISK = { 1: "#4FC3F7", 2: "#FFF176", 3: "#FB8C00", 4: "#E53935", 5: "#8E24AA" };
+  const DARK = new Set([4, 5]);  // white text on red and purple
+  const W = {
+    vi: { title: "Cảnh báo thiên tai đang hiệu lực", risk: "Cấp độ rủi ro {n}", no_risk: "Cảnh báo",
+      zones: "{n} khu vực", until: "đến {t}", aired: "đã phát {n} lần" },
+    en: { title: "Active disaster alerts", risk: "Risk level {n}", no_risk: "Alert",
+      zones: "{n} zones", until: "until {t}", aired: "aired {n}×" },
+  };
+  const A = (window.loaAlerts = { ready: false, alerts: [], error: null, polls: 0 });
+  const byId = (id) => document.getElementById(id);
+  const lang = () => (document.documentElement.lang === "en" ? "en" : "vi");
+  const w = (k, vars) => {
+    let s = W[lang()][k];
+    for (const [a, b] of Object.entries(vars || {})) s = s.replace("{" + a + "}", b);
+    return s;
+  };
+  const when = (iso) => {
+    const d = new Date(iso);
+    return isNaN(d) ? "—" : d.toLocaleString(lang() === "vi" ? "vi-VN" : "en-GB",
+      { hour12: false, hour: "2-digit", minute: "2-digit", day: "2-digit", month: "2-digit" });
+  };
+  function colour(a) {
+    const c = String(a.risk_colour || "");
+    return /^#[0-9a-fA-F]{6}$/.test(c) ? c : (RISK[a.risk_level] || "#c8102e");
+  }
+  function render() {
+    const box = byId("alerts");
+    if (!box) return;
+    const list = byId("alerts-list");
+    list.textContent = "";
+    byId("alerts-title").textContent = w("title");
+    byId("alerts-count").textContent = String(A.alerts.length);
+    box.classList.toggle("hidden", A.alerts.length === 0);
+    for (const a of A.alerts) {
+      const li = document.createElement("li");
+      li.dataset.id = a.id;
+      li.dataset.risk = a.risk_level == null ? "" : String(a.risk_level);
+      li.style.background = colour(a);
+      if (DARK.has(a.risk_level) || !RISK[a.risk_level]) li.classList.add("dark");
+      const risk = document.createElement("span");
+      risk.className = "risk";
+      risk.textContent = a.risk_level == null ? w("no_risk") : w("risk", { n: a.risk_level });
+      const text = document.createElement("span");
+      text.className = "al-text";
+      text.textContent = (a.headline || a.text || a.identifier || "") +
+        (a.sender ? " — " + a.sender : "");
+      const meta = document.createElement("span");
+      meta.className = "al-meta";
+      meta.textContent = [w("zones", { n: (a.zones || []).length }),
+        a.expires ? w("until", { t: when(a.expires) }) : "",
+        a.airings ? w("aired", { n: a.airings }) : ""].filter(Boolean).join(" · ");
+      li.append(risk, text, meta);
+      list.append(li);
+    }
+  }
+  async function poll() {
+    try {
+      const r = await fetch("/api/v1/alerts?state=active", { credentials: "same-origin" });
+      if (r.status === 200) {
+        const body = await r.json();
+        A.alerts = (body.alerts || []).slice().sort((x, y) =>
+          (y.risk_level || 0) - (x.risk_level || 0) || String(y.received_at || "").localeCompare(
+            String(x.received_at || "")));
+        A.error = null;
+        A.ready = true;
+      } else {
+        A.alerts = [];  // signed out, or a role that reads no alerts: nothing to show
+        A.error = r.status;
+      }
+    } catch (e) {
+      A.error = "network";  // keep what is shown; the page says the server is unreachable
+    }
+    A.polls += 1;
+    render();
+  }
+  const lb = byId("lang");
+  if (lb) lb.addEventListener("click", () => setTimeout(render, 0));
+  poll();
+  setInterval(poll, EVERY_MS);
+})();
