@@ -38,6 +38,7 @@ from control.journal import Journal, WriteAhead, storage_fault
 from control.recovery import RecordingRuntime, Recovery
 from control.storage import StorageCollector, storage_middleware
 from control.outputs import Outputs
+from control.metrics import AlertCollector
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.live_talk import TalkApi
 from control.receiver_secrets import ReceiverSecrets
@@ -169,6 +170,7 @@ class Server:
         system = self.handlers[0]
         assert isinstance(system, SystemHandlers)
         system.metrics_.register(StorageCollector(self.records))
+        system.metrics_.register(AlertCollector(self.alerts))
         system.health_parts["storage"] = self.records.status
         self.schedule_store = ScheduleStore(self.db)
         self.schedules = Schedules(self.schedule_store, self.broadcasts, self.db,

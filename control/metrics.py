@@ -2,6 +2,8 @@
 tick): `port.stats()` and the receiver registry."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -75,6 +77,52 @@ class EngineCollector:
             for zone, n in sorted(reg.auth_failures_by_zone().items()):
                 auth.add_metric([zone], n)
             yield auth
+
+
+class AlertCollector:
+    """Disaster alert intake (control/alerts/intake.py): messages received, refused by reason,
+    duplicates, aired, logged; audio resources not used; feed failures (in total, and whether
+    each feed's last poll worked)."""
+
+    REFUSED = ("unsigned", "signature", "invalid", "area", "sender")
+
+    def __init__(self, intake: Any) -> None:
+        self.intake = intake
+
+    def collect(self) -> Any:
+        c = self.intake.counters
+        yield CounterMetricFamily("loa_alerts_received", "CAP messages received (push and feeds)",
+                                  value=c.get("received", 0))
+        refused = CounterMetricFamily("loa_alerts_refused", "CAP messages refused, by reason",
+                                      labels=["reason"])
+        for reason in self.REFUSED:
+            refused.add_metric([reason], c.get(f"refused_{reason}", 0))
+        yield refused
+        yield CounterMetricFamily("loa_alerts_duplicates", "CAP messages received again (no change)",
+                                  value=c.get("duplicates", 0))
+        yield CounterMetricFamily("loa_alerts_aired", "Alerts put on air (first airings)",
+                                  value=c.get("aired", 0))
+        logged = CounterMetricFamily("loa_alerts_not_aired",
+                                     "Accepted messages that did not air, by outcome (test, "
+                                     "exercise, draft, expired, cancel...)", labels=["outcome"])
+        for k, v in sorted(c.items()):
+            if k not in ("received", "duplicates", "aired", "feed_errors", "resource_errors") \
+                    and not k.startswith("refused_"):
+                logged.add_metric([k], v)
+        yield logged
+        yield CounterMetricFamily("loa_alert_resource_errors",
+                                  "Alert audio resources not used (the text was read instead)",
+                                  value=c.get("resource_errors", 0))
+        yield CounterMetricFamily("loa_alert_feed_failures", "Failed polls of alert feeds",
+                                  value=c.get("feed_errors", 0))
+        up = GaugeMetricFamily("loa_alert_feed_up", "1 if the feed's last poll worked",
+                               labels=["feed"])
+        for f in self.intake.feeds.status():
+            if f.get("ok") is not None:
+                up.add_metric([str(f.get("id"))], 1 if f.get("ok") else 0)
+        yield up
+        yield GaugeMetricFamily("loa_alerts_active", "Alerts in force (airing or repeating)",
+                                value=len(self.intake.book.active()))
 
 
 class Metrics:

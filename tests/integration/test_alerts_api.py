@@ -153,3 +153,39 @@ async def test_test_status_is_logged_and_zone_api_shows_codes(tmp_path):
         msg = sign(cap(identifier="B", sent=now_sent(), infos=[info(expires=expires_later(), areas=[geocode_area("30000")])]), KEY)
         r = await c.post("/api/v1/alerts", data=msg, headers={**ADM, **XML})
         assert r.status == 201 and (await r.json())["zones"] == ["xa-b"]
+
+
+async def test_alert_counters_on_metrics_and_the_list_carries_what_the_dashboard_shows(tmp_path):
+    async with app_client(tmp_path) as c:
+        auth = await authority(c)
+        fresh = cap(sent=now_sent(), infos=[info(expires=expires_later(), risk="3")])
+        aired = await c.post("/api/v1/alerts", data=sign(fresh, KEY), headers={**auth, **XML})
+        assert aired.status == 201
+        for data, status in ((sign(fresh, KEY), 200),                # duplicate
+                             (sign(fresh, KEY), 200),                # and again
+                             (fresh, 401),                           # unsigned
+                             (sign(fresh, OTHER_KEY, OTHER_CERT), 403),
+                             (sign(cap(identifier="T1", status="Test", sent=now_sent(),
+                                       infos=[info(expires=expires_later())]), KEY), 200),
+                             (sign(cap(identifier="A0", sent=now_sent(), infos=[info(
+                                 expires=expires_later(), areas=[geocode_area("00000")])]), KEY),
+                              422)):
+            r = await c.post("/api/v1/alerts", data=data, headers={**auth, **XML})
+            assert r.status == status, await r.text()
+        text = await (await c.get("/metrics", headers=ADM)).text()
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line.startswith("loa_alert")}
+        assert samples["loa_alerts_received_total"] == 7
+        assert samples["loa_alerts_aired_total"] == 1
+        assert samples["loa_alerts_duplicates_total"] == 2
+        assert samples['loa_alerts_refused_total{reason="unsigned"}'] == 1
+        assert samples['loa_alerts_refused_total{reason="signature"}'] == 1
+        assert samples['loa_alerts_refused_total{reason="area"}'] == 1
+        assert samples['loa_alerts_refused_total{reason="sender"}'] == 0
+        assert samples['loa_alerts_not_aired_total{outcome="log"}'] == 1
+        assert samples["loa_alert_feed_failures_total"] == 0
+        assert samples["loa_alerts_active"] == 1
+        lst = await (await c.get("/api/v1/alerts?state=active", headers=ADM)).json()
+        [a] = lst["alerts"]
+        assert a["risk_level"] == 3 and a["risk_colour"] == "#FB8C00" and a["zones"]
+        assert "Cảnh báo bão số 13" in a["text"] and "decision" not in a
