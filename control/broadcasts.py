@@ -12,8 +12,9 @@ domain errors (control/errors.py), which the HTTP layer maps to statuses.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,13 +26,14 @@ from control import playout
 from control.pinned import Pin, PinnedFiles
 from control.policy import Policy, Principal
 from control.settings import Settings
-from control.sources import BroadcastRequest, FileSpec, MediaSpec, describe_request
+from control.sources import (BroadcastRequest, FileSpec, MediaSpec, TtsSpec, describe_request,
+                             describe_source)
 from control.sources import PlaylistSpec, RelaySpec
 from streamer.ingest.base import MediaError
 from streamer.ingest.catalogue import analyse, analysed
 from streamer.mixer.arbitration import Level
-from streamer.port import (BroadcastSnapshot, EnginePort, LiveAudio, Refused, StartBroadcast,
-                           StopBroadcast, UnknownBroadcast)
+from streamer.port import (BroadcastSnapshot, EnginePort, LiveAudio, PlaylistAudio, Refused,
+                           SourceDescription, StartBroadcast, StopBroadcast, UnknownBroadcast)
 from streamer.port import Conflict as PortConflict
 from streamer.zones import ZoneError, ZoneTree
 
@@ -66,6 +68,10 @@ class Broadcasts:
         #: threads of their own, so they never queue behind lower starts, uploads or decodes
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start")
         self._urgent_pool = ThreadPoolExecutor(2, thread_name_prefix="loa-start-urgent")
+        #: texts are checked with the engine's TTS service before anything airs (app.py sets
+        #: it), and read in each zone's voice and language variants (control/variants.py)
+        self.tts: Any = None
+        self.zone_speech: Callable[[], Mapping[str, tuple[str | None, list[str]]]] = dict
 
     def _alive(self, broadcast_id: str) -> bool:
         snap = self.port.broadcast(broadcast_id)
@@ -141,6 +147,8 @@ class Broadcasts:
         async with self.media_lock.shared():
             if isinstance(req.source, (RelaySpec, PlaylistSpec)):   # control/playout.py
                 return await playout.start(self, principal, req, pool, start_at, offset_s, extra)
+            if req.variants or isinstance(req.source, TtsSpec):
+                return await self._start_spoken(principal, req, pool, start_at, offset_s, extra)
             media = analysis = None
             pin: Pin | None = None
             try:
@@ -190,6 +198,76 @@ class Broadcasts:
             self.pins.attach(pin, snap.id)
             return snap
 
+    async def _start_spoken(self, principal: Principal, req: BroadcastRequest, pool: Any,
+                            start_at: float | None, offset_s: float,
+                            extra: dict[str, Any] | None) -> BroadcastSnapshot:
+        """A text, or language variants: each zone's voice and variants (control/variants.py),
+        every text and recording checked before anything airs, then one engine broadcast per
+        group of zones that air the same (one, with the request's targets, unless zones
+        differ; a refused group stops the groups already started)."""
+        from control import variants
+        loop = asyncio.get_running_loop()
+        groups = variants.plan(req, self._reach(req.zones), self.tree(), self.zone_speech())
+        for spec in variants.texts(groups):
+            await loop.run_in_executor(pool, self.check_text, spec)
+        rows: dict[str, dict] = {}
+        for mid in variants.media_ids(groups):
+            row = await self.db.media(mid)
+            if row is None:
+                raise NotFound("unknown_media", f"no media with id {mid!r}")
+            try:
+                await loop.run_in_executor(pool, analyse, row["path"], None)
+            except MediaError as e:
+                raise Invalid("media_unplayable", f"media {mid}: {e}") from None
+            rows[mid] = row
+        base = req.id or secrets.token_hex(6)
+        ids = ([req.id or ""] if len(groups) == 1
+               else [base] + [f"{base}.{i}" for i in range(2, len(groups) + 1)])
+        started: list[BroadcastSnapshot] = []
+        try:
+            for gid, g in zip(ids, groups):
+                parts = [describe_source(src, media=rows.get(src.id) if isinstance(src, MediaSpec)
+                                         else None) for _, src in g.parts]
+                described: tuple[SourceDescription, dict[str, Any]]
+                if not req.variants:
+                    described = parts[0]
+                else:
+                    # the zone's variants in its order: a playlist, one item (streamer.port)
+                    described = (PlaylistAudio(tuple(d for d, _ in parts)),
+                                 {"kind": "variants", "title": parts[0][1].get("title"),
+                                  "languages": g.languages,
+                                  "variants": [dict(d, language=lang)
+                                               for (_, d), lang in zip(parts, g.languages)]})
+                desc, details = describe_request(req, self.settings.emergency_attention,
+                                                 described=described)
+                if len(groups) > 1:
+                    details.update(variant_group=base, variant_broadcasts=ids,
+                                   group_zones=sorted(g.zones))
+                cmd = StartBroadcast(id=gid, targets=g.targets, level=req.level_enum,
+                                     source=desc, mode=req.mode, gain_db=req.gain_db,
+                                     owner=principal.name, owner_name=principal.label,
+                                     title=str(details.get("title") or ""),
+                                     details=dict(details, **(extra or {}),
+                                                  owner_id=principal.id),
+                                     start_at=start_at, offset_s=offset_s)
+                started.append(await loop.run_in_executor(pool, self.submit, cmd))
+        except BaseException:
+            for snap in started:
+                self.end(snap.id, "another group of its zones was refused")
+            raise
+        return started[0]
+
+    def check_text(self, spec: TtsSpec) -> None:
+        """A text the engine will accept, or Invalid naming the problem (unknown_voice,
+        text_too_long, unreadable_script...). Pure CPU: normalisation."""
+        if self.tts is None:
+            return
+        from streamer.tts.text import TextError
+        try:
+            self.tts.prepare(spec.text, spec.engine, spec.voice, spec.rate)
+        except TextError as e:
+            raise Invalid(e.code, e.message) from None
+
     @staticmethod
     async def _analyse(urgent: bool, pool: ThreadPoolExecutor, path: str,
                        loudness_target: float | None) -> tuple[Any, float | None]:
@@ -233,8 +311,8 @@ class Broadcasts:
             raise NotFound("unknown_zone", str(e)) from None
         except PortConflict as e:
             raise Conflict("conflict", str(e)) from None
-        except MediaError as e:
-            raise Invalid("media_unplayable", str(e)) from None
+        except MediaError as e:  # a text's refusal carries its code (streamer.tts.text)
+            raise Invalid(getattr(e, "code", "media_unplayable"), str(e)) from None
         assert snap is not None
         return snap
 

@@ -129,6 +129,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (schedule_id, occurrence));
     CREATE INDEX schedule_runs_occurrence ON schedule_runs(occurrence);
     """,
+    # 6: a zone's default TTS voice and the languages it airs, in order (issue 14)
+    """
+    ALTER TABLE zones ADD COLUMN voice TEXT;
+    ALTER TABLE zones ADD COLUMN languages TEXT NOT NULL DEFAULT '[]';
+    """,
     # 7: records that survive faults (control/journal.py): each as-run/audit record's
     # write-ahead id (a journal replayed twice writes it once), and the command that started a
     # broadcast (port.command_to_dict), so a crash can be resumed (control/recovery.py)
@@ -143,7 +148,7 @@ MIGRATIONS: list[str] = [
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")
 _JSON_COLS = {"unicast", "zones", "tags", "scope", "data", "detail", "codes", "decision",
-              "tts"}
+              "tts", "languages"}
 
 
 def _row(r: aiosqlite.Row | None) -> dict | None:

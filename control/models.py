@@ -33,6 +33,8 @@ class ZoneUpdate(_Strict):
     code: str | None = Field(None, max_length=40)
     language: Lang | None = None
     codes: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(None, max_length=1000)
+    voice: str | None = Field(None, max_length=100)   # "": none (the parent's or the server's)
+    languages: list[Lang] | None = Field(None, max_length=20)
 
     @field_validator("multicast")
     @classmethod

@@ -72,6 +72,8 @@ class ControlState:
         self.tree: ZoneTree | None = None
         #: each zone's administrative codes (CAP geocodes), as stored
         self.zone_codes: dict[str, list[str]] = {}
+        #: each zone's own TTS voice and languages, as stored (control/variants.py inherits)
+        self.zone_speech: dict[str, tuple[str | None, list[str]]] = {}
         self.lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ tree
@@ -89,6 +91,8 @@ class ControlState:
         rows = await self._rows()
         tree = self._check(*rows)
         self.zone_codes = {z["id"]: list(z.get("codes") or []) for z in rows[0]}
+        self.zone_speech = {z["id"]: (z.get("voice") or None, list(z.get("languages") or []))
+                            for z in rows[0]}
         if self.apply_tree is not None:
             self.tree = tree
             self.apply_tree(tree)
@@ -526,6 +530,7 @@ def _zone_cols(z: dict) -> dict:
     return {k: z.get(k) for k in ("id", "name", "parent", "multicast", "unicast", "level",
                                    "code", "language", "origin")} | {
         "codes": list(z.get("codes") or []),
+        "voice": z.get("voice") or None, "languages": list(z.get("languages") or []),
         "unicast": z.get("unicast") or [], "name": z.get("name") or "",
         "level": z.get("level") or "", "code": z.get("code") or "",
         "language": z.get("language") or "vi", "origin": z.get("origin") or "api"}

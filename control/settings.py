@@ -24,6 +24,12 @@ class ZoneConfig(BaseModel):
     language: str = "vi"
     #: administrative unit codes a CAP <geocode> may name to reach this zone (and its subtree)
     codes: list[str] = Field(default_factory=list, max_length=1000)
+    #: the TTS voice a broadcast here is read in when it names none (None: the parent zone's,
+    #: else the server's `tts_voice`)
+    voice: str | None = Field(default=None, min_length=1, max_length=100)
+    #: the languages this zone airs, in order: a broadcast's variants in these languages are
+    #: aired one after another (empty: the parent zone's, else [language])
+    languages: list[str] = Field(default_factory=list, max_length=20)
 
     @field_validator("multicast")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamer.mixer.arbitration import Level
 from streamer.port import (ChimeAudio, FileAudio, Programme, SirenAudio, SourceDescription,
@@ -95,6 +95,15 @@ SourceSpec = Annotated[FileSpec | MediaSpec | ToneSpec | ChimeSpec | SirenSpec |
                       Field(discriminator="kind")]
 
 
+class VariantSpec(BaseModel):
+    """One language's version of a broadcast: a text read aloud or a recording (Bahnar, Chăm,
+    Hrê... are recordings: no engine reads them). Each zone airs the variants of its languages
+    in its order (control/variants.py)."""
+    model_config = ConfigDict(extra="forbid")
+    language: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    source: Annotated[TtsSpec | MediaSpec, Field(discriminator="kind")]
+
+
 class BroadcastRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     zones: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=1,
@@ -102,6 +111,8 @@ class BroadcastRequest(BaseModel):
     level: Literal["background", "normal", "priority", "emergency"] = "normal"
     mode: Literal["preempt", "duck", "mix"] = "preempt"
     source: SourceSpec
+    #: language variants (without `source`: the first variant's source stands for it)
+    variants: list[VariantSpec] | None = Field(None, min_length=1, max_length=10)
     gain_db: float = Field(0.0, ge=-40, le=12)
     attention: bool | None = None  # default: on for emergency
     attention_kind: Literal["chime", "siren"] | None = None
@@ -113,14 +124,41 @@ class BroadcastRequest(BaseModel):
     def level_enum(self) -> Level:
         return Level.parse(self.level)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_from_variants(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and "source" not in data and isinstance(data.get("variants"), list)
+                and data["variants"] and isinstance(data["variants"][0], dict)):
+            data = dict(data, source=data["variants"][0].get("source"))
+        return data
+
+    @model_validator(mode="after")
+    def _one_variant_per_language(self) -> BroadcastRequest:
+        langs = [v.language for v in self.variants or []]
+        if len(set(langs)) != len(langs):
+            raise ValueError("variants: one variant per language")
+        return self
+
 
 def describe_request(req: BroadcastRequest, default_attention: str, *,
-                     media: dict | None = None, analysis: tuple[Any, float | None] | None = None
+                     media: dict | None = None, analysis: tuple[Any, float | None] | None = None,
+                     described: tuple[SourceDescription, dict[str, Any]] | None = None
                      ) -> tuple[SourceDescription, dict[str, Any]]:
     """(source description, details shown with the broadcast). `media` is the library row of a
-    {"kind": "media"} source; `analysis` is `catalogue.analyse(path)` of a {"kind": "file"} one.
+    {"kind": "media"} source; `analysis` is `catalogue.analyse(path)` of a {"kind": "file"} one;
+    `described` is the source already described (a zone's variants: control/variants.py).
     An emergency gets the attention signal unless told otherwise; repeats make a Programme."""
-    s = req.source
+    if described is not None:
+        desc, details = described
+        return _programme(req, default_attention, desc, details)
+    desc, details = describe_source(req.source, media=media, analysis=analysis)
+    return _programme(req, default_attention, desc, details)
+
+
+def describe_source(s: Any, *, media: dict | None = None,
+                    analysis: tuple[Any, float | None] | None = None
+                    ) -> tuple[SourceDescription, dict[str, Any]]:
+    """One source spec → (description, details)."""
     desc: SourceDescription
     details: dict[str, Any]
     if isinstance(s, MediaSpec):
@@ -151,6 +189,11 @@ def describe_request(req: BroadcastRequest, default_attention: str, *,
         desc, details = ChimeAudio(), {}
     else:
         desc, details = SirenAudio(s.seconds), {}
+    return desc, dict(details, kind=s.kind)
+
+
+def _programme(req: BroadcastRequest, default_attention: str, desc: SourceDescription,
+               details: dict[str, Any]) -> tuple[SourceDescription, dict[str, Any]]:
     attention = req.attention
     if attention is None:
         attention = req.level_enum == Level.EMERGENCY and default_attention != "none"
@@ -160,4 +203,4 @@ def describe_request(req: BroadcastRequest, default_attention: str, *,
                          repeat_pause_s=req.repeat_pause_s)
         details = dict(details, attention=kind if attention else None, repeat=req.repeat,
                        repeat_pause_s=req.repeat_pause_s)
-    return desc, dict(details, kind=s.kind)
+    return desc, details

@@ -69,6 +69,7 @@ class ZoneHandlers:
         d["on_air"] = s.to_dict()["on_air"] if s is not None else []
         d["sdp"] = f"/api/v1/zones/{zid}/sdp"
         d["codes"] = self.state.zone_codes.get(zid, [])
+        d["voice"], d["languages"] = self.state.zone_speech.get(zid, (None, []))
         return d
 
     @staticmethod

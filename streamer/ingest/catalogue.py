@@ -50,6 +50,10 @@ def _skip(make_inner: Callable[[], Source]) -> SourceFactory:
     return make
 
 
+def _known(seconds: float | None) -> Callable[[], float | None]:
+    return lambda: seconds
+
+
 _CHIME_S: list[float] = []
 
 
@@ -247,16 +251,21 @@ class Catalogue:
         return make
 
     def _speech(self, desc: TtsAudio, urgent: bool) -> SourceFactory:
+        return self._speech_timed(desc, urgent)[0]
+
+    def _speech_timed(self, desc: TtsAudio, urgent: bool
+                      ) -> tuple[SourceFactory, Callable[[], float | None]]:
         """Text read aloud (streamer.tts): checked and cut into normalised sentences here (pure
         CPU), synthesised by the source in the TTS pool. An emergency (`urgent`) falls back to
-        espeak-ng when its engine fails or is late."""
+        espeak-ng when its engine fails or is late. With the factory: its length once every
+        sentence is rendered (None before)."""
         from streamer.tts.source import Timeline, TtsSource
-        from streamer.tts.text import TextError
+        from streamer.tts.text import TextError, TextRefused
         svc = self.tts
         try:
             prep = svc.prepare(desc.text, desc.engine, desc.voice, desc.rate)
         except TextError as e:
-            raise MediaError(e.message) from None
+            raise TextRefused(e.code, e.message) from None
         timeline = Timeline(len(prep.sentences))
         hint = self.resume_rewind_s
 
@@ -264,7 +273,7 @@ class Catalogue:
             return TtsSource(svc, prep.sentences, prep.engine, prep.voice, prep.rate,
                              urgent=urgent, start_s=start_s, timeline=timeline,
                              resume_hint_s=hint)
-        return make
+        return make, lambda: timeline.known_s
 
     def _relay(self, desc: RelayAudio, priority: int = 0) -> SourceFactory:
         """An upstream live stream (streamer.ingest.relay), with its fallback item (a recording
@@ -289,16 +298,24 @@ class Catalogue:
         from streamer.ingest.playlist import SlotSource
         if not desc.items:
             raise MediaError("a playlist needs at least one item")
-        parts: list[Part] = []
-        for i, item in enumerate(desc.items):
+        # a text's length is learned as it is rendered (issue 14's language variants are
+        # playlists too): a reopened playlist places its start with what is known by then, and
+        # an item not yet measured counts as endless, so a resume inside it lands in it
+        made: list[tuple[SourceFactory, Callable[[], float | None]]] = []
+        for item in desc.items:
             if isinstance(item, (LiveAudio, RelayAudio, PlaylistAudio)):
                 raise MediaError("a playlist's items must be recordings, texts or tones")
-            n = duration_of(item)
-            parts.append(Part(self.factory(item, priority), n if n is not None else math.inf,
-                              f"item {i + 1}"))
+            if isinstance(item, TtsAudio):
+                made.append(self._speech_timed(item, urgent=priority >= int(Level.EMERGENCY)))
+            else:
+                made.append((self.factory(item, priority), _known(duration_of(item))))
         slot, fade = desc.slot_s, desc.fade_s
 
         def make(start_s: float) -> Source:
+            parts = []
+            for i, (factory, length) in enumerate(made):
+                n = length()
+                parts.append(Part(factory, n if n is not None else math.inf, f"item {i + 1}"))
             seq = SequenceSource(parts, start_s, kind="playlist")
             if slot is None:
                 return seq

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import unicodedata
 
+from streamer.ingest.base import MediaError
 # the Vietnamese normaliser (numbers, dates, units, abbreviations): its own module
 from streamer.tts.normalize import normalize as _normalize
 from streamer.tts.normalize import sentences as _sentences
 
-__all__ = ["TextError", "check_text", "normalize", "sentences", "MAX_CHARS"]
+__all__ = ["TextError", "TextRefused", "check_text", "normalize", "sentences", "MAX_CHARS"]
 
 MAX_CHARS = 20_000
 #: white space an official may paste (tabs, line and paragraph breaks)
@@ -29,6 +30,15 @@ class TextError(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class TextRefused(MediaError):
+    """A TextError where the engine expects a MediaError (the catalogue): its code goes along,
+    so a refused broadcast names the problem (`unknown_voice`, `text_too_long`...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _script(ch: str) -> str:

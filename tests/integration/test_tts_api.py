@@ -73,23 +73,26 @@ def test_tts_broadcast_is_speech_on_the_wire(serve, tmp_path):
     assert abs(done["position_s"] - expected) < 0.1, (done["position_s"], expected)
 
 
-@pytest.mark.parametrize("source,code_part", [
-    ({"text": ""}, "empty"),
-    ({"text": "x" * 101}, "101"),
-    ({"text": "Thông báo\x07 khẩn"}, "control character"),
-    ({"text": "Bão số 3 台风"}, "CJK"),
-    ({"text": "Xin chào", "voice": "nobody"}, "nobody"),
-    ({"text": "Xin chào", "engine": "nope"}, "nope"),
+@pytest.mark.parametrize("source,code_part,code", [
+    ({"text": ""}, "empty", "empty_text"),
+    ({"text": "  \n "}, "empty", "empty_text"),
+    ({"text": "x" * 101}, "101", "text_too_long"),
+    ({"text": "Thông báo\x07 khẩn"}, "control character", "control_characters"),
+    ({"text": "Bão số 3 台风"}, "CJK", "unreadable_script"),
+    ({"text": "Xin chào", "voice": "nobody"}, "nobody", "unknown_voice"),
+    ({"text": "Xin chào", "engine": "nope"}, "nope", "unknown_engine"),
 ])
-def test_bad_texts_are_refused_and_nothing_airs(serve, source, code_part):
+def test_bad_texts_are_refused_and_nothing_airs(serve, source, code_part, code):
     srv = serve('tts_max_chars = 100\n[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
     st, b = srv.request("POST", "/api/v1/broadcasts",
                         {"zones": ["z"], "source": dict(source, kind="tts")})
     assert 400 <= st < 500, (st, b)
     assert code_part in b["error"]["message"], b
+    assert b["error"]["code"] == code, b   # the same code as the preview, not media_unplayable
     st, p = srv.request("POST", "/api/v1/tts/preview", dict(source))
     assert 400 <= st < 500, (st, p)
     assert code_part in p["error"]["message"], p
+    assert p["error"]["code"] == code, p
     _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
     assert lst["broadcasts"] == []
 
@@ -160,3 +163,82 @@ def test_loa_say_reads_a_text_and_refuses_a_bad_one(serve):
     r = subprocess.run(run + ["Xin chào", "--voice", "nobody"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "nobody" in r.stderr
+
+
+def test_zone_voice_and_language_variants(serve):
+    """A zone's default voice (inherited, changed through the API) reads a text that names none;
+    variants air in each zone's language order, one after another, as one item per zone group;
+    a bad variant refuses the whole broadcast before anything airs."""
+    srv = serve('[[zones]]\nid = "xa"\nvoice = "vi-vn-x-south"\n'
+                '[[zones]]\nid = "thon-1"\nparent = "xa"\nlanguages = ["vi", "bahnar"]\n'
+                'unicast = ["127.0.0.1:9"]\n'
+                '[[zones]]\nid = "thon-2"\nparent = "xa"\nunicast = ["127.0.0.1:9"]\n')
+    _, z = srv.request("GET", "/api/v1/zones/thon-1")
+    assert z["languages"] == ["vi", "bahnar"] and z["voice"] is None
+    _, z = srv.request("GET", "/api/v1/zones/xa")
+    assert z["voice"] == "vi-vn-x-south"
+
+    def read(zone: str, **src) -> dict:
+        st, b = srv.request("POST", "/api/v1/broadcasts", {
+            "zones": [zone], "source": {"kind": "tts", "text": "Xin chào.", **src}})
+        assert st == 201, b
+        srv.request("DELETE", f"/api/v1/broadcasts/{b['id']}")
+        return b
+
+    assert read("thon-2")["source"]["voice"] == "vi-vn-x-south"   # inherited from xa
+    assert read("thon-2", voice="vi")["source"]["voice"] == "vi"   # named wins
+    st, z = srv.request("PATCH", "/api/v1/zones/thon-2", {"voice": "vi-vn-x-central"})
+    assert st == 200, z
+    _, z = srv.request("GET", "/api/v1/zones/thon-2")
+    assert z["voice"] == "vi-vn-x-central"
+    assert read("thon-2")["source"]["voice"] == "vi-vn-x-central"
+    # a zone voice no engine has: refused naming it, before anything airs
+    srv.request("PATCH", "/api/v1/zones/thon-2", {"voice": "giong-la"})
+    st, b = srv.request("POST", "/api/v1/broadcasts", {
+        "zones": ["thon-2"], "source": {"kind": "tts", "text": "Xin chào."}})
+    assert st == 422 and b["error"]["code"] == "unknown_voice" and "giong-la" in str(b), b
+    srv.request("PATCH", "/api/v1/zones/thon-2", {"voice": ""})
+    assert read("thon-2")["source"]["voice"] == "vi-vn-x-south"   # back to the parent's
+
+    # a Bahnar recording in the library
+    st, m = srv.request("POST", "/api/v1/media/tts", {"text": "Bok kơ̆n.", "language": "bahnar",
+                                                       "title": "Bahnar"})
+    assert st == 201, m
+    text = "Thông báo của xã. Xin cảm ơn bà con."
+    tts_s = sum(sentence_frames(text, "vi-vn-x-south")) * 0.02
+    variants = [{"language": "bahnar", "source": {"kind": "media", "id": m["id"]}},
+                {"language": "vi", "source": {"kind": "tts", "text": text}}]
+
+    # one zone: one broadcast, Vietnamese then Bahnar (the zone's order, not the request's)
+    st, b = srv.request("POST", "/api/v1/broadcasts", {"zones": ["thon-1"],
+                                                       "variants": variants})
+    assert st == 201, b
+    assert b["source"]["kind"] == "variants" and b["source"]["languages"] == ["vi", "bahnar"]
+    done = srv.wait_state(b["id"], timeout=30)
+    assert done["state"] == "finished" and not done.get("error"), done
+    assert abs(done["position_s"] - (tts_s + m["duration_s"])) < 0.3, (done, tts_s, m)
+    _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
+    assert [x["id"] for x in lst["broadcasts"]].count(b["id"]) == 1
+    n_before = len(lst["broadcasts"])
+
+    # the commune: Thôn 1 hears both, Thôn 2 Vietnamese only; one engine broadcast per group
+    st, b = srv.request("POST", "/api/v1/broadcasts", {"zones": ["xa"], "variants": variants})
+    assert st == 201, b
+    group = b["source"]["variant_broadcasts"]
+    assert len(group) == 2 and b["id"] in group
+    by_zone = {}
+    for bid in group:
+        d = srv.wait_state(bid, timeout=30)
+        assert d["state"] == "finished", d
+        by_zone[tuple(d["reached_zones"])] = d
+    assert set(by_zone) == {("thon-1",), ("thon-2",)}
+    assert by_zone[("thon-1",)]["source"]["languages"] == ["vi", "bahnar"]
+    assert by_zone[("thon-2",)]["source"]["languages"] == ["vi"]
+    assert abs(by_zone[("thon-2",)]["position_s"] - tts_s) < 0.3
+
+    # a bad variant refuses all of it: nothing airs anywhere
+    bad = [variants[0], {"language": "vi", "source": {"kind": "tts", "text": "Bão 台风"}}]
+    st, e = srv.request("POST", "/api/v1/broadcasts", {"zones": ["xa"], "variants": bad})
+    assert st == 422 and e["error"]["code"] == "unreadable_script", e
+    _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
+    assert len(lst["broadcasts"]) == n_before + 2

@@ -7,7 +7,7 @@ from streamer.mixer.arbitration import Level
 from streamer.port import (BroadcastSnapshot, ChimeAudio, Destination, EngineEvent, FileAudio,
                            LiveAudio, Programme, ReplaceZones, SetDestinations, SetZoneLoss,
                            SilenceAudio, SirenAudio, StartBroadcast, StopBroadcast, ToneAudio,
-                           UpdateZones, command_from_dict, command_to_dict, describe,
+                           TtsAudio, UpdateZones, command_from_dict, command_to_dict, describe,
                            source_from_dict)
 from streamer.port import PlaylistAudio, RelayAudio
 from streamer.zones import Zone
@@ -22,6 +22,10 @@ SOURCES = [FileAudio("/srv/media/a.mp3", loudness_lufs=-19.5, duration_s=12.3),
            Programme(FileAudio("/srv/a.mp3", -20.0, 30.0), attention="siren", repeat=3,
                      repeat_pause_s=1.5),
            Programme(ToneAudio(), attention=None),
+           TtsAudio("Bão số 3.", voice="vi-vn-x-south", rate=1.1, engine="fpt"),
+           Programme(PlaylistAudio((TtsAudio("Thông báo."), FileAudio("/srv/bahnar.ogg", -21.0,
+                                                                       8.0))),
+                     attention="chime", repeat=2),
            RelayAudio("http://vov1.example/live.mp3"),
            RelayAudio("https://x.example/a.m3u8", fallback=FileAudio("/srv/f.mp3", -18.0, 60.0),
                       silence_s=5.0, reconnect_max_s=4.0, seconds=1800.0),
