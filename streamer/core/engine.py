@@ -140,6 +140,8 @@ class Broadcast:
         self.preempted: set[str] = set()
         self.gain = db_to_gain(spec.gain_db)
         self.error: str | None = None
+        #: the broadcast it was last said to wait behind (broadcast.queued, once per holder)
+        self.queued_behind: str | None = None
         self.created_ns = now_ns
         self.ready_ns: int | None = None
         self.first_packet_ns: int | None = None
@@ -454,6 +456,9 @@ class Core:
                 b.state = "playing"
             b.audible = audible[b.id]
             b.ducked = ducked[b.id]
+        for b in self.broadcasts.values():
+            if b.level >= Level.PRIORITY and not b.held:
+                self._say_queued(b, wall)
         reads = []
         for b in self.broadcasts.values():
             for p in b.playheads:
@@ -505,6 +510,30 @@ class Core:
         self._plan = plan
         self._steady = steady
         return plan
+
+    def _say_queued(self, b: Broadcast, wall: float) -> None:
+        """An urgent broadcast admitted but kept off air (in all or some of its zones, before
+        it played there) because a broadcast of its level or higher holds them: said once per
+        holder (issue 13: a second emergency waited 8.8 s with nothing saying why; a cut is
+        broadcast.preempted). Only when arbitration runs, never per tick."""
+        zones = b.zones - b.done_zones - b.audible - b.preempted
+        if not zones:
+            return
+        holder: Broadcast | None = None
+        for h in self.broadcasts.values():
+            if h is b or h.level < b.level or not (h.audible & zones):
+                continue
+            if holder is None or (h.level, -h.order) > (holder.level, -holder.order):
+                holder = h
+        if holder is None or holder.id == b.queued_behind:
+            return
+        b.queued_behind = holder.id
+        held = sorted(holder.audible & zones)
+        who = holder.spec.owner_name or holder.spec.owner or holder.id
+        self._emit("broadcast.queued", b, wall, zones=held, holder=holder.id,
+                   holder_owner=holder.spec.owner,
+                   reason=f"zone {', '.join(held[:10])}{' ...' if len(held) > 10 else ''} "
+                          f"is held by {holder.level.label} broadcast {holder.id} ({who})")
 
     def frames_read(self, plan: Plan, dest_version: int) -> None:
         """After the runtime read `plan.reads` (each playhead's `frame`, and `started` set for
