@@ -14,11 +14,16 @@ CapCertainty = Literal["Observed", "Likely", "Possible", "Unlikely", "Unknown"]
 
 class AlertAuthorityConfig(BaseModel):
     """An authority whose signed messages may air: its certificate (PEM file) is the only key
-    a signature is checked against."""
+    a signature is checked against. `senders`: the CAP <sender> ids it sends for; a sender id
+    an authority lists is its own (no other authority, feed or account may use it), and an
+    authority that lists senders may send for no other. `accounts`: the usernames that push
+    for it unsigned (only with alerts_allow_unsigned_push)."""
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     name: str = ""
     certificate: Path
     feed: str | None = None  # a feed URL polled on this authority's behalf
+    senders: list[str] = Field(default_factory=list, max_length=1000)
+    accounts: list[str] = Field(default_factory=list, max_length=1000)
 
 
 class AlertFeedConfig(BaseModel):

@@ -27,7 +27,7 @@ from control.alerts.cap import CapAlert, CapError, Key, Resource, parse
 from control.alerts.config import AlertFeedConfig
 from control.alerts.feeds import Feeds
 from control.alerts.rules import AlertBook, AreaIndex, Decision, ReceiverPoint, Record, RuleContext
-from control.alerts.signature import Authorities, SignatureError, Unsigned
+from control.alerts.signature import Authorities, SenderNotAllowed, SignatureError, Unsigned
 from control.alerts.store import AlertStore, alert_id, decision_from_dict
 from control.db import Database
 from control.errors import DomainError
@@ -139,12 +139,16 @@ class AlertIntake:
             try:
                 alert, auth = self.authorities.verify(data, self.max_bytes, only=authority)
                 signer = auth.id
+                self.authorities.check_sender(alert, auth.id)
             except Unsigned:
                 if not allow_unsigned:
                     raise
                 alert, signer = parse(data, self.max_bytes), f"unsigned:{who}"
+                self.authorities.check_sender(alert, self.authorities.for_account(who))
         except SignatureError as e:
-            self.counters["refused_unsigned" if isinstance(e, Unsigned) else "refused_signature"] += 1
+            self.counters["refused_unsigned" if isinstance(e, Unsigned) else
+                          "refused_sender" if isinstance(e, SenderNotAllowed) else
+                          "refused_signature"] += 1
             self.publish({"type": "alert.refused", "via": via, "by": who, "code": e.code,
                           "reason": e.message})
             raise

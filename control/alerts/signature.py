@@ -24,17 +24,52 @@ class Unsigned(SignatureError):
     """No signature at all (401 on push: say who you are)."""
 
 
+class SenderNotAllowed(SignatureError):
+    """Authentic, but for a CAP sender id that is not this authority's (403)."""
+
+
 @dataclass(frozen=True)
 class Authority:
     id: str
     name: str
     certificate_pem: bytes
     feed: str | None = None
+    senders: tuple[str, ...] = ()    # the CAP sender ids it sends for (none: any unclaimed)
+    accounts: tuple[str, ...] = ()   # usernames pushing for it unsigned
 
 
 class Authorities:
     def __init__(self, items: Iterable[Authority] = ()) -> None:
         self.items = {a.id: a for a in items}
+        #: sender id -> the authority that listed it (a sender listed twice: ValueError)
+        self.owner: dict[str, str] = {}
+        for a in self.items.values():
+            for s in a.senders:
+                if self.owner.setdefault(s, a.id) != a.id:
+                    raise ValueError(f"CAP sender {s!r} is listed by two alert authorities "
+                                     f"({self.owner[s]} and {a.id})")
+
+    def for_account(self, username: str) -> str | None:
+        """The authority an account pushes for (its `accounts` list), or None."""
+        return next((a.id for a in self.items.values() if username in a.accounts), None)
+
+    def check_sender(self, alert: CapAlert, authority: str | None) -> None:
+        """May `authority` (the signer, the feed's or the pushing account's; None: an account no
+        authority lists) send for this alert's sender? A sender an authority listed is that
+        authority's alone; an authority that lists senders sends for those only; a sender no
+        one listed is open to authorities that list none (SenderNotAllowed otherwise)."""
+        sender = alert.sender
+        owner = self.owner.get(sender)
+        auth = self.items.get(authority) if authority is not None else None
+        if owner is not None:
+            ok = owner == authority
+        else:
+            ok = auth is None or not auth.senders
+        if not ok:
+            who = f"authority {authority}" if authority is not None else "this account"
+            mine = f" (its senders: {', '.join(auth.senders[:10])})" if auth and auth.senders else ""
+            raise SenderNotAllowed(f"{who} may not send for CAP sender {sender!r}{mine}",
+                                   code="sender_not_allowed")
 
     @classmethod
     def load(cls, configs: Iterable) -> Authorities:
@@ -45,7 +80,8 @@ class Authorities:
         for c in configs:
             pem = Path(c.certificate).read_bytes()
             x509.load_pem_x509_certificate(pem)  # a certificate, not a key or junk
-            out.append(Authority(c.id, c.name or c.id, pem, c.feed))
+            out.append(Authority(c.id, c.name or c.id, pem, c.feed, tuple(c.senders),
+                                 tuple(c.accounts)))
         return cls(out)
 
     def verify(self, data: bytes, max_bytes: int, only: str | None = None) -> tuple[CapAlert, Authority]:

@@ -11,6 +11,7 @@ even if the installation's setting changes later (or across a daylight-saving ch
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -116,14 +117,25 @@ class When:
         if self.until is not None and self.until < self.start:
             raise Invalid("invalid_time", "until is before start")
 
-    def _rule(self) -> RRule:
+    @functools.cached_property
+    def _parsed(self) -> RRule:
         assert self.rrule is not None
         return parse_rrule(self.rrule, self.start.astimezone(zone_info(self.tz))
                            .replace(tzinfo=None))
 
+    def _rule(self) -> RRule:
+        return self._parsed  # parsed once per When: rrulestr is the costly part
+
     def starts(self, frm: dt.datetime, to: dt.datetime) -> list[dt.datetime]:
         """Occurrence starts (UTC) in [frm, to), in order; at most MAX_OCCURRENCES."""
-        out: list[dt.datetime] = []
+        return list(self._iter(frm, to, MAX_OCCURRENCES))
+
+    def first_start(self, after: dt.datetime, horizon_days: int = 400) -> dt.datetime | None:
+        """The first occurrence at or after `after`: stops there (what the runner caches)."""
+        return next(iter(self._iter(after, after + dt.timedelta(days=horizon_days), 1)), None)
+
+    def _iter(self, frm: dt.datetime, to: dt.datetime, limit: int) -> Iterable[dt.datetime]:
+        n = 0
         tz = zone_info(self.tz)
         if self.rrule is None:
             cands: Iterable[dt.datetime] = [self.start]
@@ -134,16 +146,16 @@ class When:
             cands = _between(rule, lo, hi, tz)
         ex = self.exdates
         for t in cands:
-            if t >= to or len(out) >= MAX_OCCURRENCES:
-                break
+            if t >= to or n >= limit:
+                return
             if t < frm or t < self.start:
                 continue
             if self.until is not None and t > self.until:
-                break
+                return
             if t in ex.instants or t.astimezone(tz).date() in ex.days:
                 continue
-            out.append(t)
-        return out
+            n += 1
+            yield t
 
     def next_start(self, after: dt.datetime, horizon_days: int = 400) -> dt.datetime | None:
         found = self.starts(after, after + dt.timedelta(days=horizon_days))

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +71,12 @@ class ScheduleRunner:
         self._task: asyncio.Task | None = None
         self._checked: set[tuple[str, str]] = set()  # occurrences whose stored run was read
         self._timers: list[asyncio.TimerHandle] = []
+        # the next look per schedule (epoch seconds; inf: none due) and a heap of them
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._by_id: dict[str, dict] = {}
+        self.looks = 0        # schedules looked at (counters: the cost of the runner)
+        self.expansions = 0   # RRULE expansions
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -108,13 +116,23 @@ class ScheduleRunner:
 
     # ------------------------------------------------------------------ one step
     async def _reload(self) -> None:
+        """Read the schedules again after a change: an unchanged schedule keeps its cached
+        next look; a new or changed one is looked at on the next step."""
+        before = {r["id"]: r for r in self._rows}
         self._rows = [r for r in await self.store.all() if r["enabled"]]
-        self._whens = {}
+        whens: dict[str, When] = {}
         for r in self._rows:
+            same = before.get(r["id"]) == r and r["id"] in self._whens
             try:
-                self._whens[r["id"]] = when_of(r)
+                whens[r["id"]] = self._whens[r["id"]] if same else when_of(r)
             except DomainError as e:
                 log.error("schedule %s cannot be read: %s", r["id"], e.message)
+        due = {sid: (self._due.get(sid, -math.inf) if before.get(sid) == r else -math.inf)
+               for sid, r in ((r["id"], r) for r in self._rows) if sid in whens}
+        self._whens, self._due = whens, due
+        self._by_id = {r["id"]: r for r in self._rows}
+        self._heap = [(d, sid) for sid, d in due.items() if d != math.inf]
+        heapq.heapify(self._heap)
         self._version = self.store.version
 
     def _lookback_s(self, r: dict, w: When) -> float:
@@ -127,30 +145,70 @@ class ScheduleRunner:
         return min(back, 86_400.0) + ON_TIME_S
 
     async def step(self, now: float) -> None:
+        """Look at the schedules whose cached next look has come: each one's occurrences near
+        now are moved along; one with an occurrence still undecided (prepared, held) is looked
+        at again next step, the others not before their next occurrence comes within
+        `prepare_ahead_s` (found once, by `When.first_start`): thousands of idle schedules
+        cost a heap peek per step, not an RRULE expansion each."""
         if self._version != self.store.version:
             await self._reload()
         now_dt = dt.datetime.fromtimestamp(now, UTC)
-        for r in self._rows:
-            w = self._whens.get(r["id"])
-            if w is None:
+        again: list[tuple[float, str]] = []
+        while self._heap and self._heap[0][0] <= now:
+            d, sid = heapq.heappop(self._heap)
+            if self._due.get(sid) != d:
+                continue   # superseded by a newer entry
+            r, w = self._by_id[sid], self._whens[sid]
+            self.looks += 1
+            try:
+                wake = await self._look(r, w, now_dt)
+            except Exception:
+                log.exception("schedule %s: look failed", sid)
+                self._due[sid] = now + 1.0   # retried a second later, not spun on
+                again.append((now + 1.0, sid))
                 continue
-            back = self._lookback_s(r, w)
-            frm = now_dt - dt.timedelta(seconds=back)
-            to = now_dt + dt.timedelta(seconds=self.prepare_ahead_s)
-            starts = w.starts(frm, to)
-            if not starts:
+            if wake is not None:
+                nxt: float = max(now, wake)
+            else:
+                after = w.first_start(now_dt + dt.timedelta(seconds=self.prepare_ahead_s))
+                nxt = math.inf if after is None else after.timestamp() - self.prepare_ahead_s
+            self._due[sid] = nxt
+            if nxt != math.inf:
+                again.append((nxt, sid))
+        for item in again:
+            heapq.heappush(self._heap, item)
+
+    async def _look(self, r: dict, w: When, now_dt: dt.datetime) -> float | None:
+        """One schedule's occurrences near now, moved along. While one is undecided: when to
+        look again (a prepared one at its decision time, a held one at once); else None."""
+        back = self._lookback_s(r, w)
+        frm = now_dt - dt.timedelta(seconds=back)
+        to = now_dt + dt.timedelta(seconds=self.prepare_ahead_s)
+        starts = w.starts(frm, to)
+        self.expansions += 1
+        if not starts:
+            return None
+        if any((r["id"], iso(s)) not in self._checked for s in starts):
+            for run in await self.store.runs(iso(frm), iso(to), r["id"]):
+                key = (r["id"], run["occurrence"])
+                if key in self._checked:
+                    continue
+                self._outcome.setdefault(key, run["outcome"])
+                if run["outcome"] in AIRED + ("suspended",):
+                    await self._after_restart(r, w, run, now_dt)
+            self._checked.update((r["id"], iso(s)) for s in starts)
+        for s in starts:
+            await self._occurrence(r, w, s, now_dt)
+        wake: float | None = None
+        for s in starts:
+            key = (r["id"], iso(s))
+            outcome = self._outcome.get(key)
+            if outcome in FINAL or outcome == "suspended":
                 continue
-            if any((r["id"], iso(s)) not in self._checked for s in starts):
-                for run in await self.store.runs(iso(frm), iso(to), r["id"]):
-                    key = (r["id"], run["occurrence"])
-                    if key in self._checked:
-                        continue
-                    self._outcome.setdefault(key, run["outcome"])
-                    if run["outcome"] in AIRED + ("suspended",):
-                        await self._after_restart(r, w, run, now_dt)
-                self._checked.update((r["id"], iso(s)) for s in starts)
-            for s in starts:
-                await self._occurrence(r, w, s, now_dt)
+            t = (s.timestamp() - self.decide_lead_s
+                 if outcome is None and key in self._pending else now_dt.timestamp())
+            wake = t if wake is None else min(wake, t)
+        return wake
 
     async def _occurrence(self, r: dict, w: When, at: dt.datetime, now: dt.datetime) -> None:
         key = (r["id"], iso(at))

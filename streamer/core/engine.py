@@ -595,12 +595,14 @@ class Core:
                    error=b.error, position_s=snap.position_s)
         return snap
 
-    def _fork(self, b: Broadcast, zones: set[str], cut_s: float) -> Playhead:
+    def _fork(self, b: Broadcast, zones: set[str], cut_s: float,
+              rewind: bool = True) -> Playhead:
         """A paused playhead for zones cut from a playing item, to resume a little before the
-        cut. Its source is opened by the runtime off the tick (`to_open`, then `attach`)."""
-        start = max(0.0, cut_s - self.settings.resume_rewind_s)
+        cut (`rewind`; else exactly there: zones that never heard it). Its source is opened
+        by the runtime off the tick (`to_open`, then `attach`)."""
+        start = max(0.0, cut_s - self.settings.resume_rewind_s) if rewind else max(0.0, cut_s)
         fork = Playhead(PendingSource(start), zones, paused=True, rewound=True)
-        fork.was_cut = cut_s > 0
+        fork.was_cut = cut_s > 0 and rewind
         b.playheads.append(fork)
         self.to_open.append((b, fork, b.spec.source_factory, start))
         return fork
@@ -656,8 +658,9 @@ class Core:
                         self._emit("broadcast.preempted", b, wall, zones=sorted(rest),
                                    position_s=round(cut, 2))
                 else:
-                    # never played yet: the waiting zones start from the beginning later
-                    self._fork(b, rest, 0.0)
+                    # never played yet: the waiting zones start later where this playhead
+                    # starts (the beginning, or a joined item's offset), not rewound
+                    self._fork(b, rest, p.source.position_s, rewind=False)
                 if p.paused:
                     self._resume(b, p, aud, wall)
         if audible and b.started_at is None:

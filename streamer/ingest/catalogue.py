@@ -32,6 +32,7 @@ from streamer.port import PlaylistAudio, RelayAudio
 
 if TYPE_CHECKING:
     from streamer.tts.service import TtsService
+    from streamer.ingest.tones import SynthSource
 
 __all__ = ["Catalogue", "SourceFactory", "analyse", "attention_part", "duration_of",
            "ATTENTION_KINDS"]
@@ -47,6 +48,17 @@ def _skip(make_inner: Callable[[], Source]) -> SourceFactory:
     def make(start_s: float) -> Source:
         src = make_inner()
         return SkipSource(src, start_s) if start_s > 0 else src
+    return make
+
+
+def _seek(make_inner: Callable[[], SynthSource]) -> SourceFactory:
+    """A factory for a rendered source (tone, siren, silence, chime): it starts at `start_s`
+    directly (its position counts from the item's start), nothing before it is rendered."""
+    def make(start_s: float) -> Source:
+        src = make_inner()
+        if start_s > 0:
+            src.seek(start_s)
+        return src
     return make
 
 
@@ -216,16 +228,16 @@ class Catalogue:
             return self._speech(desc, urgent=priority >= int(Level.EMERGENCY))
         if isinstance(desc, ToneAudio):
             d = desc
-            return _skip(lambda: ToneSource(freq_hz=d.freq_hz, seconds=d.seconds,
+            return _seek(lambda: ToneSource(freq_hz=d.freq_hz, seconds=d.seconds,
                                             amplitude_dbfs=d.amplitude_dbfs))
         if isinstance(desc, ChimeAudio):
-            return _skip(lambda: ChimeSource())
+            return _seek(lambda: ChimeSource())
         if isinstance(desc, SirenAudio):
             seconds = desc.seconds
-            return _skip(lambda: SirenSource(seconds=seconds))
+            return _seek(lambda: SirenSource(seconds=seconds))
         if isinstance(desc, SilenceAudio):
             seconds = desc.seconds
-            return _skip(lambda: SilenceSource(seconds=seconds))
+            return _seek(lambda: SilenceSource(seconds=seconds))
         if isinstance(desc, LiveAudio):
             src = self.live_input(desc.input_id)
             return lambda start_s: src   # live audio cannot seek: always the one input

@@ -91,6 +91,11 @@ class SynthSource(Source):
         step = int(round(max(0.0, seconds) * 1000 / FRAME_MS))
         self._index = max(0, self._index - step)
 
+    def seek(self, seconds: float) -> None:
+        """Start `seconds` in (an item joined in progress): frames are rendered on demand, so
+        nothing before it is computed, and position_s counts from the start of the item."""
+        self._index = min(self.total_frames, max(0, int(round(seconds * 1000 / FRAME_MS))))
+
     @property
     def position_s(self) -> float:
         return self._index * FRAME_MS / 1000.0

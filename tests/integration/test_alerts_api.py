@@ -189,3 +189,38 @@ async def test_alert_counters_on_metrics_and_the_list_carries_what_the_dashboard
         [a] = lst["alerts"]
         assert a["risk_level"] == 3 and a["risk_colour"] == "#FB8C00" and a["zones"]
         assert "Cảnh báo bão số 13" in a["text"] and "decision" not in a
+
+
+async def test_a_cap_sender_is_tied_to_its_authority_refused_403_counted_and_audited(tmp_path):
+    other_pem = tmp_path / "pctt.pem"
+    other_pem.write_bytes(OTHER_CERT)
+    async with app_client(tmp_path, alerts_allow_unsigned_push=True, alert_authorities=[
+            {"id": "kttv", "certificate": str(tmp_path / "kttv.pem"), "senders": [S]},
+            {"id": "pctt", "certificate": str(other_pem), "senders": ["pctt@gialai.gov.vn"],
+             "accounts": ["u-alert_authority"]}]) as c:
+        (tmp_path / "kttv.pem").write_bytes(CERT)   # app_client wrote it too; same bytes
+        auth = await authority(c)
+        fresh = info(expires=expires_later())
+        ok = sign(cap(sent=now_sent(), infos=[fresh]), KEY)                  # KTTV for KTTV
+        r = await c.post("/api/v1/alerts", data=ok, headers={**ADM, **XML})
+        assert r.status == 201, await r.text()
+        wrong = sign(cap(identifier="X1", sender="pctt@gialai.gov.vn", sent=now_sent(),
+                         infos=[fresh]), KEY)                                 # KTTV for PCTT
+        r = await c.post("/api/v1/alerts", data=wrong, headers={**ADM, **XML})
+        body = await r.json()
+        assert r.status == 403 and body["error"]["code"] == "sender_not_allowed", body
+        # the account listed by PCTT pushes unsigned for PCTT only
+        mine = cap(identifier="P1", sender="pctt@gialai.gov.vn", sent=now_sent(), infos=[fresh])
+        theirs = cap(identifier="P2", sender=S, sent=now_sent(), infos=[fresh])
+        r = await c.post("/api/v1/alerts", data=mine, headers={**auth, **XML})
+        assert r.status == 201, await r.text()
+        r = await c.post("/api/v1/alerts", data=theirs, headers={**auth, **XML})
+        assert r.status == 403 and (await r.json())["error"]["code"] == "sender_not_allowed"
+        lst = await (await c.get("/api/v1/alerts", headers=ADM)).json()
+        assert lst["counters"]["refused_sender"] == 2 and len(lst["alerts"]) == 2
+        live = (await (await c.get("/api/v1/broadcasts", headers=ADM)).json())["broadcasts"]
+        assert len(live) == 2   # the two accepted; the refused two never aired
+        audit = await (await c.get("/api/v1/audit", headers=ADM)).json()
+        refused = [e for e in audit["entries" if "entries" in audit else "audit"]
+                   if e["action"] == "alerts.push" and e["status"] == 403]
+        assert len(refused) == 2 and all(e["result"] == "sender_not_allowed" for e in refused)

@@ -86,7 +86,7 @@ def test_bad_input_is_refused_and_nothing_is_saved(serve):
         (dict(ok, until=past, rrule="FREQ=DAILY"), 422, "invalid_time"),
         (dict(ok, exdates=["not-a-date"]), 422, "invalid_time"),
         (dict(ok, source={"kind": "relay", "url": "ftp://radio.example/vov1"}), 422,
-         "invalid_request"),
+         "invalid_url"),
         (dict(ok, source={"kind": "media", "id": "abcdef"}), 404, "unknown_media"),
         (dict(ok, on_busy="sometimes"), 422, "invalid_request"),
     ]

@@ -64,3 +64,54 @@ def test_hostile_xml_is_refused_before_signature_code():
     with pytest.raises(Invalid) as e:
         BOOK.verify(b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>', 1 << 20)
     assert e.value.code == "forbidden_xml"
+
+
+# ------------------------------------------------------------------ the sender is the authority's
+def _senders_book() -> Authorities:
+    return Authorities([
+        Authority("kttv", "KTTV", CERT, senders=("kttv@nchmf.gov.vn", "dai-ktt-nam-bo")),
+        Authority("pctt", "PCTT", OTHER_CERT, senders=("bch-pctt@gialai",),
+                  accounts=("pctt-push",)),
+        Authority("open", "no list", OTHER_CERT)])
+
+
+@pytest.mark.parametrize("authority,sender,ok", [
+    ("kttv", "kttv@nchmf.gov.vn", True),
+    ("kttv", "dai-ktt-nam-bo", True),
+    ("kttv", "bch-pctt@gialai", False),     # another authority's sender
+    ("kttv", "someone-unlisted", False),    # an authority with a list sends for it only
+    ("pctt", "kttv@nchmf.gov.vn", False),
+    ("open", "someone-unlisted", True),     # no list: unclaimed senders only
+    ("open", "kttv@nchmf.gov.vn", False),   # a claimed sender stays its owner's
+    (None, "someone-unlisted", True),       # an account no authority lists (unsigned push)
+    (None, "bch-pctt@gialai", False),
+])
+def test_a_sender_id_is_its_authoritys_alone(authority, sender, ok):
+    from control.alerts.cap import parse
+    from control.alerts.signature import SenderNotAllowed
+    alert = parse(cap(sender=sender), 1 << 20)
+    book = _senders_book()
+    if ok:
+        book.check_sender(alert, authority)
+    else:
+        with pytest.raises(SenderNotAllowed) as e:
+            book.check_sender(alert, authority)
+        assert e.value.code == "sender_not_allowed" and sender in e.value.message
+
+
+def test_accounts_push_for_the_authority_that_lists_them_and_a_sender_has_one_owner():
+    book = _senders_book()
+    assert book.for_account("pctt-push") == "pctt" and book.for_account("other") is None
+    with pytest.raises(ValueError, match="two alert authorities"):
+        Authorities([Authority("a", "", CERT, senders=("x",)),
+                      Authority("b", "", OTHER_CERT, senders=("x",))])
+
+
+def test_signed_by_the_right_key_for_the_wrong_sender_is_refused_by_the_intake_rule():
+    book = _senders_book()
+    signed = sign(cap(sender="bch-pctt@gialai"), KEY)   # KTTV's key, PCTT's sender id
+    alert, auth = book.verify(signed, 1 << 20, only="kttv")
+    assert auth.id == "kttv"
+    from control.alerts.signature import SenderNotAllowed
+    with pytest.raises(SenderNotAllowed):
+        book.check_sender(alert, auth.id)

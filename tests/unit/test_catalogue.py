@@ -9,7 +9,7 @@ from streamer.ingest.base import MediaError
 from streamer.ingest.catalogue import Catalogue, analyse, duration_of
 from streamer.ingest.file import FileSource
 from streamer.ingest.live import LiveSource
-from streamer.ingest.sequence import SequenceSource, SkipSource
+from streamer.ingest.sequence import SequenceSource
 from streamer.ingest.tones import ChimeSource, SilenceSource, SirenSource, ToneSource
 from streamer.port import (ChimeAudio, FileAudio, LiveAudio, Programme, SilenceAudio,
                            SirenAudio, ToneAudio)
@@ -47,9 +47,19 @@ def test_synthesised_kinds(cat, desc, cls, seconds):
     if seconds is not None:
         assert src.seconds == seconds == duration_of(desc)
     assert duration_of(desc) == pytest.approx(src.seconds)
-    later = cat.open(desc, start_s=0.2)    # a tone cannot seek: it skips what it would play
-    assert isinstance(later, SkipSource)
+    later = cat.open(desc, start_s=0.2)    # a rendered source starts there directly
+    assert isinstance(later, cls) and later.position_s == pytest.approx(0.2)
     assert np.array_equal(frames(later, 1)[0], frames(cat.open(desc), 11)[10])
+    assert later.position_s == pytest.approx(0.22)   # counted from the item's start
+
+
+def test_a_long_tone_joined_late_renders_nothing_before_its_offset(cat):
+    import time
+    t0 = time.perf_counter()
+    src = cat.open(ToneAudio(523.0, 4 * 3600.0), start_s=3 * 3600.0)
+    first = frames(src, 1)[0]
+    assert time.perf_counter() - t0 < 0.05
+    assert np.array_equal(first, ToneSource(523.0, 4 * 3600.0).frame_at(3 * 3600 * 50))
 
 
 def test_tone_parameters_reach_the_source(cat):
