@@ -37,6 +37,7 @@
       dl_none: "Không có loa đăng ký nào trong các khu vực này.", dl_missing: "Không tìm thấy buổi phát.",
       full: "Đầy đủ", partly: "Một phần", never_played: "Không phát",
       started: "bắt đầu {t}", ended: "kết thúc {t}", by: "bởi {who}",
+      queued_behind: "Đang chờ ở {zones}: {holder} ({who}) đang giữ",
       emergency: "Khẩn cấp", priority: "Ưu tiên", normal: "Thông thường", background: "Nền",
       st_queued: "Đang chờ", st_playing: "Đang phát", st_finished: "Đã xong", st_stopped: "Đã dừng",
       st_preempted: "Bị ngắt", st_ducked: "Bị giảm âm", st_interrupted: "Bị gián đoạn",
@@ -76,6 +77,7 @@
       dl_none: "No registered receivers in these zones.", dl_missing: "No such broadcast.",
       full: "Full", partly: "Partly", never_played: "Never",
       started: "started {t}", ended: "ended {t}", by: "by {who}",
+      queued_behind: "Waiting in {zones}: held by {holder} ({who})",
       emergency: "Emergency", priority: "Priority", normal: "Normal", background: "Background",
       st_queued: "Queued", st_playing: "Playing", st_finished: "Finished", st_stopped: "Stopped",
       st_preempted: "Preempted", st_ducked: "Ducked", st_interrupted: "Interrupted",
@@ -98,6 +100,7 @@
     ready: false, user: null, lang, connected: false, refreshes: 0, lastRefresh: null,
     zones: [], receivers: [], broadcasts: [], past: [], alarms: [], delivery: null, error: null,
     events: 0,
+    queued: {},  // broadcast id -> its latest broadcast.queued event (who holds its zones)
   });
   let zonesById = {}, treeOrder = [], childrenOf = {};
   let refreshTimer = null, refreshing = false, soonTimer = null, es = null, lastSeq = 0;
@@ -329,7 +332,7 @@
     const types = ["receiver.online", "receiver.offline", "receiver.address_changed",
       "receiver.rejected", "broadcast.created", "broadcast.started", "broadcast.finished",
       "broadcast.stopped", "broadcast.preempted", "broadcast.resumed", "broadcast.ducked",
-      "broadcast.interrupted", "broadcast.refused"];
+      "broadcast.interrupted", "broadcast.refused", "broadcast.queued"];
     types.forEach((ty) => es.addEventListener(ty, (m) => {
       let ev;
       try { ev = JSON.parse(m.data); } catch (e) { return; }
@@ -366,6 +369,7 @@
       const why = t("r_" + ev.reason) !== "r_" + ev.reason ? t("r_" + ev.reason) : ev.reason;
       notice("warn", t("rejected", { rx: ev.receiver || "?", addr: ev.address || "?", why }));
     } else if (ty.startsWith("broadcast.")) {
+      if (ty === "broadcast.queued") S.queued[ev.broadcast] = ev;
       wantPast = true;
       refreshSoon();
     }
@@ -594,6 +598,14 @@
     li.appendChild(top);
     const zones = (b.on_air_zones && b.on_air_zones.length && !past ? b.on_air_zones : (b.reached_zones || b.zones || []));
     li.appendChild(el("div", "bc-zones", zones.map(zoneName).join(", ")));
+    const q = !past && S.queued[b.id];
+    if (q && q !== true) {  // an urgent broadcast waiting: who holds its zones
+      const waiting = (q.zones || []).filter((z) => !(b.on_air_zones || []).includes(z));
+      if (waiting.length) {
+        li.appendChild(el("div", "bc-queued", t("queued_behind", { zones: waiting.map(zoneName).join(", "),
+          holder: q.holder || "?", who: q.holder_owner || "?" })));
+      }
+    }
     const meta = el("div", "bc-meta");
     const kind = b.source && b.source.kind;
     const info = [];
@@ -608,7 +620,18 @@
     li.appendChild(meta);
     return li;
   }
+  function loadQueued(b) {  // a waiting urgent broadcast seen before this page opened
+    S.queued[b.id] = true;
+    api("GET", "/asrun?type=broadcast.queued&broadcast=" + encodeURIComponent(b.id)).then((r) => {
+      const evs = (r.status === 200 && r.data.events) || [];
+      if (evs.length && S.queued[b.id] === true) { S.queued[b.id] = evs[evs.length - 1]; renderBroadcasts(); }
+    }).catch(() => {});
+  }
   function renderBroadcasts() {
+    S.broadcasts.forEach((b) => {
+      if (!(b.id in S.queued) && (b.level === "emergency" || b.level === "priority")
+          && (b.reached_zones || []).length > (b.on_air_zones || []).length) loadQueued(b);
+    });
     const ul = $("bc-list"); ul.textContent = "";
     S.broadcasts.forEach((b) => ul.appendChild(bcItem(b, false)));
     $("bc-empty").classList.toggle("hidden", S.broadcasts.length > 0);

@@ -368,3 +368,32 @@ def test_a_tone_joined_mid_way_reports_its_position_in_the_item():
     eng.run(26)
     assert eng.rt.broadcast("t").position_s == pytest.approx(4.5, abs=0.05)
 
+
+def test_an_urgent_broadcast_kept_off_air_says_who_holds_its_zones():
+    """Issue 13: a second emergency on a busy zone waited with nothing saying why. Queueing at
+    emergency and priority level is an event naming the holder (once per holder); same-level
+    normal items and preemptions say nothing of the kind."""
+    eng, fan, events = make_rig(3)
+    bg = eng.start(["z0"], level="normal", freq=300, seconds=5, owner="config:studio")
+    first = eng.start(["z0", "z1"], level="emergency", freq=500, seconds=0.6,
+                      owner="user:7")
+    eng.run(5)
+    second = eng.start(["z0"], level="emergency", freq=900, seconds=0.4, owner="user:9")
+    prio = eng.start(["z1", "z2"], level="priority", freq=700, seconds=0.2, owner="user:11")
+    normal = eng.start(["z1"], level="normal", freq=800, seconds=0.2)
+    eng.run(3)
+    queued = [e for e in events if e.type == "broadcast.queued"]
+    assert [(e.broadcast, e.holder, e.holder_owner, e.zones) for e in queued] == [
+        (second.id, first.id, "user:7", ("z0",)), (prio.id, first.id, "user:7", ("z1",))]
+    assert "emergency broadcast" in (queued[0].reason or "") and queued[0].level == "emergency"
+    assert queued[0].to_dict()["holder"] == first.id
+    eng.run(20)   # more ticks and plans: nothing said twice
+    assert len([e for e in events if e.type == "broadcast.queued"]) == 2
+    # the holder ends: the queued emergency plays; the priority item plays in z1 after it
+    eng.run(60)
+    started = [e.broadcast for e in events if e.type == "broadcast.started"]
+    assert started.index(first.id) < started.index(second.id)
+    assert prio.id in started
+    assert all(e.broadcast not in (bg.id, normal.id, first.id) for e in events
+               if e.type == "broadcast.queued")
+    assert len(fan.sent) > 0
