@@ -278,6 +278,10 @@ class Schedules:
         if row.get("duration_s") is not None and "duration_s" in patch.model_fields_set:
             merged["duration_s"] = patch.duration_s
         merged.pop("id", None)
+        # fields a broadcast request gained since it was stored, unset (variants: None) are
+        # not the schedule's to carry
+        for k in [k for k, v in merged.items() if v is None and k not in ScheduleRequest.model_fields]:
+            merged.pop(k)
         merged.update(patch.model_dump(exclude_unset=True))
         try:
             req = ScheduleRequest.model_validate(merged)
