@@ -5,7 +5,7 @@
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
   loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
-  loa bench tts [--rounds 20] [--config FILE] [--json FILE]
+  loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
 
@@ -131,13 +131,18 @@ def _tts(argv: list[str]) -> int:
                                             "real-time factor per engine.")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--config", default=None, help="settings file with [[tts_engines]]")
+    p.add_argument("--receivers", type=int, default=5000,
+                   help="receivers hearing a programme while bulletins are synthesised (late "
+                        "ticks measured); 0 skips it")
+    p.add_argument("--load-seconds", type=float, default=15.0)
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
-    if not 1 <= a.rounds <= 1000:
-        print("--rounds must be 1..1000", file=sys.stderr)
+    if not 1 <= a.rounds <= 1000 or not 0 <= a.receivers <= 64000:
+        print("--rounds must be 1..1000 and --receivers 0..64000", file=sys.stderr)
         return 2
     console = _console()
-    return _finish(run_tts(a.rounds, a.config), render, a.json_path, console)
+    return _finish(run_tts(a.rounds, a.config, a.receivers, a.load_seconds), render,
+                   a.json_path, console)
 
 
 def _latency(argv: list[str]) -> int:

@@ -8,9 +8,15 @@
   sentence, the wait for the next tick, encode and send.
 - real-time factor per engine (audio seconds per second of synthesis, in-process, cache off);
   cloud engines only when configured (`--config` with [[tts_engines]] and their keys).
+- under_load: the CPU synthesis takes from the tick. A `loa serve` (pinned and niced like
+  `loa bench fanout`) plays a programme to a zone of N loopback receivers (the bench sink, 5,000
+  by default); the engine's late ticks, overruns and worst lateness are read over a quiet
+  window, then over a window of the same length in which new 2,000-character bulletins (cold
+  cache) are read aloud on a second zone back to back. Late ticks must stay 0.
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import tempfile
@@ -18,7 +24,8 @@ import time
 from pathlib import Path
 
 from bench.common import machine_info
-from bench.fanout import REPO, Proc, _child_env, _free_tcp_port, _http
+from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _free_tcp_port, _http, _prefix,
+                          resolve, write_toml)
 from bench.preempt import _drain, _wait_marker, summary, wait_healthy
 
 SENTENCES = [
@@ -71,7 +78,103 @@ def realtime_factors(config: str | None) -> list[dict]:
     return out
 
 
-def run_tts(rounds: int = 20, config: str | None = None) -> dict:
+def _clock(base: str) -> dict:
+    st, h = _http("GET", base + "/api/v1/health")
+    return dict(h.get("clock") or {}) if st == 200 else {}
+
+
+def _delta(a: dict, b: dict) -> dict:
+    keys = ("ticks", "late_ticks", "skipped_ticks", "tick_overruns")
+    out: dict[str, object] = {k: int(b.get(k, 0)) - int(a.get(k, 0)) for k in keys}
+    out["max_late_ms_so_far"] = b.get("max_late_ms")
+    # other work on the machine makes late ticks too: the quiet window and the load say how much
+    out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def under_load(receivers: int = 5000, seconds: float = 15.0) -> dict:
+    """Late ticks while a programme plays to `receivers` and bulletins are synthesised (see
+    the module's docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-load-"))
+    env = _child_env()
+    res = resolve(FanoutOptions(receivers=receivers))
+    out: dict = {"receivers": receivers, "window_s": seconds, "valid": True,
+                 "invalid_reasons": [], "placement": res}
+    sink = Proc(_prefix(None, res["nice"]) + [
+        sys.executable, "-m", "bench.sink", "--receivers", str(receivers), "--cpu",
+        str(res["sink_cpu"]), "--sample", "10", "--max-seconds", str(int(60 + 3 * seconds))],
+        env=env, name="sink", cwd=str(REPO))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    server = None
+    try:
+        line = sink.expect(lambda s: s.startswith("ready"), 20)
+        if line is None:
+            out["valid"] = False
+            out["invalid_reasons"].append("sink did not start")
+            return out
+        cfg = work / "bench.toml"
+        write_toml(cfg, receivers, int(line.split()[1]), 1)
+        # settings before the first table; the TTS zone (one probe socket) after the programme's
+        cfg.write_text("limit_starts_per_minute_per_principal = 100000\n"
+                       "limit_starts_per_minute_per_zone = 100000\n" + cfg.read_text() +
+                       f'[[zones]]\nid = "tts"\nunicast = ["127.0.0.1:{probe.getsockname()[1]}"]\n')
+        http = _free_tcp_port()
+        server = Proc(_prefix(res["sender_cpus"], res["nice"]) + [
+            sys.executable, "-m", "loa.cli", "serve", "--config", str(cfg), "--http",
+            f"127.0.0.1:{http}", "--data-dir", str(work / "data")], env=env, name="loa serve",
+            cwd=str(REPO))
+        base = f"http://127.0.0.1:{http}"
+        if not wait_healthy(base, server, timeout=60):
+            out["valid"] = False
+            out["invalid_reasons"].append("loa serve did not start: " + " | ".join(server.err[-5:]))
+            return out
+        st, prog = _http("POST", base + "/api/v1/broadcasts", {
+            "zones": ["bench0"], "source": {"kind": "tone", "freq_hz": 440, "seconds": 3600}})
+        if st != 201:
+            out["valid"] = False
+            out["invalid_reasons"].append(f"programme refused: {prog}")
+            return out
+        time.sleep(2.0)   # the programme settles (first encodes, sink warm)
+        c0 = _clock(base)
+        time.sleep(seconds)
+        c1 = _clock(base)
+        out["quiet"] = _delta(c0, c1)
+        n = 0
+        t_end = time.monotonic() + seconds
+        current = None
+        while time.monotonic() < t_end:
+            if current is not None:
+                _http("DELETE", base + f"/api/v1/broadcasts/{current}")
+            st, b = _http("POST", base + "/api/v1/broadcasts", {
+                "zones": ["tts"], "source": {"kind": "tts",
+                                             "text": bulletin(f"{_words(n + 7)} tải")}})
+            if st != 201:
+                out["valid"] = False
+                out["invalid_reasons"].append(f"bulletin refused: {st} {b}")
+                break
+            current = b["id"]
+            n += 1
+            time.sleep(1.5)   # a new bulletin every 1.5 s: the synthesis pool never idles
+        c2 = _clock(base)
+        if current is not None:
+            _http("DELETE", base + f"/api/v1/broadcasts/{current}")
+        out["with_tts"] = _delta(c1, c2)
+        out["bulletins"] = n
+        out["chars_synthesised_max"] = n * 2000
+        if not server.alive():
+            out["valid"] = False
+            out["invalid_reasons"].append("loa serve crashed")
+        return out
+    finally:
+        if server is not None:
+            server.stop()
+        sink.stop()
+        probe.close()
+
+
+def run_tts(rounds: int = 20, config: str | None = None, receivers: int = 5000,
+            load_s: float = 15.0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-"))
     report: dict = {"benchmark": "tts", "machine": machine_info(),
                     "settings": {"rounds": rounds, "chars": 2000, "engine": "espeak"},
@@ -129,6 +232,12 @@ def run_tts(rounds: int = 20, config: str | None = None) -> dict:
         server.stop()
         probe.close()
     report["realtime_factor"] = realtime_factors(config)
+    if receivers > 0:
+        load = under_load(receivers, load_s)
+        report["under_load"] = load
+        if not load["valid"]:
+            report["valid"] = False
+            report["invalid_reasons"] += [f"under load: {r}" for r in load["invalid_reasons"]]
     return report
 
 
@@ -150,5 +259,19 @@ def render(report: dict, console) -> None:
         r.add_row(e["engine"], e["kind"], str(e.get("audio_s", "")), str(e.get("synthesis_s", "")),
                   str(e.get("rtf", e.get("error", ""))), str(e.get("x_realtime", "")))
     console.print(r)
+    load = report.get("under_load")
+    if load and "with_tts" in load:
+        u = Table(title=f"the tick while {load['receivers']:,} receivers hear a programme "
+                        f"({load['window_s']} s windows)")
+        for c in ("window", "ticks", "late ticks", "worst late ms (so far)", "overruns",
+                  "load 1 min", "bulletins"):
+            u.add_column(c)
+        for name in ("quiet", "with_tts"):
+            w = load[name]
+            u.add_row(name.replace("_", " "), str(w["ticks"]), str(w["late_ticks"]),
+                      str(w["max_late_ms_so_far"]), str(w["tick_overruns"]),
+                      str(w["loadavg_1m_after"]),
+                      str(load["bulletins"]) if name == "with_tts" else "0")
+        console.print(u)
     if not report.get("valid"):
         console.print(f"[red]invalid: {report['invalid_reasons']}[/]")

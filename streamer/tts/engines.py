@@ -131,6 +131,12 @@ class EspeakEngine:
                                     stderr=subprocess.DEVNULL)
         except OSError as e:
             raise TtsError(f"espeak-ng cannot start: {e}") from None
+        try:
+            # synthesis runs far ahead of playout (100x real time and more): it yields the CPU
+            # to the tick it may share a core with (measured: `loa bench tts`, under_load)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+        except OSError:
+            pass
         assert proc.stdin is not None and proc.stdout is not None
         try:
             # -b 1: the input is UTF-8; a final newline ends the sentence
