@@ -396,6 +396,12 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
             await asyncio.sleep(0.05)
         out["onsets_wall"] = list(track.sent)
         out["late_frames"] = track.late_frames
+        try:
+            for st in (await pc.getStats()).values():
+                if getattr(st, "type", "") == "remote-inbound-rtp" and st.roundTripTime:
+                    out["sender_stats"] = {"rtt_ms": st.roundTripTime * 1000}
+        except Exception as e:   # stats are a nicety of the budget, never the run
+            out["sender_stats"] = {"error": str(e)}
         out["connection"] = pc.connectionState
         out["stop_wall"] = time.time()
         return out
@@ -407,6 +413,12 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
 _PROBE_JS = r"""
 (() => {
   const P = window.__loaProbe = { onsets: [], frames: 0, error: null, kind: null, map: [] };
+  const PCs = window.__loaPeerConnections = [];   // the page's connections, for getStats
+  if (window.RTCPeerConnection) {
+    window.RTCPeerConnection = new Proxy(window.RTCPeerConnection, {
+      construct(t, args, nt) { const pc = Reflect.construct(t, args, nt); PCs.push(pc); return pc; }
+    });
+  }
   const md = navigator.mediaDevices;
   if (!md || !md.getUserMedia) { P.error = "no getUserMedia"; return; }
   const orig = md.getUserMedia.bind(md);
@@ -442,6 +454,32 @@ _PROBE_JS = r"""
     }
   }
 })();
+"""
+
+
+_STATS_JS = r"""
+(async () => {
+  const out = {};
+  for (const pc of (window.__loaPeerConnections || [])) {
+    if (pc.connectionState !== "connected") continue;
+    const r = await pc.getStats();
+    r.forEach(s => {
+      if (s.type === "outbound-rtp" && s.kind === "audio" && s.packetsSent) {
+        out.packets_sent = s.packetsSent;
+        if (s.totalPacketSendDelay != null) out.pacer_ms = 1000 * s.totalPacketSendDelay / s.packetsSent;
+      }
+      if (s.type === "remote-inbound-rtp" && s.kind === "audio" && s.roundTripTime != null)
+        out.rtt_ms = 1000 * s.roundTripTime;
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null)
+        out.ice_rtt_ms = 1000 * s.currentRoundTripTime;
+      if (s.type === "codec" && /opus/i.test(s.mimeType || "")) out.opus_fmtp = s.sdpFmtpLine;
+    });
+    const fm = d => ((d && d.sdp) || "").split(/\r?\n/).filter(l => /^a=fmtp:/.test(l));
+    out.offer_fmtp = fm(pc.localDescription);
+    out.answer_fmtp = fm(pc.remoteDescription);
+  }
+  return JSON.stringify(out);
+})()
 """
 
 
@@ -570,6 +608,10 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
                         "error": probe.get("error")}
         cal = _capture_calibration(probe.get("map", []))
         out["capture_calibration"] = cal
+        try:
+            out["sender_stats"] = json.loads(await js(_STATS_JS) or "{}")
+        except (RuntimeError, ValueError) as e:
+            out["sender_stats"] = {"error": str(e)}
         out["capture_clock"] = ("page: AudioData timeline anchored at the earliest delivery "
                                 "to the page" if cal else "none")
         wall = [o["ts_us"] / 1e6 + cal["offset_s"] for o in probe.get("onsets", [])] if cal else []
@@ -623,6 +665,8 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
 
     env = _child_env()
     env["LOA_SEND_PORT"] = "0"
+    trace_path = work / "trace.json"
+    env["LOA_LATENCY_TRACE"] = str(trace_path)   # the server's stamps for the budget
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     rx_port = s.getsockname()[1]
@@ -671,9 +715,10 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
                 restrict_ice_to_loopback(False)
 
         sent = asyncio.run(go())
+        time.sleep(1.2)   # the server writes its trace every second
         res["server_alive"] = server.alive()
         for k in ("browser", "capture_clock", "capture_calibration", "late_frames", "probe",
-                  "onsets_before_warmup", "connection"):
+                  "onsets_before_warmup", "connection", "sender_stats"):
             if k in sent:
                 res[k] = sent[k]
         if sent.get("error"):
@@ -704,6 +749,7 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
         if lat:
             res["latency_ms"]["min"] = round(min(lat), 3)
         res["samples_ms"] = [round(v, 2) for v in lat]
+        res["budget"] = _budget(trace_path, pairs, sent.get("sender_stats") or {}, st)
         if len(lat) < onsets:
             invalid(f"matched {len(lat)} of {onsets} onsets ({len(src)} sent, "
                     f"{len(played)} found in the receiver's output)")
@@ -715,6 +761,27 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
             shutil.rmtree(work, ignore_errors=True)
         else:
             res["workdir"] = str(work)
+
+
+def _budget(trace_path, pairs: list[tuple[float, float]], sender_stats: dict,
+            rx_stats: dict) -> dict:
+    from bench.latency_budget import budget
+    try:
+        trace = json.loads(trace_path.read_text())
+    except (OSError, ValueError):
+        trace = None
+    split = {}
+    if sender_stats.get("pacer_ms") is not None:
+        split["pacer (sender getStats)"] = float(sender_stats["pacer_ms"])
+    rtt = sender_stats.get("rtt_ms") or sender_stats.get("ice_rtt_ms")
+    if rtt is not None:
+        split["network (rtt/2)"] = float(rtt) / 2
+    b = budget(trace, pairs, split)
+    sp = [x for x in rx_stats.get("spurts", []) if x.get("played_utc") and x.get("arrival_utc")]
+    if sp:   # the receiver's own account of its playout delay (first packet → output)
+        b["receiver_playout_delay_ms"] = round((sp[0]["played_utc"] - sp[0]["arrival_utc"])
+                                               * 1000, 2)
+    return b
 
 
 def render_webrtc(report: dict, console) -> None:
@@ -732,6 +799,13 @@ def render_webrtc(report: dict, console) -> None:
                   *(str(s.get(k)) for k in ("p50", "p95", "max", "min", "mean")),
                   str(r.get("capture_clock", "")))
     console.print(t)
+    from bench.latency_budget import render as render_budget
+    for r in report["runs"]:
+        if r.get("budget"):
+            render_budget(r["budget"], console, r["sender"])
+            if r["budget"].get("receiver_playout_delay_ms") is not None:
+                console.print(f"{r['sender']}: the receiver's playout delay (first packet → "
+                              f"output) {r['budget']['receiver_playout_delay_ms']} ms")
     for r in report["runs"]:
         console.print(f"{r['sender']}: receiver {r.get('receiver')}"
                       + (f"; {r['browser']}" if r.get("browser") else ""))

@@ -50,6 +50,7 @@ from streamer.port import (BroadcastSnapshot, Command, EngineEvent, EngineStats,
                            ReplaceZones, SetDestinations, SetZoneLoss, StartBroadcast,
                            StopBroadcast, UpdateZones, ZoneError, ZoneSnapshot)
 from streamer.rtp.output import Output, RtpOutput
+from streamer.trace import TRACE
 from streamer.zones import Zone, ZoneTree
 
 __all__ = ["Runtime", "EngineSettings"]
@@ -371,6 +372,8 @@ class Runtime:
                     p.frame = f
                     p.started = True
                 frames[p.id] = p.frame
+            tr = TRACE if TRACE.enabled and TRACE.want_tick(k) else None
+            t_read = time.monotonic_ns() if tr is not None else 0
             programs = plan.programs
             bank = self.bank
             if plan.fast:
@@ -380,10 +383,13 @@ class Runtime:
                 bank.assign(programs, core.zone_keys, now)
                 self._apply_loss(programs, now)
             bank.mix_encode(frames, now)
+            t_enc = time.monotonic_ns() if tr is not None else 0
             markers = None if plan.fast else plan.markers
             channels = bank.channels
             for out in self.outputs:
                 out.on_tick(k, programs, channels, markers)
+            if tr is not None:
+                tr.tick(k, now_ns, t_read, t_enc, time.monotonic_ns())
             self.encoders_active = len(programs)
             if programs and not plan.fast:
                 core.first_packets(time.monotonic_ns())

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
 
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES
 from streamer.ingest.base import Source
+from streamer.trace import TRACE
 
 
 class LiveSource(Source):
@@ -48,6 +50,8 @@ class LiveSource(Source):
         self._ended = False
         self._closed = False
         self._close_callbacks: list[Callable[[], None]] = []
+        self._mark_frame: np.ndarray | None = None   # a frame the latency trace follows
+        self._mark_slot = -1
         # counters
         self.frames_pushed = 0
         self.dropped_overflow = 0  # oldest frames dropped because the queue was full
@@ -55,8 +59,9 @@ class LiveSource(Source):
         self.max_depth = 0
 
     # ------------------------------------------------------------------ producer side
-    def push(self, samples: np.ndarray) -> None:
-        """Queue 48 kHz mono samples (any length). Thread-safe; never blocks for long."""
+    def push(self, samples: np.ndarray, mark: int = -1) -> None:
+        """Queue 48 kHz mono samples (any length). Thread-safe; never blocks for long.
+        `mark`: the latency trace's slot for the last frame these samples complete."""
         if self._ended or self._closed:
             return
         x = np.asarray(samples, dtype=DTYPE).reshape(-1)
@@ -69,10 +74,14 @@ class LiveSource(Source):
                 self._partial_n += take
                 i += take
                 if self._partial_n == FRAME_SAMPLES:
-                    self._q.append(self._partial)
+                    done = self._partial
+                    self._q.append(done)
                     self._partial = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
                     self._partial_n = 0
                     self.frames_pushed += 1
+                    if mark >= 0:
+                        self._mark_frame, self._mark_slot = done, mark
+                        TRACE.queued(mark, time.monotonic_ns())
                     while len(self._q) > self.max_frames:
                         self._q.popleft()
                         self.dropped_overflow += 1
@@ -133,6 +142,9 @@ class LiveSource(Source):
             else:
                 self._deep_reads = 0
             frame = self._q.popleft()
+            if frame is self._mark_frame:
+                TRACE.read(self._mark_slot, time.monotonic_ns())
+                self._mark_frame = None
         self.frames_read += 1
         return frame
 

@@ -32,6 +32,7 @@ from streamer.mixer.arbitration import Level
 from streamer.port import Refused
 from streamer.rtp.opus import OpusDecoder, OpusError, packet_samples
 from streamer.rtp.packet import RtpError, RtpPacket, seq_diff
+from streamer.trace import TRACE, FrameMarker
 
 log = logging.getLogger("loa.rtp_in")
 
@@ -232,6 +233,7 @@ class RtpIngest:
         self.level = Level.parse(config.level)
         self.stats = RtpIngestStats()
         self.reorder = ReorderBuffer(config.reorder_depth)
+        self._marker: FrameMarker | None = None   # latency trace (off unless enabled)
         self.source: LiveSource | None = None
         self.broadcast_id: str | None = None
         self.ssrc: int | None = None
@@ -346,6 +348,9 @@ class RtpIngest:
         if not self._ensure_broadcast(now):
             return
         released = self.reorder.push(pkt.sequence_number, pkt.payload)
+        marker = self._marker
+        if marker is None and TRACE.enabled:
+            marker = self._marker = FrameMarker(TRACE)
         for i, (_, payload) in enumerate(released):
             try:
                 if payload is None:
@@ -365,7 +370,8 @@ class RtpIngest:
                 return
             if len(pcm) > (src.max_frames - 1) * FRAME_SAMPLES:
                 src.ensure_capacity(-(-len(pcm) // FRAME_SAMPLES) + 1)
-            src.push(pcm)
+            mark = marker.frame(pcm, now, pkt.timestamp) if marker is not None else -1
+            src.push(pcm, mark)
 
     def _ensure_broadcast(self, now: float) -> bool:
         src = self.source

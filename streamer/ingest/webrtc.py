@@ -31,6 +31,7 @@ import numpy as np
 from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
 from streamer.ingest.talk import ArrivalJitter, FadeOut, Preroll
+from streamer.trace import TRACE, FrameMarker
 
 if TYPE_CHECKING:
     import av
@@ -260,6 +261,7 @@ class WebRtcSession:
         reorder = ReorderBuffer(depth=3)
         dec = _Decoder("opus")
         rx = self.rx
+        marker = FrameMarker(TRACE) if TRACE.enabled else None
         try:
             while True:
                 item = self._rx_q.get()
@@ -285,11 +287,12 @@ class WebRtcSession:
                     except OpusError:
                         rx["decode_errors"] += 1
                         continue
-                    self._deliver(pcm, arrival)
+                    mark = marker.frame(pcm, arrival, ts) if marker is not None else -1
+                    self._deliver(pcm, arrival, mark)
         finally:
             dec.close()
 
-    def _deliver(self, pcm: np.ndarray, now: float) -> None:
+    def _deliver(self, pcm: np.ndarray, now: float, mark: int = -1) -> None:
         """Decoded 48 kHz mono samples: into 20 ms frames, the pre-roll and the claim."""
         if self.last_frame_at is not None and now - self.last_frame_at > 0.2:
             self.gaps += 1
@@ -306,9 +309,9 @@ class WebRtcSession:
             if self._acc_n == FRAME_SAMPLES:
                 frame, self._acc = self._acc, np.zeros(FRAME_SAMPLES, dtype=DTYPE)
                 self._acc_n = 0
-                self._frame(frame)
+                self._frame(frame, mark if i == n else -1)
 
-    def _frame(self, frame: np.ndarray) -> None:
+    def _frame(self, frame: np.ndarray, mark: int = -1) -> None:
         with self._lock:
             if self.standing:
                 self.preroll.push(frame)
@@ -320,7 +323,7 @@ class WebRtcSession:
                 frame = fade.apply(frame)
                 if fade.done:
                     self.source, self._fade = None, None
-            src.push(frame)
+            src.push(frame, mark)
 
     # ------------------------------------------------------------------ press to talk
     def claim(self, kind: str = "webrtc") -> LiveSource:
