@@ -120,7 +120,13 @@ class Server:
         self.hub = EventHub()
         #: the engine port (only EnginePort methods are used, and `start`/`stop`)
         self.outputs = Outputs(settings)   # listening, archive, e-boards (issue 18)
-        self.engine, self.fanout, keyring = build_runtime(settings, self.outputs.engine_outputs)
+        #: several nodes (issue 19): the origin's part, None without Redis (nothing imported)
+        self.cluster: Any = None
+        if settings.redis_url:
+            from control.cluster import OriginCluster
+            self.cluster = OriginCluster(settings)
+        self.engine, self.fanout, keyring = build_runtime(
+            settings, self.outputs.engine_outputs + ([self.cluster.feed] if self.cluster else []))
         self.engine.subscribe(self._on_engine_event)
         self.db = Database(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
         #: as-run and audit records: journaled, retried, never dropped (control/journal.py)
@@ -179,6 +185,10 @@ class Server:
             self.schedule_store, self.broadcasts, self.engine, self.db, self._publish_now,
             prepare_ahead_s=settings.schedule_prepare_ahead_s)
         self.handlers.append(ScheduleHandlers(self.schedules, self.schedule_store, self.db))
+        self.media_refs.register("schedules", "media_scheduled", "schedule(s)",
+                                 self.schedule_store.using_media)
+        if self.cluster is not None:   # schedules and alert intake only on the lease holder
+            self.schedule_runner.leader = self.alerts.leader = self.cluster.leader
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.handlers += self.outputs.handlers
         self.link: ReceiverLink | None = None
@@ -267,6 +277,8 @@ class Server:
         self.engine.start()
         from streamer.rtp.link import start_receiver_endpoint
         self.link = await start_receiver_endpoint(self.engine, self.registry)
+        if self.cluster is not None:
+            await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub)
         self.rtp_ingest.start()
         await self.outputs.start()
         await self.alerts.start()
@@ -285,6 +297,8 @@ class Server:
     async def close(self) -> None:
         await self.schedule_runner.close()   # before the engine: what is on air is suspended
         await self.alerts.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.rtp_ingest.stop()
         if self.link is not None:
             self.link.close()

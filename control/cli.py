@@ -29,7 +29,8 @@ log = logging.getLogger("loa")
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, http=args.http,
-                         data_dir=Path(args.data_dir) if args.data_dir else None)
+                         data_dir=Path(args.data_dir) if args.data_dir else None,
+                         role=getattr(args, "role", None))
 
 
 def _split_hostport(text: str) -> tuple[str, int]:
@@ -39,6 +40,12 @@ def _split_hostport(text: str) -> tuple[str, int]:
 
 async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
                       stop: asyncio.Event | None = None) -> None:
+    if settings.redis_url or settings.role != "all":   # several nodes (issue 19)
+        from control import cluster
+        cluster.check(settings)
+        if settings.role == "edge":   # no database, no data directory, no control API
+            await cluster.serve_edge(settings, ready, stop)
+            return
     from control.datadir import DataDirLock
     # one server per data directory, decided before anything else touches it (issue 13)
     lock = DataDirLock(settings.data_dir).acquire()
@@ -118,6 +125,9 @@ def cmd_serve(argv: list[str]) -> int:
     p.add_argument("--config", help="TOML settings file (zones, groups, audio settings)")
     p.add_argument("--http", help="HOST:PORT for the HTTP API (default 127.0.0.1:8080)")
     p.add_argument("--data-dir", help="where state and media live (default ./data)")
+    p.add_argument("--role", choices=["origin", "edge", "all"],
+                   help="several nodes through Redis (LOA_REDIS_URL): origin (control, "
+                        "encoders), edge (receivers) or all (default; one node without Redis)")
     args = p.parse_args(argv)
     try:
         settings = _settings_from_args(args)

@@ -32,7 +32,8 @@ from typing import Any
 from streamer.ingest.catalogue import attention_part, duration_of
 from streamer.mixer.arbitration import Level
 from streamer.port import (BroadcastSnapshot, Command, FileAudio, LiveAudio, Programme,
-                           StartBroadcast, command_from_dict, command_to_dict)
+                           StartBroadcast, StopBroadcast, command_from_dict,
+                           command_to_dict)
 from streamer.runtime import Runtime
 from streamer.timefmt import utc_iso
 
@@ -69,6 +70,8 @@ class RecordingRuntime(Runtime):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands = CommandBook()
+        #: told of every start and stop the engine took (an origin publishes them, issue 19)
+        self.taps: list[Callable[[Command], None]] = []
 
     def submit(self, cmd: Command) -> BroadcastSnapshot | None:
         if isinstance(cmd, StartBroadcast) and not isinstance(cmd.source, LiveAudio):
@@ -76,11 +79,16 @@ class RecordingRuntime(Runtime):
                 cmd = dataclasses.replace(cmd, id=secrets.token_hex(6))
             self.commands.put(cmd.id, command_to_dict(cmd))
             try:
-                return super().submit(cmd)
+                snap = super().submit(cmd)
             except BaseException:
                 self.commands.take(cmd.id)
                 raise
-        return super().submit(cmd)
+        else:
+            snap = super().submit(cmd)
+        if self.taps and isinstance(cmd, (StartBroadcast, StopBroadcast)):
+            for tap in self.taps:
+                tap(cmd)
+        return snap
 
 
 # ------------------------------------------------------------------ the decision (pure)

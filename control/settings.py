@@ -237,6 +237,17 @@ class Settings(BaseSettings):
     alert_attention: Literal["chime", "siren", "none"] = "siren"
     alert_resource_hosts: list[str] = []  # hosts an audio <resource> may be fetched from
     alert_resource_max_mb: float = Field(20.0, gt=0, le=500)
+    # several nodes through Redis (issue 19, control/cluster.py): nothing here is read, and
+    # redis is not imported, unless redis_url is set; role "all" without it is one node
+    redis_url: str | None = None          # LOA_REDIS_URL, e.g. redis://10.0.0.5:6379/0
+    role: Literal["origin", "edge", "all"] = "all"
+    redis_prefix: str = Field("loa:", min_length=1, max_length=40)
+    cluster_key: SecretStr | None = None  # LOA_CLUSTER_KEY: shared by the nodes (>= 32 chars)
+    cluster_key_file: Path | None = None  # or read from this file
+    node_id: str | None = Field(None, min_length=1, max_length=100,
+                                pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # default: host-port
+    node_address: str = "127.0.0.1"       # the address other nodes and receivers reach us at
+    feed_port: int = Field(0, ge=0, le=65535)  # UDP: origin→edge media and subscriptions
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

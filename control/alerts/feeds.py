@@ -78,7 +78,8 @@ class FeedPoller:
 
     async def run(self, http: Any) -> None:
         while True:
-            await self.poll(http)
+            if self.intake.leader():   # several nodes: the lease holder polls (issue 19)
+                await self.poll(http)
             await asyncio.sleep(self.delay())
 
     async def poll(self, http: Any) -> None:

@@ -76,6 +76,8 @@ class AlertIntake:
         self._points_at = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        #: several nodes (issue 19): only the origin holding the lease polls feeds and repeats
+        self.leader: Callable[[], bool] = lambda: True
         self.max_bytes = settings.alert_max_kb * 1024
         feeds = list(settings.alert_feeds) + [
             AlertFeedConfig(url=a.feed, id=a.id, authority=a.id, interval_s=60.0, timeout_s=10.0)
@@ -335,7 +337,8 @@ class AlertIntake:
                     pass
                 if time.monotonic() - self._points_at > 10.0:
                     await self._refresh_points()
-                await self._tick()
+                if self.leader():
+                    await self._tick()
             except asyncio.CancelledError:
                 raise
             except Exception:

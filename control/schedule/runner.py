@@ -76,6 +76,8 @@ class ScheduleRunner:
         self._heap: list[tuple[float, str]] = []
         self._by_id: dict[str, dict] = {}
         self.looks = 0        # schedules looked at (counters: the cost of the runner)
+        #: several nodes (issue 19): only the origin holding the lease runs schedules
+        self.leader: Callable[[], bool] = lambda: True
         self.expansions = 0   # RRULE expansions
 
     # ------------------------------------------------------------------ lifecycle
@@ -103,7 +105,8 @@ class ScheduleRunner:
     async def _run(self) -> None:
         while True:
             try:
-                await self.step(self.clock())
+                if self.leader():
+                    await self.step(self.clock())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -157,6 +157,7 @@ class EdgeNode:
         self._heard: dict[str, float] = {}          # zone -> monotonic time last heard
         self._status: dict[str, ZoneSnapshot] = {}
         self._wanted: frozenset[str] = frozenset()
+        self._dropped: set[str] = set()             # zones a `zone.drop` command took away
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         with self.lock:
@@ -186,10 +187,34 @@ class EdgeNode:
 
     def _update_wanted(self) -> bool:
         static = {z.id for z in self.tree.zones.values() if z.unicast or z.multicast}
-        w = frozenset(static | {z for z, n in self._receivers.items() if n})
+        w = frozenset(static | {z for z, n in self._receivers.items() if n}) - self._dropped
         changed = w != self._wanted
         self._wanted = w
         return changed
+
+    def set_static(self, zone: str, multicast: Addr | None, unicast: Iterable[Addr]) -> None:
+        """A `zone.set` command: this edge's own destinations for a zone (its LAN's multicast
+        group, fixed receivers); the zone is pulled while it has any."""
+        with self.lock:
+            self._dropped.discard(zone)
+            self.tree.add(Zone(id=zone, name=zone, multicast=multicast, unicast=list(unicast)))
+            self.rtp.apply_zone(self.tree, zone, force=True)
+            changed = self._update_wanted()
+        if changed:
+            self.subscribe_now()
+
+    def drop_zone(self, zone: str) -> None:
+        """A `zone.drop` command: the zone is gone at the origin. Its static destinations here
+        are removed and it is no longer pulled, even for receivers still registered here (until
+        a `zone.set` names it again)."""
+        with self.lock:
+            self._dropped.add(zone)
+            if zone in self.tree.zones:
+                self.tree.add(Zone(id=zone, name=zone))
+                self.rtp.apply_zone(self.tree, zone, force=True)
+            changed = self._update_wanted()
+        if changed:
+            self.subscribe_now()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

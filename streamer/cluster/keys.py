@@ -21,6 +21,10 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
 - `{p}commands` (stream, MAXLEN ~`COMMANDS_MAXLEN`; the leader): commands that must not be lost
   (start/stop, alerts), each with its fencing token. Consumer group `edge:{node}` per edge: what
   that edge has read and acknowledged (XPENDING shows what it has not applied).
+- `{p}rxsecrets` (hash; no TTL, rewritten whole when missing; the leader): receiver id →
+  its secret and zone sealed with the cluster key (AES-GCM, the id as associated data), so an
+  edge can check a receiver's messages without the database; `{p}rxsecrets:v` (integer; the
+  leader): bumped at every change, the edges reload when it moves.
 - `{p}events` (pub/sub channel, lossy; any node): UI events only.
 
 The fencing counter has no TTL and is never reset by Loa; if Redis restarts without persistence
@@ -84,6 +88,14 @@ class Keys:
     @staticmethod
     def edge_group(node_id: str) -> str:
         return f"edge:{_part(node_id)}"
+
+    @property
+    def rx_secrets(self) -> str:
+        return f"{self.p}rxsecrets"
+
+    @property
+    def rx_secrets_version(self) -> str:
+        return f"{self.p}rxsecrets:v"
 
     @property
     def events(self) -> str:

@@ -1,0 +1,507 @@
+"""Several nodes through Redis (issue 19): what `loa serve --role origin|edge` adds to a node.
+
+Imported only when `redis_url` is set (`loa serve` with role `all` and no Redis is one node,
+exactly as before, and never imports redis).
+
+- Origin (`OriginCluster`, inside control/app.py's `Server`): the `OriginFeed` output beside
+  the RtpOutput (media to the edges over UDP, never through Redis), this node's hash in the
+  node registry (its feed address is how edges find it), the leadership lease, and while it
+  holds the lease: every start/stop the engine takes (`command_to_dict` of the port's
+  StartBroadcast/StopBroadcast) and every alert event published on the commands stream with
+  its fencing token, and the receivers' secrets sealed with the cluster key in `{p}rxsecrets`.
+  The schedule runner and the alert feeds/repeats run only while `leader()` holds.
+- Edge (`EdgeServer`, `serve_edge`): no database, no control API (an HTTP `/health` only): an
+  `EdgeNode` with its own Fanout on the receiver port, SRTP keyring, `ReceiverRegistry` and the
+  receiver endpoint; receivers' secrets from `{p}rxsecrets` (opened in memory, reloaded when the
+  origin's version moves; kept if Redis goes away); origins found through the node registry;
+  receivers claimed in the receiver directory; commands read from its consumer group.
+
+Commands an edge applies (today an edge only relays media, so most of what an origin decides
+is already in the media it sends):
+- `zone.set` {zone, multicast?: "h:p", unicast?: ["h:p"], edges?: [node]}: the edge's own
+  static destinations for a zone (its LAN's multicast group); the zone is pulled while it has
+  any. `zone.drop` {zone, edges?}: the zone is gone: no longer pulled nor sent here.
+- `broadcast.start`, `broadcast.stop`, `alert`: recorded (the last ones, in `/health`) and
+  acknowledged, so XPENDING shows an edge that has not seen an alert; nothing else to do
+  at the edge, whose media follows the origin's.
+- A command whose fencing token is older than the newest the edge has seen is refused,
+  acknowledged and counted (`commands_refused` in `/health`).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from control.settings import ConfigError, Settings
+from streamer.zones import parse_hostport
+
+log = logging.getLogger("loa.cluster")
+
+DISCOVER_EVERY_S = 2.0
+SECRETS_EVERY_S = 2.0
+CLAIMS_EVERY_S = 1.0
+HOLD_COMMANDS_S = 6.0     # a command waits this long for the lease before it is dropped
+
+
+# ------------------------------------------------------------------ settings
+def check(settings: Settings) -> None:
+    """The cluster settings fit together (ConfigError otherwise)."""
+    if settings.role in ("origin", "edge") and not settings.redis_url:
+        raise ConfigError(f"role {settings.role!r} needs redis_url (LOA_REDIS_URL)")
+    if settings.redis_url:
+        cluster_key(settings)
+
+
+def cluster_key(settings: Settings) -> bytes:
+    """The key every node shares (envelopes, subscriptions, sealed receiver secrets)."""
+    if settings.cluster_key is not None:
+        raw = settings.cluster_key.get_secret_value().encode()
+    elif settings.cluster_key_file is not None:
+        try:
+            raw = settings.cluster_key_file.read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read cluster_key_file: {e}") from None
+    else:
+        raise ConfigError("several nodes need a shared cluster_key (LOA_CLUSTER_KEY) or "
+                          "cluster_key_file")
+    if len(raw) < 32:
+        raise ConfigError("the cluster key must be at least 32 characters")
+    return raw
+
+
+def node_id(settings: Settings, role: str) -> str:
+    if settings.node_id:
+        return settings.node_id
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname()) or "node"
+    return f"{host}-{role}-{settings.http.rpartition(':')[2]}"
+
+
+def _redis(settings: Settings) -> Any:
+    import redis.asyncio as aredis
+    return aredis.from_url(settings.redis_url or "", socket_timeout=1.0,
+                           socket_connect_timeout=1.0)
+
+
+# ------------------------------------------------------------------ receiver secrets
+class SecretSeal:
+    """A receiver's secret and zone sealed with the cluster key: AES-GCM (`cryptography`)
+    under a key derived by HKDF-SHA256, the receiver id as associated data (a blob cannot be
+    moved to another receiver's field)."""
+
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        k = HKDF(hashes.SHA256(), 32, salt=None, info=b"loa receiver secrets v1").derive(key)
+        self._aead = AESGCM(k)
+
+    def seal(self, rid: str, secret: bytes, zone: str) -> bytes:
+        nonce = os.urandom(12)
+        body = json.dumps({"s": base64.b64encode(secret).decode(), "z": zone}).encode()
+        return nonce + self._aead.encrypt(nonce, body, rid.encode())
+
+    def open(self, rid: str, blob: bytes) -> tuple[bytes, str] | None:
+        from cryptography.exceptions import InvalidTag
+        try:
+            body = json.loads(self._aead.decrypt(blob[:12], blob[12:], rid.encode()))
+            return base64.b64decode(body["s"]), str(body["z"])
+        except (InvalidTag, ValueError, KeyError, TypeError):
+            return None
+
+
+class SecretsPublisher:
+    """The leader's side: the changes since the last write (everything again if the hash is
+    gone, e.g. Redis restarted empty), then a new version."""
+
+    def __init__(self, redis: Any, keys: Any, seal: SecretSeal,
+                 source: Callable[[], Mapping[str, tuple[bytes, str]]]) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.seal = seal
+        self.source = source
+        self._written: dict[str, tuple[bytes, str]] = {}
+        self.writes = 0
+
+    async def publish(self) -> None:
+        cur = dict(self.source())
+        if not await self.redis.exists(self.keys.rx_secrets):
+            self._written = {}
+        changed = {rid: v for rid, v in cur.items() if self._written.get(rid) != v}
+        gone = [rid for rid in self._written if rid not in cur]
+        if not changed and not gone:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        items = [(rid, self.seal.seal(rid, s, z)) for rid, (s, z) in changed.items()]
+        for i in range(0, len(items), 1000):
+            pipe.hset(self.keys.rx_secrets, mapping=dict(items[i:i + 1000]))
+        if gone:
+            pipe.hdel(self.keys.rx_secrets, *gone)
+        pipe.set(self.keys.rx_secrets_version, str(time.time_ns()))
+        await asyncio.wait_for(pipe.execute(), 5.0)
+        self._written = cur
+        self.writes += 1
+
+
+class SecretsMirror:
+    """The edge's side: every receiver's (secret, zone) in memory, for the registry's look-ups
+    on each datagram. Reloaded when the version moves; kept as it is while Redis is away."""
+
+    def __init__(self, redis: Any, keys: Any, seal: SecretSeal) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.seal = seal
+        self.secrets: dict[str, tuple[bytes, str]] = {}
+        self.version: bytes | None = None
+        self.bad = 0
+        self.loads = 0
+
+    def lookup(self, rid: str) -> tuple[bytes, str] | None:
+        return self.secrets.get(rid)
+
+    async def refresh(self) -> None:
+        v = await self.redis.get(self.keys.rx_secrets_version)
+        if v is None or v == self.version:
+            return
+        raw = await self.redis.hgetall(self.keys.rx_secrets)
+        out: dict[str, tuple[bytes, str]] = {}
+        for k, blob in raw.items():
+            rid = k.decode() if isinstance(k, bytes) else str(k)
+            opened = self.seal.open(rid, bytes(blob))
+            if opened is None:
+                self.bad += 1
+                continue
+            out[rid] = opened
+        self.secrets = out
+        self.version = v
+        self.loads += 1
+
+
+async def _every(period: float, stop: asyncio.Event, fn: Callable[[], Any], what: str) -> None:
+    while not stop.is_set():
+        try:
+            await fn()
+        except Exception as e:   # Redis away: the next round tries again
+            log.debug("%s: %s", what, e)
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+        except TimeoutError:
+            pass
+
+
+# ------------------------------------------------------------------ origin
+class OriginCluster:
+    """An origin's part in the cluster (built by control/app.py's Server when Redis is set)."""
+
+    def __init__(self, settings: Settings) -> None:
+        check(settings)
+        from streamer.cluster.commands import CommandLog
+        from streamer.cluster.feed import OriginFeed
+        from streamer.cluster.keys import Keys
+        from streamer.cluster.lease import RedisLease
+        from streamer.cluster.nodes import NodeRegistry
+        self.settings = settings
+        key = cluster_key(settings)
+        self.node_id = node_id(settings, "origin")
+        self.redis = _redis(settings)
+        self.keys = Keys(settings.redis_prefix)
+        self.feed = OriginFeed(key, ("0.0.0.0", settings.feed_port))
+        self.edges_fence = 0      # the highest token the edges report (floors a new lease)
+        self.lease = RedisLease(self.redis, self.keys, "leader", self.node_id,
+                                floor_seen=lambda: (self.edges_fence,))
+        self.log = CommandLog(self.redis, self.keys, self.node_id, lambda: self.lease.fence,
+                              self.lease.may_issue)
+        self.registry = NodeRegistry(self.redis, self.keys, self.node_id, "origin", self._info)
+        self.seal = SecretSeal(key)
+        self.secrets: SecretsPublisher | None = None
+        self.counters = {"commands_sent": 0, "commands_dropped": 0}
+        self._outbox: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=10_000)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def leader(self) -> bool:
+        """Whether this origin may run schedules and alert intake and issue commands now."""
+        return self.lease.may_issue()
+
+    def _info(self) -> dict[str, Any]:
+        return {"feed": f"{self.settings.node_address}:{self.feed.address[1]}",
+                "http": self.settings.http, "leader": "1" if self.leader() else "0",
+                "fence": self.lease.fence, "edges": len(self.feed.subs.targets),
+                "envelopes": self.feed.counters["envelopes"]}
+
+    # the engine and the event hub tell us (any thread; never waits)
+    def tap(self, cmd: Any) -> None:
+        from streamer.port import StartBroadcast, command_to_dict
+        kind = "broadcast.start" if isinstance(cmd, StartBroadcast) else "broadcast.stop"
+        self._outbox.append((time.monotonic(), kind, command_to_dict(cmd)))
+
+    def observe(self, ev: dict) -> None:
+        t = str(ev.get("type", ""))
+        if t.startswith("alert.") and t not in ("alert.refused", "alert.feed_failed"):
+            self._outbox.append((time.monotonic(), "alert", dict(ev)))
+
+    def send(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Queue a command for the edges (e.g. `zone.set`, `zone.drop`)."""
+        self._outbox.append((time.monotonic(), kind, dict(body)))
+
+    async def _sender(self) -> None:
+        from streamer.cluster.commands import NotLeader
+        while not self._stop.is_set():
+            while self._outbox:
+                at, kind, body = self._outbox[0]
+                try:
+                    await self.log.send(kind, body)
+                except NotLeader:
+                    if time.monotonic() - at < HOLD_COMMANDS_S:
+                        break               # the lease may come: wait a little
+                    self.counters["commands_dropped"] += 1
+                except Exception as e:      # Redis away: keep it and retry
+                    log.debug("command %s: %s", kind, e)
+                    if time.monotonic() - at < 60.0:
+                        break
+                    self.counters["commands_dropped"] += 1
+                else:
+                    self.counters["commands_sent"] += 1
+                self._outbox.popleft()
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.1)
+            except TimeoutError:
+                pass
+
+    async def _edges(self) -> None:
+        edges = await self.registry.nodes("edge")
+        fences = [int(e.get("fence", "0") or 0) for e in edges]
+        self.edges_fence = max(fences, default=self.edges_fence)
+
+    async def _secrets(self) -> None:
+        if self.secrets is not None and self.leader():
+            await self.secrets.publish()
+
+    async def start(self, engine: Any, secrets: Mapping[str, tuple[bytes, str]] | Any,
+                    hub: Any) -> None:
+        """After the engine started: `secrets` is the receivers' (secret, zone) by id."""
+        self.feed.rtp = engine.rtp
+        taps = getattr(engine, "taps", None)
+        if taps is not None:
+            taps.append(self.tap)
+        hub.observers.append(self.observe)
+        source = secrets if callable(secrets) else (lambda: secrets)
+        self.secrets = SecretsPublisher(self.redis, self.keys, self.seal, source)
+        self.feed.start()
+        await self.lease.step()    # a single origin leads from its first second
+        s = self._stop
+        self._tasks = [asyncio.create_task(c, name=n) for c, n in (
+            (self.registry.run(s), "loa-cluster-registry"),
+            (self.lease.run(s), "loa-cluster-lease"),
+            (self._sender(), "loa-cluster-commands"),
+            (_every(SECRETS_EVERY_S, s, self._secrets, "secrets"), "loa-cluster-secrets"),
+            (_every(DISCOVER_EVERY_S, s, self._edges, "edges"), "loa-cluster-edges"))]
+        log.info("origin %s: feed on udp %d, redis %s", self.node_id, self.feed.address[1],
+                 self.settings.redis_url)
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.node_id, "role": "origin", "leader": self.leader(),
+                "fence": self.lease.fence, "edges": self.feed.subs.nodes(),
+                **self.counters, "feed": dict(self.feed.counters)}
+
+    async def close(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lease.release()
+        await self.registry.withdraw()
+        self.feed.close()
+        try:
+            await self.redis.aclose()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------ edge
+def _addr(text: Any) -> tuple[str, int] | None:
+    if not text:
+        return None
+    return parse_hostport(str(text), "address")
+
+
+class EdgeServer:
+    """One edge: receivers, their SRTP and the fan-out; media from the origins."""
+
+    def __init__(self, settings: Settings) -> None:
+        check(settings)
+        from streamer.cluster.commands import CommandConsumer
+        from streamer.cluster.edge import EdgeNode
+        from streamer.cluster.keys import Keys
+        from streamer.cluster.lease import FenceGate
+        from streamer.cluster.nodes import NodeRegistry, ReceiverDirectory
+        from streamer.rtp.fanout import Fanout
+        from streamer.rtp.registry import ReceiverRegistry
+        self.settings = settings
+        key = cluster_key(settings)
+        self.node_id = node_id(settings, "edge")
+        self.redis = _redis(settings)
+        self.keys = Keys(settings.redis_prefix)
+        self.fanout = Fanout(bind=("0.0.0.0", settings.send_port),
+                             multicast_ttl=settings.multicast_ttl,
+                             multicast_if=settings.multicast_if, workers=settings.fanout_workers,
+                             batch=settings.fanout_batch, realtime=settings.engine_realtime)
+        keyring = None
+        if settings.srtp:
+            from streamer.rtp.srtp import MediaKeyring
+            keyring = MediaKeyring(time.monotonic(),
+                                   rotate_every_s=settings.media_key_rotate_h * 3600)
+        self.node = EdgeNode(self.node_id, key, [], self.fanout, keyring=keyring,
+                             payload_type=settings.payload_type,
+                             feed_bind=("0.0.0.0", settings.feed_port))
+        self.secrets = SecretsMirror(self.redis, self.keys, SecretSeal(key))
+        self.registry = ReceiverRegistry(self.secrets.lookup, keyring=keyring,
+                                         heartbeat_s=settings.receiver_heartbeat_s)
+        self.directory = ReceiverDirectory(self.redis, self.keys, self.node_id)
+        self.nodes = NodeRegistry(self.redis, self.keys, self.node_id, "edge", self._info)
+        self.gate = FenceGate()
+        self.consumer = CommandConsumer(self.redis, self.keys, self.node_id, self.apply,
+                                        gate=self.gate, block_ms=500)
+        self.counters = {"commands_applied": 0, "commands_unknown": 0, "moved_in": 0}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)   # broadcasts/alerts seen
+        self.link: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def _info(self) -> dict[str, Any]:
+        return {"media": f"{self.settings.node_address}:{self.media_port}",
+                "feed": f"{self.settings.node_address}:{self.node.address[1]}",
+                "receivers": sum(1 for r in self._receivers() if r.get("online")),
+                "zones": sorted(self.node.wanted), "fence": self.gate.highest}
+
+    @property
+    def media_port(self) -> int:
+        return int(self.node.media_socket.getsockname()[1])
+
+    def _receivers(self) -> list[dict[str, Any]]:
+        st = self.registry.status()
+        return st if isinstance(st, list) else []
+
+    # commands ------------------------------------------------------------------------------
+    def apply(self, cmd: Any) -> None:
+        body = cmd.body
+        edges = body.get("edges")
+        if isinstance(edges, list) and self.node_id not in edges:
+            return
+        try:
+            if cmd.kind == "zone.set":
+                uni = [a for a in (_addr(u) for u in body.get("unicast") or []) if a]
+                self.node.set_static(str(body["zone"]), _addr(body.get("multicast")), uni)
+            elif cmd.kind == "zone.drop":
+                self.node.drop_zone(str(body["zone"]))
+            elif cmd.kind in ("broadcast.start", "broadcast.stop", "alert"):
+                self.recent.append({"kind": cmd.kind, "fence": cmd.fence,
+                                    "id": body.get("id") or body.get("alert")})
+            else:
+                self.counters["commands_unknown"] += 1
+                return
+        except (KeyError, ValueError) as e:
+            log.warning("command %s (%s) not applied: %s", cmd.id, cmd.kind, e)
+            self.counters["commands_unknown"] += 1
+            return
+        self.counters["commands_applied"] += 1
+
+    # loops ---------------------------------------------------------------------------------
+    async def _discover(self) -> None:
+        await self.secrets.refresh()
+        origins = await self.nodes.nodes("origin")
+        found = [a for a in (_addr(o.get("feed")) for o in origins) if a]
+        if found and set(found) != set(self.node.origins):
+            log.info("edge %s: origins %s", self.node_id, found)
+            self.node.set_origins(found)
+            self.node.subscribe_now()
+
+    async def _claims(self) -> None:
+        for st in self._receivers():
+            if not st.get("online"):
+                continue
+            moved = await self.directory.claim(str(st["id"]), str(st["zone"]),
+                                               {"state": st.get("playback")})
+            if moved:
+                self.counters["moved_in"] += 1
+
+    async def start(self) -> None:
+        from streamer.rtp.link import start_receiver_endpoint
+        try:
+            await asyncio.wait_for(self._discover(), 3.0)
+        except Exception as e:
+            log.warning("edge %s: Redis not reachable at start (%s); retrying", self.node_id, e)
+        self.node.start()
+        self.link = await start_receiver_endpoint(self.node, self.registry)
+        s = self._stop
+        self._tasks = [asyncio.create_task(c, name=n) for c, n in (
+            (self.nodes.run(s), "loa-edge-registry"),
+            (self.consumer.run(s), "loa-edge-commands"),
+            (_every(DISCOVER_EVERY_S, s, self._discover, "discover"), "loa-edge-discover"),
+            (_every(CLAIMS_EVERY_S, s, self._claims, "claims"), "loa-edge-claims"))]
+
+    def status(self) -> dict[str, Any]:
+        return {**self.node.stats(), **self.counters, "ok": True,
+                "media_port": self.media_port, "feed_port": self.node.address[1],
+                "origins": [f"{h}:{p}" for h, p in self.node.origins],
+                "secrets": len(self.secrets.secrets),
+                "commands_refused": self.gate.refused, "fence": self.gate.highest,
+                "commands_errors": self.consumer.errors, "recent": list(self.recent)}
+
+    async def close(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.link is not None:
+            self.link.close()
+        await self.nodes.withdraw()
+        self.node.close()
+        self.fanout.close()
+        try:
+            await self.redis.aclose()
+        except Exception:
+            pass
+
+
+async def serve_edge(settings: Settings, ready: asyncio.Event | None = None,
+                     stop: asyncio.Event | None = None) -> None:
+    """`loa serve --role edge`: the edge and an HTTP `/health` (its status as JSON)."""
+    import signal
+
+    from aiohttp import web
+    edge = EdgeServer(settings)
+    await edge.start()
+
+    async def health(_req: web.Request) -> web.Response:
+        return web.json_response(edge.status())
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/v1/health", health)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = settings.http.rpartition(":")
+    try:
+        await web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_address=True).start()
+        print(f"loa: edge {edge.node_id} serving receivers on udp {edge.media_port}, "
+              f"feed udp {edge.node.address[1]}, health http://{settings.http}/health",
+              flush=True)
+        if ready is not None:
+            ready.set()
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await stop.wait()
+    finally:
+        print("loa: shutting down", flush=True)
+        await runner.cleanup()
+        await edge.close()
