@@ -21,10 +21,10 @@ The caller's process only packs membership changes and, per tick, writes one sma
 worker (key ids + packet) on a SOCK_SEQPACKET socketpair; it never waits for the sends. A worker
 that cannot keep up loses that tick (counted in `worker_queue_drops`), it never blocks the tick.
 Each tick's message carries the time it was handed over, and a worker that finds it older than
-`max_lag_ms` drops it (`worker_stale_drops`): a packet that late is no use to a receiver's
-jitter buffer, and sending it would only keep every later packet late too (measured: a worker
-on a loaded core built a backlog of 0.1-4 s in its socket, so an emergency's first packet
-reached the wire that long after the engine handed it over). Workers run with real-time
+`max_lag_ms` (200; 0: never) drops it (`worker_stale_drops`): a packet that late is past a
+receiver's jitter buffer, and sending it would only keep every later packet late too
+(measured: a worker on a loaded core built a backlog of 0.1-4 s in its socket, so an
+emergency's first packet reached the wire that long after the engine handed it over). Workers run with real-time
 scheduling a notch below the tick thread where permitted (`realtime`), as the tick does: they
 are the other half of the real-time path.
 Counters come back through a shared memory page. A worker that dies is restarted and given its
@@ -199,7 +199,7 @@ class Fanout:
                  multicast_if: str | None = None, multicast_loop: bool = True, *,
                  workers: int = 0, batch: int = 512, sndbuf: int = 4 * 1024 * 1024,
                  use_sendmmsg: bool | None = None, realtime: bool = True,
-                 max_lag_ms: float = 60.0) -> None:
+                 max_lag_ms: float = 200.0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
@@ -418,7 +418,7 @@ class _Worker:
 
 class _WorkerPool:
     def __init__(self, udp: socket.socket, k: int, batch: int, batched: bool, *,
-                 realtime: bool = True, max_lag_ms: float = 60.0) -> None:
+                 realtime: bool = True, max_lag_ms: float = 200.0) -> None:
         self.udp = udp
         self.realtime = realtime
         self.max_lag_ns = int(max_lag_ms * 1e6)
