@@ -33,6 +33,8 @@ Addr = tuple[str, int]
 VERSION = "loa-receiver/0.1"
 PROBE_MIN_S = 1.0        # first re-register / early heartbeat after media trouble
 STALL_S = 1.5            # on air, no media for this long: ask the server (it may have restarted)
+ANSWER_WAIT_S = 1.0      # a heartbeat not answered within this long is a missed acknowledgement
+SILENCE_FAILOVER_S = 2.0  # on air, no media for this long: the next server (when there are several)
 CLOCK_SLACK_MS = 1000    # server messages stamped this much before our (re)start still count
 
 
@@ -75,6 +77,9 @@ class FieldSession:
         self._rekey = False              # media failed authentication: re-register soon
         self._probe_at = 0.0             # no probe (rekey / stall heartbeat) before this
         self._probe_backoff = PROBE_MIN_S
+        self.unanswered = 0              # heartbeats/probes sent since the last welcome
+        self._sent_at = 0.0              # when the last of them was sent
+        self._welcomed_at = 0.0          # when this server first welcomed us
 
     @property
     def server(self) -> Addr:
@@ -94,6 +99,7 @@ class FieldSession:
         self._probe_at = 0.0
         self._probe_backoff = PROBE_MIN_S
         self._attempts = 0
+        self.unanswered = 0
         self._next_register = now
         if len(self.servers) > 1:
             self.index = (self.index + 1) % len(self.servers)
@@ -133,6 +139,8 @@ class FieldSession:
         self._probe_backoff = min(self._probe_backoff * 2, max(PROBE_MIN_S, self.heartbeat_s))
         self._next_heartbeat = now + self.heartbeat_s
         self.counters["registers_sent"] += 1
+        self.unanswered += 1
+        self._sent_at = now
         return self._msg(cp.MsgType.REGISTER, wall, {"version": VERSION, "rekey": why})
 
     def poll(self, now: float, wall: float,
@@ -155,12 +163,23 @@ class FieldSession:
             self.counters["server_lost"] += 1
             self._failover(now, wall, "server lost")
             return self.poll(now, wall, report)
+        # several servers (edges): the next one after `missed` unanswered messages, or after
+        # SILENCE_FAILOVER_S without media while our zone is on air (issue 19)
+        missed = self.unanswered >= self.missed and now - self._sent_at >= ANSWER_WAIT_S
+        if len(self.servers) > 1 and (
+                missed or (self.on_air and now - max(self._media_at, self._on_air_at,
+                                              self._welcomed_at) > SILENCE_FAILOVER_S)):
+            self.counters["server_lost"] += 1
+            self._failover(now, wall, "missed acknowledgements" if missed else "silence on air")
+            return self.poll(now, wall, report)
         probe = self._probe(now, wall)
         if probe is not None:
             out.append(probe)
         elif now >= self._next_heartbeat:
             self._next_heartbeat = now + self.heartbeat_s
             self.counters["heartbeats_sent"] += 1
+            self.unanswered += 1
+            self._sent_at = now
             out.append(self._msg(cp.MsgType.HEARTBEAT, wall))
         if report is not None and (self._report_now or now >= self._next_report):
             self._report_now = False
@@ -199,7 +218,9 @@ class FieldSession:
                 self.welcome = body
                 self._last_welcome = now
                 self._attempts = 0
+                self.unanswered = 0
                 if first:
+                    self._welcomed_at = now
                     self._next_heartbeat = now + self.heartbeat_s
                     self._next_report = now
                     self.events.append((wall, "registered", self.server))

@@ -100,3 +100,62 @@ def test_a_welcome_stamped_before_the_receiver_started_is_refused():
     assert not fr.session.registered and fr.session.counters["control_rejected"] == 1
     fr.datagram_received(welcome(ring, T0 + 0.1), SERVER, 0.2, T0 + 0.2)
     assert fr.session.registered
+
+
+SERVER2 = ("127.0.0.1", 5005)
+
+
+def joined_two(ring: MediaKeyring, on_air=None):
+    fr = FieldReceiver(FieldSession("rx1", SECRET, [SERVER, SERVER2]), Receiver(NullSink()))
+    s = fr.session
+    assert sent_types(s.poll(0.0, T0)) == [(cp.MsgType.REGISTER, None)]
+    fr.datagram_received(welcome(ring, T0 + 0.01, on_air), SERVER, 0.01, T0 + 0.01)
+    assert s.registered and s.server == SERVER
+    return fr
+
+
+def test_silence_on_air_moves_to_the_next_server_after_two_seconds():
+    on = [{"broadcast": "b1", "level": "normal"}]
+    ring = MediaKeyring()
+    tx = MediaProtector(ring)
+    fr = joined_two(ring, on)
+    s = fr.session
+    fr.datagram_received(media(tx, 1), SERVER, 0.5, T0 + 0.5)
+    assert s.poll(2.0, T0 + 2.0) == []
+    # 1.9 s of silence: a stall probe to the same server, which it does not leave yet
+    assert sent_types(s.poll(2.4, T0 + 2.4)) == [(cp.MsgType.REGISTER, "no_media")]
+    assert s.server == SERVER
+    out = s.poll(2.6, T0 + 2.6)                          # 2.1 s: the next server
+    assert s.server == SERVER2 and not s.registered
+    assert [(a, t) for (_d, a), t in zip(out, sent_types(out))] == [(SERVER2,
+                                                                     (cp.MsgType.REGISTER, None))]
+    assert s.events[-1][1] == "silence on air"
+    # nothing on air: silence is not a reason to move
+    fr2 = joined_two(MediaKeyring())
+    assert fr2.session.poll(10.0, T0 + 10) == [] and fr2.session.server == SERVER
+
+
+def test_three_unanswered_messages_move_to_the_next_server():
+    ring = MediaKeyring()
+    fr = joined_two(ring)                                 # heartbeat 15 s: the time rule is 45 s
+    s = fr.session
+    other = MediaProtector(MediaKeyring())                # media our keys cannot open
+    for t in (1.0, 2.5, 4.5):
+        fr.datagram_received(media(other, int(t * 10)), SERVER, t, T0 + t)
+        assert sent_types(s.poll(t + 0.5, T0 + t + 0.5)) == [(cp.MsgType.REGISTER, "auth_failed")]
+    assert s.unanswered == 3
+    assert s.poll(5.5, T0 + 5.5) == [] and s.server == SERVER   # the third had 0.5 s
+    out = s.poll(6.1, T0 + 6.1)
+    assert s.server == SERVER2 and out[0][1] == SERVER2
+    assert s.events[-1][1] == "missed acknowledgements"
+    # an answer resets the count: one server that answers is never left
+    fr3 = joined_two(ring)
+    s3 = fr3.session
+    other = MediaProtector(MediaKeyring())
+    for t in (1.0, 2.5, 4.5):
+        fr3.datagram_received(media(other, int(t * 10)), SERVER, t, T0 + t)
+        s3.poll(t + 0.5, T0 + t + 0.5)
+        fr3.datagram_received(welcome(ring, T0 + t + 0.6), SERVER, t + 0.6, T0 + t + 0.6)
+    assert s3.unanswered == 0
+    s3.poll(6.1, T0 + 6.1)
+    assert s3.server == SERVER
