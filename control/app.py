@@ -23,6 +23,7 @@ from control.alerts.intake import AlertIntake
 from control.api.alerts import AlertHandlers
 from control.api.broadcasts import BroadcastHandlers
 from control.api.media import MediaHandlers
+from control.media_refs import MediaReferences, source_uses
 from control.api.receivers import ReceiverHandlers
 from control.api.sessions import SessionHandlers
 from control.api.system import SystemHandlers
@@ -159,12 +160,16 @@ class Server:
         self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
                                   settings, self.hub.publish)
         self.recovery = Recovery(self.db, self.records, self.engine, settings, self.alerts)
+        self.media_refs = MediaReferences()   # who uses a media item (issue 13): each room
+        self.media_refs.register("broadcasts", "media_in_use", "broadcast(s)", self._media_on_air)
+        self.media_refs.register("alerts", "media_in_use", "active alert(s)",
+                                 self.alerts.using_media)
         self.handlers: list[HasRoutes] = [
             SystemHandlers(self.engine, self.db, self.access, self.registry, self.route_table),
             SessionHandlers(self.db, settings),
             ZoneHandlers(self.state, self.engine, self.db, settings, self.tree),
             ReceiverHandlers(self.state, self.db, self.registry, self.receiver_secrets, self.tree),
-            MediaHandlers(self.db, settings, self.broadcasts),
+            MediaHandlers(self.db, settings, self.broadcasts, self.media_refs),
             BroadcastHandlers(self.broadcasts, self.db, self.hub, self.registry,
                               StreamGuard(self.access, settings.event_streams_per_principal,
                                           settings.event_stream_recheck_s)),
@@ -206,6 +211,10 @@ class Server:
         for r in self.route_table():
             route = app.router.add_route(r.method, r.url, r.handler)
             self.access.actions[route] = r.action
+
+    async def _media_on_air(self, media_id: str) -> list[str]:
+        """Active broadcasts playing this library item (in any part of their source)."""
+        return [b.id for b in self.engine.broadcasts() if source_uses(b.source, media_id)]
 
     def _publish_now(self, ev: dict) -> None:
         from streamer.timefmt import utc_iso

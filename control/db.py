@@ -144,6 +144,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN wid TEXT;
     CREATE UNIQUE INDEX audit_wid ON audit(wid) WHERE wid IS NOT NULL;
     """,
+    # 8: a media item's owner scope (control/media_refs.py): the zones of the account that
+    # made it, JSON; NULL: province-wide (every item made before)
+    """
+    ALTER TABLE media ADD COLUMN scope TEXT;
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")

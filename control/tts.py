@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from control.db import Database
 from control.errors import Invalid
 from control.http import Route, json_response, parse_body
+from control.media_refs import owner_scope
 from control.service import media_root
 from control.settings import Settings
 from streamer.tts.cache import TtsCache
@@ -201,6 +202,7 @@ class TtsHandlers:
                "filename": f"tts-{digest[:8]}.ogg", "size": size, **info, "title": title,
                "language": req.language, "tags": req.tags,
                "created_by": request["principal"].name,
+               "scope": owner_scope(request["principal"]),
                "tts": {"text": p.text, "voice": p.voice, "engine": p.engine, "rate": p.rate}}
         await self.db.insert_media(row)
         request["audit_target"] = row["id"]

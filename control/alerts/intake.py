@@ -272,6 +272,22 @@ class AlertIntake:
             return None
         return bid
 
+    async def using_media(self, media_id: str) -> list[str]:
+        """Active alerts (control/media_refs.py) whose audio is this library item: the
+        broadcast airing it plays it, or its audio resource names it (.../media/{id}); a
+        repeat would find it gone."""
+        from control.media_refs import source_uses
+        out = []
+        for rec in self.book.active():
+            res = rec.decision.resource
+            path = urlsplit(res.uri).path.rstrip("/") if res is not None and res.uri else ""
+            bid = self.airing.get(rec.decision.key)
+            snap = self.port.broadcast(bid) if bid else None
+            if path.endswith(f"/media/{media_id}") or (
+                    snap is not None and source_uses(snap.source, media_id)):
+                out.append(alert_id(rec.decision.key))
+        return out
+
     async def _fetch(self, res: Resource) -> FileAudio:
         """An audio <resource>: allowed hosts only, size cap, SHA-1 digest checked, kept under
         <data_dir>/alerts/ by its digest (a repeat or a restart does not fetch it again)."""

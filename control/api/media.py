@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from control import models as m
 from control.broadcasts import Broadcasts
 from control.db import Database
-from control.errors import Conflict, NotFound
+from control.errors import Forbidden, NotFound
+from control.media_refs import MediaReferences, may_edit, owner_scope
 from control.http import HttpError, Route, json_response, parse_body, q, validation_error
 from control.service import media_root
 from control.settings import Settings
@@ -55,10 +56,13 @@ def public_media(r: dict) -> dict:
 
 
 class MediaHandlers:
-    def __init__(self, db: Database, settings: Settings, broadcasts: Broadcasts) -> None:
+    def __init__(self, db: Database, settings: Settings, broadcasts: Broadcasts,
+                 refs: MediaReferences | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.broadcasts = broadcasts  # which broadcasts use an item; the media lock
+        self.broadcasts = broadcasts  # the media lock, the zone tree
+        #: who still uses an item (broadcasts, schedules, alerts register their checks)
+        self.refs = refs if refs is not None else MediaReferences()
 
     def routes(self) -> list[Route]:
         R = Route
@@ -72,7 +76,7 @@ class MediaHandlers:
             R("PATCH", "/media/{id}", self.update_media, "media.write", "Tag a media item",
               body=m.MediaUpdate, errors=(400, 401, 403, 404, 415, 422)),
             R("DELETE", "/media/{id}", self.delete_media, "media.write",
-              "Delete a media item (refused while a broadcast uses it)",
+              "Delete a media item (refused while a broadcast, schedule or alert uses it)",
               errors=(401, 403, 404, 409)),
         ]
 
@@ -89,9 +93,17 @@ class MediaHandlers:
     async def get_media(self, request: web.Request) -> web.Response:
         return json_response(public_media(await self._media(request.match_info["id"])))
 
+    def _check_owner(self, request: web.Request, row: dict) -> None:
+        """Only an account whose zones cover the item's owner scope changes it."""
+        principal = request["principal"]
+        if not may_edit(principal, self.broadcasts.tree(), row.get("scope")):
+            where = ", ".join(row.get("scope") or []) or "the whole province"
+            raise Forbidden(f"media {row['id']} belongs to {where}, outside your scope",
+                            code="media_out_of_scope")
+
     async def update_media(self, request: web.Request) -> web.Response:
         mid = request.match_info["id"]
-        await self._media(mid)
+        self._check_owner(request, await self._media(mid))
         body = await parse_body(request, m.MediaUpdate)
         changes = body.model_dump(exclude_unset=True, exclude_none=True)
         if changes:
@@ -103,17 +115,9 @@ class MediaHandlers:
         mid = request.match_info["id"]
         async with self.broadcasts.media_lock:
             row = await self._media(mid)
-            users = self.broadcasts.media_users(mid)
-            if users:
-                raise Conflict("media_in_use",
-                               f"media {mid} is in use by broadcast(s) {', '.join(users)}",
-                               broadcasts=users)
-            from control.schedule.store import ScheduleStore
-            scheduled = await ScheduleStore(self.db).using_media(mid)
-            if scheduled:  # never a silent skip later: change or delete the schedules first
-                raise Conflict("media_scheduled",
-                               f"media {mid} is played by schedule(s) {', '.join(scheduled)}",
-                               schedules=scheduled)
+            self._check_owner(request, row)
+            # never a silent gap later: stop, change or delete what uses it first
+            await self.refs.check_unused(mid)
             await self.db.delete_media(mid)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, os.unlink, row["path"])
@@ -221,7 +225,8 @@ class MediaHandlers:
             row = {"id": digest[:16], "sha256": digest, "path": str(final), "filename": filename,
                    "size": size, **info, "title": meta.title or filename,
                    "language": meta.language or "vi", "tags": meta.tags or [],
-                   "created_by": request["principal"].name}
+                   "created_by": request["principal"].name,
+                   "scope": owner_scope(request["principal"])}
             try:
                 await self.db.insert_media(row)
             except Exception:

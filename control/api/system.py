@@ -86,6 +86,6 @@ class SystemHandlers:
 
     async def dashboard_asset(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if name not in ("dashboard.js", "dashboard.css"):
+        if name not in ("dashboard.js", "dashboard.css", "dashboard-asrun.js"):
             raise NotFound("not_found", f"no such resource: {request.path}")
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})

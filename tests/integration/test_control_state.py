@@ -268,7 +268,8 @@ def test_role_action_matrix(serve, tone):
         ("provision receiver", "POST", "/api/v1/receivers",
          lambda: {"zone": "xa-b", "id": f"rx{next(rx_n)}"}, {"admin"}),
         ("read media", "GET", "/api/v1/media", None, set(ROLE_USERS)),
-        ("tag media", "PATCH", f"/api/v1/media/{med['id']}", {"tags": ["x"]}, {"admin", "operator"}),
+        # the admin's upload is province-wide: a commune's operator may not change it (issue 13)
+        ("tag province media", "PATCH", f"/api/v1/media/{med['id']}", {"tags": ["x"]}, {"admin"}),
         ("normal in commune A", "POST", "/api/v1/broadcasts", tone_b(["xa-a"]),
          {"admin", "operator"}),
         ("normal in village A1", "POST", "/api/v1/broadcasts", tone_b(["thon-a1"]),
@@ -301,7 +302,7 @@ def test_role_action_matrix(serve, tone):
             else:
                 assert st == 403, (desc, role, st, resp)
                 assert resp["error"]["code"] in ("forbidden", "out_of_scope", "raw_path_forbidden",
-                                                 "path_not_allowed")
+                                                 "path_not_allowed", "media_out_of_scope")
         st, _ = r(method, path, body() if callable(body) else body)
         assert st == 401, desc  # and nobody anonymous
     # raw paths: admin-token is admin, but no media_dirs configured → refused too
