@@ -177,6 +177,7 @@ class Database:
         #: how long a write waits for another connection's lock before it fails (a 503 for
         #: the API): bounded, so a locked database never hangs a request
         self.busy_timeout_ms = busy_timeout_ms
+        self._busy_lowered = False
         #: a second connection for the plain reads (_all/_one): in WAL mode they never wait
         #: behind a write that waits for a lock (token checks stay fast on a locked database)
         self._reader: aiosqlite.Connection | None = None
@@ -457,7 +458,22 @@ class Database:
         """A batch of the write-ahead queue's records (control/journal.py) in one transaction,
         run whole on the connection's thread (nothing else interleaves with it)."""
         conn = self.conn
-        await conn._execute(lambda: write_records_sync(conn._conn, records))
+
+        def run() -> None:
+            try:
+                write_records_sync(conn._conn, records)
+            except sqlite3.OperationalError as e:
+                # locked by another connection: until a batch goes through again, writes wait
+                # 100 ms, not the full busy timeout each (queued writes would add up to seconds)
+                busy = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF in (5, 6)
+                if (busy or "locked" in str(e)) and not self._busy_lowered:
+                    conn._conn.execute(f"PRAGMA busy_timeout={min(100, self.busy_timeout_ms)}")
+                    self._busy_lowered = True
+                raise
+            if self._busy_lowered:
+                conn._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                self._busy_lowered = False
+        await conn._execute(run)
 
     async def broadcasts(self, limit: int = 200, state: str | None = None) -> list[dict]:
         sql, args = "SELECT data FROM broadcasts", []
