@@ -124,6 +124,8 @@ class ListenHandlers:
         self.port = port
         self.audience = audience
         self.next_items = next_items or (lambda zone: [])
+        #: HLS clients per zone (fetched within the last three segments); set at assembly
+        self.hls_counts: Callable[[], dict[str, int]] = dict
 
     def routes(self) -> list[Route]:
         R = Route
@@ -215,9 +217,12 @@ class ListenHandlers:
     def _zone_counts(self, zones: list[str]) -> list[dict[str, Any]]:
         counts = self.hub.counts()
         peaks = self.hub.peaks()
+        hls = self.hls_counts()
         return [{"zone": z, "name": self.audience.name(z),
                  "public": self.audience.public.is_public(z),
-                 "listeners": {"current": counts.get(z, 0), "peak": peaks.get(z, 0)},
+                 "listeners": {"current": counts.get(z, 0) + hls.get(z, 0),
+                               "peak": peaks.get(z, 0), "ogg": counts.get(z, 0),
+                               "hls": hls.get(z, 0)},
                  "listen_url": f"/listen/{z}.ogg", "hls_url": f"/listen/{z}/index.m3u8",
                  "page_url": f"/nghe/{z}"} for z in zones]
 
@@ -225,7 +230,8 @@ class ListenHandlers:
         lim = self.hub.limits
         return json_response({
             "zones": self._zone_counts(self.audience.visible(request)),
-            "total": self.hub.total, "refused": self.hub.refused,
+            "total": self.hub.total, "hls_total": sum(self.hls_counts().values()),
+            "refused": self.hub.refused,
             "dropped_slow": self.hub.dropped_slow,
             "limits": {"per_zone": lim.max_per_zone, "total": lim.max_total,
                        "per_address": lim.max_per_address, "buffer_bytes": lim.max_buffer}})

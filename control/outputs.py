@@ -11,6 +11,7 @@ from typing import Any
 
 from control.archive import Archive
 from control.boards import Boards
+from control.hls import HlsHandlers
 from control.listening import Audience, ListenHandlers, PublicZones, listener_metrics
 from control.settings import Settings
 from streamer.outputs.archive import ArchiveIndex
@@ -45,6 +46,11 @@ class Outputs:
             title=title)
         self.listen = ListenHandlers(self.hub, port, self.audience, self.next_items)
         self.handlers.append(self.listen)
+        self.hls = HlsHandlers(self.hub, self.audience)
+        self.listen.hls_counts = self.hls.counts
+        self.handlers.append(self.hls)
+        self._starters.append(self.hls.start)
+        self._closers.append(self.hls.close)
         for h in handlers:   # listener counts on /metrics
             m = getattr(h, "metrics_", None)
             if m is not None and hasattr(m, "register"):
