@@ -145,6 +145,7 @@ class Server:
             self.receiver_secrets.lookup, on_event=self.hub.publish,
             on_zone_loss=self._send_zone_loss,
             keyring=keyring, heartbeat_s=settings.receiver_heartbeat_s)
+        self.registry.is_pending = self.receiver_secrets.pending
         self.access = Access(self.db, settings, self.tree)
         self.broadcasts = Broadcasts(self.engine, self.tree, self.db, settings)
         self.broadcasts.tts = self.engine.catalogue.tts   # texts checked before they air
@@ -286,6 +287,7 @@ class Server:
         self.engine.start()
         from streamer.rtp.link import start_receiver_endpoint
         self.link = await start_receiver_endpoint(self.engine, self.registry)
+        self.receiver_secrets.on_found = self.link.retry
         if self.cluster is not None:
             await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub)
         self.rtp_ingest.start()

@@ -37,6 +37,8 @@ class ReceiverSecrets:
         self.state = state
         #: reloads everything (zone tree and secrets) when the database knows an id we did not
         self.on_stale = on_stale
+        #: an id was found in the database (the receiver protocol answers its held datagram)
+        self.on_found: Callable[[str], None] | None = None
         self.misses = {"looked_up": 0, "found": 0, "dropped": 0}
         self._missed_at: dict[str, float] = {}    # id -> when it was last looked up
         self._pending: dict[str, None] = {}       # ids waiting for the look-up task
@@ -47,6 +49,10 @@ class ReceiverSecrets:
         self.secrets: dict[str, tuple[bytes, str]] = {}
         #: receiver id -> the sealed blob its cached secret was opened from
         self._sealed: dict[str, bytes] = {}
+
+    def pending(self, rid: str) -> bool:
+        """Whether a database look-up of this id is queued or running."""
+        return rid in self._pending
 
     def lookup(self, rid: str) -> tuple[bytes, str] | None:
         found = self.secrets.get(rid)
@@ -76,6 +82,7 @@ class ReceiverSecrets:
 
     async def _look_up_misses(self) -> None:
         stale = False
+        found: list[str] = []
         while self._pending:
             rid = next(iter(self._pending))
             try:
@@ -90,6 +97,7 @@ class ReceiverSecrets:
                     if rid in self.secrets:
                         self.misses["found"] += 1
                         stale = True
+                        found.append(rid)
                         log.warning("receiver %s is in the database but was not known to this "
                                     "server (changed by another process?): reloading", rid)
             except Exception:
@@ -101,6 +109,13 @@ class ReceiverSecrets:
                 await self.on_stale()
             except Exception:
                 log.exception("reloading after a stale receiver cache failed")
+        # answer what the found receivers sent meanwhile, now that their zones are known too
+        for rid in found:
+            if self.on_found is not None:
+                try:
+                    self.on_found(rid)
+                except Exception:
+                    log.exception("answering receiver %s after its look-up failed", rid)
 
     def forget(self, rid: str) -> None:
         self.secrets.pop(rid, None)

@@ -77,6 +77,15 @@ class ReceiverLink(asyncio.DatagramProtocol):
             return
         self._send_all(out)
 
+    def retry(self, receiver_id: str) -> None:
+        """A receiver id the control plane has just found: answer what it sent meanwhile."""
+        try:
+            out = self.registry.retry(receiver_id, time.monotonic(), time.time())
+        except Exception:
+            log.exception("receiver registry failed on a held datagram of %s", receiver_id)
+            return
+        self._send_all(out)
+
     def error_received(self, exc: Exception) -> None:
         self.counters["send_errors"] += 1
 

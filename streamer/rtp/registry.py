@@ -105,7 +105,8 @@ class ReceiverRegistry:
     COUNTERS = ("datagrams", "accepted", "malformed", "unexpected_type", "unknown_id", "bad_mac",
                 "stale", "replay", "lookup_errors", "registers", "heartbeats", "reports", "byes",
                 "welcomes_sent", "now_sent", "address_changes", "offline_transitions",
-                "rekeys", "not_playing_transitions", "destination_errors")
+                "rekeys", "not_playing_transitions", "destination_errors", "lookup_pending")
+    HELD_MAX = 256   # datagrams of ids being looked up, kept to answer once they are found
 
     def __init__(self, secret_for: SecretLookup, *,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -116,6 +117,9 @@ class ReceiverRegistry:
                  window_s: float = 30.0, report_s: float = 5.0, server_name: str = "loa",
                  max_played: int = 64, started_wall: float | None = None) -> None:
         self.secret_for = secret_for
+        #: True while the control plane looks an unknown id up (a datagram of it then waits)
+        self.is_pending: Callable[[str], bool] = lambda rid: False
+        self._held: dict[str, tuple[bytes, Addr]] = {}
         self.on_event = on_event or (lambda e: None)
         self.on_destinations = on_destinations or (lambda z, a: None)
         self.on_zone_loss = on_zone_loss or (lambda z, p: None)
@@ -181,6 +185,15 @@ class ReceiverRegistry:
             self._floor_ms = int((wall - CLOCK_SLACK_S) * 1000)
         return self._floor_ms
 
+    def retry(self, receiver_id: str, now: float, wall: float) -> list[tuple[bytes, Addr]]:
+        """Handle again the datagram an id sent while it was being looked up (see
+        `is_pending`): called when the look-up found it, so its first registration is answered
+        at once instead of at its next attempt."""
+        held = self._held.pop(receiver_id, None)
+        if held is None:
+            return []
+        return self.datagram_received(held[0], held[1], now, wall)
+
     def datagram_received(self, data: bytes, addr: Addr, now: float,
                           wall: float) -> list[tuple[bytes, Addr]]:
         self.counters["datagrams"] += 1
@@ -200,6 +213,16 @@ class ReceiverRegistry:
             found = None
             self.counters["lookup_errors"] += 1
         if not found:
+            if self.is_pending(msg.receiver_id):
+                # the control plane is looking this id up in its database (its cache may be
+                # stale): not refused; kept, and handled again by `retry` when it is found
+                self.counters["lookup_pending"] += 1
+                keep = self._held
+                keep.pop(msg.receiver_id, None)
+                if len(keep) >= self.HELD_MAX:
+                    keep.pop(next(iter(keep)))
+                keep[msg.receiver_id] = (bytes(data), addr)
+                return []
             self._reject("unknown_id", addr, msg.receiver_id, wall, now)
             return []
         secret, zone = found

@@ -130,3 +130,42 @@ def test_rekey_register_is_counted():
     send(reg, cp.MsgType.REGISTER, "rx1", T0)
     out = send(reg, cp.MsgType.REGISTER, "rx1", T0 + 1, {"rekey": "auth_failed"})
     assert len(out) == 1 and reg.counters["rekeys"] == 1
+
+
+def test_an_id_being_looked_up_is_not_refused_and_is_answered_once_found():
+    """A receiver provisioned by another process: the server's cache does not know it yet, the
+    control plane is looking it up. Its registration is held, not counted as unknown, and
+    answered (a welcome to the address it came from) as soon as the look-up finds it."""
+    known: dict[str, tuple[bytes, str]] = {}
+    reg = ReceiverRegistry(known.get, keyring=MediaKeyring(), heartbeat_s=15.0)
+    reg.is_pending = lambda rid: rid == "rx1"
+    data = cp.encode(cp.MsgType.REGISTER, "rx1", SECRETS["rx1"][0], None,
+                     timestamp_ms=int(T0 * 1000))
+    assert reg.datagram_received(data, ADDR, 0.0, T0) == []
+    assert reg.counters["unknown_id"] == 0 and reg.counters["lookup_pending"] == 1
+    assert reg.retry("rx2", 0.5, T0 + 0.5) == []          # nothing held for another id
+    known["rx1"] = SECRETS["rx1"]                          # the look-up found it
+    out = reg.retry("rx1", 0.5, T0 + 0.5)
+    assert len(out) == 1 and out[0][1] == ADDR
+    assert cp.parse(out[0][0]).type is cp.MsgType.WELCOME
+    assert reg.status("rx1")["online"]
+    assert reg.retry("rx1", 0.6, T0 + 0.6) == []           # answered once
+
+
+def test_an_unknown_id_nobody_looks_up_is_refused_and_not_held():
+    reg = ReceiverRegistry({}.get, keyring=MediaKeyring(), heartbeat_s=15.0)
+    data = cp.encode(cp.MsgType.REGISTER, "rx1", SECRETS["rx1"][0], None,
+                     timestamp_ms=int(T0 * 1000))
+    assert reg.datagram_received(data, ADDR, 0.0, T0) == []
+    assert reg.counters["unknown_id"] == 1 and reg.counters["lookup_pending"] == 0
+    assert reg.retry("rx1", 0.5, T0 + 0.5) == []
+
+
+def test_held_datagrams_are_bounded():
+    reg = ReceiverRegistry({}.get, keyring=MediaKeyring(), heartbeat_s=15.0)
+    reg.is_pending = lambda rid: True
+    for i in range(ReceiverRegistry.HELD_MAX + 50):
+        data = cp.encode(cp.MsgType.REGISTER, f"x{i}", b"k" * 32, None,
+                         timestamp_ms=int(T0 * 1000))
+        reg.datagram_received(data, ADDR, 0.0, T0)
+    assert len(reg._held) == ReceiverRegistry.HELD_MAX
