@@ -243,7 +243,8 @@ class Broadcasts:
                 if len(groups) > 1:
                     details.update(variant_group=base, variant_broadcasts=ids,
                                    group_zones=sorted(g.zones))
-                cmd = StartBroadcast(id=gid, targets=g.targets, level=req.level_enum,
+                cmd = StartBroadcast(id=gid, targets=g.targets, alone=g.alone,
+                                     level=req.level_enum,
                                      source=desc, mode=req.mode, gain_db=req.gain_db,
                                      owner=principal.name, owner_name=principal.label,
                                      title=str(details.get("title") or ""),

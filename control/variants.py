@@ -9,7 +9,12 @@ its order, one after another, as one item. A zone none of whose languages has a 
 the first variant (the broadcast's main language): nobody is left with silence.
 
 Zones that come out the same form one group; control sends the engine one StartBroadcast per
-group (usually exactly one, with the request's own targets). Pure: no I/O, no clock.
+group (usually exactly one, with the request's own targets). Every zone the request reaches is
+in exactly one group, whatever its destinations (fixed addresses in the tree, or receivers
+registered at run time behind carrier NAT, which the tree does not show): a group is addressed
+by the topmost zones whose whole subtree airs the same, and a zone whose subtree holds another
+group's zones is addressed alone (`StartBroadcast.alone`), its children in their own right.
+Pure: no I/O, no clock.
 """
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control.errors import Invalid
 from control.sources import BroadcastRequest, MediaSpec, TtsSpec
 from streamer.zones import ZoneTree
 
@@ -32,6 +36,8 @@ class Group:
     zones: frozenset[str]
     #: what to send the engine as targets (the request's own when there is one group)
     targets: tuple[str, ...]
+    #: targets that reach that zone only, not its subtree (StartBroadcast.alone)
+    alone: tuple[str, ...] = ()
 
     @property
     def languages(self) -> list[str]:
@@ -67,8 +73,7 @@ def _with_voice(spec: Any, voice: str | None) -> Any:
 
 def plan(req: BroadcastRequest, reached: set[str], tree: ZoneTree,
          speech: ZoneSpeech) -> list[Group]:
-    """The groups of zones that air the same thing, largest first (Invalid when a split cannot
-    be addressed: a zone with loudspeakers of its own whose subtree holds another group's)."""
+    """The groups of zones that air the same thing, largest first: a partition of `reached`."""
     by_key: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[str, Any], ...], set[str]]] = {}
     variants = [(v.language, v.source) for v in req.variants or []]
     for z in sorted(reached):
@@ -87,26 +92,32 @@ def plan(req: BroadcastRequest, reached: set[str], tree: ZoneTree,
     for zid, zone in tree.zones.items():
         if zone.parent is not None:
             children.setdefault(zone.parent, []).append(zid)
+    subtree: dict[str, frozenset[str]] = {}
+
+    def below(z: str) -> frozenset[str]:
+        if z not in subtree:
+            subtree[z] = frozenset(tree.subtree(z))
+        return subtree[z]
+
     out: list[Group] = []
     for parts, zs in groups:
-        # a target reaches its whole subtree: address each group by its topmost zones, and
-        # below a zone whose subtree airs something else, by its children instead (such a zone
-        # must have no loudspeakers of its own, or it could not be addressed alone)
-        def cover(z: str, zs: set[str] = zs) -> list[str]:
-            strays = sorted(tree.resolve([z]) - zs)
-            if not strays:
-                return [z]
-            if tree.destinations(z):
-                raise Invalid("variants_overlap",
-                              f"zone {z} has loudspeakers of its own and zones below it "
-                              f"({', '.join(strays[:5])}) air other variants or voices: "
-                              "send to them separately")
-            return [t for c in sorted(children.get(z, ())) if c in zs for t in cover(c)]
-        targets = [t for top in sorted(z for z in zs if tree.zones[z].parent not in zs)
-                   for t in cover(top)]
-        reached = tree.resolve(targets) if targets else set()
-        out.append(Group(parts, frozenset(reached), tuple(targets)))
-    return [g for g in out if g.targets]
+        targets: list[str] = []
+        alone: list[str] = []
+        # a target reaches its whole subtree: a zone whose subtree airs only this group's
+        # parts is one target; a zone whose subtree holds another group's zones is addressed
+        # alone (it airs its own languages' sequence, whatever kind of loudspeakers it has),
+        # and its children of this group in their own right. A zone of this group under one
+        # of another group is a top of its own.
+        stack = sorted((z for z in zs if tree.zones[z].parent not in zs), reverse=True)
+        while stack:
+            z = stack.pop()
+            targets.append(z)
+            if below(z) <= zs:
+                continue
+            alone.append(z)
+            stack.extend(sorted((c for c in children.get(z, ()) if c in zs), reverse=True))
+        out.append(Group(parts, frozenset(zs), tuple(targets), tuple(alone)))
+    return out
 
 
 def media_ids(groups: list[Group]) -> list[str]:

@@ -234,7 +234,8 @@ class Destination:
 @_command
 @dataclass(frozen=True, slots=True)
 class StartBroadcast:
-    """Play `source` on `targets` (zone or group ids; a zone reaches its subtree)."""
+    """Play `source` on `targets` (zone or group ids; a zone reaches its subtree, except a
+    target also named in `alone`, which reaches that zone only)."""
     type: ClassVar[str] = "start_broadcast"
     id: str
     targets: tuple[str, ...]
@@ -254,6 +255,9 @@ class StartBroadcast:
     start_at: float | None = None
     #: where in the item to begin (a scheduled programme joined in progress)
     offset_s: float = 0.0
+    #: targets that reach that zone only, not the zones below it (language variants: a parent
+    #: zone airs its own sequence while its children air another)
+    alone: tuple[str, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -353,6 +357,7 @@ def command_from_dict(d: Mapping[str, Any]) -> Command:
         raise ValueError("unknown command type")
     if cls is StartBroadcast:
         d["targets"] = tuple(d["targets"])
+        d["alone"] = tuple(d.get("alone") or ())
         d["level"] = Level.parse(d["level"])
         d["source"] = source_from_dict(d["source"])
         d["details"] = dict(d.get("details") or {})

@@ -249,7 +249,8 @@ class Runtime:
                                  description=dict(cmd.details), mode=cmd.mode,
                                  gain_db=cmd.gain_db, live=cmd.live, owner=cmd.owner,
                                  duration_s=duration, id=bid, owner_name=cmd.owner_name,
-                                 title=cmd.title, start_at=cmd.start_at)
+                                 title=cmd.title, start_at=cmd.start_at,
+                                 alone=tuple(cmd.alone))
             with self.lock:
                 b: Broadcast = self.core.admit(spec, time.time(), time.monotonic_ns())
             # open the source outside the lock (a file's decoding goes to the shared pool)

@@ -164,18 +164,24 @@ class ZoneTree:
             stack.extend(kids.get(zid, ()))
         return out
 
-    def resolve(self, targets: list[str]) -> set[str]:
-        """Every zone reached by a broadcast to `targets` (zone and group ids)."""
+    def resolve(self, targets: list[str] | tuple[str, ...],
+                alone: tuple[str, ...] | list[str] | frozenset[str] = ()) -> set[str]:
+        """Every zone reached by a broadcast to `targets` (zone and group ids). A target also
+        named in `alone` reaches that zone only, not its subtree (language variants split a
+        tree: a parent airs its own sequence while its children air another)."""
         unknown = [t for t in targets if t not in self.zones and t not in self.groups]
         if unknown:
             raise ZoneError(f"unknown zone or group: {', '.join(unknown)}")
         roots: list[str] = []
+        only: set[str] = set()
         for t in targets:
             if t in self.groups:
                 roots.extend(self.groups[t])
+            elif t in alone:
+                only.add(t)
             else:
                 roots.append(t)
-        return self._below(roots)
+        return self._below(roots) | only if only else self._below(roots)
 
     def destinations(self, zone_id: str) -> list[tuple[str, int]]:
         """Every destination of the zone, whatever its packet time."""

@@ -77,6 +77,7 @@ class BroadcastSpec:
     owner_name: str = ""  # what people see ("Ông Nguyễn Văn An"); defaults to owner
     title: str = ""
     start_at: float | None = None  # wall clock: held (queued, source open) until then
+    alone: tuple[str, ...] = ()  # targets that reach that zone only (StartBroadcast.alone)
 
 
 class PendingSource(Source):
@@ -237,7 +238,7 @@ class Core:
         source (off the lock) and `add` it."""
         if spec.mode not in MODES:
             raise ValueError(f"unknown mode {spec.mode!r}; expected preempt, duck or mix")
-        zones = self.tree.resolve(spec.targets)
+        zones = self.tree.resolve(spec.targets, spec.alone)
         if not zones:
             raise ZoneError("the targets reach no zone")
         if spec.id in self.broadcasts:
@@ -372,7 +373,7 @@ class Core:
         for b in self.broadcasts.values():
             try:
                 zones = tree.resolve([t for t in b.spec.targets
-                                      if t in tree.zones or t in tree.groups])
+                                      if t in tree.zones or t in tree.groups], b.spec.alone)
             except ZoneError:
                 zones = set()
             added = zones - b.zones

@@ -221,7 +221,8 @@ def test_zone_voice_and_language_variants(serve):
     assert [x["id"] for x in lst["broadcasts"]].count(b["id"]) == 1
     n_before = len(lst["broadcasts"])
 
-    # the commune: Thôn 1 hears both, Thôn 2 Vietnamese only; one engine broadcast per group
+    # the commune: Thôn 1 hears both, Xã itself (no fixed address: its clusters may register at
+    # run time) and Thôn 2 Vietnamese only; one engine broadcast per group
     st, b = srv.request("POST", "/api/v1/broadcasts", {"zones": ["xa"], "variants": variants})
     assert st == 201, b
     group = b["source"]["variant_broadcasts"]
@@ -231,10 +232,10 @@ def test_zone_voice_and_language_variants(serve):
         d = srv.wait_state(bid, timeout=30)
         assert d["state"] == "finished", d
         by_zone[tuple(d["reached_zones"])] = d
-    assert set(by_zone) == {("thon-1",), ("thon-2",)}
+    assert set(by_zone) == {("thon-1",), ("thon-2", "xa")}
     assert by_zone[("thon-1",)]["source"]["languages"] == ["vi", "bahnar"]
-    assert by_zone[("thon-2",)]["source"]["languages"] == ["vi"]
-    assert abs(by_zone[("thon-2",)]["position_s"] - tts_s) < 0.3
+    assert by_zone[("thon-2", "xa")]["source"]["languages"] == ["vi"]
+    assert abs(by_zone[("thon-2", "xa")]["position_s"] - tts_s) < 0.3
 
     # a bad variant refuses all of it: nothing airs anywhere
     bad = [variants[0], {"language": "vi", "source": {"kind": "tts", "text": "Bão 台风"}}]

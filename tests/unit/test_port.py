@@ -42,6 +42,8 @@ COMMANDS = [
           SOURCES, [Level.BACKGROUND, Level.NORMAL, Level.PRIORITY, Level.EMERGENCY] * 3,
           ["preempt", "duck", "mix"] * 3))),
     StartBroadcast(id="", targets=("hn",), level=Level.NORMAL, source=ChimeAudio()),
+    StartBroadcast(id="v2", targets=("hn", "hn-bd"), alone=("hn",), level=Level.NORMAL,
+                   source=ChimeAudio()),
     StartBroadcast(id="s1", targets=("hn",), level=Level.NORMAL, source=ToneAudio(),
                    start_at=1_790_000_000.25, offset_s=12.5),
     StopBroadcast("b1"), StopBroadcast("b2", reason="stopped by an"),
