@@ -788,6 +788,12 @@
     }
   }
   async function poll() {
+    const dash = window.loaDash;
+    if (!dash || !dash.user) {  // signed out: nothing to ask (and no 401 in the console)
+      A.alerts = [];
+      render();
+      return;
+    }
     try {
       const r = await fetch("/api/v1/alerts?state=active", { credentials: "same-origin" });
       if (r.status === 200) {
@@ -809,6 +815,6 @@
   }
   const lb = byId("lang");
   if (lb) lb.addEventListener("click", () => setTimeout(render, 0));
-  poll();
+  setTimeout(poll, 500);  // after the page has asked who is signed in
   setInterval(poll, EVERY_MS);
 })();
