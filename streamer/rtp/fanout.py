@@ -24,9 +24,9 @@ Each tick's message carries the time it was handed over, and a worker that finds
 `max_lag_ms` (200; 0: never) drops it (`worker_stale_drops`): a packet that late is past a
 receiver's jitter buffer, and sending it would only keep every later packet late too
 (measured: a worker on a loaded core built a backlog of 0.1-4 s in its socket, so an
-emergency's first packet reached the wire that long after the engine handed it over). Workers run with real-time
-scheduling a notch below the tick thread where permitted (`realtime`), as the tick does: they
-are the other half of the real-time path.
+emergency's first packet reached the wire that long after the engine handed it over).
+Workers run with real-time scheduling a notch below the tick thread where permitted
+(`realtime`), as the tick does: they are the other half of the real-time path.
 Counters come back through a shared memory page. A worker that dies is restarted and given its
 shard again.
 """
