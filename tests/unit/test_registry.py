@@ -2,6 +2,8 @@
 registry does not take messages captured before it started (sans-IO, chosen times)."""
 from __future__ import annotations
 
+import pytest
+
 from streamer.rtp import control_protocol as cp
 from streamer.rtp.registry import ReceiverRegistry
 from streamer.rtp.srtp import MediaKeyring
@@ -169,3 +171,29 @@ def test_held_datagrams_are_bounded():
                          timestamp_ms=int(T0 * 1000))
         reg.datagram_received(data, ADDR, 0.0, T0)
     assert len(reg._held) == ReceiverRegistry.HELD_MAX
+
+
+
+@pytest.mark.parametrize("mtype,body", [
+    (cp.MsgType.REPORT, {"fraction_lost": 0.0, "received": 50}),
+    (cp.MsgType.REGISTER, None),
+    (cp.MsgType.HEARTBEAT, None),
+    (cp.MsgType.BYE, None),
+])
+@pytest.mark.parametrize("age_s", [2.0, 10.0, 29.0])
+def test_any_message_captured_before_a_restart_is_refused_by_the_restarted_server(mtype, body,
+                                                                                  age_s):
+    """Issue 13 (6i): a captured report (or any other receiver message) replayed from another
+    address right after a restart must neither move the receiver there nor bring it online,
+    however fresh it still looks to the ±30 s window."""
+    attacker = ("203.0.113.66", 5555)
+    captured = cp.encode(mtype, "rx1", SECRETS["rx1"][0], body,
+                         timestamp_ms=int((T0 - age_s) * 1000))
+    reg, events = make(started_wall=T0)
+    for dt in (0.1, 0.5, 1.5):
+        assert reg.datagram_received(captured, attacker, dt, T0 + dt) == []
+    assert reg.status("rx1") is None and reg.counters["accepted"] == 0
+    assert not any(e["type"] == "receiver.online" for e in events)
+    # the receiver itself comes back with a fresh message, at its own address
+    send(reg, cp.MsgType.HEARTBEAT, "rx1", T0 + 2)
+    assert reg.status("rx1")["address"] == f"{ADDR[0]}:{ADDR[1]}"
