@@ -88,6 +88,13 @@
     } catch (e) { return false; }
   }
   async function load() {
+    const dash = window.loaDash;
+    if (!dash || !dash.user) {
+      // signed out (the page asks who is signed in first): ask nothing, so no 401 in the
+      // console; try again shortly
+      if (!retry) retry = setTimeout(() => { retry = null; load(); }, 1500);
+      return;
+    }
     if (!byId("ar-zone").value && !(await zones())) {
       // not signed in yet (the page's login comes first): try again shortly
       if (!retry) retry = setTimeout(() => { retry = null; load(); }, 1500);
