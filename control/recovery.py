@@ -32,8 +32,8 @@ from typing import Any
 from streamer.ingest.catalogue import attention_part, duration_of
 from streamer.mixer.arbitration import Level
 from streamer.port import (BroadcastSnapshot, Command, FileAudio, LiveAudio, Programme,
-                           StartBroadcast, StopBroadcast, command_from_dict,
-                           command_to_dict)
+                           SilenceAudio, StartBroadcast, StopBroadcast, TtsAudio,
+                           command_from_dict, command_to_dict)
 from streamer.runtime import Runtime
 from streamer.timefmt import utc_iso
 
@@ -109,10 +109,11 @@ def _epoch(iso: str | None) -> float | None:
         return None
 
 
-def current_repeat(prog: Programme, position_s: float) -> int:
+def current_repeat(prog: Programme, position_s: float, message_s: float | None = None) -> int:
     """0-based index of the repeat playing at `position_s` of a programme ([attention]
-    message [pause message]...); 0 when the message's length is unknown."""
-    message = duration_of(prog.message)
+    message [pause message]...); 0 when the message's length is unknown. `message_s`: the
+    message's length when the description does not say it (a text, measured by rendering)."""
+    message = message_s if message_s is not None else duration_of(prog.message)
     if not message or prog.repeat <= 1:
         return 0
     p = position_s - (attention_part(prog.attention).duration_s if prog.attention else 0.0)
@@ -123,10 +124,13 @@ def current_repeat(prog: Programme, position_s: float) -> int:
 
 def plan_resume(row: dict[str, Any], now: float, within_s: float,
                 default_attention: str | None = "chime",
-                path_ok: Callable[[str], bool] = os.path.isfile) -> ResumePlan:
+                path_ok: Callable[[str], bool] = os.path.isfile,
+                length_of: Callable[[TtsAudio], float | None] | None = None) -> ResumePlan:
     """Whether and how to resume an interrupted broadcast: `row` is its stored row (state,
     data with position_s, updated_at: the last sign of life, command). Emergency and priority
-    broadcasts only, not live, seen alive within `within_s`, not past their last repeat."""
+    broadcasts only, not live, seen alive within `within_s`, not past their last repeat.
+    `length_of`: a text message's length in seconds (None: unknown), which its description
+    does not carry (the TTS service renders it, from its cache after a crash)."""
     data = row.get("data") or {}
     cmd_d = row.get("command")
     if not cmd_d:
@@ -157,8 +161,12 @@ def plan_resume(row: dict[str, Any], now: float, within_s: float,
                          and default_attention else None, repeat=1)
         if position <= 0 or data.get("state") == "queued":
             prog = dataclasses.replace(prog, attention=None)  # it had not begun: as it was
-    k = current_repeat(prog, position)
+    message_s = length_of(prog.message) if (
+        length_of is not None and isinstance(prog.message, TtsAudio)) else None
+    k = current_repeat(prog, position, message_s)
     total = duration_of(prog)
+    if total is None and message_s is not None:
+        total = duration_of(dataclasses.replace(prog, message=SilenceAudio(message_s)))
     if (total and position >= total) and data.get("state") not in ("queued",):
         return ResumePlan(None, "it had played to its end")
     message = prog.message
@@ -222,8 +230,9 @@ class Recovery:
         loop = asyncio.get_running_loop()
         att = self.settings.emergency_attention
         for r in self._rows:
+            lengths = await loop.run_in_executor(None, self._text_lengths, r)
             plan = plan_resume(r, time.time(), self.settings.resume_within_s,
-                               None if att == "none" else att)
+                               None if att == "none" else att, length_of=lengths.get)
             if plan.command is not None:
                 why = self._alert_gone(plan.command)
                 if why:
@@ -257,6 +266,27 @@ class Recovery:
                         RESUMED_NOTE, plan.repeat, plan.repeats)
         self._rows = []
         return resumed
+
+    def _text_lengths(self, row: dict[str, Any]) -> dict[TtsAudio, float | None]:
+        """The length of a stored programme's text message (blocking: read from the TTS
+        cache, where the last run left its sentences, or rendered again), so a resume lands
+        in the repeat it was in."""
+        try:
+            cmd = command_from_dict(row.get("command") or {})
+        except (ValueError, KeyError, TypeError):
+            return {}
+        src = getattr(cmd, "source", None)
+        if not isinstance(src, Programme) or not isinstance(src.message, TtsAudio):
+            return {}
+        catalogue = getattr(self.port, "catalogue", None)
+        if catalogue is None:
+            return {}
+        m = src.message
+        try:
+            return {m: catalogue.tts.length_s(m.text, m.engine, m.voice, m.rate)}
+        except Exception as e:  # an engine down, a text refused: resumed from its start
+            log.warning("broadcast %s: its text's length is unknown (%s)", row.get("id"), e)
+            return {m: None}
 
     # an alert's airing resumes only while the alert is active and unexpired, and its
     # cancel/update then reaches the resumed broadcast

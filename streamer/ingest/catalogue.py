@@ -94,7 +94,10 @@ def duration_of(desc: SourceDescription) -> float | None:
     if isinstance(desc, ChimeAudio):
         return _chime_seconds()
     if isinstance(desc, Programme):
-        message = duration_of(desc.message) or 0.0
+        message = duration_of(desc.message)
+        if message is None and isinstance(desc.message, TtsAudio):
+            return None   # a text's length is known once it is rendered
+        message = message or 0.0
         total = message * desc.repeat + max(0.0, desc.repeat_pause_s) * (desc.repeat - 1)
         if desc.attention:
             total += attention_part(desc.attention).duration_s
@@ -335,22 +338,40 @@ class Catalogue:
         return make
 
     def _programme(self, desc: Programme, priority: int = 0) -> SourceFactory:
-        """[attention] message [pause message]...: a SequenceSource, reopenable part-way."""
+        """[attention] message [pause message]...: a SequenceSource, reopenable part-way.
+
+        A text's length is learned as it is rendered (shared by its repeats and by every
+        source reopened from this factory): a reopened programme places its start with what is
+        known by then, and a text not yet fully rendered counts as endless, so a resume inside
+        it lands in it (at the start of the sentence that holds the cut, streamer.tts.source),
+        never in a later repeat or past the item's end."""
         from streamer.ingest.tones import SilenceSource
         if isinstance(desc.message, (Programme, LiveAudio)):
             raise MediaError("a programme's message must be a recording or a tone")
-        message = self.factory(desc.message, priority)
-        content = duration_of(desc.message) or 0.0
-        parts: list[Part] = []
+        length: Callable[[], float | None]
+        if isinstance(desc.message, TtsAudio):
+            message, length = self._speech_timed(desc.message,
+                                                 urgent=priority >= int(Level.EMERGENCY))
+        else:
+            message, length = self.factory(desc.message, priority), \
+                _known(duration_of(desc.message) or 0.0)
+        head: list[Part] = []
         if desc.attention:
             if desc.attention not in ATTENTION_KINDS:
                 raise MediaError(f"unknown attention signal {desc.attention!r}")
-            parts.append(attention_part(desc.attention))
+            head.append(attention_part(desc.attention))
         pause = desc.repeat_pause_s
         silence = _skip(lambda: SilenceSource(seconds=pause))
-        for i in range(max(1, desc.repeat)):
-            if i > 0 and pause > 0:
-                parts.append(Part(silence, pause, "pause"))
-            parts.append(Part(message, content, f"message {i + 1}"))
+        repeats = max(1, desc.repeat)
         kind = type(desc.message).kind
-        return lambda start_s: SequenceSource(parts, start_s, kind=kind)
+
+        def make(start_s: float) -> Source:
+            n = length()
+            content = n if n is not None else math.inf
+            parts = list(head)
+            for i in range(repeats):
+                if i > 0 and pause > 0:
+                    parts.append(Part(silence, pause, "pause"))
+                parts.append(Part(message, content, f"message {i + 1}"))
+            return SequenceSource(parts, start_s, kind=kind)
+        return make

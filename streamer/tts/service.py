@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.audio import SAMPLE_RATE, db_to_gain
+from streamer.audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, db_to_gain
 # imported here, not on first use: scipy's import costs ~1.5 s, which must not land on the first
 # sentence of the first emergency
 from streamer.mixer.loudness import integrated_loudness
@@ -189,6 +189,20 @@ class TtsService:
         if peak * g > PEAK_CEILING and peak > 0:
             g = PEAK_CEILING / peak
         return g
+
+    def length_s(self, text: str, engine: str | None = None, voice: str | None = None,
+                 rate: float = 1.0) -> float:
+        """How long the text plays, in seconds, as a TtsSource reads it (whole frames per
+        sentence): from the cache, rendering what is not there. Blocking; raises TtsError or
+        TextError."""
+        p = self.prepare(text, engine, voice, rate)
+        e = self.engine(p.engine)
+        deadline = None if e is self.espeak else self.deadline_s
+        frames = 0
+        for s in p.sentences:
+            n = self.render_sentence(s, e, p.voice, p.rate, deadline).shape[0]
+            frames += max(1, -(-n // FRAME_SAMPLES))
+        return frames * FRAME_MS / 1000.0
 
     def render(self, prepared: Prepared, deadline_s: float | None = None) -> np.ndarray:
         """The whole text, loudness applied per sentence (previews, the media library).

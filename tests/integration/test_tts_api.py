@@ -243,3 +243,14 @@ def test_zone_voice_and_language_variants(serve):
     assert st == 422 and e["error"]["code"] == "unreadable_script", e
     _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
     assert len(lst["broadcasts"]) == n_before + 2
+
+
+def test_a_texts_length_is_what_its_source_plays(tmp_path):
+    """TtsService.length_s (crash-resume of a text programme): the frames a TtsSource plays,
+    from the cache the second time (no synthesis)."""
+    from streamer.tts.cache import TtsCache
+    svc = TtsService(loudness_target=None, cache=TtsCache(tmp_path / "cache"))
+    expect = sum(sentence_frames(TEXT)) * 0.02
+    assert svc.length_s(TEXT) == pytest.approx(expect)
+    misses = svc.cache.misses
+    assert svc.length_s(TEXT) == pytest.approx(expect) and svc.cache.misses == misses

@@ -98,3 +98,32 @@ def test_a_pinned_file_resumes_from_its_real_path_or_not_at_all(tmp_path):
     real.unlink()
     plan = plan_resume(_row(cmd, 2.0), time.time(), 1800, None)
     assert plan.command is None and "gone" in plan.reason
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_a_text_programme_resumes_from_the_repeat_it_was_in(k):
+    """A text's length is not in its description: plan_resume asks `length_of` (the TTS
+    service, from its cache) so a crash in the third reading resumes the third, and a crash
+    in the first is not taken for the programme's end (attention + pauses alone)."""
+    from streamer.port import TtsAudio
+    text = TtsAudio("Bão số 3 đổ bộ. Đề nghị bà con sơ tán.")
+    prog = Programme(text, attention="chime", repeat=3, repeat_pause_s=2.0)
+    cmd = _emergency(prog)
+    msg = 9.0
+    position = CHIME + k * (msg + 2.0) + 6.0     # beyond attention + pauses (CHIME + 4)
+    asked: list = []
+
+    def length_of(m):
+        asked.append(m)
+        return msg
+    plan = plan_resume(_row(cmd, position), time.time(), 1800, length_of=length_of)
+    assert asked == [text]
+    assert plan.command is not None, plan.reason
+    assert plan.command.source.repeat == 3 - k and plan.repeat == k + 1
+    # past the last reading's end: it had played to its end
+    done = plan_resume(_row(cmd, CHIME + 3 * msg + 4.0 + 0.5), time.time(), 1800,
+                       length_of=length_of)
+    assert done.command is None and "end" in done.reason
+    # length unknown (the engine is down): replayed from its first reading, never skipped
+    plan = plan_resume(_row(cmd, position), time.time(), 1800, length_of=lambda m: None)
+    assert plan.command is not None and plan.command.source.repeat == 3
