@@ -104,8 +104,16 @@ class VariantSpec(BaseModel):
     source: Annotated[TtsSpec | MediaSpec, Field(discriminator="kind")]
 
 
+def _source_or_variants(schema: dict[str, Any]) -> None:
+    """The document says what the model takes: `source`, or `variants` (whose first source
+    stands for it), or both; not `source` required whatever."""
+    schema["required"] = [r for r in schema.get("required", []) if r != "source"]
+    schema["anyOf"] = [{"required": ["source"]},
+                       {"required": ["variants"], "properties": {"variants": {"type": "array"}}}]
+
+
 class BroadcastRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_source_or_variants)
     zones: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=1,
                                                                               max_length=10_000)
     level: Literal["background", "normal", "priority", "emergency"] = "normal"
