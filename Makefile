@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libopus0 ffmpeg espeak-ng redis-server iproute2 iptables \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	python3-gi gir1.2-gstreamer-1.0 chromium
+	python3-gi gir1.2-gstreamer-1.0 chromium icecast2
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PY := $(VENV)/.py-stamp
 

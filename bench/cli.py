@@ -6,6 +6,7 @@
   loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
   loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--json FILE]
+  loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
 
@@ -193,6 +194,30 @@ def _provision(argv: list[str]) -> int:
     return _finish(run_provision(opts, console), render, a.json_path, console)
 
 
+def _listen(argv: list[str]) -> int:
+    from bench.listen import render, run_listen
+    p = argparse.ArgumentParser(prog="loa bench listen",
+                                description="N concurrent HTTP listeners of one zone against Loa "
+                                            "and Icecast 2 (same Ogg/Opus stream, same clients): "
+                                            "CPU per listener-second, memory per listener, late "
+                                            "ticks, UDP receivers' losses.")
+    p.add_argument("--listeners", type=int, default=1000)
+    p.add_argument("--receivers", type=int, default=500, help="UDP receivers of the zone")
+    p.add_argument("--seconds", type=float, default=10.0, help="steady window per server")
+    p.add_argument("--idle-seconds", type=float, default=5.0)
+    p.add_argument("--ramp", type=float, default=200.0, help="connections (and closes) per s")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    if not 1 <= a.listeners <= 20_000 or not 1 <= a.receivers <= 64_000 or a.ramp <= 0 \
+            or not 1 <= a.seconds <= 600:
+        print("--listeners 1..20000, --receivers 1..64000, --seconds 1..600, --ramp > 0",
+              file=sys.stderr)
+        return 2
+    console = _console()
+    return _finish(run_listen(a.listeners, a.receivers, a.seconds, a.idle_seconds, a.ramp,
+                              console=console), render, a.json_path, console)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -210,6 +235,8 @@ def main(argv: list[str]) -> int:
         return _provision(rest)
     if cmd == "tts":
         return _tts(rest)
+    if cmd == "listen":
+        return _listen(rest)
     print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency, provision",
           file=sys.stderr)
     return 2

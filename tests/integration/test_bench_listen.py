@@ -1,0 +1,36 @@
+"""`loa bench listen`'s plumbing with a handful of listeners (numbers belong to the bench):
+both servers are measured with every listener connected and fed, the ratios and the Loa tick's
+counters are reported, the UDP receivers are accounted for."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.skipif(shutil.which("icecast2") is None, reason="icecast2 is not installed")
+def test_listen_bench_measures_loa_and_icecast(tmp_path):
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "loa.cli", "bench", "listen", "--listeners", "8",
+                        "--receivers", "10", "--seconds", "2", "--idle-seconds", "1",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["valid"], r["invalid_reasons"]
+    for name in ("loa", "icecast"):
+        s = r["servers"][name]
+        assert s["connected"] == 8, s
+        c = s["clients"]
+        assert c["ended_early"] == 0 and c["connect_failures"] == 0, c
+        assert c["bytes_min"] > 4096, c            # every listener got audio
+        assert s["rss_idle"] > 0 and s["steady_cpu_per_s"] >= 0
+    assert r["late_ticks"] is not None and r["ratio"]["rss_per_listener"] is not None
+    rc = r["receivers"]
+    assert rc["packets_expected"] > 0 and rc["packets_delivered"] > 0
+    assert isinstance(r["receivers_lost"], bool)
