@@ -196,6 +196,8 @@ class Server:
         if self.cluster is not None:   # schedules and alert intake only on the lease holder
             self.schedule_runner.leader = self.alerts.leader = self.cluster.leader
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
+        self.outputs.public.stored = lambda: self.state.zone_public
+        self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})
         self.handlers += self.outputs.handlers
         self.link: ReceiverLink | None = None
         self._tasks: list[asyncio.Task] = []

@@ -149,6 +149,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE media ADD COLUMN scope TEXT;
     """,
+    # 9: a zone anybody may listen to (issue 18: /listen, /nghe, boards); NULL: not set here
+    # (the `listen_public_zones` setting decides, as before)
+    """
+    ALTER TABLE zones ADD COLUMN public INTEGER;
+    """,
 ]
 
 TERMINAL_STATES = ("finished", "stopped", "refused", "interrupted")

@@ -4,9 +4,9 @@ public listening page `/nghe/{zone}`, listener counts (`/api/v1/listen`, Icecast
 
 The audio itself comes from `streamer.outputs.listen.ListenHub` (handed over at assembly): this
 module only decides who may hear a zone, answers the HTTP conversation and hands the
-connection's transport to the hub. Which zones are public: `listen_public_zones` in the
-settings plus what an admin sets with `PUT /api/v1/listen/zones/{zone}` (kept in
-`<data_dir>/listening.json`).
+connection's transport to the hub. Which zones are public: the zone's `public` field (settings file `public = true`, the zone API, or
+`PUT /api/v1/listen/zones/{zone}`); where a zone does not set it, the `listen_public_zones`
+setting and the marks of `<data_dir>/listening.json` (kept from before the field).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,18 @@ class PublicPut(BaseModel):
 
 
 class PublicZones:
-    """Which zones anybody may hear: the settings' list plus the admin's marks (a file)."""
+    """Which zones anybody may hear: the zone's own `public` field (settings file, zone API,
+    `PUT /listen/zones/{zone}`) when it is set; else, as before the field existed, the marks an
+    admin left in `listening.json` and the `listen_public_zones` setting."""
 
     def __init__(self, settings: Settings) -> None:
         self.configured = set(settings.listen_public_zones)
         self.path = settings.data_dir / "listening.json"
         self.marks: dict[str, bool] = {}
+        #: the zones' stored flags (ControlState.zone_public) and how to store one; set at
+        #: assembly (without them the marks file is written, as before)
+        self.stored: Callable[[], Mapping[str, bool | None]] = dict
+        self.store: Callable[[str, bool], Awaitable[Any]] | None = None
         try:
             data = json.loads(self.path.read_text())
             self.marks = {str(k): bool(v) for k, v in data.get("public", {}).items()}
@@ -58,7 +64,16 @@ class PublicZones:
             pass
 
     def is_public(self, zone: str) -> bool:
+        own = self.stored().get(zone)
+        if own is not None:
+            return own
         return self.marks.get(zone, zone in self.configured)
+
+    async def put(self, zone: str, public: bool) -> None:
+        if self.store is not None:
+            await self.store(zone, public)
+        else:
+            self.set(zone, public)
 
     def set(self, zone: str, public: bool) -> None:
         self.marks[zone] = public
@@ -257,7 +272,7 @@ class ListenHandlers:
         if zid not in self.audience.tree().zones:
             raise NotFound("zone_not_found", f"no zone {zid!r}")
         body = await parse_body(request, PublicPut)
-        self.audience.public.set(zid, body.public)
+        await self.audience.public.put(zid, body.public)
         request["audit_target"] = zid
         return json_response({"zone": zid, "public": body.public})
 

@@ -35,6 +35,7 @@ class ZoneUpdate(_Strict):
     codes: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(None, max_length=1000)
     voice: str | None = Field(None, max_length=100)   # "": none (the parent's or the server's)
     languages: list[Lang] | None = Field(None, max_length=20)
+    public: bool | None = None   # anybody may listen (issue 18); null: the setting decides
 
     @field_validator("multicast")
     @classmethod

@@ -74,6 +74,8 @@ class ControlState:
         self.zone_codes: dict[str, list[str]] = {}
         #: each zone's own TTS voice and languages, as stored (control/variants.py inherits)
         self.zone_speech: dict[str, tuple[str | None, list[str]]] = {}
+        #: each zone's `public` flag as stored (None: not set; the listening setting decides)
+        self.zone_public: dict[str, bool | None] = {}
         self.lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ tree
@@ -92,6 +94,8 @@ class ControlState:
         tree = self._check(*rows)
         self.zone_codes = {z["id"]: list(z.get("codes") or []) for z in rows[0]}
         self.zone_speech = {z["id"]: (z.get("voice") or None, list(z.get("languages") or []))
+                            for z in rows[0]}
+        self.zone_public = {z["id"]: None if z.get("public") is None else bool(z["public"])
                             for z in rows[0]}
         if self.apply_tree is not None:
             self.tree = tree
@@ -177,7 +181,10 @@ class ControlState:
             if not cfg_zones and not zones and s.demo_zone:
                 cfg_zones = s.effective_zones()
             for zc in cfg_zones:
-                zones[zc.id] = dict(zones.get(zc.id, {}), **zc.model_dump(), origin="config")
+                was = zones.get(zc.id, {})
+                zones[zc.id] = dict(was, **zc.model_dump(), origin="config")
+                if zc.public is None:   # the file does not say: what the API set stays
+                    zones[zc.id]["public"] = was.get("public")
             groups = {g["id"]: g for g in await self.db.groups()}
             for gc in s.groups:
                 groups[gc.id] = dict(groups.get(gc.id, {}), id=gc.id, name=gc.name,
@@ -531,6 +538,7 @@ def _zone_cols(z: dict) -> dict:
                                    "code", "language", "origin")} | {
         "codes": list(z.get("codes") or []),
         "voice": z.get("voice") or None, "languages": list(z.get("languages") or []),
+        "public": None if z.get("public") is None else bool(z["public"]),
         "unicast": z.get("unicast") or [], "name": z.get("name") or "",
         "level": z.get("level") or "", "code": z.get("code") or "",
         "language": z.get("language") or "vi", "origin": z.get("origin") or "api"}

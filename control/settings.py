@@ -30,6 +30,9 @@ class ZoneConfig(BaseModel):
     #: the languages this zone airs, in order: a broadcast's variants in these languages are
     #: aired one after another (empty: the parent zone's, else [language])
     languages: list[str] = Field(default_factory=list, max_length=20)
+    #: anybody may listen to this zone (/listen, /nghe, boards) without an account; None: the
+    #: `listen_public_zones` setting decides
+    public: bool | None = None
 
     @field_validator("multicast")
     @classmethod

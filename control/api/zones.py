@@ -70,6 +70,8 @@ class ZoneHandlers:
         d["sdp"] = f"/api/v1/zones/{zid}/sdp"
         d["codes"] = self.state.zone_codes.get(zid, [])
         d["voice"], d["languages"] = self.state.zone_speech.get(zid, (None, []))
+        pub = self.state.zone_public.get(zid)
+        d["public"] = pub if pub is not None else zid in self.state.settings.listen_public_zones
         return d
 
     @staticmethod

@@ -207,3 +207,34 @@ def test_finished_broadcasts_are_archived_complete_and_replayable(serve, tmp_pat
     assert len(loud) > 48000 * 2.0 and abs(dominant(x) - 660) < 15
     st, _ = s.request("GET", "/api/v1/archive/nope.ogg")
     assert st == 404
+
+
+def test_zone_public_field_from_file_api_and_the_older_setting(serve):
+    s = serve("""
+demo_zone = false
+listen_public_zones = ["xa1"]
+[[zones]]
+id = "xa1"
+[[zones]]
+id = "xa2"
+public = true
+[[zones]]
+id = "xa3"
+""", env={"LOA_ADMIN_TOKEN": "secret-admin"})
+    auth = {"Authorization": "Bearer secret-admin"}
+    # xa1 public by the older setting, xa2 by its own field, xa3 private
+    assert s.request("GET", "/api/v1/listen/xa1")[0] == 200
+    assert s.request("GET", "/api/v1/listen/xa2")[0] == 200
+    assert s.request("GET", "/api/v1/listen/xa3")[0] == 401
+    assert s.request("GET", "/api/v1/zones/xa2", headers=auth)[1]["public"] is True
+    assert s.request("GET", "/api/v1/zones/xa3", headers=auth)[1]["public"] is False
+    st, body = s.request("PATCH", "/api/v1/zones/xa3", {"public": True}, headers=auth)
+    assert st == 200, body
+    assert s.request("GET", "/api/v1/listen/xa3")[0] == 200
+    # the listening API writes the zone's field, which wins over the setting
+    st, _ = s.request("PUT", "/api/v1/listen/zones/xa1", {"public": False}, headers=auth)
+    assert st == 200
+    assert s.request("GET", "/api/v1/listen/xa1")[0] == 401
+    assert s.request("GET", "/api/v1/zones/xa1", headers=auth)[1]["public"] is False
+    st, body = s.request("PATCH", "/api/v1/zones/xa2", {"public": "yes please"}, headers=auth)
+    assert st == 422, body
