@@ -192,7 +192,7 @@ def describe_source(s: Any, *, media: dict | None = None,
     elif isinstance(s, TtsSpec):
         desc = TtsAudio(s.text, voice=s.voice, rate=s.rate, engine=s.engine)
         details = {"title": s.text[:80], "voice": s.voice, "engine": s.engine, "rate": s.rate,
-                   "chars": len(s.text)}
+                   "chars": len(s.text), "text": s.text}
     elif isinstance(s, ChimeSpec):
         desc, details = ChimeAudio(), {}
     else:

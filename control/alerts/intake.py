@@ -240,7 +240,7 @@ class AlertIntake:
             source=desc, owner=f"alerts:{alert.sender}", owner_name=alert.sender,
             title=(d.text[:120]), details={"kind": "alert", "alert": alert_id(d.key),
                                            "identifier": alert.identifier, "airing": n,
-                                           "risk_level": d.risk_level})
+                                           "risk_level": d.risk_level, "text": d.text})
         err: str | None = None
         try:
             snap = self.port.submit(cmd)

@@ -146,3 +146,21 @@ def test_listening_page_in_chromium(serve, tmp_path):
     r = chromium(["--window-size=390,844", "--virtual-time-budget=3000", "--dump-dom",
                   f"{s.url}/nghe/xa2"])
     assert "Cần đăng nhập" in r.stdout.decode()
+
+
+def test_bulletin_text_is_carried_whole(serve):
+    """A TTS bulletin's whole text (not the 80-character title) reaches the board while it
+    airs and the archive once it is done."""
+    s = serve(TOML)
+    text = ("Thông báo: từ ngày mai, trạm y tế xã tiêm vắc xin sởi cho trẻ em dưới năm tuổi, "
+            "các gia đình mang theo sổ tiêm chủng.")
+    assert len(text) > 100
+    st, b = s.request("POST", "/api/v1/broadcasts", {
+        "zones": ["xa1"], "level": "normal", "source": {"kind": "tts", "text": text}})
+    assert st in (200, 201), b
+    board = wait_for("on the board", lambda: (lambda d: d if d.get("on_air") else None)(
+        s.request("GET", "/api/v1/boards/xa1")[1]), 15)
+    assert board["text"] == text, board
+    s.wait_state(b["id"])
+    e = wait_for("archived", lambda: s.request("GET", "/api/v1/archive")[1]["entries"], 15)
+    assert e[0]["text"] == text, e[0]
