@@ -39,6 +39,7 @@ from control.journal import Journal, WriteAhead, storage_fault
 from control.recovery import RecordingRuntime, Recovery
 from control.storage import StorageCollector, storage_middleware
 from control.outputs import Outputs
+from control.schedule_next import ScheduleNext
 from control.metrics import AlertCollector
 from control.live import LIVE_SESSIONS, RTP_INGESTS, LiveApi, RtpIngests
 from control.live_talk import TalkApi
@@ -198,6 +199,9 @@ class Server:
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.outputs.public.stored = lambda: self.state.zone_public
         self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})
+        self.schedule_next = ScheduleNext(self.schedules.airing)   # boards, /nghe, listen API
+        self.outputs.schedule_next = self.schedule_next.get
+        self.outputs.listen.prime_next = self.schedule_next.ensure
         self.handlers += self.outputs.handlers
         self.link: ReceiverLink | None = None
         self._tasks: list[asyncio.Task] = []

@@ -4,9 +4,10 @@ public listening page `/nghe/{zone}`, listener counts (`/api/v1/listen`, Icecast
 
 The audio itself comes from `streamer.outputs.listen.ListenHub` (handed over at assembly): this
 module only decides who may hear a zone, answers the HTTP conversation and hands the
-connection's transport to the hub. Which zones are public: the zone's `public` field (settings file `public = true`, the zone API, or
-`PUT /api/v1/listen/zones/{zone}`); where a zone does not set it, the `listen_public_zones`
-setting and the marks of `<data_dir>/listening.json` (kept from before the field).
+connection's transport to the hub. Which zones are public: the zone's `public` field
+(settings file `public = true`, the zone API, or `PUT /api/v1/listen/zones/{zone}`); where
+a zone does not set it, the `listen_public_zones` setting and the marks of
+`<data_dir>/listening.json` (kept from before the field).
 """
 from __future__ import annotations
 
@@ -139,6 +140,8 @@ class ListenHandlers:
         self.port = port
         self.audience = audience
         self.next_items = next_items or (lambda zone: [])
+        #: awaits a zone's next items before they are read (a cold cache); set at assembly
+        self.prime_next: Callable[[str], Awaitable[Any]] | None = None
         #: HLS clients per zone (fetched within the last three segments); set at assembly
         self.hls_counts: Callable[[], dict[str, int]] = dict
 
@@ -258,6 +261,8 @@ class ListenHandlers:
         # AzuraCast's now-playing shape, where it fits
         d["now_playing"] = np_
         d["is_online"] = np_ is not None
+        if self.prime_next is not None:
+            await self.prime_next(zid)
         d["playing_next"] = self.next_items(zid)
         return json_response(d)
 

@@ -36,7 +36,7 @@
     ul.textContent = "";
     for (const it of (st.next || []).slice(0, 3)) {
       const li = document.createElement("li");
-      li.textContent = (it.at || it.start || "") + " " + (it.title || "");
+      li.textContent = (it.local_start || it.at || it.start || "").slice(11, 16) + " " + (it.title || "");
       ul.appendChild(li);
     }
   }

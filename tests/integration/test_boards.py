@@ -164,3 +164,20 @@ def test_bulletin_text_is_carried_whole(serve):
     s.wait_state(b["id"])
     e = wait_for("archived", lambda: s.request("GET", "/api/v1/archive")[1]["entries"], 15)
     assert e[0]["text"] == text, e[0]
+
+
+def test_next_scheduled_items_on_the_listen_api_and_board(serve):
+    import datetime as dt
+    s = serve(TOML)
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).replace(microsecond=0)
+    st, sch = s.request("POST", "/api/v1/schedules", {
+        "zones": ["xa1"], "level": "normal", "title": "Bản tin chiều",
+        "source": {"kind": "tone", "freq_hz": 880, "seconds": 2.0},
+        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert st == 201, sch
+    info = s.request("GET", "/api/v1/listen/xa1")[1]
+    assert [i["title"] for i in info["playing_next"]] == ["Bản tin chiều"], info
+    assert info["playing_next"][0]["at"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    board = wait_for("on the board", lambda: s.request("GET", "/api/v1/boards/xa1")[1]["next"],
+                     10, 0.3)
+    assert board[0]["title"] == "Bản tin chiều"
