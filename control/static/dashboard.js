@@ -818,3 +818,31 @@
   setTimeout(poll, 500);  // after the page has asked who is signed in
   setInterval(poll, EVERY_MS);
 })();
+
+// Listeners (issue 18): HTTP listeners of every zone the caller may hear (Ogg and HLS), from
+// GET /api/v1/listen; the tile's tooltip names the zones with listeners. Self-contained.
+(function () {
+  "use strict";
+  const n = document.getElementById("n-listeners");
+  const tile = document.getElementById("listeners-tile");
+  const label = document.getElementById("listeners-label");
+  if (!n || !tile) return;
+  async function poll() {
+    try {
+      const r = await fetch("/api/v1/listen", { credentials: "same-origin" });
+      if (r.status !== 200) return;
+      const body = await r.json();
+      const zones = (body.zones || []).filter((z) => z.listeners && z.listeners.current > 0);
+      const total = zones.reduce((a, z) => a + z.listeners.current, 0);
+      n.textContent = String(total);
+      tile.dataset.total = String(total);
+      tile.title = zones.map((z) => `${z.name || z.zone}: ${z.listeners.current}`).join("\n");
+      if (label) {
+        const en = (document.documentElement.lang || "vi").startsWith("en");
+        label.textContent = en ? "Listeners" : "Người nghe";
+      }
+    } catch (e) { /* the other blocks say the server is unreachable */ }
+  }
+  setTimeout(poll, 700);
+  setInterval(poll, 5000);
+})();
