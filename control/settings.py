@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     tts_deadline_s: float = Field(2.0, gt=0, le=60)  # a cloud engine's answer, per sentence
     tts_max_chars: int = Field(20_000, ge=100, le=1_000_000)
     tts_cache_mb: int = Field(200, ge=0, le=100_000)  # rendered sentences in <data_dir>/tts-cache
+    #: synthesis worker processes (plus one for emergencies), started with the server: espeak-ng
+    #: output resampled and loudness-measured off the tick's GIL; 0: threads in the server
+    tts_processes: int = Field(2, ge=0, le=16)
     # disaster alerts: CAP 1.2 push and pull (control/alerts/)
     alert_authorities: list[AlertAuthorityConfig] = []
     alert_feeds: list[AlertFeedConfig] = []

@@ -60,7 +60,8 @@ def build_tts(settings: Settings) -> TtsService:
     return TtsService(engines, default_engine=settings.tts_engine,
                       default_voice=settings.tts_voice, deadline_s=settings.tts_deadline_s,
                       cache=cache, max_chars=settings.tts_max_chars,
-                      loudness_target=settings.loudness_target_lufs)
+                      loudness_target=settings.loudness_target_lufs,
+                      processes=settings.tts_processes)
 
 
 def wav_bytes(pcm: np.ndarray, rate: int = 48_000) -> bytes:

@@ -11,8 +11,10 @@ import logging
 import math
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +26,9 @@ from streamer.tts.cache import TtsCache
 from streamer.tts.engines import EspeakEngine, TtsEngine, TtsError
 from streamer.tts.text import MAX_CHARS, TextError, check_text, normalize, sentences
 
+if TYPE_CHECKING:
+    from streamer.tts.procpool import SynthesisProcesses
+
 __all__ = ["TtsService", "SynthesisPool", "Prepared", "RATE_MIN", "RATE_MAX"]
 
 log = logging.getLogger("loa.tts")
@@ -31,6 +36,8 @@ log = logging.getLogger("loa.tts")
 RATE_MIN, RATE_MAX = 0.5, 2.0
 MAX_NORMALISE_DB = 20.0
 PEAK_CEILING = db_to_gain(-1.0)
+PREPARED_MEMO = 64    # texts checked and cut
+GAIN_MEMO = 4096      # sentences' gains
 
 
 class SynthesisPool:
@@ -95,7 +102,8 @@ class TtsService:
     def __init__(self, engines: Iterable[TtsEngine] = (), *, default_engine: str = "espeak",
                  default_voice: str | None = None, deadline_s: float = 2.0,
                  cache: TtsCache | None = None, max_chars: int = MAX_CHARS,
-                 loudness_target: float | None = -16.0, workers: int = 2) -> None:
+                 loudness_target: float | None = -16.0, workers: int = 2,
+                 processes: int = 0) -> None:
         self.engines: dict[str, TtsEngine] = {}
         for e in engines:
             self.engines[e.name] = e
@@ -113,6 +121,21 @@ class TtsService:
         self.max_chars = max_chars
         self.loudness_target = loudness_target
         self.pool = SynthesisPool(workers)
+        #: the request path checks a text (POST /broadcasts) and the catalogue cuts it again:
+        #: a 2,000-character bulletin normalises in ~35 ms, so it is done once per text
+        self._prepared: OrderedDict[tuple[str, str | None, str | None, float], Prepared] = \
+            OrderedDict()
+        #: a cached sentence's gain (its loudness measured once: ~25 ms of numpy per sentence)
+        self._gains: OrderedDict[str, float] = OrderedDict()
+        self._memo_lock = threading.Lock()
+        #: synthesis, resampling and loudness in worker processes (streamer.tts.procpool), off
+        #: the server's GIL; 0: in the pool's threads (tests, the CLI)
+        self.processes: SynthesisProcesses | None = None
+        if processes > 0:
+            from streamer.tts.procpool import SynthesisProcesses
+            self.processes = SynthesisProcesses(
+                processes, str(self.cache.dir) if self.cache.dir is not None else None,
+                self.cache.max_bytes, loudness_target)
 
     # ------------------------------------------------------------------ checks
     def engine(self, name: str | None) -> TtsEngine:
@@ -153,6 +176,21 @@ class TtsService:
         if not (isinstance(rate, (int, float)) and math.isfinite(rate)
                 and RATE_MIN <= rate <= RATE_MAX):
             raise TextError("invalid_rate", f"rate must be between {RATE_MIN} and {RATE_MAX}")
+        key = (text, engine, voice, float(rate))
+        with self._memo_lock:
+            hit = self._prepared.get(key)
+            if hit is not None:
+                self._prepared.move_to_end(key)
+                return hit
+        out = self._prepare(text, engine, voice, rate)
+        with self._memo_lock:
+            self._prepared[key] = out
+            while len(self._prepared) > PREPARED_MEMO:
+                self._prepared.popitem(last=False)
+        return out
+
+    def _prepare(self, text: str, engine: str | None, voice: str | None,
+                 rate: float) -> Prepared:
         text = check_text(text, self.max_chars)
         e, v = self.resolve(engine, voice)
         parts = tuple(sentences(text))
@@ -175,6 +213,39 @@ class TtsService:
             raise TtsError(f"{engine.name} produced no audio for a sentence")
         self.cache.put(key, pcm)
         return pcm
+
+    def render_gained(self, sentence: str, engine: TtsEngine, voice: str, rate: float,
+                      deadline_s: float | None = None, urgent: bool = False) -> np.ndarray:
+        """One sentence at the loudness target (48 kHz mono float32): in a worker process when
+        the service has them, else here. Blocking; raises TtsError."""
+        procs = self.processes
+        if procs is not None and procs.ready:
+            try:
+                return procs.render(engine, sentence, voice, rate, deadline_s, urgent)
+            except TtsError:
+                raise
+            except TimeoutError:
+                raise TtsError(f"{engine.name} did not answer in time", timeout=True) from None
+            except Exception as e:  # a broken pool or an engine that cannot be pickled
+                log.warning("TTS worker processes unusable (%r): rendering in-process", e)
+                self.processes = None
+                procs.close()
+        pcm = self.render_sentence(sentence, engine, voice, rate, deadline_s)
+        key = self.cache.key(sentence, engine.name, voice, rate)
+        with self._memo_lock:
+            g = self._gains.get(key)
+        if g is None:
+            g = self.gain(pcm)
+            with self._memo_lock:
+                self._gains[key] = g
+                while len(self._gains) > GAIN_MEMO:
+                    self._gains.popitem(last=False)
+        return pcm * np.float32(g) if g != 1.0 else pcm
+
+    def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
+            self.processes = None
 
     def gain(self, pcm: np.ndarray) -> float:
         """The linear gain that brings a sentence to the loudness target (±20 dB, peaks kept
@@ -208,8 +279,6 @@ class TtsService:
         """The whole text, loudness applied per sentence (previews, the media library).
         Blocking; raises TtsError."""
         e = self.engine(prepared.engine)
-        out = []
-        for s in prepared.sentences:
-            pcm = self.render_sentence(s, e, prepared.voice, prepared.rate, deadline_s)
-            out.append(pcm * np.float32(self.gain(pcm)))
+        out = [self.render_gained(s, e, prepared.voice, prepared.rate, deadline_s)
+               for s in prepared.sentences]
         return np.concatenate(out).astype(np.float32, copy=False)

@@ -118,12 +118,15 @@ class TtsSource(Source):
         self._synth_done = True
 
     def _render(self, i: int) -> np.ndarray:
+        """Sentence `i` at the loudness target (in a synthesis worker process when the service
+        has them: resampling and loudness off the server's GIL)."""
         s = self.sentences[i]
         engine = self.engine
         espeak = self.service.espeak
         deadline = None if engine is espeak else self.service.deadline_s
         try:
-            return self.service.render_sentence(s, engine, self.voice, self.rate, deadline)
+            return self.service.render_gained(s, engine, self.voice, self.rate, deadline,
+                                              self.urgent)
         except TtsError as e:
             if not self.urgent or engine is espeak:
                 raise
@@ -133,14 +136,13 @@ class TtsSource(Source):
             self.fell_back = True
             self.notice = (f"TTS engine {engine.name} failed ({e.message}); read by espeak-ng "
                            f"from sentence {i + 1}")
-            return self.service.render_sentence(s, espeak, self.voice, self.rate, None)
+            return self.service.render_gained(s, espeak, self.voice, self.rate, None, True)
 
     def _work(self, i: int) -> None:
         if self._closed:
             return
         try:
-            pcm = self._render(i)
-            frames = to_frames(pcm, self.service.gain(pcm))
+            frames = to_frames(self._render(i), 1.0)
         except TtsError as e:
             self._fail(i, e.message)
             return
