@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                      help="unicast: bind this UDP address. With --server and no --listen: the "
-                          "local address that routes to the server(s), any port (0.0.0.0:0, "
-                          "every interface, when they route through different ones)")
+                          "interface that routes to the server(s) (0.0.0.0:0 tied to that "
+                          "interface, so an address change on it is followed; every interface, "
+                          "0.0.0.0:0, when they route through different ones)")
     src.add_argument("--multicast", type=host_port, metavar="GROUP:PORT",
                      help="join this IPv4 multicast group")
     ap.add_argument("--interface", metavar="IP",
@@ -162,6 +163,47 @@ def route_address(servers: list[tuple[str, int]]) -> str:
     return found.pop() if len(found) == 1 else "0.0.0.0"
 
 
+def interface_of(address: str) -> str | None:
+    """The name of the network interface that has this IPv4 address (SIOCGIFADDR per
+    interface), or None."""
+    import fcntl
+    import socket
+    import struct
+    if address in ("0.0.0.0", ""):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915,  # SIOCGIFADDR
+                                  struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue                      # no IPv4 address on it
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    return None
+
+
+def route_binding(servers: list[tuple[str, int]]) -> tuple[str, str | None]:
+    """Where a receiver with --server and no --listen binds: (address, interface).
+
+    The interface that routes to the servers, with address 0.0.0.0 and SO_BINDTODEVICE, so the
+    socket follows that interface's address when it changes (a cellular reconnect hands out a
+    new private address: a socket bound to the old address could send nothing any more). Where
+    tying a socket to a device is not permitted, the routing address itself; 0.0.0.0 on every
+    interface when the servers route through different interfaces."""
+    import socket
+    addr = route_address(servers)
+    dev = interface_of(addr)
+    if dev is None:
+        return addr, None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode() + b"\0")
+    except OSError:
+        return addr, None                     # not permitted here: the address, as before
+    return "0.0.0.0", dev
+
+
 def _line(tag: str, snap: dict, keys: tuple[str, ...]) -> str:
     return tag + " " + " ".join(f"{k}={snap[k]}" for k in keys)
 
@@ -170,11 +212,13 @@ def main(argv: list[str]) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     field = _field_settings(args, ap)
+    device: str | None = None
     if field is not None:
         if args.multicast:
             ap.error("--server receives unicast; it does not go with --multicast")
         if args.listen is None:
-            args.listen = (route_address(field[2]), 0)
+            host, device = route_binding(field[2])
+            args.listen = (host, 0)
     elif not (args.listen or args.multicast):
         ap.error("one of --listen, --multicast or --server is required")
     if args.interface and not args.multicast:
@@ -188,9 +232,9 @@ def main(argv: list[str]) -> int:
             where = f"multicast {host}:{port} on {args.interface or 'any interface'}"
         else:
             host, port = args.listen
-            sock = udp_socket(host, port)
+            sock = udp_socket(host, port, device)
             bound = sock.getsockname()
-            where = f"udp {host}:{bound[1]}"
+            where = f"udp {host}:{bound[1]}" + (f" on {device}" if device else "")
     except (OSError, ValueError) as exc:
         print(f"loa receiver: cannot listen: {exc}", file=sys.stderr)
         return 1

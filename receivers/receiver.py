@@ -219,7 +219,8 @@ class Receiver:
         every = int(stats_interval * 1e9) if stats_interval and stats_interval > 0 else 0
         next_stats = time.monotonic_ns() + every
         try:
-            async for now in playout_ticks(self.stats, stop, duration):
+            async for now in playout_ticks(self.stats, stop, duration,
+                                            lambda: self.jitter.next_due):
                 self.tick(now / 1e9)
                 if every and now >= next_stats:
                     next_stats += every
@@ -234,16 +235,39 @@ class Receiver:
         self.decoder.close()
 
 
+def grid_phase(start: int, k: int, due_ns: int | None) -> int:
+    """The grid's start after lining tick `k` up with a slot due at `due_ns` (monotonic ns).
+
+    A talk spurt's first slot is due at its first packet's arrival + the target delay, which
+    falls anywhere between two grid points; played at the next grid point it would wait up to
+    20 ms more than the target. When a slot falls due within the period before tick `k`'s
+    target, the grid's phase moves earlier to it (never later, by less than one period; the
+    period itself is unchanged, so the grid never drifts). Within a spurt the slots stay on the
+    grid, so this moves the phase once per spurt at most."""
+    if due_ns is None:
+        return start
+    target = start + k * FRAME_NS
+    if target - FRAME_NS < due_ns < target:
+        return due_ns - k * FRAME_NS
+    return start
+
+
 async def playout_ticks(stats: ReceiverStats, stop: asyncio.Event | None,
-                        duration: float | None):
+                        duration: float | None,
+                        due: Callable[[], float | None] | None = None):
     """Yield monotonic ns once per 20 ms playout slot, on targets start + k·20 ms, until `stop`
-    is set or `duration` has passed (the last slot is yielded, then it ends)."""
+    is set or `duration` has passed (the last slot is yielded, then it ends). `due`: when the
+    next slot is due (monotonic seconds, None while idle); the grid's phase follows it
+    (`grid_phase`), so a spurt plays at its first packet + the target delay."""
     stop = stop or asyncio.Event()
     start = time.monotonic_ns()
     end = start + int(duration * 1e9) if duration else None
     k = 0
     while not stop.is_set():
         k += 1
+        if due is not None:
+            d = due()
+            start = grid_phase(start, k, None if d is None else int(d * 1e9))
         target = start + k * FRAME_NS
         now = time.monotonic_ns()
         if target > now:
@@ -270,13 +294,17 @@ class _Protocol(asyncio.DatagramProtocol):
         self._rx.stats.socket_errors += 1
 
 
-def udp_socket(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to host:port (IPv4 or IPv6)."""
+def udp_socket(host: str, port: int, device: str | None = None) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port (IPv4 or IPv6); with `device`, also tied to
+    that network interface (SO_BINDTODEVICE), so it keeps working when the interface's address
+    changes (a 4G reconnect) while it never sends out of another interface."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        if device:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
         s.bind(addr)
         s.setblocking(False)
     except OSError:
