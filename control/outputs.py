@@ -43,7 +43,7 @@ class Outputs:
         self.hub = ListenHub(self.listen_output, ListenLimits(
             max_per_zone=s.listen_max_per_zone, max_total=s.listen_max_total,
             max_per_address=s.listen_max_per_address, max_buffer=s.listen_buffer_kb * 1024),
-            title=title)
+            title=title, flush_s=1.0)
         self.listen = ListenHandlers(self.hub, port, self.audience, self.next_items)
         self.handlers.append(self.listen)
         self.hls = HlsHandlers(self.hub, self.audience)

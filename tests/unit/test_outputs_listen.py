@@ -141,3 +141,35 @@ def test_silence_fills_ticks_without_programme_so_granules_keep_counting():
         hub.close()
         await t
     asyncio.run(run())
+
+
+def test_listeners_are_written_once_per_flush_with_every_page_in_order():
+    async def run() -> None:
+        out = ListenOutput()
+        hub = ListenHub(out, pump_s=0.2, flush_s=1.0)
+        assert hub.flush_every == 5
+        a = hub.admit("z1", "1.1.1.1")
+        sa = FakeSink()
+        ta = asyncio.ensure_future(hub.serve(a, sa, chunked=True))
+        await asyncio.sleep(0)
+        writes = []
+        real = sa.write
+
+        def count(data: bytes) -> None:
+            writes.append(len(data))
+            real(data)
+        sa.write = count   # type: ignore[method-assign]
+        for i in range(10):
+            _feed(out, i * 10, 10)
+            hub.pump(hub._zones["z1"])
+        assert len(writes) == 2                        # ten pumps, two writes
+        body = bytes(sa.data)
+        size, _, rest = body.partition(b"\r\n")
+        first = rest[:int(size, 16)]
+        assert first.count(b"OggS") == 5               # the five pages of the first second
+        seqs = [int.from_bytes(first[i + 18:i + 22], "little")
+                for i in range(len(first)) if first.startswith(b"OggS", i)]
+        assert seqs == [2, 3, 4, 5, 6]
+        hub.close()
+        assert await ta == "shutdown"
+    asyncio.run(run())
