@@ -179,6 +179,8 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         lim = listeners + 64
         cfg.write_text(f'listen_public_zones = ["bench0"]\nlisten_max_per_zone = {lim}\n'
                        f"listen_max_total = {lim}\nlisten_max_per_address = {lim}\n"
+                       f"http_max_connections = {lim + 1000}\n"
+                       f"http_max_connections_per_address = {lim}\n"
                        "archive = false\n" + cfg.read_text())
         http = _free_tcp_port()
         server = Proc(_prefix(res["sender_cpus"], res["nice"]) + [

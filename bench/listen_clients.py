@@ -62,7 +62,10 @@ async def run(url: str, n: int, ramp: float, connect_timeout: float) -> dict:
     for i in range(n):
         fut: asyncio.Future[None] = loop.create_future()
         try:
-            _, proto = await loop.create_connection(lambda f=fut: Listener(request, f), host, port)
+            # each listener from its own loopback address, as phones are (127.1.x.y)
+            local = (f"127.1.{i // 250}.{i % 250 + 1}", 0) if host.startswith("127.") else None
+            _, proto = await loop.create_connection(lambda f=fut: Listener(request, f), host, port,
+                                                    local_addr=local)
         except OSError as e:
             failures.append(f"connect: {e}")
             continue
