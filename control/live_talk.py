@@ -32,12 +32,14 @@ from streamer.ingest.live import LiveSource
 from streamer.ingest.webrtc import WebRtcSession
 from streamer.mixer.arbitration import Level
 from streamer.mixer.meter import ProgrammeLevels
-from streamer.port import EnginePort
+from streamer.port import AlignTick, EnginePort
 
 log = logging.getLogger("loa.live")
 LIVE_LEVELS = ("normal", "priority", "emergency")
 MAX_SDP = 64 * 1024
 MAX_CONNECTIONS_PER_PRINCIPAL = 4
+TICK_NS = 20_000_000
+ALIGN_TOLERANCE_NS = 2_000_000   # the tick moves only when further off than this
 
 
 class LiveConnect(BaseModel):
@@ -180,6 +182,7 @@ class TalkApi:
         if c.broadcast is not None and s.on_air:
             raise Conflict("already_on_air", "this connection is already on air",
                            broadcast=c.broadcast)
+        await self._align_tick(c)
         src = s.claim()
         pre = len(s.preroll.since_unmute(s.preroll.capacity))
         try:
@@ -199,6 +202,27 @@ class TalkApi:
         now = self.port.broadcast(b.id) or b
         return json_response({"broadcast": now.to_dict(), "preroll_ms": pre * 20,
                               "queue_frames": src.prime_frames}, status=201)
+
+    async def _align_tick(self, c: _Conn) -> None:
+        """Before the claim's first packet: line the engine's tick up with this connection's
+        frame arrivals (measured while the muted microphone idled), so a frame never waits
+        most of a tick for its read (issue 17). Not while another connection of this node is on
+        air (the tick's phase is its talker's), nor on an engine that is not in this process
+        (the phase is on this process's monotonic clock)."""
+        if any(o.broadcast is not None and o is not c for o in self.conns.values()):
+            return
+        phase = c.session.phase.phase_ns()
+        clock = getattr(self.port, "clock_stats", None)
+        if phase is None or not isinstance(clock, dict) or clock.get("phase_ns") is None:
+            return
+        d = (phase - int(clock["phase_ns"])) % TICK_NS
+        if min(d, TICK_NS - d) <= ALIGN_TOLERANCE_NS:
+            return
+        self.port.submit(AlignTick(phase, ALIGN_TOLERANCE_NS))
+        # a tick already asleep until the old phase still runs there: the claim's first read
+        # comes after it, on the new phase (the receivers anchor their playout on that packet)
+        await asyncio.sleep(((int(clock["phase_ns"]) - time.monotonic_ns()) % TICK_NS
+                             + 1_000_000) / 1e9)
 
     async def release(self, request: web.Request) -> web.Response:
         c = self._conn(request)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -267,12 +268,14 @@ async def playout_ticks(stats: ReceiverStats, stop: asyncio.Event | None,
         k += 1
         if due is not None:
             d = due()
-            start = grid_phase(start, k, None if d is None else int(d * 1e9))
+            start = grid_phase(start, k, None if d is None else math.ceil(d * 1e9))
         target = start + k * FRAME_NS
         now = time.monotonic_ns()
         if target > now:
             await asyncio.sleep((target - now) / 1e9)
-            now = time.monotonic_ns()
+            # uvloop's timers have 1 ms resolution and may fire a little early: the slot is due
+            # at its target (played then, a slot due exactly there would wait a whole period)
+            now = max(time.monotonic_ns(), target)
         elif now - target > 10 * FRAME_NS:
             # Suspended or starved: do not replay the missed ticks one by one (pop catches the
             # media up by itself); resume on the grid.

@@ -21,12 +21,14 @@ class TickSchedule:
 
     def __init__(self, start_ns: int, period_ns: int = FRAME_NS, max_catchup: int = 10) -> None:
         self.start_ns = start_ns
+        self.origin_ns = start_ns   # the phase moves (align) stay within half a period of it
         self.period_ns = period_ns
         self.max_catchup = max_catchup
         self.k = 0  # index of the next tick to run
         self.late_ticks = 0
         self.skipped_ticks = 0
         self.max_late_ns = 0
+        self.phase_shifts = 0
 
     def deadline(self, k: int | None = None) -> int:
         return self.start_ns + (self.k if k is None else k) * self.period_ns
@@ -52,6 +54,33 @@ class TickSchedule:
 
     def sleep_ns(self, now_ns: int) -> int:
         return max(0, self.deadline() - now_ns)
+
+    @property
+    def phase_ns(self) -> int:
+        """Where the ticks fall within the period (deadline mod period, monotonic ns)."""
+        return self.start_ns % self.period_ns
+
+    def align(self, phase_ns: int, tolerance_ns: int = 0) -> int:
+        """Move the ticks' phase to `phase_ns` (mod the period). The ticks stay within half a
+        period of where they were first scheduled (`origin_ns`), whatever the moves before, and
+        the period is unchanged: the clock never drifts, no tick is gained or lost. Returns the
+        move (ns, + later), 0 when the phase is already within `tolerance_ns`.
+
+        For a live talker: a frame that reaches the receive queue just after a tick waits
+        almost a whole period for the next; lining the ticks up with the talker's arrivals
+        before the first packet of a talk spurt saves that (after it, the receivers' playout
+        has anchored on the old phase and absorbs the move)."""
+        p = self.period_ns
+        cur = (phase_ns - self.start_ns) % p
+        if min(cur, p - cur) <= tolerance_ns:
+            return 0
+        off = (phase_ns - self.origin_ns) % p
+        if off >= p // 2:
+            off -= p
+        d = self.origin_ns + off - self.start_ns
+        self.start_ns += d
+        self.phase_shifts += 1
+        return d
 
 
 def name_os_thread(name: str) -> None:

@@ -26,7 +26,7 @@ __all__ = [
     "Programme", "SourceDescription", "describe", "source_from_dict",
     "RelayAudio", "PlaylistAudio",
     "StartBroadcast", "StopBroadcast", "ReplaceZones", "UpdateZones", "SetDestinations",
-    "SetZoneLoss", "Command", "command_from_dict",
+    "SetZoneLoss", "AlignTick", "Command", "command_from_dict",
     "EngineEvent", "BroadcastSnapshot", "ZoneSnapshot", "OnAir", "EngineStats",
     "Destination", "EnginePort", "Refused", "UnknownBroadcast", "Conflict", "ZoneError",
     "MODES",
@@ -318,8 +318,21 @@ class SetZoneLoss:
     loss_perc: int | None
 
 
+@_command
+@dataclass(frozen=True, slots=True)
+class AlignTick:
+    """Line the tick's phase up with a live talker's arrivals, before the talk's first packet
+    (issue 17): the ticks then fall at `phase_ns` modulo the 20 ms period on this node's
+    monotonic clock (`time.monotonic_ns()`), moved by at most half a period either way and only
+    when further off than `tolerance_ns`; the period never changes. Meaningful only on the node
+    whose receive path measured the phase."""
+    type: ClassVar[str] = "align_tick"
+    phase_ns: int
+    tolerance_ns: int = 2_000_000
+
+
 Command = (StartBroadcast | StopBroadcast | ReplaceZones | UpdateZones | SetDestinations
-           | SetZoneLoss)
+           | SetZoneLoss | AlignTick)
 
 
 def _zone_plain(z: Zone) -> dict[str, Any]:

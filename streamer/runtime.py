@@ -46,7 +46,8 @@ from streamer.core.loss import LossPolicy
 from streamer.ingest.base import Source
 from streamer.ingest.catalogue import Catalogue, duration_of
 from streamer.mixer.programs import ProgramBank, ProgramKey
-from streamer.port import (BroadcastSnapshot, Command, EngineEvent, EngineStats, LiveAudio,
+from streamer.port import (AlignTick, BroadcastSnapshot, Command, EngineEvent, EngineStats,
+                           LiveAudio,
                            ReplaceZones, SetDestinations, SetZoneLoss, StartBroadcast,
                            StopBroadcast, UpdateZones, ZoneError, ZoneSnapshot)
 from streamer.rtp.output import Output, RtpOutput
@@ -168,6 +169,11 @@ class Runtime:
             elif isinstance(cmd, SetZoneLoss):
                 with self.lock:
                     self.loss.report(cmd.zone, cmd.loss_perc)
+            elif isinstance(cmd, AlignTick):
+                t = self._thread
+                sched = t.schedule if t is not None else None
+                if sched is not None:   # driven by the caller's own times: nothing to move
+                    sched.align(cmd.phase_ns, cmd.tolerance_ns)
             else:
                 raise TypeError(f"not a command: {cmd!r}")
             return None
@@ -208,6 +214,8 @@ class Runtime:
             "max_tick_us": round(self.max_tick_us, 1),
             "tick_overruns": self.tick_overruns,
             "tick_priority": t.priority if t else None,
+            "phase_ns": s.phase_ns if s else None,
+            "phase_shifts": s.phase_shifts if s else 0,
         }
 
     @property

@@ -117,3 +117,44 @@ class ArrivalJitter:
     def depth_frames(self) -> int:
         """1 + the frames the 95th percentile of late arrivals needs, capped."""
         return int(min(self.max_frames, 1 + np.ceil(max(0.0, self.spread_ms - 2.0) / 20.0)))
+
+
+class ArrivalPhase:
+    """Where within the 20 ms tick period a talker's frames reach the receive queue, from the
+    last `window` of them (monotonic ns, a parameter): the tick phase that lines the tick up
+    with them (issue 17). A frame queued just after a tick waits almost a whole period for the
+    next one; a tick `margin_ns` after the late edge of the arrivals (their 90th percentile
+    around the circular mean) reads each frame as soon as it is there."""
+
+    def __init__(self, window: int = 50, period_ns: int = 20_000_000) -> None:
+        if window < 5:
+            raise ValueError("window must be at least 5 frames")
+        self.period_ns = period_ns
+        self._t = np.zeros(window, dtype=np.int64)
+        self._n = 0
+
+    def add(self, t_ns: int) -> None:
+        self._t[self._n % len(self._t)] = t_ns
+        self._n += 1
+
+    @property
+    def count(self) -> int:
+        return min(self._n, len(self._t))
+
+    def phase_ns(self, margin_ns: int = 1_000_000, min_frames: int = 25,
+                 max_spread_ns: int = 12_000_000) -> int | None:
+        """The tick phase (0 <= phase < period, on the same clock as the arrivals), or None
+        with too few arrivals or when they spread over more than `max_spread_ns` (p10..p90):
+        then no phase serves them all and the receive queue's depth has to absorb it."""
+        n = self.count
+        if n < min_frames:
+            return None
+        p = self.period_ns
+        ph = (self._t[:n] % p).astype(np.float64)
+        ang = ph * (2 * np.pi / p)
+        mean = float(np.angle(np.mean(np.exp(1j * ang)))) * p / (2 * np.pi)
+        dev = (ph - mean + p / 2) % p - p / 2
+        lo, hi = np.percentile(dev, [10, 90])
+        if hi - lo > max_spread_ns:
+            return None
+        return int(round(mean + hi + margin_ns)) % p

@@ -30,7 +30,7 @@ import numpy as np
 
 from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
-from streamer.ingest.talk import ArrivalJitter, FadeOut, Preroll
+from streamer.ingest.talk import ArrivalJitter, ArrivalPhase, FadeOut, Preroll
 from streamer.trace import TRACE, FrameMarker
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ class WebRtcSession:
         self.preroll = Preroll(preroll_frames)
         self.fade_frames = fade_frames
         self.jitter = ArrivalJitter()
+        self.phase = ArrivalPhase()   # when frames reach the queue, for the tick's phase
         self.queue_frames = 1   # receive queue depth the measured arrival jitter asks for
         self.claims = 0
         self.preroll_sent = 0   # frames of pre-roll handed to claims (all claims)
@@ -312,6 +313,7 @@ class WebRtcSession:
                 self._frame(frame, mark if i == n else -1)
 
     def _frame(self, frame: np.ndarray, mark: int = -1) -> None:
+        self.phase.add(time.monotonic_ns())
         with self._lock:
             if self.standing:
                 self.preroll.push(frame)

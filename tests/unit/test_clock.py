@@ -49,3 +49,40 @@ def test_long_stall_skips_instead_of_bursting():
     assert ks == sorted(ks) and len(set(ks)) == len(ks)
     # after the skip, ticks are back on their targets
     assert runs[-1][1] == sched.deadline(runs[-1][0])
+
+
+# -- phase alignment (issue 17): the phase moves, the period never does -----------------------
+def test_align_moves_the_phase_within_half_a_period_of_the_origin_and_keeps_the_period():
+    for start, phase, move in ((1_000_000_000, 7_000_000, 7_000_000),       # later by 7 ms
+                               (1_000_000_000, 13_000_000, -7_000_000),     # earlier by 7 ms
+                               (1_003_000_000, 1_000_000, -2_000_000),
+                               (1_019_000_000, 1_000_000, 2_000_000)):      # across the wrap
+        s = TickSchedule(start_ns=start)
+        s.k = 40
+        before = s.deadline()
+        assert s.align(phase) == move
+        assert s.phase_ns == phase
+        assert s.deadline() == before + move
+        assert s.deadline(s.k + 1) - s.deadline() == FRAME_NS
+        assert s.phase_shifts == 1
+
+
+def test_align_within_tolerance_does_nothing():
+    s = TickSchedule(start_ns=1_000_000_000 + 5_000_000)
+    assert s.align(6_500_000, tolerance_ns=2_000_000) == 0
+    assert s.phase_ns == 5_000_000 and s.phase_shifts == 0
+    assert s.align(7_500_000, tolerance_ns=2_000_000) == 2_500_000
+
+
+def test_alignments_never_drift_the_clock():
+    """Talkers' phases one after another, in any order: the ticks never wander more than half
+    a period from the original grid (no tick gained or lost, however many moves), and going
+    back to the original phase puts them exactly where they were."""
+    rng = random.Random(7)
+    s = TickSchedule(start_ns=2_000_000_000 + 3_000_000)
+    origin = s.start_ns
+    for _ in range(500):
+        s.align(rng.randrange(FRAME_NS))
+        assert -FRAME_NS // 2 <= s.start_ns - origin < FRAME_NS // 2
+    s.align(origin % FRAME_NS)
+    assert s.start_ns == origin

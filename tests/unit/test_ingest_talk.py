@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streamer.audio import FRAME_SAMPLES
-from streamer.ingest.talk import ArrivalJitter, FadeOut, Preroll
+from streamer.ingest.talk import ArrivalJitter, ArrivalPhase, FadeOut, Preroll
 
 
 def frame(v: float) -> np.ndarray:
@@ -64,3 +64,33 @@ def test_jittery_link_asks_for_a_deeper_queue_and_the_rtp_clock_may_wrap():
         j.add((ts0 + k * 960) & 0xFFFFFFFF, 5.0 + k * 0.02 + float(rng.uniform(0, 0.08)))
     assert 60 < j.spread_ms < 80
     assert 4 <= j.depth_frames() <= 5
+
+
+# -- the arrival phase the tick lines up with (issue 17) -------------------------------------
+def _arrivals(phase_ns: int, jitter_ns: list[int], t0: int = 5_000_000_000) -> ArrivalPhase:
+    a = ArrivalPhase(window=50)
+    for i, j in enumerate(jitter_ns):
+        a.add(t0 + i * 20_000_000 + phase_ns + j)
+    return a
+
+
+@pytest.mark.parametrize("phase_ms", [0.5, 3.0, 11.0, 19.7])
+def test_arrival_phase_puts_the_tick_just_after_the_late_edge(phase_ms):
+    rng = np.random.default_rng(3)
+    jit = [int(x) for x in rng.integers(0, 2_000_000, 60)]   # 0..2 ms late
+    a = _arrivals(int(phase_ms * 1e6), jit)
+    got = a.phase_ns(margin_ns=1_000_000)
+    assert got is not None
+    want = (phase_ms + 1.0 + np.percentile(jit[-50:], 90) / 1e6 - np.mean(jit[-50:]) / 1e6
+            + np.mean(jit[-50:]) / 1e6) % 20
+    # circular distance to the expected phase (the wrap at 20 ms included)
+    d = abs((got / 1e6 - want + 10) % 20 - 10)
+    assert d < 0.5, (got, want)
+
+
+def test_arrival_phase_needs_enough_frames_and_a_narrow_spread():
+    assert _arrivals(4_000_000, [0] * 10).phase_ns() is None
+    assert _arrivals(4_000_000, [0] * 30).phase_ns() is not None
+    rng = np.random.default_rng(1)
+    wide = [int(x) for x in rng.integers(0, 18_000_000, 60)]
+    assert _arrivals(4_000_000, wide).phase_ns() is None

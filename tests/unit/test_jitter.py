@@ -2,6 +2,7 @@
 no clock, no sockets."""
 from __future__ import annotations
 
+import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -510,3 +511,40 @@ def test_timestamp_going_far_back_is_a_restarted_sender_not_a_flood_of_late_pack
         assert jb.stats.resets == 1 and jb.stats.late == 0
         got = [jb.pop(t + 0.061), jb.pop(t + 0.081)]
         assert [p.sequence_number for p in got] == [9, 10]
+
+
+# -- the reference receiver's playout grid follows the spurt (issue 17) -----------------------
+def test_grid_phase_moves_earlier_to_a_slot_due_before_the_next_grid_point():
+    from receivers.receiver import grid_phase
+    from streamer.audio import FRAME_NS
+    start = 1_000_000_000
+    # a slot due 7 ms before tick 5's grid point: tick 5 happens then, later ticks 20 ms apart
+    s = grid_phase(start, 5, start + 5 * FRAME_NS - 7_000_000)
+    assert s + 5 * FRAME_NS == start + 5 * FRAME_NS - 7_000_000
+    # due later than the grid point, exactly on it, a period or more before, or idle: unchanged
+    for due in (start + 5 * FRAME_NS + 1, start + 5 * FRAME_NS, start + 4 * FRAME_NS,
+                start + 3 * FRAME_NS, None):
+        assert grid_phase(start, 5, due) == start
+
+
+def test_playout_starts_at_first_packet_plus_target_not_at_the_next_grid_point():
+    """Drive the jitter buffer with the grid the receiver's loop keeps: the first slot plays at
+    arrival + target (the old grid would have played it up to 20 ms later)."""
+    from receivers.receiver import grid_phase
+    from streamer.audio import FRAME_NS
+    for arrival_ms in (3.0, 11.5, 19.0):
+        jb = JitterBuffer(0.060)
+        start, k = 0, 0
+        arrival = 1.0 + arrival_ms / 1000
+        jb.push(pkt(0, marker=True), arrival)
+        played_at = None
+        while played_at is None:
+            k += 1
+            d = jb.next_due
+            start = grid_phase(start, k, None if d is None else math.ceil(d * 1e9))
+            now = (start + k * FRAME_NS) / 1e9
+            if now > arrival:
+                p = jb.pop(now)
+                if p is not None:
+                    played_at = now
+        assert abs(played_at - (arrival + 0.060)) < 1e-6   # not up to 20 ms later

@@ -9,7 +9,7 @@ from streamer.port import (BroadcastSnapshot, ChimeAudio, Destination, EngineEve
                            SilenceAudio, SirenAudio, StartBroadcast, StopBroadcast, ToneAudio,
                            TtsAudio, UpdateZones, command_from_dict, command_to_dict, describe,
                            source_from_dict)
-from streamer.port import PlaylistAudio, RelayAudio
+from streamer.port import AlignTick, PlaylistAudio, RelayAudio
 from streamer.zones import Zone
 
 ZONES = (Zone(id="hn", name="Hà Nội", multicast=("239.1.1.1", 5004)),
@@ -52,6 +52,7 @@ COMMANDS = [
     SetDestinations("hn", (Destination("1.2.3.4", 5004), Destination("5.6.7.8", 6000, 60, True))),
     SetDestinations("hn", ()),
     SetZoneLoss("hn", 7), SetZoneLoss("hn", None),
+    AlignTick(7_250_000), AlignTick(19_999_999, tolerance_ns=0),
 ]
 
 
