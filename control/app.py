@@ -321,6 +321,7 @@ class Server:
             self.link.close()
         self.engine.stop()
         self.broadcasts.close()
+        self.engine.catalogue.tts.close()
         self.fanout.close()
         await self.asrun.close()
         await self.records.close()

@@ -61,6 +61,9 @@ async def _serve_locked(settings: Settings, ready: asyncio.Event | None,
 
     from control.app import create_app
     app = create_app(settings)
+    # TTS synthesis worker processes, spawned with the server (in-process test apps render in
+    # threads and spawn nothing); the server's close stops them
+    app["loa"].engine.catalogue.tts.start_processes()
     from control.conn_guard import guarded_runner
     # header/body timeouts, connection caps, the open-files limit raised (issue 13)
     runner = guarded_runner(app, settings, access_log=None, handle_signals=False,

@@ -129,13 +129,10 @@ class TtsService:
         self._gains: OrderedDict[str, float] = OrderedDict()
         self._memo_lock = threading.Lock()
         #: synthesis, resampling and loudness in worker processes (streamer.tts.procpool), off
-        #: the server's GIL; 0: in the pool's threads (tests, the CLI)
+        #: the server's GIL, once `start_processes` ran (server start); 0: in the pool's
+        #: threads (tests, the CLI)
+        self.process_count = max(0, processes)
         self.processes: SynthesisProcesses | None = None
-        if processes > 0:
-            from streamer.tts.procpool import SynthesisProcesses
-            self.processes = SynthesisProcesses(
-                processes, str(self.cache.dir) if self.cache.dir is not None else None,
-                self.cache.max_bytes, loudness_target)
 
     # ------------------------------------------------------------------ checks
     def engine(self, name: str | None) -> TtsEngine:
@@ -242,7 +239,18 @@ class TtsService:
                     self._gains.popitem(last=False)
         return pcm * np.float32(g) if g != 1.0 else pcm
 
+    def start_processes(self) -> None:
+        """Spawn the synthesis worker processes (at server start, not on the first item)."""
+        if self.processes is not None or self.process_count <= 0:
+            return
+        from streamer.tts.procpool import SynthesisProcesses
+        self.processes = SynthesisProcesses(
+            self.process_count, str(self.cache.dir) if self.cache.dir is not None else None,
+            self.cache.max_bytes, self.loudness_target)
+
     def close(self) -> None:
+        """Stop the worker processes (the server's close)."""
+        self.process_count = 0
         if self.processes is not None:
             self.processes.close()
             self.processes = None

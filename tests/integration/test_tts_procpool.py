@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 def test_worker_processes_render_what_the_server_would(tmp_path):
     svc = TtsService(cache=TtsCache(tmp_path / "cache"), processes=1)
     local = TtsService(cache=TtsCache(tmp_path / "local"))
+    assert svc.processes is None               # nothing spawned before the server starts
+    svc.start_processes()
     try:
         assert svc.processes is not None
         pids = svc.processes.pids()
@@ -38,4 +40,8 @@ def test_worker_processes_render_what_the_server_would(tmp_path):
             svc.render_gained("Xin chào.", EspeakEngine(), "giong-la", 1.0)
         assert svc.processes is not None          # a refusal does not retire the pool
     finally:
+        procs = svc.processes
         svc.close()
+    assert svc.processes is None and procs is not None
+    for f in procs._warming:
+        assert f.done()
