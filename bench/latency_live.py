@@ -1,6 +1,6 @@
 """Live ingest latency: tone onset at the sender → onset in what a zone's receiver gets.
 
-    python -m bench.latency_live --source rtp [--onsets 30]
+    python -m bench.latency_live --source rtp [--onsets 30] [--jitter-ms 60] [--in-process]
     python -m bench.latency_live --source webrtc [--sender both|aiortc|chromium] [--onsets 20]
                                  [--jitter-ms 60] [--json FILE]
     (`loa bench latency --source webrtc ...` forwards here and runs both senders)
@@ -425,6 +425,60 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
         out["_pc"] = pc  # closed by the caller after the receiver has stopped
 
 
+def _send_rtp_thread(port: int, onsets: int, deadline_s: float, lead_s: float = 2.5) -> dict:
+    """A hardware encoder on RTP ingest: Opus RTP (20 ms, in-band FEC as such encoders send)
+    to `port`, paced like a capture device: frame k covers [t0 + 20k ms, t0 + 20(k+1) ms) and
+    its packet leaves at the end of that interval, so an onset on its first sample was "spoken"
+    at t0 + 20k ms. The first packet starts the broadcast (RTP ingest); the lead (silence)
+    covers that start."""
+    import os
+    try:   # the encoder paces like a device: keep the shared machine's load off it
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    except (PermissionError, OSError):
+        pass
+    out: dict = {"sender": "rtp", "capture_clock": "scheduled frame time (time.time)",
+                 "encoder": "libopus 32 kb/s, 20 ms, in-band FEC (loss 10 %)"}
+    enc = OpusEncoder(OpusSettings())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lead = int(round(lead_s * 50))
+    period, burst = int(round(PERIOD_S * 50)), int(round(BURST_S * 50))
+    total = lead + onsets * period + 25
+    sent: list[float] = []
+    late = 0
+    t0 = time.monotonic() + 0.05
+    t0_wall = time.time() + (t0 - time.monotonic())
+    end = time.monotonic() + deadline_s
+    try:
+        for k in range(total):
+            due = t0 + (k + 1) * 0.02
+            while (d := due - time.monotonic()) > 0:
+                time.sleep(min(d, 0.002))
+            if -d > 0.005:
+                late += 1
+            if time.monotonic() > end:
+                out["error"] = f"sender did not finish in {deadline_s:.0f} s"
+                break
+            j = k - lead
+            n, r = divmod(j, period) if j >= 0 else (-1, 0)
+            if 0 <= n < onsets and r < burst:
+                pcm = _tone(FRAME_SAMPLES, r * FRAME_SAMPLES)
+                if r == 0:
+                    sent.append(t0_wall + k * 0.02)
+            else:
+                pcm = np.zeros(FRAME_SAMPLES, np.float32)
+            pkt = RtpPacket(payload_type=111, sequence_number=k & 0xFFFF,
+                            timestamp=(k * FRAME_SAMPLES) & 0xFFFFFFFF, ssrc=0x10A,
+                            payload=bytes(enc.encode(pcm)))
+            tx.sendto(pkt.serialize(), ("127.0.0.1", port))
+    finally:
+        tx.close()
+        enc.close()
+    out["onsets_wall"] = sent
+    out["late_frames"] = late
+    out["stop_wall"] = time.time()
+    return out
+
+
 _PROBE_JS = r"""
 (() => {
   const P = window.__loaProbe = { onsets: [], frames: 0, error: null, kind: null, map: [] };
@@ -691,9 +745,18 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
     s.close()
     zone = "lat"
     cfg = work / "bench.toml"
-    cfg.write_text("webrtc_loopback_only = true\nwebrtc_grace_s = 3.0\n\n"
-                   f'[[zones]]\nid = "{zone}"\nname = "latency"\n'
-                   f'unicast = ["127.0.0.1:{rx_port}"]\n')
+    cfg_text = ("webrtc_loopback_only = true\nwebrtc_grace_s = 3.0\n\n"
+                f'[[zones]]\nid = "{zone}"\nname = "latency"\n'
+                f'unicast = ["127.0.0.1:{rx_port}"]\n')
+    ingest_port = 0
+    if sender == "rtp":   # a hardware encoder's RTP ingest on loopback, for this zone
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        ingest_port = s.getsockname()[1]
+        s.close()
+        cfg_text += (f'\n[[rtp_ingest]]\nport = {ingest_port}\nbind = "127.0.0.1"\n'
+                     f'zones = ["{zone}"]\nallow = ["127.0.0.1"]\nname = "encoder"\n')
+    cfg.write_text(cfg_text)
     wav_out, stats_path = work / "rx.wav", work / "rx.json"
     rx = Proc([sys.executable, "-m", "loa.cli", "receiver", "--listen", f"127.0.0.1:{rx_port}",
                "--out", str(wav_out), "--stats-json", str(stats_path),
@@ -715,7 +778,10 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
             from streamer.ingest.webrtc import restrict_ice_to_loopback
             restrict_ice_to_loopback(True)   # our own aiortc peer too (client side)
             try:
-                if sender == "aiortc":
+                if sender == "rtp":
+                    r = await asyncio.get_running_loop().run_in_executor(
+                        None, _send_rtp_thread, ingest_port, onsets, deadline)
+                elif sender == "aiortc":
                     r = await _send_aiortc(base, zone, onsets, deadline)
                 else:
                     r = await _send_chromium(base, zone, onsets, work, chromium or "", deadline)
@@ -805,7 +871,8 @@ def _budget(trace_path, pairs: list[tuple[float, float]], sender_stats: dict,
 def render_webrtc(report: dict, console) -> None:
     from rich.table import Table
     m = report["machine"]
-    console.print(f"[bold]loa bench latency --source webrtc[/] — {m['nproc']} cores, "
+    console.print(f"[bold]loa bench latency --source {report.get('source', 'webrtc')}[/] — "
+                  f"{m['nproc']} cores, "
                   f"{m['cpu_model']} ({m['virtualization']}), load {m['loadavg_before']}")
     t = Table(title="tone onset captured at the sender → played by the reference receiver (ms)")
     for c in ("sender", "n", "p50", "p95", "max", "min", "mean", "capture clock"):
@@ -845,12 +912,15 @@ def main(argv: list[str] | None = None) -> int:
                          "not installed)")
     ap.add_argument("--onsets", type=int, default=30)
     ap.add_argument("--jitter-ms", type=float, default=60.0,
-                    help="webrtc: the reference receiver's jitter buffer target")
+                    help="the reference receiver's jitter buffer target")
     ap.add_argument("--json", help="write the result here as JSON")
+    ap.add_argument("--in-process", action="store_true",
+                    help="rtp: the older in-process engine → zone packet measurement (no "
+                         "loa serve, no receiver, no budget)")
     a = ap.parse_args(argv)
     if a.onsets < 5 or a.onsets > 1000:
         ap.error("--onsets must be 5..1000 (at least 20 for a meaningful p95)")
-    if a.source == "webrtc":
+    if a.source == "webrtc" or not a.in_process:
         return _main_webrtc(a)
     if a.onsets < 20:
         ap.error("--onsets must be at least 20 for a meaningful p95")
@@ -874,7 +944,9 @@ def _main_webrtc(a) -> int:
         console = Console(width=180)
     chromium = _chromium_path()
     senders = ["aiortc", "chromium"] if a.sender == "both" else [a.sender]
-    report: dict = {"benchmark": "latency", "source": "webrtc", "machine": machine_info(),
+    if a.source == "rtp":   # a hardware encoder on RTP ingest is the only sender
+        senders = ["rtp"]
+    report: dict = {"benchmark": "latency", "source": a.source, "machine": machine_info(),
                     "settings": {"onsets": a.onsets, "receiver_jitter_ms": a.jitter_ms,
                                  "senders": senders},
                     "runs": [], "notes": [], "valid": True}

@@ -46,3 +46,21 @@ def test_webrtc_latency_with_chromium_on_the_live_page(tmp_path):
     assert run["probe"]["kind"] == "MediaStreamTrackProcessor" and not run["probe"]["error"]
     cal = run["capture_calibration"]
     assert cal["buffers"] > 100 and abs(cal["timeline_rate"] - 1) < 0.01
+
+
+def test_rtp_latency_with_an_encoder_on_rtp_ingest(tmp_path):
+    out = tmp_path / "rtp.json"
+    p = subprocess.run([sys.executable, "-m", "bench.latency_live", "--source", "rtp",
+                        "--onsets", "5", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["valid"] and report["source"] == "rtp"
+    (run,) = report["runs"]
+    assert run["sender"] == "rtp" and run["valid"], run["invalid_reasons"]
+    assert run["latency_ms"]["n"] == 5 and 20 < run["latency_ms"]["p50"] < 1000
+    assert run["receiver"]["lost"] == 0 and run["server_alive"]
+    # the budget found the server's marks of RTP ingest: every onset cut into its stages
+    b = run["budget"]
+    assert b["onsets"] == 5 and b["unmatched"] == 0
+    assert abs(sum(s["mean"] for s in b["stages"]) - b["total"]["mean"]) < 0.5
