@@ -308,8 +308,10 @@ class _ToneTrack:
         class ToneTrack(MediaStreamTrack):
             kind = "audio"
 
-            def __init__(self, onsets: int, lead_s: float) -> None:
+            def __init__(self, onsets: int, lead_s: float,
+                         signal: np.ndarray | None = None) -> None:
                 super().__init__()
+                self.signal = signal   # instead of the bursts: this audio after the lead
                 self.onsets = onsets
                 self.lead_frames = int(round(lead_s * 50))
                 self.period_frames = int(round(PERIOD_S * 50))
@@ -319,6 +321,9 @@ class _ToneTrack:
                 self.t0_wall = 0.0
                 self.sent: list[float] = []   # wall time of each onset's first sample
                 self.late_frames = 0          # frames handed over > 5 ms after their due time
+                # set when the answer asks for in-band FEC: the track hands aiortc Opus packets
+                # of its own (aiortc's encoder makes none), as a phone's would be
+                self.encoder: OpusEncoder | None = None
 
             def _burst_index(self, k: int) -> tuple[int, int] | None:
                 j = k - self.lead_frames
@@ -345,13 +350,24 @@ class _ToneTrack:
                     await asyncio.sleep(d)
                 elif d < -0.005:
                     self.late_frames += 1
-                b = self._burst_index(k)
-                if b is None:
+                b = self._burst_index(k) if self.signal is None else None
+                if self.signal is not None:
+                    i = (k - self.lead_frames) * FRAME_SAMPLES
+                    pcm = np.zeros(FRAME_SAMPLES, np.float32)
+                    if 0 <= i < len(self.signal):
+                        seg = self.signal[i:i + FRAME_SAMPLES]
+                        pcm[:len(seg)] = seg
+                elif b is None:
                     pcm = np.zeros(FRAME_SAMPLES, np.float32)
                 else:
                     pcm = _tone(FRAME_SAMPLES, b[1] * FRAME_SAMPLES)
                     if b[1] == 0:
                         self.sent.append(self.t0_wall + k * 0.02)
+                if self.encoder is not None:   # pre-encoded: aiortc only packs it
+                    packet = av.Packet(bytes(self.encoder.encode(pcm)))
+                    packet.pts = k * FRAME_SAMPLES
+                    packet.time_base = fractions.Fraction(1, RATE)
+                    return packet
                 frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
                 frame.planes[0].update((pcm * 32767).astype("<i2").tobytes())
                 frame.sample_rate = RATE
@@ -361,12 +377,26 @@ class _ToneTrack:
 
             @property
             def done(self) -> bool:
+                if self.signal is not None:
+                    return self.k >= self.lead_frames + len(self.signal) // FRAME_SAMPLES + 25
                 return self.k >= self.lead_frames + self.onsets * self.period_frames + 25
 
         return ToneTrack(*a, **kw)
 
 
-async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> dict:
+def _fmtp(sdp: str) -> list[str]:
+    return [ln for ln in sdp.splitlines() if ln.startswith("a=fmtp:")]
+
+
+def _offer_inband_fec(sdp: str) -> str:
+    """The offer of a phone: Opus with `minptime=10;useinbandfec=1` (Chromium's fmtp)."""
+    from streamer.ingest.webrtc import with_inband_fec
+    return with_inband_fec(sdp)
+
+
+async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float,
+                       loss_pct: float = 0.0, net_jitter_ms: float = 0.0,
+                       signal: np.ndarray | None = None, seed: int = 1) -> dict:
     import asyncio
 
     import aiohttp
@@ -378,20 +408,42 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
         os.setpriority(os.PRIO_PROCESS, 0, -10)
     except (PermissionError, OSError):
         pass
-    track: Any = _ToneTrack(onsets, lead_s=2.5)   # a MediaStreamTrack made at run time
+    # a MediaStreamTrack made at run time
+    track: Any = _ToneTrack(onsets, lead_s=2.5, signal=signal)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(track)
     out: dict = {"sender": "aiortc", "capture_clock": "scheduled frame time (time.time)"}
+    relay = None
     try:
         await pc.setLocalDescription(await pc.createOffer())
+        offer = _offer_inband_fec(pc.localDescription.sdp)
+        if loss_pct or net_jitter_ms:   # the phone link: through a lossy, jittery relay
+            from bench.lossy_relay import LossyRelay, candidate_port, via_relay
+            relay = LossyRelay(loss_pct, net_jitter_ms, seed=seed)
+            offer = via_relay(offer, relay.back_port)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
             async with s.post(f"{base}/api/v1/live/connect", json={
-                    "sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+                    "sdp": offer, "type": "offer"}) as r:
                 body = await r.json()
                 if r.status != 201:
                     out["error"] = f"connect refused: HTTP {r.status} {body}"
                     return out
-            await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
+            answer = body["sdp"]
+            out["offer_fmtp"], out["answer_fmtp"] = _fmtp(offer), _fmtp(answer)
+            if any("useinbandfec=1" in ln for ln in out["answer_fmtp"]):
+                track.encoder = OpusEncoder(OpusSettings(
+                    application="voip", bitrate=32_000, fec=True,
+                    packet_loss_perc=max(5, int(round(loss_pct)))))
+            out["inband_fec"] = track.encoder is not None
+            if relay is not None:
+                server_addr, local = candidate_port(answer), candidate_port(
+                    pc.localDescription.sdp)
+                if server_addr is None or local is None:
+                    out["error"] = "no UDP host candidate to relay"
+                    return out
+                relay.start(local, server_addr)
+                answer = via_relay(answer, relay.front_port)
+            await pc.setRemoteDescription(RTCSessionDescription(answer, body["type"]))
             t_claim = time.monotonic() + 10
             while (track.k < 60 and time.monotonic() < t_claim):   # ~1.2 s of silence sent
                 await asyncio.sleep(0.02)
@@ -419,8 +471,19 @@ async def _send_aiortc(base: str, zone: str, onsets: int, deadline_s: float) -> 
             out["sender_stats"] = {"error": str(e)}
         out["connection"] = pc.connectionState
         out["stop_wall"] = time.time()
+        try:   # the server's own receive path: FEC recoveries, concealment, queue depth
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+                async with s.get(f"{base}/api/v1/live/sessions/{body['session']}") as r:
+                    out["server_receive"] = (await r.json()).get("webrtc")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            out["server_receive"] = {"error": str(e)}
         return out
     finally:
+        if relay is not None:
+            out["link"] = {"loss_pct": loss_pct, "jitter_ms": net_jitter_ms,
+                           "model": "netem-like: delay N(J/2, J/2) clipped at 0, random loss",
+                           **relay.stats()}
+            out["_relay"] = relay
         out.setdefault("onsets_wall", list(track.sent))
         out["_pc"] = pc  # closed by the caller after the receiver has stopped
 
@@ -716,7 +779,8 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
 
 
 def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
-               chromium: str | None = None) -> dict:
+               chromium: str | None = None, loss_pct: float = 0.0,
+               net_jitter_ms: float = 0.0) -> dict:
     """One variant against a fresh `loa serve` + reference receiver; the report of that run."""
     import asyncio
     import shutil
@@ -782,7 +846,8 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
                     r = await asyncio.get_running_loop().run_in_executor(
                         None, _send_rtp_thread, ingest_port, onsets, deadline)
                 elif sender == "aiortc":
-                    r = await _send_aiortc(base, zone, onsets, deadline)
+                    r = await _send_aiortc(base, zone, onsets, deadline, loss_pct,
+                                           net_jitter_ms)
                 else:
                     r = await _send_chromium(base, zone, onsets, work, chromium or "", deadline)
                 # stop the receiver while the talk is still on air: its output timeline then
@@ -792,6 +857,8 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
                 await asyncio.get_running_loop().run_in_executor(None, rx.p.wait, 10)
                 if "_pc" in r:
                     await r.pop("_pc").close()
+                if "_relay" in r:
+                    r.pop("_relay").close()
                 if "_hangup" in r:
                     await r.pop("_hangup")()
                 return r
@@ -802,7 +869,8 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
         time.sleep(1.2)   # the server writes its trace every second
         res["server_alive"] = server.alive()
         for k in ("browser", "capture_clock", "capture_calibration", "late_frames", "probe",
-                  "onsets_before_warmup", "connection", "sender_stats"):
+                  "onsets_before_warmup", "connection", "sender_stats", "link", "encoder",
+                  "server_receive", "offer_fmtp", "answer_fmtp", "inband_fec"):
             if k in sent:
                 res[k] = sent[k]
         if sent.get("error"):
@@ -896,6 +964,18 @@ def render_webrtc(report: dict, console) -> None:
                       + (f"; {r['browser']}" if r.get("browser") else ""))
         if not r["valid"]:
             console.print(f"[red]{r['sender']} INVALID: {r['invalid_reasons']}[/]")
+    for r in report["runs"]:
+        if r.get("link"):
+            lk, sv = r["link"], r.get("server_receive") or {}
+            console.print(f"{r['sender']}: link {lk['sender_to_server']} (sender → server), "
+                          f"{lk['server_to_sender']} (back); answer fmtp "
+                          f"{r.get('answer_fmtp')}, in-band FEC sent: {r.get('inband_fec')}; "
+                          f"server receive {sv.get('receive')}, queue "
+                          f"{sv.get('queue_frames')} frames, arrival jitter "
+                          f"{sv.get('arrival_jitter_ms')} ms")
+    if report.get("added_delay_ms"):
+        console.print(f"[bold]added delay of the phone link[/] (lossy − clean end to end): "
+                      f"{report['added_delay_ms']} ms")
     for note in report.get("notes", []):
         console.print(f"[yellow]{note}[/]")
     console.print(f"includes the receiver's jitter buffer "
@@ -914,10 +994,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jitter-ms", type=float, default=60.0,
                     help="the reference receiver's jitter buffer target")
     ap.add_argument("--json", help="write the result here as JSON")
+    ap.add_argument("--loss", type=float, default=0.0,
+                    help="webrtc, aiortc sender: %% of datagrams a relay between the phone and "
+                         "the server loses (a phone link); with --net-jitter-ms a clean run is "
+                         "made first and the added delay reported")
+    ap.add_argument("--net-jitter-ms", type=float, default=0.0,
+                    help="webrtc, aiortc sender: the relay's jitter J (delay N(J/2, J/2) ms per "
+                         "datagram, as netem's 'delay J/2 J/2 distribution normal')")
     ap.add_argument("--in-process", action="store_true",
                     help="rtp: the older in-process engine → zone packet measurement (no "
                          "loa serve, no receiver, no budget)")
     a = ap.parse_args(argv)
+    if not 0 <= a.loss < 50 or not 0 <= a.net_jitter_ms <= 500:
+        ap.error("--loss must be 0..50 %, --net-jitter-ms 0..500")
+    if (a.loss or a.net_jitter_ms) and (a.source != "webrtc" or a.sender == "chromium"):
+        ap.error("--loss/--net-jitter-ms relay the aiortc sender of --source webrtc")
     if a.onsets < 5 or a.onsets > 1000:
         ap.error("--onsets must be 5..1000 (at least 20 for a meaningful p95)")
     if a.source == "webrtc" or not a.in_process:
@@ -958,10 +1049,23 @@ def _main_webrtc(a) -> int:
         report["notes"].append("chromium not installed: the browser variant was skipped")
     if a.onsets < 20:
         report["notes"].append(f"only {a.onsets} onsets: p95 is not meaningful below 20")
+    lossy = bool(a.loss or a.net_jitter_ms)
+    if lossy:   # the same sender on a clean link, then on the phone link: the added delay
+        senders = ["aiortc"]
+        report["settings"].update(loss_pct=a.loss, net_jitter_ms=a.net_jitter_ms)
     for s in senders:
         r = run_webrtc(s, a.onsets, a.jitter_ms, chromium)
         report["runs"].append(r)
         report["valid"] = report["valid"] and r["valid"]
+    if lossy:
+        r = run_webrtc("aiortc", a.onsets, a.jitter_ms, chromium, a.loss, a.net_jitter_ms)
+        r["sender"] = f"aiortc, {a.loss:g} % loss, {a.net_jitter_ms:g} ms jitter"
+        report["runs"].append(r)
+        report["valid"] = report["valid"] and r["valid"]
+        clean, bad = report["runs"][0].get("latency_ms") or {}, r.get("latency_ms") or {}
+        if clean.get("p50") is not None and bad.get("p50") is not None:
+            report["added_delay_ms"] = {q: round(float(bad[q] - clean[q]), 2)
+                                        for q in ("p50", "p95")}
     render_webrtc(report, console)
     if a.json:
         with open(a.json, "w") as f:

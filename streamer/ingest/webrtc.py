@@ -164,6 +164,35 @@ def opus_payload_types(sdp: str) -> set[int]:
     return out
 
 
+def with_inband_fec(sdp: str) -> str:
+    """`sdp` (an answer) asking the far end to send Opus in-band FEC: `useinbandfec=1` on
+    every Opus payload type (RFC 7587: it states what the *receiver* of the stream can use;
+    a browser adds FEC to what it sends only when the answer says so). aiortc's answers carry
+    no Opus fmtp at all, so a phone would otherwise send no FEC and every lost packet would be
+    concealed. Line endings are kept."""
+    pts = opus_payload_types(sdp)
+    if not pts:
+        return sdp
+    nl = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(nl)
+    have = set()
+    for i, line in enumerate(lines):
+        if line.lower().startswith("a=fmtp:"):
+            pt, _, params = line[7:].partition(" ")
+            if pt.strip().isdigit() and int(pt) in pts:
+                have.add(int(pt))
+                if "useinbandfec=" not in params.lower():
+                    lines[i] = f"{line};useinbandfec=1" if params else f"{line} useinbandfec=1"
+    out = []
+    for line in lines:
+        out.append(line)
+        if line.lower().startswith("a=rtpmap:"):
+            pt = line[9:].partition(" ")[0]
+            if pt.strip().isdigit() and int(pt) in pts and int(pt) not in have:
+                out.append(f"a=fmtp:{int(pt)} minptime=10;useinbandfec=1")
+    return nl.join(out)
+
+
 class WebRtcSession:
     """One talker's RTCPeerConnection feeding a LiveSource.
 
@@ -418,7 +447,8 @@ class WebRtcSession:
             raise ValueError(f"cannot use this SDP offer: {e}") from None
         self._watch = asyncio.ensure_future(self._watchdog())
         d = self.pc.localDescription
-        return {"sdp": d.sdp, "type": d.type}
+        # the phone sends in-band FEC only when the answer asks for it (aiortc's does not)
+        return {"sdp": with_inband_fec(d.sdp), "type": d.type}
 
     async def _watchdog(self) -> None:
         """No audio at all within a connect deadline: the browser never got through; later,

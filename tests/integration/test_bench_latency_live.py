@@ -64,3 +64,21 @@ def test_rtp_latency_with_an_encoder_on_rtp_ingest(tmp_path):
     b = run["budget"]
     assert b["onsets"] == 5 and b["unmatched"] == 0
     assert abs(sum(s["mean"] for s in b["stages"]) - b["total"]["mean"]) < 0.5
+
+
+def test_webrtc_latency_over_a_lossy_link_reports_loss_jitter_and_added_delay(tmp_path):
+    out = tmp_path / "lossy.json"
+    p = subprocess.run([sys.executable, "-m", "bench.latency_live", "--source", "webrtc",
+                        "--sender", "aiortc", "--loss", "5", "--net-jitter-ms", "80",
+                        "--onsets", "5", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    clean, lossy = report["runs"]
+    assert "link" not in clean and lossy["link"]["loss_pct"] == 5
+    up = lossy["link"]["sender_to_server"]
+    assert up["datagrams"] > 100 and 0 < up["lost"] and 20 < up["delay_ms_mean"] < 70
+    assert lossy["inband_fec"] and any("useinbandfec=1" in ln for ln in lossy["answer_fmtp"])
+    assert lossy["server_receive"]["receive"]["fec_recovered"] > 0
+    # the link's delay and the deeper queue show up end to end
+    assert report["added_delay_ms"]["p50"] > 40 and "added delay" in p.stdout

@@ -49,3 +49,19 @@ def test_opus_payload_types_from_the_offer():
     assert opus_payload_types(sdp) == {111}
     assert opus_payload_types("m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n") == set()
 
+
+
+def test_the_answer_asks_the_phone_for_inband_fec():
+    from streamer.ingest.webrtc import with_inband_fec
+    aiortc_answer = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+                     "a=rtpmap:0 PCMU/8000\r\na=fmtp:0 foo=1\r\n")
+    out = with_inband_fec(aiortc_answer)
+    assert "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n" in out
+    assert "a=fmtp:0 foo=1\r\n" in out and out.count("useinbandfec") == 1
+    # an existing fmtp line of the Opus type gets the parameter, once; others are left alone
+    chrome = "a=rtpmap:96 opus/48000/2\na=fmtp:96 minptime=10\n"
+    assert with_inband_fec(chrome) == "a=rtpmap:96 opus/48000/2\na=fmtp:96 minptime=10;useinbandfec=1\n"
+    assert with_inband_fec(with_inband_fec(chrome)) == with_inband_fec(chrome)
+    off = "a=rtpmap:96 opus/48000/2\na=fmtp:96 useinbandfec=0\n"
+    assert with_inband_fec(off) == off          # an explicit choice stays
+    assert with_inband_fec("m=audio 9 RTP/AVP 0\n") == "m=audio 9 RTP/AVP 0\n"
