@@ -11,6 +11,8 @@ a zone does not set it, the `listen_public_zones` setting and the marks of
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
@@ -20,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestHandler
 from pydantic import BaseModel, ConfigDict
 
+from control.conn_guard import GUARD
 from control.errors import NotFound
 from control.http import HttpError, Route, error_response, json_response, parse_body
 from control.policy import Policy, Principal
 from control.settings import Settings
-from streamer.outputs.listen import ListenHub, ListenRefused, status_json
+from streamer.outputs.listen import Listener, ListenHub, ListenRefused, status_json
+from streamer.outputs.listen_socket import SocketSink
 from streamer.port import EnginePort
 from streamer.zones import ZoneTree
 
@@ -177,7 +182,7 @@ class ListenHandlers:
             resp.headers["Retry-After"] = str(e.retry_after_s)
             return resp
         name = header_text(self.audience.name(zid))
-        stream = web.StreamResponse(headers={
+        stream = _HandedOver(headers={
             "Content-Type": "audio/ogg",
             "icy-name": name,
             "icy-description": header_text(f"Loa: {name}"),
@@ -204,6 +209,13 @@ class ListenHandlers:
         if transport is None or transport.is_closing():
             self.hub.release(lst)
             return stream
+        # from here the hub writes the pages (same bytes for every listener of the zone,
+        # chunk-framed once) to the connection's own socket, taken out of aiohttp: this
+        # handler, its request and response and aiohttp's connection state end now
+        if self._hand_over(request, transport, lst, chunked):
+            stream.handed_over = True
+            stream.force_close()
+            return stream
         sock = transport.get_extra_info("socket")
         if sock is not None:   # the kernel's share of a stalled listener is bounded too
             try:
@@ -211,13 +223,52 @@ class ListenHandlers:
                                 max(8192, self.hub.limits.max_buffer))
             except OSError:
                 pass
-        # from here the hub writes the pages straight to the transport (same bytes for every
-        # listener of the zone, chunk-framed once); it ends when the client goes, reads too
-        # slowly or the server stops
+        # where the socket cannot be taken (the head is not sent yet, a transport without
+        # one), the hub writes to aiohttp's transport; it ends when the client goes, reads
+        # too slowly or the server stops
         why = await self.hub.serve(lst, transport, chunked)  # type: ignore[arg-type]
         log.debug("listener %s of %s ended: %s", addr, zid, why)
         stream.force_close()
         return stream
+
+    def _hand_over(self, request: web.Request, transport: asyncio.Transport, lst: Listener,
+                   chunked: bool) -> bool:
+        """Give the listener's connection to the hub as a `SocketSink` (a duplicate of the
+        socket's descriptor; aiohttp's transport is then aborted, which closes only its own
+        descriptor: the connection stays open and nothing more is written by aiohttp). The
+        connection guard keeps counting it, as a connection busy with a request, until the
+        listener ends. False (nothing changed) where that cannot be done."""
+        if transport.get_write_buffer_size():   # the head is not all out: keep aiohttp's path
+            return False
+        raw = transport.get_extra_info("socket")
+        if raw is None:
+            return False
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except (OSError, ValueError):
+            return False
+        try:   # the kernel holds a few pages for a listener; the hub's backlog bounds the rest
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                            max(8192, min(self.hub.limits.max_buffer, 16384)))
+        except OSError:
+            pass
+        sink = SocketSink(sock, asyncio.get_running_loop())
+        guard = request.app.get(GUARD)
+        if guard is not None:
+            peer = transport.get_extra_info("peername")
+            addr = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            book = guard.book
+            book.closed(request.protocol)   # its place passes to the listener
+            ok, victims = book.opened(sink, addr)
+            for v in victims:
+                if isinstance(v, RequestHandler):
+                    v.force_close()
+            if ok:
+                book.busy(sink)
+                lst.on_end = functools.partial(book.closed, sink)
+        transport.abort()
+        self.hub.attach(lst, sink, chunked)
+        return True
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         zid = request.match_info["zone"]
@@ -280,6 +331,18 @@ class ListenHandlers:
         await self.audience.public.put(zid, body.public)
         request["audit_target"] = zid
         return json_response({"zone": zid, "public": body.public})
+
+
+class _HandedOver(web.StreamResponse):
+    """A listening response whose connection the hub took over after its head: aiohttp must
+    not end the body (a chunked terminator in the middle of the stream), only forget it. Its
+    head goes out with the stream's header pages: one write, one segment."""
+    handed_over = False
+    _send_headers_immediately = False
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self.handed_over:
+            await super().write_eof(data)
 
 
 def listener_metrics(hub: ListenHub) -> Any:

@@ -13,7 +13,9 @@ Two sides, joined by one ring per zone:
   same bytes to every listener of the zone and to any other consumer (the archive, HLS).
   A listener is a `Sink` (a transport-like object): the hub writes without awaiting, and a sink
   whose unsent bytes exceed `max_buffer` is a slow reader: it is closed, so a stalled phone
-  never holds memory or slows anything.
+  never holds memory or slows anything. The HTTP side hands over a `SocketSink`
+  (`streamer.outputs.listen_socket`): the connection's own socket once the response head is
+  sent, so a page costs one send(2) per listener and a listener holds no HTTP server state.
 
 Limits (`ListenLimits`): listeners per zone, in total and per address; `admit` raises
 `ListenRefused` (with a retry-after) before anything is sent.
@@ -184,7 +186,7 @@ class ListenLimits:
     retry_after_s: int = 15
 
 
-@dataclass
+@dataclass(eq=False)   # one listener is itself only (hashed by identity: O(1) removal)
 class Listener:
     zone: str
     address: str
@@ -194,6 +196,8 @@ class Listener:
     connected_at: float = 0.0
     done: asyncio.Future[str] | None = None
     sent: int = 0
+    #: called once when the listener's place is freed (the server's connection accounting)
+    on_end: Callable[[], None] | None = None
 
 
 @dataclass
@@ -201,7 +205,7 @@ class _Zone:
     ring: ZoneRing
     pager: OggOpusPager
     cursor: int
-    listeners: list[Listener] = field(default_factory=list)
+    listeners: dict[Listener, None] = field(default_factory=dict)   # in arrival order
     consumers: list[PacketConsumer] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     peak: int = 0
@@ -264,7 +268,7 @@ class ListenHub:
                                 f"{lim.max_per_address} streams open", lim.retry_after_s)
         s = self._zone(zone)
         lst = Listener(zone, address, None, False, user_agent, self.clock())
-        s.listeners.append(lst)
+        s.listeners[lst] = None
         s.peak = max(s.peak, len(s.listeners))
         self.total += 1
         self._by_addr[address] = self._by_addr.get(address, 0) + 1
@@ -281,13 +285,27 @@ class ListenHub:
         if s is None or lst not in s.listeners:
             return "shutdown"
         lst.done = asyncio.get_running_loop().create_future()
-        lst.chunked = chunked
-        lst.sink = sink
-        self.served += 1
+        self.attach(lst, sink, chunked)
         try:
             return await lst.done
         finally:
             self._detach(s, lst)
+
+    def attach(self, lst: Listener, sink: Sink, chunked: bool = False) -> bool:
+        """Feed an admitted listener without anybody awaiting it (a `SocketSink` taken out of
+        the HTTP server): the hub owns it from here and frees its place when it ends. A sink
+        with `watch(gone)` tells the hub when the client leaves. False if its place is gone."""
+        s = self._zones.get(lst.zone)
+        if s is None or lst not in s.listeners:
+            sink.abort()
+            return False
+        lst.chunked = chunked
+        lst.sink = sink
+        self.served += 1
+        watch = getattr(sink, "watch", None)
+        if watch is not None:
+            watch(lambda: self._end(lst, "client gone"))
+        return True
 
     def release(self, lst: Listener) -> None:
         s = self._zones.get(lst.zone)
@@ -323,14 +341,18 @@ class ListenHub:
         return s
 
     def _detach(self, s: _Zone, lst: Listener) -> None:
-        if lst in s.listeners:
-            s.listeners.remove(lst)
+        if s.listeners.pop(lst, False) is None:
             self.total -= 1
             n = self._by_addr.get(lst.address, 0) - 1
             if n > 0:
                 self._by_addr[lst.address] = n
             else:
                 self._by_addr.pop(lst.address, None)
+            if lst.on_end is not None:
+                try:
+                    lst.on_end()
+                except Exception:
+                    log.exception("a listener's end hook failed")
         self._maybe_idle(s)
 
     def _maybe_idle(self, s: _Zone) -> None:
@@ -346,12 +368,15 @@ class ListenHub:
     def _end(self, lst: Listener, why: str) -> None:
         if lst.done is not None and not lst.done.done():
             lst.done.set_result(why)
-        if lst.sink is None:
-            return
-        try:
-            lst.sink.abort()   # not close(): that would wait to flush what a stalled reader
-        except Exception:   # never takes (a broken transport is as good as closed)
-            pass
+        if lst.sink is not None:
+            try:
+                lst.sink.abort()   # not close(): that would wait to flush what a stalled reader
+            except Exception:   # never takes (a broken transport is as good as closed)
+                pass
+        if lst.done is None:   # attached: nobody awaits it, its place is freed here
+            s = self._zones.get(lst.zone)
+            if s is not None:
+                self._detach(s, lst)
 
     async def _pump(self, s: _Zone) -> None:
         try:

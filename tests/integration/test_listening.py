@@ -238,3 +238,58 @@ id = "xa3"
     assert s.request("GET", "/api/v1/zones/xa1", headers=auth)[1]["public"] is False
     st, body = s.request("PATCH", "/api/v1/zones/xa2", {"public": "yes please"}, headers=auth)
     assert st == 422, body
+
+
+def test_listeners_stay_counted_by_the_connection_guard_after_hand_over(serve):
+    """The listening hub takes a listener's socket out of aiohttp after the response head; the
+    connection guard must go on counting it (per address), and free its place when it ends."""
+    s = serve("http_max_connections_per_address = 2\n"
+              + TOML.replace("listen_max_per_address = 3", "listen_max_per_address = 10"))
+    addr = "127.0.0.7"
+
+    def connect() -> socket.socket:
+        c = socket.socket()
+        c.settimeout(10)
+        c.bind((addr, 0))
+        c.connect(("127.0.0.1", s.port))
+        return c
+
+    def answered(c: socket.socket, path: str) -> bytes:
+        try:
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            return c.recv(4096)
+        except OSError:
+            return b""
+    conns = []
+    try:
+        for _ in range(2):
+            c = connect()
+            assert b" 200 " in answered(c, "/listen/xa1.ogg").split(b"\r\n")[0]
+            conns.append(c)
+        wait_for("2 listeners", lambda: s.request("GET", "/api/v1/listen")[1]["total"] == 2, 10)
+        time.sleep(0.3)
+        # both of the address's connections are busy listening: a third is refused
+        extra = connect()
+        assert answered(extra, "/api/v1/health") == b""
+        extra.close()
+        # the page keeps flowing to the handed-over listeners
+        assert len(_drain_some(conns[0], 2000)) >= 2000
+    finally:
+        conns.pop().close()
+    wait_for("one listener left",
+             lambda: s.request("GET", "/api/v1/listen")[1]["total"] == 1, 10)
+    c = connect()
+    assert b" 200 " in answered(c, "/api/v1/health").split(b"\r\n")[0]
+    c.close()
+    for c in conns:
+        c.close()
+
+
+def _drain_some(c: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got

@@ -173,3 +173,43 @@ def test_listeners_are_written_once_per_flush_with_every_page_in_order():
         hub.close()
         assert await ta == "shutdown"
     asyncio.run(run())
+
+
+class WatchedSink(FakeSink):
+    """A sink that tells the hub when its client leaves (as SocketSink does)."""
+    def __init__(self, stalled: bool = False) -> None:
+        super().__init__(stalled)
+        self.gone = None
+
+    def watch(self, gone) -> None:
+        self.gone = gone
+
+
+def test_attached_listeners_are_owned_by_the_hub_and_freed_once():
+    async def run() -> None:
+        out = ListenOutput()
+        hub = ListenHub(out, ListenLimits(max_per_address=1, max_buffer=10), pump_s=3600)
+        ended: list[str] = []
+        a, b = hub.admit("z1", "1.1.1.1"), hub.admit("z1", "2.2.2.2")
+        a.on_end = lambda: ended.append("a")
+        b.on_end = lambda: ended.append("b")
+        sa, sb = WatchedSink(), WatchedSink(stalled=True)
+        assert hub.attach(a, sa) and hub.attach(b, sb, chunked=True)
+        assert sa.gone is not None and hub.counts() == {"z1": 2}
+        for k0 in (0, 10):
+            _feed(out, k0, 10)
+            hub.pump(hub._zones["z1"])
+        # the stalled one is dropped and its place freed, nobody awaiting it
+        assert ended == ["b"] and sb.closed and hub.dropped_slow == 1
+        assert hub.counts() == {"z1": 1} and hub.total == 1
+        assert sa.data.count(b"OggS") == 2
+        sa.gone()            # the client left: freed at once
+        sa.gone()            # told twice: freed once
+        assert ended == ["b", "a"] and sa.closed and hub.total == 0
+        assert hub.counts() == {} and out.zones == ()
+        hub.admit("z1", "1.1.1.1")   # the address's place is free again
+        late = hub.admit("z2", "3.3.3.3")
+        hub.close()
+        assert not hub.attach(late, WatchedSink())   # shut down meanwhile: refused, closed
+        assert hub.total == 0
+    asyncio.run(run())
