@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,16 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    headers = None
+    if status in (429, 503):
+        # a client (or a proxy) that reads only the header learns when to come back too
+        wait = extra.get("retry_after_s")
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0:
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+        elif status == 429:
+            headers = {"Retry-After": "1"}
+    return web.json_response(body, status=status, headers=headers,
+                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 def from_aiohttp(request: web.Request, e: web.HTTPException) -> HttpError:
