@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streamer.outputs.listen_socket import SocketSink
 from streamer.outputs.ogg import OggOpusPager, silence_packet
 from streamer.rtp.packet import HEADER_SIZE
 
@@ -186,7 +187,7 @@ class ListenLimits:
     retry_after_s: int = 15
 
 
-@dataclass(eq=False)   # one listener is itself only (hashed by identity: O(1) removal)
+@dataclass(eq=False, slots=True)   # itself only (hashed by identity: O(1) removal)
 class Listener:
     zone: str
     address: str
@@ -421,11 +422,27 @@ class ListenHub:
         data = s.pending[0] if len(s.pending) == 1 else b"".join(s.pending)
         s.pending.clear()
         chunk = b"%x\r\n%b\r\n" % (len(data), data)
+        size, chunk_size = len(data), len(chunk)
         limit = self.limits.max_buffer
         for lst in list(s.listeners):
             sink = lst.sink
             if sink is None:
                 continue   # admitted, still answering
+            if type(sink) is SocketSink and not sink.queued:
+                # the common case, kept to one send(2) and little else: a socket that took
+                # everything so far (a partial send goes to the sink's backlog)
+                out, n_out = (chunk, chunk_size) if lst.chunked else (data, size)
+                try:
+                    n = sink.send(out)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    self._end(lst, "write failed")
+                    continue
+                if n != n_out:
+                    sink.keep(out, n)
+                lst.sent += size
+                continue
             if sink.is_closing():
                 self._end(lst, "client gone")
                 continue

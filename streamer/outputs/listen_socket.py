@@ -26,15 +26,19 @@ __all__ = ["SocketSink"]
 class SocketSink:
     """A `streamer.outputs.listen.Sink` over a connected, non-blocking TCP socket it owns."""
 
-    __slots__ = ("sock", "_fd", "_loop", "_backlog", "_queued", "_closed", "_watched")
+    __slots__ = ("sock", "send", "queued", "_fd", "_loop", "_backlog", "_closed", "_watched")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         sock.setblocking(False)
         self.sock = sock
+        #: the socket's own send (the hub's fast path calls it directly while `queued` is 0,
+        #: and hands what it did not take to `keep`)
+        self.send = sock.send
+        #: bytes the kernel did not take yet
+        self.queued = 0
         self._fd = sock.fileno()
         self._loop = loop
         self._backlog: deque[memoryview] | None = None
-        self._queued = 0
         self._closed = False
         self._watched = False
 
@@ -58,21 +62,25 @@ class SocketSink:
     def write(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._queued:   # behind already: keep the order
+        if self.queued:   # behind already: keep the order
             assert self._backlog is not None
             self._backlog.append(memoryview(data))
-            self._queued += len(data)
+            self.queued += len(data)
             self._flush()
             return
         try:
-            n = self.sock.send(data)
+            n = self.send(data)
         except (BlockingIOError, InterruptedError):
             n = 0
         if n < len(data):
-            if self._backlog is None:
-                self._backlog = deque()
-            self._backlog.append(memoryview(data)[n:])
-            self._queued = len(data) - n
+            self.keep(data, n)
+
+    def keep(self, data: bytes, n: int) -> None:
+        """`send` took only the first n bytes of `data` (nothing was queued before)."""
+        if self._backlog is None:
+            self._backlog = deque()
+        self._backlog.append(memoryview(data)[n:])
+        self.queued = len(data) - n
 
     def _flush(self) -> None:
         q = self._backlog
@@ -80,10 +88,10 @@ class SocketSink:
         while q:
             v = q[0]
             try:
-                n = self.sock.send(v)
+                n = self.send(v)
             except (BlockingIOError, InterruptedError):
                 return
-            self._queued -= n
+            self.queued -= n
             if n < len(v):
                 q[0] = v[n:]
                 return
@@ -91,7 +99,7 @@ class SocketSink:
 
     def get_write_buffer_size(self) -> int:
         """Bytes the kernel did not take yet (its own buffer, SO_SNDBUF, is full)."""
-        return self._queued
+        return self.queued
 
     def is_closing(self) -> bool:
         return self._closed
@@ -104,7 +112,7 @@ class SocketSink:
             return
         self._closed = True
         self._backlog = None
-        self._queued = 0
+        self.queued = 0
         if self._watched:
             try:
                 self._loop.remove_reader(self._fd)
