@@ -240,6 +240,9 @@ class ListenHandlers:
         listener ends. False (nothing changed) where that cannot be done."""
         if transport.get_write_buffer_size():   # the head is not all out: keep aiohttp's path
             return False
+        if transport.get_extra_info("ssl_object") is not None \
+                or transport.get_extra_info("sslcontext") is not None:
+            return False   # TLS: the pages must go through the TLS layer, not to the socket
         raw = transport.get_extra_info("socket")
         if raw is None:
             return False
@@ -267,7 +270,8 @@ class ListenHandlers:
                 book.busy(sink)
                 lst.on_end = functools.partial(book.closed, sink)
         transport.abort()
-        self.hub.attach(lst, sink, chunked)
+        if not self.hub.attach(lst, sink, chunked) and lst.on_end is not None:
+            lst.on_end()   # the hub closed meanwhile (shutdown): the sink is closed, uncount it
         return True
 
     async def page(self, request: web.Request) -> web.StreamResponse:

@@ -293,3 +293,76 @@ def _drain_some(c: socket.socket, n: int) -> bytes:
             break
         got += chunk
     return got
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cp, kp = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cp, kp
+
+
+def test_listening_over_tls_goes_through_the_tls_layer(tmp_path):
+    """Over HTTPS the listener's socket is not taken out of the server: its pages must be
+    encrypted like everything else (sent raw they would break the TLS stream)."""
+    import os
+    import signal
+    import ssl
+
+    from tests.integration.conftest import LOA, ROOT, free_port
+    cp, kp = _self_signed(tmp_path)
+    cfg = tmp_path / "loa.toml"
+    cfg.write_text(f'tls_cert = "{cp}"\ntls_key = "{kp}"\n' + TOML, encoding="utf-8")
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+b")
+    proc = subprocess.Popen(LOA + ["serve", "--config", str(cfg), "--http", f"127.0.0.1:{port}",
+                                   "--data-dir", str(tmp_path / "data")],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "LOA_SEND_PORT": "0"}, start_new_session=True)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def tls_get(path: str) -> ssl.SSLSocket:
+        c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return c
+    try:
+        def healthy() -> bool:
+            try:
+                with tls_get("/api/v1/health") as c:
+                    return b" 200 " in c.recv(4096)
+            except OSError:
+                return proc.poll() is not None   # ended: fail below with its log
+        wait_for("https server", healthy, 20)
+        assert proc.poll() is None, log.read()
+        c = tls_get("/listen/xa1.ogg")
+        got = b""
+        deadline = time.monotonic() + 10
+        while got.count(b"OggS") < 4 and time.monotonic() < deadline:
+            chunk = c.recv(65536)   # an SSLError here: plaintext went into the TLS stream
+            if not chunk:
+                break
+            got += chunk
+        c.close()
+        assert b" 200 " in got.split(b"\r\n")[0] and b"OpusHead" in got
+        assert got.count(b"OggS") >= 4, got[:300]   # header pages and audio pages, decrypted
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
