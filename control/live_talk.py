@@ -182,8 +182,8 @@ class TalkApi:
         if c.broadcast is not None and s.on_air:
             raise Conflict("already_on_air", "this connection is already on air",
                            broadcast=c.broadcast)
-        await self._align_tick(c)
-        src = s.claim()
+        tick_phase = await self._align_tick(c)
+        src = s.claim(tick_phase_ns=tick_phase)
         pre = len(s.preroll.since_unmute(s.preroll.capacity))
         try:
             b = self.broadcasts.start_live(user, zones, Level.parse(level_s), src, "webrtc",
@@ -203,26 +203,33 @@ class TalkApi:
         return json_response({"broadcast": now.to_dict(), "preroll_ms": pre * 20,
                               "queue_frames": src.prime_frames}, status=201)
 
-    async def _align_tick(self, c: _Conn) -> None:
+    async def _align_tick(self, c: _Conn) -> int | None:
         """Before the claim's first packet: line the engine's tick up with this connection's
         frame arrivals (measured while the muted microphone idled), so a frame never waits
         most of a tick for its read (issue 17). Not while another connection of this node is on
         air (the tick's phase is its talker's), nor on an engine that is not in this process
-        (the phase is on this process's monotonic clock)."""
-        if any(o.broadcast is not None and o is not c for o in self.conns.values()):
-            return
-        phase = c.session.phase.phase_ns()
+        (the phase is on this process's monotonic clock). Returns the tick's phase the claim
+        will meet (monotonic ns mod the period; its receive queue depth follows from it), None
+        where unknown."""
         clock = getattr(self.port, "clock_stats", None)
-        if phase is None or not isinstance(clock, dict) or clock.get("phase_ns") is None:
-            return
-        d = (phase - int(clock["phase_ns"])) % TICK_NS
-        if min(d, TICK_NS - d) <= ALIGN_TOLERANCE_NS:
-            return
-        self.port.submit(AlignTick(phase, ALIGN_TOLERANCE_NS))
+        if not isinstance(clock, dict) or clock.get("phase_ns") is None:
+            return None
+        now_phase = int(clock["phase_ns"])
+        if any(o.broadcast is not None and o is not c for o in self.conns.values()):
+            return now_phase
+        phase = c.session.phase.phase_ns()
+        if phase is None:
+            return now_phase
+        d = (phase - now_phase) % TICK_NS
+        near = min(d, TICK_NS - d) <= ALIGN_TOLERANCE_NS
+        if near and c.session.phase.queue_frames(now_phase) == 1:
+            return now_phase   # close enough: every arrival is still before the tick
+        self.port.submit(AlignTick(phase, 0 if near else ALIGN_TOLERANCE_NS))
         # a tick already asleep until the old phase still runs there: the claim's first read
         # comes after it, on the new phase (the receivers anchor their playout on that packet)
-        await asyncio.sleep(((int(clock["phase_ns"]) - time.monotonic_ns()) % TICK_NS
-                             + 1_000_000) / 1e9)
+        await asyncio.sleep(((now_phase - time.monotonic_ns()) % TICK_NS + 1_000_000) / 1e9)
+        after = getattr(self.port, "clock_stats", {}).get("phase_ns")
+        return int(after) if after is not None else phase
 
     async def release(self, request: web.Request) -> web.Response:
         c = self._conn(request)

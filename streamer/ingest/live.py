@@ -9,7 +9,12 @@ them sits a small bounded jitter queue:
 - the queue never holds more than `max_frames` (default 3 = 60 ms): on overflow the oldest frame
   is dropped and counted, because for a live talker being late is worse than losing 20 ms;
 - clocks drift (the phone's capture clock against our tick): when the queue stays deeper than
-  `prime_frames` for `trim_after` reads in a row, one frame is dropped to pull latency back down.
+  `prime_frames` for `trim_after` reads in a row, one frame is dropped to pull latency back down;
+- with a `conceal` callback (the WebRTC receive path's Opus decoder), a tick that finds the queue
+  empty mid-stream gets a concealment frame instead of silence and a re-prime (at most
+  `max_conceal` in a row): a frame that arrives just after its tick is then played on the next
+  one, nothing is skipped, and the queue keeps that frame from then on (`prime_frames` becomes at
+  least 2, so the drift trim does not drop it again).
 
 Live sources are read every tick even when inaudible (the engine drains them), so the queue
 never fills up with stale speech while an emergency holds the zone.
@@ -33,7 +38,8 @@ class LiveSource(Source):
     live = True
 
     def __init__(self, kind: str = "live", max_frames: int = 3, prime_frames: int = 1,
-                 trim_after: int = 50) -> None:
+                 trim_after: int = 50, conceal: Callable[[], np.ndarray | None] | None = None,
+                 max_conceal: int = 3) -> None:
         super().__init__()
         if max_frames < 1 or not 1 <= prime_frames <= max_frames:
             raise ValueError("need 1 <= prime_frames <= max_frames")
@@ -41,6 +47,9 @@ class LiveSource(Source):
         self.max_frames = max_frames
         self.prime_frames = prime_frames
         self.trim_after = trim_after
+        self.conceal = conceal   # called from the tick's thread, never under this queue's lock
+        self.max_conceal = max_conceal
+        self._concealing = 0     # concealment frames handed out in a row
         self._q: collections.deque[np.ndarray] = collections.deque()
         self._lock = threading.Lock()
         self._partial = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
@@ -56,6 +65,7 @@ class LiveSource(Source):
         self.frames_pushed = 0
         self.dropped_overflow = 0  # oldest frames dropped because the queue was full
         self.dropped_trim = 0  # frames dropped to undo clock drift
+        self.concealed = 0  # ticks that found the queue empty and got a concealment frame
         self.max_depth = 0
 
     # ------------------------------------------------------------------ producer side
@@ -130,23 +140,52 @@ class LiveSource(Source):
                     return None
                 self._priming = False
             if depth == 0:
+                if (self.conceal is None or self._ended
+                        or self._concealing >= self.max_conceal):
+                    self.underruns += 1
+                    self._priming = True
+                    return None
+                stand_in = True
+            else:
+                stand_in = False
+                self._concealing = 0
+                if depth > self.prime_frames:
+                    self._deep_reads += 1
+                    if self._deep_reads >= self.trim_after and depth > 1:
+                        self._q.popleft()
+                        self.dropped_trim += 1
+                        self._deep_reads = 0
+                else:
+                    self._deep_reads = 0
+                frame = self._q.popleft()
+                if frame is self._mark_frame:
+                    TRACE.read(self._mark_slot, time.monotonic_ns())
+                    self._mark_frame = None
+        if stand_in:
+            return self._stand_in()
+        self.frames_read += 1
+        return frame
+
+    def _stand_in(self) -> np.ndarray | None:
+        """A concealment frame for a tick that found the queue empty mid-stream; the frame it
+        stands in for comes late and plays next tick (outside the lock: the callback takes the
+        decoder's lock, whose holder may be pushing into this queue)."""
+        conceal = self.conceal
+        try:
+            f = conceal() if conceal is not None else None
+        except Exception:   # a stand-in must never break the tick
+            f = None
+        with self._lock:
+            if f is None or len(f) != FRAME_SAMPLES:
                 self.underruns += 1
                 self._priming = True
                 return None
-            if depth > self.prime_frames:
-                self._deep_reads += 1
-                if self._deep_reads >= self.trim_after and depth > 1:
-                    self._q.popleft()
-                    self.dropped_trim += 1
-                    self._deep_reads = 0
-            else:
-                self._deep_reads = 0
-            frame = self._q.popleft()
-            if frame is self._mark_frame:
-                TRACE.read(self._mark_slot, time.monotonic_ns())
-                self._mark_frame = None
+            self.concealed += 1
+            self._concealing += 1
+            if self.prime_frames < 2 <= self.max_frames:
+                self.prime_frames = 2
         self.frames_read += 1
-        return frame
+        return f
 
     @property
     def finished(self) -> bool:
@@ -171,4 +210,5 @@ class LiveSource(Source):
             "frames_pushed": self.frames_pushed, "frames_read": self.frames_read,
             "underruns": self.underruns, "dropped_overflow": self.dropped_overflow,
             "dropped_trim": self.dropped_trim, "depth": self.depth, "max_depth": self.max_depth,
+            "concealed": self.concealed,
         }

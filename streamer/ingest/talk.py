@@ -141,20 +141,54 @@ class ArrivalPhase:
     def count(self) -> int:
         return min(self._n, len(self._t))
 
+    def _around_mean(self) -> tuple[float, np.ndarray]:
+        """The arrivals' circular mean phase (ns) and each arrival's offset from it (ns, within
+        half a period either side)."""
+        p = self.period_ns
+        ph = (self._t[:self.count] % p).astype(np.float64)
+        ang = ph * (2 * np.pi / p)
+        mean = float(np.angle(np.mean(np.exp(1j * ang)))) * p / (2 * np.pi)
+        return mean, (ph - mean + p / 2) % p - p / 2
+
     def phase_ns(self, margin_ns: int = 1_000_000, min_frames: int = 25,
                  max_spread_ns: int = 12_000_000) -> int | None:
         """The tick phase (0 <= phase < period, on the same clock as the arrivals), or None
         with too few arrivals or when they spread over more than `max_spread_ns` (p10..p90):
         then no phase serves them all and the receive queue's depth has to absorb it."""
-        n = self.count
-        if n < min_frames:
+        if self.count < min_frames:
             return None
         p = self.period_ns
-        ph = (self._t[:n] % p).astype(np.float64)
-        ang = ph * (2 * np.pi / p)
-        mean = float(np.angle(np.mean(np.exp(1j * ang)))) * p / (2 * np.pi)
-        dev = (ph - mean + p / 2) % p - p / 2
+        mean, dev = self._around_mean()
         lo, hi = np.percentile(dev, [10, 90])
         if hi - lo > max_spread_ns:
             return None
         return int(round(mean + hi + margin_ns)) % p
+
+    def queue_frames(self, tick_phase_ns: int, guard_ns: int = 250_000, edge_pct: float = 95.0,
+                     min_frames: int = 25) -> int | None:
+        """The receive queue depth (20 ms frames) for ticks at `tick_phase_ns` (mod the period,
+        on the arrivals' clock): 1 when the arrivals (their `100 - edge_pct`..`edge_pct`
+        percentiles around the circular mean) all fall within the window before a tick, at
+        least `guard_ns` from it, so each tick finds the frame that arrived since the last; 2
+        when they straddle a tick (some frames would reach it, some just miss it: the tick
+        would find 0 or 2). None with fewer than `min_frames` arrivals (then the arrival
+        jitter decides)."""
+        if self.count < min_frames:
+            return None
+        p = self.period_ns
+        mean, dev = self._around_mean()
+        lo, hi = np.percentile(dev, [100.0 - edge_pct, edge_pct])
+        tick = (tick_phase_ns - mean + p / 2) % p - p / 2   # the tick around the mean
+        return 2 if lo - guard_ns < tick < hi + guard_ns else 1
+
+
+def claim_queue_frames(jitter_frames: int, phase: ArrivalPhase, tick_phase_ns: int | None) -> int:
+    """A claim's receive queue depth: what the arrival jitter asks for (`ArrivalJitter`); where
+    that is at most 2 frames (a link with little jitter) and the tick's phase is known, the
+    arrivals against that phase decide between 1 and 2 (`ArrivalPhase.queue_frames`)."""
+    depth = max(1, jitter_frames)
+    if tick_phase_ns is not None and depth <= 2:
+        by_phase = phase.queue_frames(tick_phase_ns)
+        if by_phase is not None:
+            return by_phase
+    return depth

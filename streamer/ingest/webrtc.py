@@ -5,7 +5,10 @@ themselves are taken from its receiver before its jitter buffer (`_OpusTap`) and
 Loa's own receive path in a worker thread: the reorder buffer and Opus decoder of RTP ingest
 (in-band FEC from the next packet, concealment otherwise), with no prefetch, into 20 ms frames.
 The receive queue in front of the tick (LiveSource) is as deep as the measured arrival jitter
-asks (1 frame on a clean link). Where the tap cannot go in, aiortc's decoded `av.AudioFrame`s
+asks; on a link with little jitter, 1 frame when the talker's arrivals all fall before the tick
+(the claim knows the tick's phase; `ArrivalPhase.queue_frames`), 2 when they straddle it. A
+frame that still comes after its tick is not skipped: the tick gets the decoder's concealment
+for it and the frame plays next tick. Where the tap cannot go in, aiortc's decoded `av.AudioFrame`s
 are used instead (`AudioConverter`), with aiortc's 80 ms prefetch.
 
 The session ends, exactly once, with a reason:
@@ -30,7 +33,8 @@ import numpy as np
 
 from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
-from streamer.ingest.talk import ArrivalJitter, ArrivalPhase, FadeOut, Preroll
+from streamer.ingest.talk import (ArrivalJitter, ArrivalPhase, FadeOut, Preroll,
+                                  claim_queue_frames)
 from streamer.trace import TRACE, FrameMarker
 
 if TYPE_CHECKING:
@@ -236,7 +240,10 @@ class WebRtcSession:
         self.claims = 0
         self.preroll_sent = 0   # frames of pre-roll handed to claims (all claims)
         self.rx = {"packets": 0, "lost": 0, "fec_recovered": 0, "concealed": 0, "late": 0,
-                   "decode_errors": 0}
+                   "decode_errors": 0, "concealed_for_tick": 0}
+        self.claim_frames = 0   # the last claim's receive queue depth
+        self._dec: Any = None   # the receive path's Opus decoder (rtp_in._Decoder) while it runs
+        self._dec_lock = threading.Lock()
         self._lock = threading.Lock()
         self._fade: FadeOut | None = None
         self._acc = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
@@ -289,7 +296,8 @@ class WebRtcSession:
         from streamer.ingest.rtp_in import ReorderBuffer, _Decoder
         from streamer.rtp.opus import OpusError
         reorder = ReorderBuffer(depth=3)
-        dec = _Decoder("opus")
+        dec = self._dec = _Decoder("opus")
+        lock = self._dec_lock
         rx = self.rx
         marker = FrameMarker(TRACE) if TRACE.enabled else None
         try:
@@ -307,20 +315,43 @@ class WebRtcSession:
                 rx["late"] = reorder.late
                 for i, (_, p) in enumerate(released):
                     try:
-                        if p is None:
-                            rx["lost"] += 1
-                            nxt = released[i + 1][1] if i + 1 < len(released) else None
-                            pcm, fec = dec.lost(cast("bytes | None", nxt))
-                            rx["fec_recovered" if fec else "concealed"] += 1
-                        else:
-                            pcm = dec.decode(cast(bytes, p))
+                        # the tick's thread may conceal with this decoder (_conceal_for_tick)
+                        with lock:
+                            if p is None:
+                                rx["lost"] += 1
+                                nxt = released[i + 1][1] if i + 1 < len(released) else None
+                                pcm, fec = dec.lost(cast("bytes | None", nxt))
+                                rx["fec_recovered" if fec else "concealed"] += 1
+                            else:
+                                pcm = dec.decode(cast(bytes, p))
                     except OpusError:
                         rx["decode_errors"] += 1
                         continue
                     mark = marker.frame(pcm, arrival, ts) if marker is not None else -1
                     self._deliver(pcm, arrival, mark)
         finally:
-            dec.close()
+            with lock:
+                self._dec = None
+                dec.close()
+
+    def _conceal_for_tick(self) -> np.ndarray | None:
+        """Called by the tick (its thread) when the claim's queue is empty mid-talk: the
+        decoder's concealment of the frame that has not arrived (it plays next tick when it
+        comes). None, and the tick underruns as before, when the decoder is busy decoding (the
+        tick never waits for the receive thread), gone, or the claim is fading out."""
+        if self._fade is not None or not self._dec_lock.acquire(blocking=False):
+            return None
+        try:
+            dec = self._dec
+            if dec is None:
+                return None
+            pcm: np.ndarray = dec.opus.conceal(FRAME_SAMPLES)
+        except Exception:
+            return None
+        finally:
+            self._dec_lock.release()
+        self.rx["concealed_for_tick"] += 1
+        return pcm
 
     def _deliver(self, pcm: np.ndarray, now: float, mark: int = -1) -> None:
         """Decoded 48 kHz mono samples: into 20 ms frames, the pre-roll and the claim."""
@@ -357,9 +388,11 @@ class WebRtcSession:
             src.push(frame, mark)
 
     # ------------------------------------------------------------------ press to talk
-    def claim(self, kind: str = "webrtc") -> LiveSource:
+    def claim(self, kind: str = "webrtc", tick_phase_ns: int | None = None) -> LiveSource:
         """A LiveSource for a new claim: the pre-roll (audio since the microphone was unmuted)
-        first, then the live audio. Its queue is as deep as the measured arrival jitter asks."""
+        first, then the live audio. Its queue is as deep as the measured arrival jitter asks;
+        where that is at most 2 frames and the tick's phase is known (`tick_phase_ns`, on this
+        process's monotonic clock), the arrivals against that phase decide between 1 and 2."""
         if not self.standing:
             raise RuntimeError("this connection carries one broadcast; it cannot claim")
         if self.ended:
@@ -369,10 +402,12 @@ class WebRtcSession:
                 raise RuntimeError("already on air")
             if self.source is not None:   # a release still fading: end it now
                 self.source.end()
-            depth = max(1, self.queue_frames)
+            depth = self.claim_frames = claim_queue_frames(self.queue_frames, self.phase,
+                                                           tick_phase_ns)
             pre = self.preroll.since_unmute(self.preroll.capacity)
+            conceal = self._conceal_for_tick if self.receive_path == "loa" else None
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
-                             prime_frames=depth, trim_after=TRIM_AFTER)
+                             prime_frames=depth, trim_after=TRIM_AFTER, conceal=conceal)
             for f in pre:
                 src.push(f)
             self.preroll_sent += len(pre)
@@ -536,6 +571,7 @@ class WebRtcSession:
             "source": self.source.stats() if self.source is not None else None,
             "receive_path": self.receive_path, "receive": dict(self.rx),
             "arrival_jitter_ms": round(self.jitter.spread_ms, 1),
-            "queue_frames": self.queue_frames, "claims": self.claims,
+            "queue_frames": self.queue_frames, "claim_queue_frames": self.claim_frames,
+            "claims": self.claims,
             "preroll_sent": self.preroll_sent, "on_air": self.on_air,
         }

@@ -48,3 +48,53 @@ def test_the_tap_takes_opus_from_aiortcs_receiver_and_passes_other_codecs_on():
     assert [(g[0], g[1], g[2]) for g in got] == [(s, s * 960, b"\xf8\xff\xfe") for s in range(5)]
     # PCMU went to aiortc's own jitter buffer
     assert original._origin is not None and original._origin >= 5
+
+
+# -- the claim's receive queue against the tick's phase (issue 17) ---------------------------
+def _standing(arrival_phase_ns: int):
+    """A standing connection (no offer yet: no socket, no thread) whose muted microphone's
+    frames reached the queue at `arrival_phase_ns` in the period."""
+    from streamer.ingest.webrtc import WebRtcSession
+    s = WebRtcSession(None)
+    for i in range(50):
+        s.phase.add(7_000_000_000 + i * 20_000_000 + arrival_phase_ns)
+    return s
+
+
+def test_a_claim_queues_one_frame_when_the_tick_follows_the_arrivals_two_when_it_straddles():
+    s = _standing(4_000_000)
+    s.queue_frames = 2               # what the arrival spread alone asked for (> 2 ms)
+    src = s.claim(tick_phase_ns=6_000_000)
+    assert src.prime_frames == 1 and s.stats()["claim_queue_frames"] == 1
+    s.drop_claim(src)
+    src = s.claim(tick_phase_ns=4_100_000)   # a tick in the middle of the arrivals
+    assert src.prime_frames == 2
+    s.drop_claim(src)
+    src = s.claim()                          # the tick's phase unknown: the spread decides
+    assert src.prime_frames == 2
+    s.drop_claim(src)
+    s.queue_frames = 4                       # a jittery link: the phase does not shrink it
+    src = s.claim(tick_phase_ns=6_000_000)
+    assert src.prime_frames == 4
+    s.drop_claim(src)
+
+
+def test_the_tick_conceals_with_the_receive_decoder_and_never_waits_for_it():
+    from streamer.ingest.rtp_in import _Decoder
+    s = _standing(4_000_000)
+    src = s.claim(tick_phase_ns=6_000_000)
+    assert src.conceal is None               # aiortc's own path (no tap): no decoder to use
+    s.drop_claim(src)
+    s.receive_path = "loa"
+    s._dec = _Decoder("opus")
+    try:
+        src = s.claim(tick_phase_ns=6_000_000)
+        assert src.conceal is not None
+        f = src.conceal()
+        assert f is not None and f.shape == (960,) and s.rx["concealed_for_tick"] == 1
+        with s._dec_lock:                    # the receive thread is decoding: no stand-in
+            assert src.conceal() is None
+        s.release()                          # fading out: no stand-in either
+        assert src.conceal() is None and s.rx["concealed_for_tick"] == 1
+    finally:
+        s._dec.close()

@@ -74,3 +74,55 @@ def test_end_finishes_after_queue_drains_and_close_runs_callbacks_once():
 def test_bad_parameters():
     with pytest.raises(ValueError):
         LiveSource(max_frames=2, prime_frames=3)
+
+
+# -- a frame after its tick: concealed, then played, never skipped (issue 17) ----------------
+def _frame(v: float) -> np.ndarray:
+    return np.full(FRAME_SAMPLES, v, dtype=np.float32)
+
+
+def test_an_empty_queue_mid_stream_gets_the_concealment_and_the_late_frame_still_plays():
+    calls = []
+
+    def conceal():
+        calls.append(1)
+        return _frame(-1.0)
+
+    s = LiveSource(max_frames=4, prime_frames=1, trim_after=3, conceal=conceal)
+    s.push(_frame(1))
+    assert s.read()[0] == 1
+    got = s.read()                            # frame 2 is late: the tick gets a stand-in
+    assert got is not None and got[0] == -1.0 and s.concealed == 1 and s.underruns == 0
+    for v in (2, 3):                          # the late frame, then the next one on time
+        s.push(_frame(v))
+    for v in range(4, 12):                    # ... and steady from then on, one per tick
+        assert s.read()[0] == v - 2
+        s.push(_frame(v))
+    # the late frame played after the stand-in and nothing was dropped to catch up: the queue
+    # keeps the frame the late one added (two deep from now on)
+    assert s.dropped_trim == 0 and s.dropped_overflow == 0 and s.prime_frames == 2
+    assert len(calls) == 1 and s.depth == 2
+
+
+def test_concealment_is_bounded_and_absent_without_a_callback():
+    s = LiveSource(max_frames=3, conceal=lambda: _frame(0.5), max_conceal=2)
+    s.push(_frame(1))
+    assert s.read() is not None
+    assert s.read()[0] == 0.5 and s.read()[0] == 0.5
+    assert s.read() is None and s.underruns == 1 and s.concealed == 2   # the talker stopped
+    plain = LiveSource(max_frames=3)
+    plain.push(_frame(1))
+    plain.read()
+    assert plain.read() is None and plain.underruns == 1 and plain.stats()["concealed"] == 0
+
+
+def test_no_concealment_after_the_end_or_when_the_decoder_declines():
+    s = LiveSource(max_frames=3, conceal=lambda: None)
+    s.push(_frame(1))
+    s.read()
+    assert s.read() is None and s.underruns == 1          # declined (decoder busy): as before
+    e = LiveSource(max_frames=3, conceal=lambda: _frame(0.5))
+    e.push(_frame(1))
+    e.read()
+    e.end()
+    assert e.read() is None and e.concealed == 0

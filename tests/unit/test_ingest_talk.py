@@ -94,3 +94,52 @@ def test_arrival_phase_needs_enough_frames_and_a_narrow_spread():
     rng = np.random.default_rng(1)
     wide = [int(x) for x in rng.integers(0, 18_000_000, 60)]
     assert _arrivals(4_000_000, wide).phase_ns() is None
+
+
+# -- the receive queue depth against the tick's phase ----------------------------------------
+@pytest.mark.parametrize("phase_ms", [0.4, 7.0, 18.9])
+def test_one_frame_of_queue_when_the_arrivals_all_come_before_the_aligned_tick(phase_ms):
+    rng = np.random.default_rng(11)
+    jit = [int(x) for x in rng.normal(0, 600_000, 60)]         # ~0.6 ms arrival jitter
+    a = _arrivals(int(phase_ms * 1e6), jit)
+    tick = a.phase_ns()
+    assert tick is not None
+    assert a.queue_frames(tick) == 1
+    # anywhere in the window before the arrivals (they come just after a tick): one frame too
+    assert a.queue_frames((int(phase_ms * 1e6) - 6_000_000) % 20_000_000) == 1
+
+
+@pytest.mark.parametrize("phase_ms", [0.2, 10.0, 19.8])
+def test_two_frames_when_the_arrivals_straddle_the_tick(phase_ms):
+    rng = np.random.default_rng(5)
+    jit = [int(x) for x in rng.uniform(-1_500_000, 1_500_000, 60)]   # ±1.5 ms around it
+    a = _arrivals(int(phase_ms * 1e6), jit)
+    # a tick in the middle of the arrivals, at either edge of them, wrapped around the period
+    for off_ms in (0.0, 1.2, -1.2):
+        assert a.queue_frames(int((phase_ms + off_ms) * 1e6) % 20_000_000) == 2, off_ms
+    # the same arrivals with the tick 3 ms after them: one
+    assert a.queue_frames(int((phase_ms + 3.0) * 1e6) % 20_000_000) == 1
+
+
+def test_the_arrivals_late_edge_decides_not_their_mean():
+    # most frames at 5 ms, one in ten 4 ms later (a busy core): a tick at 7 ms would catch the
+    # mean but miss those; at 10 ms it catches them all
+    jit = [4_000_000 if i % 10 == 0 else 0 for i in range(60)]
+    a = _arrivals(5_000_000, jit)
+    assert a.queue_frames(7_000_000) == 2
+    assert a.queue_frames(10_000_000) == 1
+
+
+def test_queue_depth_by_phase_needs_enough_arrivals():
+    assert _arrivals(4_000_000, [0] * 10).queue_frames(6_000_000) is None
+    assert _arrivals(4_000_000, [0] * 30).queue_frames(6_000_000) == 1
+
+
+def test_the_claim_depth_comes_from_the_phase_only_on_a_link_with_little_jitter():
+    from streamer.ingest.talk import claim_queue_frames
+    a = _arrivals(4_000_000, [0] * 50)
+    assert claim_queue_frames(2, a, 6_000_000) == 1     # the spread asked for 2: the phase says 1
+    assert claim_queue_frames(1, a, 4_000_000) == 2     # a tick amid the arrivals
+    assert claim_queue_frames(2, a, None) == 2          # phase unknown (remote engine)
+    assert claim_queue_frames(5, a, 6_000_000) == 5     # a jittery link keeps its depth
+    assert claim_queue_frames(2, ArrivalPhase(), 6_000_000) == 2   # no arrivals measured yet
