@@ -19,6 +19,10 @@ stops answering. The config file holds the same settings:
 
 Statistics go to stdout as `key=value` lines (`stats ...` periodically, `final ...` on exit);
 notices and errors go to stderr.
+
+The playout timer runs at raised priority where permitted (SCHED_FIFO as root or with
+CAP_SYS_NICE, else nice -10, else normal, silently; --normal-priority keeps it normal): a timer
+that fires late on a busy machine adds its lateness to what the loudspeaker hears.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import signal
 import sys
 
 from receivers.output import open_sink
+from receivers.priority import raise_playout_priority
 from receivers.receiver import Receiver, multicast_socket, udp_socket
 
 _LIVE_KEYS = ("received", "lost", "late", "duplicate", "concealed_fec", "concealed_plc",
@@ -61,8 +66,11 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="loa receiver",
-                                 description="Receive a Loa zone's Opus/RTP stream and play it.")
+    ap = argparse.ArgumentParser(
+        prog="loa receiver", description="Receive a Loa zone's Opus/RTP stream and play it.",
+        epilog="The playout timer runs at raised priority where permitted: SCHED_FIFO (root or "
+               "CAP_SYS_NICE), else nice -10, else normal priority, without a warning; the "
+               "priority it got is printed at start. --normal-priority keeps it normal.")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                      help="unicast: bind this UDP address. With --server and no --listen: the "
@@ -85,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--payload-type", type=int, default=None, metavar="PT",
                     help="accept only this RTP payload type (default: any)")
     ap.add_argument("--stats-json", metavar="FILE", help="write the final counters as JSON")
+    ap.add_argument("--normal-priority", action="store_true",
+                    help="do not raise the playout timer's priority (SCHED_FIFO / nice -10)")
     fld = ap.add_argument_group("registered receiver (field)")
     fld.add_argument("--server", type=host_port, action="append", metavar="HOST:PORT",
                      help="a Loa server's receiver port; repeat for failover, in order")
@@ -247,10 +257,12 @@ def main(argv: list[str]) -> int:
 
     rx = Receiver(sink, jitter_ms=args.jitter_ms, payload_type=args.payload_type,
                   adaptive=field is not None)
+    # the event loop (and so the playout timer) runs on this thread
+    prio = "normal" if args.normal_priority else raise_playout_priority()
     if field is not None:
-        return _main_field(rx, sock, sink, field, args, where)
+        return _main_field(rx, sock, sink, field, args, where, prio)
     print(f"loa receiver: listening on {where}, output {sink.description}, "
-          f"jitter target {args.jitter_ms:g} ms", flush=True)
+          f"jitter target {args.jitter_ms:g} ms, playout priority {prio}", flush=True)
     try:
         snap = _run(rx, sock, args)
     finally:
@@ -267,7 +279,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:
+def _main_field(rx: Receiver, sock, sink, field, args, where: str,
+                prio: str = "normal") -> int:
     from receivers.field import FieldReceiver, FieldSession, resolve_servers
     rid, secret, servers = field
     try:
@@ -280,7 +293,8 @@ def _main_field(rx: Receiver, sock, sink, field, args, where: str) -> int:
     session = FieldSession(rid, secret, servers, register_retry_s=args.register_retry)
     fr = FieldReceiver(session, rx)
     print(f"loa receiver: {rid} on {where}, servers "
-          f"{', '.join(f'{h}:{p}' for h, p in servers)}, output {sink.description}", flush=True)
+          f"{', '.join(f'{h}:{p}' for h, p in servers)}, output {sink.description}, "
+          f"playout priority {prio}", flush=True)
     keys = _LIVE_KEYS + ("registered", "server", "srtp", "auth_failed", "foreign_source")
 
     async def go() -> dict:
