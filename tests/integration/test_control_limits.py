@@ -198,12 +198,16 @@ async def test_an_emergency_starts_at_once_while_an_official_floods_starts(tmp_p
             flood_body = {"zones": ["thon-a1"], "level": "background", "mode": "mix",
                           "source": {"kind": "media", "id": media}}
             results: list[tuple[int, Any]] = []
+            stop = asyncio.Event()
+            flood_max = 20_000   # bound: the flood runs until the emergencies are through
 
-            async def one() -> None:
-                results.append(await call(session, "POST", s.url + "/api/v1/broadcasts",
-                                          hdr(official), flood_body))
-            flood_n = 1500
-            flood = [asyncio.create_task(one()) for _ in range(flood_n)]
+            async def flooder() -> None:
+                while not stop.is_set() and len(results) < flood_max:
+                    results.append(await call(session, "POST", s.url + "/api/v1/broadcasts",
+                                              hdr(official), flood_body))
+            # as many in flight as the client's connection pool takes (aiohttp: 100): on a fast
+            # machine a fixed batch of starts was over before the emergencies were sent
+            flood = [asyncio.create_task(flooder()) for _ in range(100)]
             firsts: list[float] = []
             apis: list[float] = []
             during: list[int] = []
@@ -224,10 +228,13 @@ async def test_an_emergency_starts_at_once_while_an_official_floods_starts(tmp_p
                 assert st == 201, b
                 firsts.append(await got - t0)
                 await asyncio.sleep(0.3)   # it has ended: the next one does not queue
-            assert during[-1] < flood_n, "the flood ended before the last emergency"
+            assert not any(t.done() for t in flood), "the flood ended before the last emergency"
+            assert during[0] > 0 and during[-1] > during[0]   # it was flowing meanwhile
+            stop.set()
             t_first = sorted(firsts)[1]
             t_api = sorted(apis)[1]
             await asyncio.wait_for(asyncio.gather(*flood), 60)
+            flood_n = len(results)
             _, health = await call(session, "GET", s.url + "/api/v1/health", ADM)
             threads_after = s.threads()
             ok = sum(1 for st_, _ in results if st_ == 201)
@@ -238,7 +245,7 @@ async def test_an_emergency_starts_at_once_while_an_official_floods_starts(tmp_p
                   f"first packet {t_first * 1000:.1f} ms (median of "
                   f"{[round(x * 1000) for x in firsts]} ms); threads {threads_before} -> "
                   f"{threads_after}; clock {health['clock']}")
-            assert len(results) == flood_n
+            assert flood_n >= 300, flood_n
             assert ok + len(refused) == flood_n, {st_ for st_, _ in results}
             assert ok <= 16 and len(refused) >= flood_n - 16
             assert all(b_["error"]["message"] for b_ in refused)
