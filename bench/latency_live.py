@@ -551,6 +551,16 @@ _PROBE_JS = r"""
       construct(t, args, nt) { const pc = Reflect.construct(t, args, nt); PCs.push(pc); return pc; }
     });
   }
+  // the page's live connection id (from /live/connect), to read the server's receive stats
+  const ofetch = window.fetch.bind(window);
+  window.fetch = async (...a) => {
+    const r = await ofetch(...a);
+    try {
+      if (String(a[0]).includes("/live/connect") && r.ok)
+        r.clone().json().then((b) => { P.session = b.session; }).catch(() => {});
+    } catch (e) { /* a probe never breaks the page */ }
+    return r;
+  };
   const md = navigator.mediaDevices;
   if (!md || !md.getUserMedia) { P.error = "no getUserMedia"; return; }
   const orig = md.getUserMedia.bind(md);
@@ -747,6 +757,14 @@ async def _send_chromium(base: str, zone: str, onsets: int, work, chromium: str,
             out["sender_stats"] = json.loads(await js(_STATS_JS) or "{}")
         except (RuntimeError, ValueError) as e:
             out["sender_stats"] = {"error": str(e)}
+        try:   # the server's side of the page's connection (receive queue, concealment)
+            out["server_receive"] = json.loads(await js(
+                "(async () => { const id = window.__loaProbe.session; if (!id) return 'null';"
+                " const r = await fetch('/api/v1/live/sessions/' + encodeURIComponent(id),"
+                " {credentials: 'same-origin'}); return JSON.stringify((await r.json()).webrtc);"
+                " })()") or "null")
+        except (RuntimeError, ValueError) as e:
+            out["server_receive"] = {"error": str(e)}
         out["capture_clock"] = ("page: AudioData timeline anchored at the earliest delivery "
                                 "to the page" if cal else "none")
         wall = [o["ts_us"] / 1e6 + cal["offset_s"] for o in probe.get("onsets", [])] if cal else []
@@ -964,6 +982,15 @@ def render_webrtc(report: dict, console) -> None:
                       + (f"; {r['browser']}" if r.get("browser") else ""))
         if not r["valid"]:
             console.print(f"[red]{r['sender']} INVALID: {r['invalid_reasons']}[/]")
+        sv = r.get("server_receive") or {}
+        if sv.get("claim_queue_frames") is not None:
+            src = sv.get("source") or {}
+            console.print(f"{r['sender']}: server receive queue {sv['claim_queue_frames']} "
+                          f"frame(s) at the claim (arrival spread alone: "
+                          f"{sv.get('queue_frames')}), now {src.get('depth')}; ticks concealed "
+                          f"for a late frame {src.get('concealed')}, underruns "
+                          f"{src.get('underruns')}, dropped {src.get('dropped_trim')} trim + "
+                          f"{src.get('dropped_overflow')} overflow")
     for r in report["runs"]:
         if r.get("link"):
             lk, sv = r["link"], r.get("server_receive") or {}

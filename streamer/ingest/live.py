@@ -13,8 +13,9 @@ them sits a small bounded jitter queue:
 - with a `conceal` callback (the WebRTC receive path's Opus decoder), a tick that finds the queue
   empty mid-stream gets a concealment frame instead of silence and a re-prime (at most
   `max_conceal` in a row): a frame that arrives just after its tick is then played on the next
-  one, nothing is skipped, and the queue keeps that frame from then on (`prime_frames` becomes at
-  least 2, so the drift trim does not drop it again).
+  one, nothing is skipped. The queue is then a frame deeper than it needs; it catches up by
+  leaving out a *quiet* frame (peak under `QUIET_PEAK`: a pause between words), never by the
+  drift trim's blind drop, so a late frame never costs a frame of speech.
 
 Live sources are read every tick even when inaudible (the engine drains them), so the queue
 never fills up with stale speech while an emergency holds the zone.
@@ -31,6 +32,9 @@ import numpy as np
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES
 from streamer.ingest.base import Source
 from streamer.trace import TRACE
+
+#: a frame this quiet (peak, -40 dBFS) is a pause: leaving it out to catch up is not heard
+QUIET_PEAK = 0.01
 
 
 class LiveSource(Source):
@@ -50,6 +54,8 @@ class LiveSource(Source):
         self.conceal = conceal   # called from the tick's thread, never under this queue's lock
         self.max_conceal = max_conceal
         self._concealing = 0     # concealment frames handed out in a row
+        self._late_debt = 0      # frames of delay concealments added, to leave out in a pause
+        self._scratch = np.empty(FRAME_SAMPLES, dtype=DTYPE)
         self._q: collections.deque[np.ndarray] = collections.deque()
         self._lock = threading.Lock()
         self._partial = np.zeros(FRAME_SAMPLES, dtype=DTYPE)
@@ -66,6 +72,7 @@ class LiveSource(Source):
         self.dropped_overflow = 0  # oldest frames dropped because the queue was full
         self.dropped_trim = 0  # frames dropped to undo clock drift
         self.concealed = 0  # ticks that found the queue empty and got a concealment frame
+        self.caught_up = 0  # quiet frames left out to take back a concealment's delay
         self.max_depth = 0
 
     # ------------------------------------------------------------------ producer side
@@ -149,7 +156,17 @@ class LiveSource(Source):
             else:
                 stand_in = False
                 self._concealing = 0
-                if depth > self.prime_frames:
+                if depth > self.prime_frames and self._late_debt:
+                    # a concealment stood in for a late frame, which still plays: take that
+                    # frame of delay back in a pause, never by dropping speech
+                    self._deep_reads = 0
+                    head = self._q[0]
+                    if (head is not self._mark_frame and len(head) == FRAME_SAMPLES
+                            and float(np.abs(head, out=self._scratch).max()) < QUIET_PEAK):
+                        self._q.popleft()
+                        self._late_debt -= 1
+                        self.caught_up += 1
+                elif depth > self.prime_frames:
                     self._deep_reads += 1
                     if self._deep_reads >= self.trim_after and depth > 1:
                         self._q.popleft()
@@ -182,8 +199,7 @@ class LiveSource(Source):
                 return None
             self.concealed += 1
             self._concealing += 1
-            if self.prime_frames < 2 <= self.max_frames:
-                self.prime_frames = 2
+            self._late_debt = min(self._late_debt + 1, self.max_frames)
         self.frames_read += 1
         return f
 
@@ -210,5 +226,5 @@ class LiveSource(Source):
             "frames_pushed": self.frames_pushed, "frames_read": self.frames_read,
             "underruns": self.underruns, "dropped_overflow": self.dropped_overflow,
             "dropped_trim": self.dropped_trim, "depth": self.depth, "max_depth": self.max_depth,
-            "concealed": self.concealed,
+            "concealed": self.concealed, "caught_up": self.caught_up,
         }

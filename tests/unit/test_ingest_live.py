@@ -98,10 +98,18 @@ def test_an_empty_queue_mid_stream_gets_the_concealment_and_the_late_frame_still
     for v in range(4, 12):                    # ... and steady from then on, one per tick
         assert s.read()[0] == v - 2
         s.push(_frame(v))
-    # the late frame played after the stand-in and nothing was dropped to catch up: the queue
-    # keeps the frame the late one added (two deep from now on)
-    assert s.dropped_trim == 0 and s.dropped_overflow == 0 and s.prime_frames == 2
+    # the late frame played after the stand-in, and with speech going on nothing was dropped to
+    # catch up (the drift trim would have after 3 deep reads): the queue is a frame deeper
+    assert s.dropped_trim == 0 and s.dropped_overflow == 0 and s.caught_up == 0
     assert len(calls) == 1 and s.depth == 2
+    # a pause: the quiet frame is left out and the queue is back to one frame
+    s.push(_frame(0.001))
+    assert s.read()[0] == 10
+    s.push(_frame(12))
+    assert s.read()[0] == 11 and s.depth == 2
+    assert s.read()[0] == 12 and s.caught_up == 1 and s.depth == 0   # 0.001 left out
+    s.push(_frame(13))
+    assert s.read()[0] == 13 and s.dropped_trim == 0 and s.stats()["caught_up"] == 1
 
 
 def test_concealment_is_bounded_and_absent_without_a_callback():
