@@ -7,10 +7,6 @@ from streamer.audio import FRAME_SAMPLES
 from streamer.ingest.live import LiveSource
 
 
-def ramp(n, start=0):
-    return (np.arange(start, start + n) % 1000).astype(np.float32) / 1000
-
-
 def test_concurrent_push_and_read_never_corrupt_frames():
     s = LiveSource(max_frames=3)
     stop = threading.Event()

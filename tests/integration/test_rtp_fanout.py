@@ -1,8 +1,9 @@
-"""The batched fan-out sender: real sockets on loopback, plus a scripted sendmmsg for the error
-paths the kernel will not produce on demand (partial counts, EAGAIN, ECONNREFUSED)."""
+"""The batched fan-out sender on real sockets on loopback: every receiver gets one copy,
+membership changes, failing destinations, worker processes, DF, the receive socket. (The error
+paths the kernel will not produce on demand are in tests/unit/test_rtp_fanout.py, with a
+scripted sendmmsg.)"""
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import select
@@ -14,7 +15,6 @@ import pytest
 
 from streamer.rtp import sendmmsg as sm
 from streamer.rtp.fanout import Fanout
-from streamer.rtp.sendmmsg import (BatchSender, DestinationArray)
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 linux_only = pytest.mark.skipif(not sm.AVAILABLE, reason="sendmmsg is Linux-only")
@@ -62,52 +62,6 @@ def sink():
     s = Sink()
     yield s
     s.close()
-
-
-class ScriptedSyscall:
-    """Replays sendmmsg semantics: sends in order, stops at the first failing message; returns
-    the count if >0, else -1 with that message's errno. `max_per_call` forces short counts."""
-
-    def __init__(self, arr: DestinationArray, fail: dict[int, list[int]] | None = None,
-                 max_per_call: int | None = None) -> None:
-        self.arr = arr
-        self.fail = {k: list(v) for k, v in (fail or {}).items()}  # index -> errnos, consumed
-        self.max_per_call = max_per_call
-        self.delivered: list[tuple[str, int]] = []
-        self.calls: list[tuple[int, int]] = []
-        self.errno = 0
-
-    def __call__(self, fd: int, addr: int, n: int, flags: int) -> int:
-        assert flags & sm.MSG_DONTWAIT, "fan-out sends must never block"
-        size = ctypes.sizeof(sm.Mmsghdr)
-        first = (addr - self.arr.msgs_addr) // size
-        assert (addr - self.arr.msgs_addr) % size == 0 and 0 <= first and first + n <= self.arr.n
-        self.calls.append((first, n))
-        count = 0
-        for j in range(first, first + min(n, self.max_per_call or n)):
-            errs = self.fail.get(j)
-            if errs:
-                if count:
-                    return count  # the error is lost; the caller retries from j
-                self.errno = errs.pop(0)
-                return -1
-            m = sm.Mmsghdr.from_address(self.arr.msgs_addr + j * size)
-            name = sm.SockaddrIn.from_address(m.msg_hdr.msg_name)
-            assert m.msg_hdr.msg_iov.contents.iov_len == self.arr.iov.iov_len
-            self.delivered.append((socket.inet_ntoa(name.sin_addr.to_bytes(4, "little")),
-                                   socket.ntohs(name.sin_port)))
-            count += 1
-        return count
-
-
-def scripted(n: int, **kw) -> tuple[DestinationArray, ScriptedSyscall, BatchSender, list]:
-    addrs = loop_addrs(n, 5006)
-    arr = DestinationArray(addrs)
-    arr.load(b"\x80" * 40)
-    fake = ScriptedSyscall(arr, **{k: v for k, v in kw.items() if k in ("fail", "max_per_call")})
-    sender = BatchSender(-1, batch=kw.get("batch", 8), eagain_limit=kw.get("eagain_limit", 4),
-                         syscall=fake, errno_fn=lambda: fake.errno)
-    return arr, fake, sender, addrs
 
 
 def test_bad_address_is_refused_at_membership_time():

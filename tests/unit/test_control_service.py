@@ -11,10 +11,8 @@ from control import auth
 from control.db import Database
 from control.errors import DomainError
 from control.http import status_of
-from control.models import tree_from_rows
 from control.service import ControlState
 from control.settings import load_settings
-from streamer.zones import ZoneTree
 
 
 TOML = """
@@ -45,11 +43,6 @@ async def state(tmp_path):
     st.swaps = swaps
     yield st
     await db.close()
-
-
-async def full_rebuild(st: ControlState) -> ZoneTree:
-    return tree_from_rows(await st.db.zones(), await st.db.groups(), await st.db.receivers(),
-                          cellular_ptime=40)
 
 
 async def test_bulk_is_all_or_nothing(state):

@@ -28,11 +28,6 @@ def drain(src: FileSource, timeout: float = 5.0, limit: int | None = None) -> li
     return frames
 
 
-def peak_hz(x: np.ndarray, rate: int = SAMPLE_RATE) -> float:
-    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.argmax(spec) * rate / len(x))
-
-
 def play(path, **kw) -> tuple[FileSource, list[np.ndarray]]:
     src = FileSource(path, **kw)
     src.start()
@@ -108,18 +103,6 @@ def segments_wav(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- threading
-
-@pytest.fixture(scope="module")
-def long_wav(tmp_path_factory):
-    return write_wav(tmp_path_factory.mktemp("long") / "long.wav",
-                     tone(500, 30.0, 16_000, 0.3), 16_000)
-
-
-def _wait_until(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 # --------------------------------------------------------------------------- gain

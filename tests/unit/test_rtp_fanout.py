@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import select
 import socket
-import time
 
 import pytest
 
@@ -14,52 +12,11 @@ from streamer.rtp import sendmmsg as sm
 from streamer.rtp.sendmmsg import (BatchResult, BatchSender, DestinationArray, pack_addrs,
                                    union_packed, unpack_addrs)
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 linux_only = pytest.mark.skipif(not sm.AVAILABLE, reason="sendmmsg is Linux-only")
 
 
 def loop_addrs(n: int, port: int, base: int = 0) -> list[tuple[str, int]]:
     return [(f"127.0.{(base + i) // 250}.{(base + i) % 250 + 1}", port) for i in range(n)]
-
-
-class Sink:
-    """One socket on 0.0.0.0:PORT receives every 127.x.y.z:PORT; IP_PKTINFO says which."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-
-    def drain(self, expect: int | None = None, timeout: float = 3.0) -> list[tuple[str, bytes]]:
-        got: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.sock], [], [], 0.05 if expect is None else 0.2)
-            if not r:
-                if expect is None or len(got) >= expect:
-                    break
-                continue
-            for _ in range(100_000):
-                try:
-                    data, anc, _, _ = self.sock.recvmsg(2048, 64)
-                except BlockingIOError:
-                    break
-                dst = next(socket.inet_ntoa(d[8:12]) for lvl, typ, d in anc if typ == IP_PKTINFO)
-                got.append((dst, data))
-        return got
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def sink():
-    s = Sink()
-    yield s
-    s.close()
 
 
 # -- packing and arrays ---------------------------------------------------------------------
