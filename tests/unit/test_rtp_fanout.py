@@ -1,5 +1,6 @@
-"""The batched fan-out sender: real sockets on loopback, plus a scripted sendmmsg for the error
-paths the kernel will not produce on demand (partial counts, EAGAIN, ECONNREFUSED)."""
+"""The batched fan-out sender without sockets: destination arrays as the kernel reads them, and
+a scripted sendmmsg for the error paths the kernel will not produce on demand (partial counts,
+EAGAIN, ECONNREFUSED). Real sockets: tests/integration/test_rtp_fanout.py."""
 from __future__ import annotations
 
 import ctypes
