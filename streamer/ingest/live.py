@@ -151,6 +151,8 @@ class LiveSource(Source):
                         or self._concealing >= self.max_conceal):
                     self.underruns += 1
                     self._priming = True
+                    if self.conceal is not None and not self._ended:
+                        self._owe_a_frame()
                     return None
                 stand_in = True
             else:
@@ -193,15 +195,20 @@ class LiveSource(Source):
         except Exception:   # a stand-in must never break the tick
             f = None
         with self._lock:
+            self._owe_a_frame()   # the late frame still comes, and plays
             if f is None or len(f) != FRAME_SAMPLES:
                 self.underruns += 1
                 self._priming = True
                 return None
             self.concealed += 1
             self._concealing += 1
-            self._late_debt = min(self._late_debt + 1, self.max_frames)
         self.frames_read += 1
         return f
+
+    def _owe_a_frame(self) -> None:
+        """A tick passed without the frame due (concealed, or silence when the decoder could
+        not conceal): the frames after it play a tick later, until a pause takes it back."""
+        self._late_debt = min(self._late_debt + 1, self.max_frames)
 
     @property
     def finished(self) -> bool:

@@ -141,6 +141,10 @@ class _OpusTap:
 #: late packet (a GC pause, a busy core) otherwise leaves 20 ms of extra delay for a second
 TRIM_AFTER = 10
 
+#: how long a tick that found the claim's queue empty waits for the receive thread's decoder
+#: to conceal with it (the decoder is busy then mostly because the late frame is being decoded)
+CONCEAL_WAIT_S = 0.0003
+
 #: aiortc's private name of the receiver's jitter buffer (see _OpusTap)
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
@@ -337,9 +341,11 @@ class WebRtcSession:
     def _conceal_for_tick(self) -> np.ndarray | None:
         """Called by the tick (its thread) when the claim's queue is empty mid-talk: the
         decoder's concealment of the frame that has not arrived (it plays next tick when it
-        comes). None, and the tick underruns as before, when the decoder is busy decoding (the
-        tick never waits for the receive thread), gone, or the claim is fading out."""
-        if self._fade is not None or not self._dec_lock.acquire(blocking=False):
+        comes). The receive thread may be decoding that very frame: the tick waits for the
+        decoder at most CONCEAL_WAIT_S (one decode takes 16-33 us), never longer (a receive
+        thread preempted while decoding). None, and the tick underruns, when the decoder stays
+        busy, is gone, or the claim is fading out."""
+        if self._fade is not None or not self._dec_lock.acquire(timeout=CONCEAL_WAIT_S):
             return None
         try:
             dec = self._dec

@@ -134,3 +134,22 @@ def test_no_concealment_after_the_end_or_when_the_decoder_declines():
     e.read()
     e.end()
     assert e.read() is None and e.concealed == 0
+
+
+def test_a_tick_the_decoder_could_not_conceal_is_taken_back_in_a_pause_not_by_the_trim():
+    s = LiveSource(max_frames=4, prime_frames=1, trim_after=3, conceal=lambda: None)
+    s.push(_frame(1))
+    assert s.read()[0] == 1
+    assert s.read() is None and s.underruns == 1          # late, and the decoder was busy
+    for v in (2, 3):
+        s.push(_frame(v))
+    for v in range(4, 10):                                # speech: nothing dropped
+        assert s.read()[0] == v - 2
+        s.push(_frame(v))
+    assert s.dropped_trim == 0 and s.depth == 2
+    s.push(_frame(0.0))                                   # a pause takes the tick back
+    assert s.read()[0] == 8
+    s.push(_frame(10))
+    assert s.read()[0] == 9
+    assert s.read()[0] == 10                              # the pause was left out
+    assert s.caught_up == 1 and s.depth == 0 and s.dropped_trim == 0
