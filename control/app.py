@@ -196,6 +196,7 @@ class Server:
                                  self.schedule_store.using_media)
         if self.cluster is not None:   # schedules and alert intake only on the lease holder
             self.schedule_runner.leader = self.alerts.leader = self.cluster.leader
+            system.health_parts["cluster"] = self.cluster.status
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.outputs.public.stored = lambda: self.state.zone_public
         self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})
@@ -295,7 +296,9 @@ class Server:
         self.link = await start_receiver_endpoint(self.engine, self.registry)
         self.receiver_secrets.on_found = self.link.retry
         if self.cluster is not None:
-            await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub)
+            await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub,
+                                     self.records)
+            self.recovery.skip = lambda: self.cluster.found_onair
         self.rtp_ingest.start()
         await self.outputs.start()
         await self.alerts.start()

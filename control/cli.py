@@ -48,7 +48,13 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
             return
     from control.datadir import DataDirLock
     # one server per data directory, decided before anything else touches it (issue 13)
-    lock = DataDirLock(settings.data_dir).acquire()
+    if settings.redis_url and settings.role == "origin":   # a standby origin waits for it
+        from control.cluster import wait_for_data_dir
+        lock = await wait_for_data_dir(settings, stop)
+        if lock is None:
+            return
+    else:
+        lock = DataDirLock(settings.data_dir).acquire()
     try:
         await _serve_locked(settings, ready, stop)
     finally:

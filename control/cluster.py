@@ -50,6 +50,9 @@ DISCOVER_EVERY_S = 2.0
 SECRETS_EVERY_S = 2.0
 CLAIMS_EVERY_S = 1.0
 HOLD_COMMANDS_S = 6.0     # a command waits this long for the lease before it is dropped
+STANDBY_POLL_S = 0.2      # a standby origin tries the data directory's lock this often
+ONAIR_EVERY_S = 0.25      # a new leader carries on what the last one had on air this soon
+ONAIR_WRITE_S = 1.0       # the leader rewrites what it has on air (streamer.cluster.onair)
 
 
 # ------------------------------------------------------------------ settings
@@ -89,6 +92,32 @@ def _redis(settings: Settings) -> Any:
     import redis.asyncio as aredis
     return aredis.from_url(settings.redis_url or "", socket_timeout=1.0,
                            socket_connect_timeout=1.0)
+
+
+# ------------------------------------------------------------------ standby origin
+async def wait_for_data_dir(settings: Settings, stop: asyncio.Event | None = None) -> Any:
+    """An origin's data directory lock (control/datadir.py), waited for: a second origin on
+    the same directory (shared storage) is the standby. It loads the server's modules and
+    waits; when the active origin's process ends, however it ends, the kernel frees the lock,
+    and the standby starts, takes the lease when the dead one's expires and carries on what
+    was on air. None if `stop` is set first. (A standby with its own directory never waits,
+    but does not have the records or the media files.)"""
+    from control.datadir import DataDirBusy, DataDirLock
+    lock = DataDirLock(settings.data_dir)
+    told = False
+    while True:
+        try:
+            return lock.acquire()
+        except DataDirBusy as e:
+            if not told:
+                told = True
+                print(f"loa: standby origin: {settings.data_dir} is held by "
+                      f"{'PID ' + str(e.pid) if e.pid else 'another process'}; waiting for it",
+                      flush=True)
+                import control.app  # noqa: F401  (loaded now: the takeover starts faster)
+        if stop is not None and stop.is_set():
+            return None
+        await asyncio.sleep(STANDBY_POLL_S)
 
 
 # ------------------------------------------------------------------ receiver secrets
@@ -222,7 +251,17 @@ class OriginCluster:
         self.registry = NodeRegistry(self.redis, self.keys, self.node_id, "origin", self._info)
         self.seal = SecretSeal(key)
         self.secrets: SecretsPublisher | None = None
-        self.counters = {"commands_sent": 0, "commands_dropped": 0}
+        self.counters = {"commands_sent": 0, "commands_dropped": 0, "taken_over": 0}
+        from streamer.cluster.onair import OnAirBook, OnAirEntry
+        self.onair_book = OnAirBook(self.redis, self.keys)
+        self.onair: dict[str, OnAirEntry] = {}       # what this origin has on air (the loop's)
+        self._started: deque[dict[str, Any]] = deque(maxlen=10_000)  # starts from any thread
+        self.found_onair: set[str] = set()   # on air at the last leader when this one started
+        self.took_over: list[dict[str, Any]] = []
+        self._carried = False                # this leadership has carried the last one's on
+        self._next_write = 0.0
+        self._engine: Any = None
+        self._records: Any = None
         self._outbox: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=10_000)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -241,10 +280,32 @@ class OriginCluster:
     def tap(self, cmd: Any) -> None:
         from streamer.port import StartBroadcast, command_to_dict
         kind = "broadcast.start" if isinstance(cmd, StartBroadcast) else "broadcast.stop"
-        self._outbox.append((time.monotonic(), kind, command_to_dict(cmd)))
+        d = command_to_dict(cmd)
+        self._outbox.append((time.monotonic(), kind, d))
+        if isinstance(cmd, StartBroadcast) and not cmd.live and cmd.id:
+            self._started.append(d)
+
+    def _take_started(self) -> None:
+        from streamer.cluster.onair import OnAirEntry
+        while self._started:
+            d = self._started.popleft()
+            try:
+                self.keys.onair(str(d["id"]))
+            except ValueError:     # an id no Redis key can carry: not carried over
+                continue
+            self.onair[str(d["id"])] = OnAirEntry(d, None, self.lease.fence)
 
     def observe(self, ev: dict) -> None:
         t = str(ev.get("type", ""))
+        if t.startswith("broadcast."):
+            self._take_started()
+            e = self.onair.get(str(ev.get("broadcast")))
+            if e is not None:
+                if t == "broadcast.started" and e.start_ms is None:
+                    off = float(e.cmd.get("offset_s") or 0.0)
+                    e.start_ms = int(time.time() * 1000 - off * 1000)
+                elif t in ("broadcast.finished", "broadcast.stopped", "broadcast.refused"):
+                    self.onair.pop(str(ev.get("broadcast")), None)
         if t.startswith("alert.") and t not in ("alert.refused", "alert.feed_failed"):
             self._outbox.append((time.monotonic(), "alert", dict(ev)))
 
@@ -281,14 +342,77 @@ class OriginCluster:
         fences = [int(e.get("fence", "0") or 0) for e in edges]
         self.edges_fence = max(fences, default=self.edges_fence)
 
+    # what is on air, for a standby (streamer.cluster.onair) ---------------------------------
+    async def _onair_step(self) -> None:
+        self.feed.enabled = self.lease.other_holds is not True
+        if not self.leader():
+            self._carried = False
+            return
+        if not self._carried:
+            await self._carry_on()
+            self._carried = True
+        elif time.monotonic() < self._next_write:
+            return
+        self._next_write = time.monotonic() + ONAIR_WRITE_S
+        self._take_started()
+        live = {}
+        for bid, e in list(self.onair.items()):
+            snap = self._engine.broadcast(bid) if self._engine is not None else None
+            if snap is None or snap.ended:
+                self.onair.pop(bid, None)
+                continue
+            e.fence = self.lease.fence
+            live[bid] = e
+        await self.onair_book.write(live)
+
+    async def _carry_on(self) -> None:
+        """This origin just took the lease: what the last leader had on air goes on, under the
+        same broadcast ids, at the offset reached by now."""
+        from streamer.cluster.onair import OnAirEntry, plan_takeover
+        from streamer.timefmt import utc_iso
+        found = await self.onair_book.read()
+        loop = asyncio.get_running_loop()
+        for bid, entry in found.items():
+            if bid in self.onair or self._engine.broadcast(bid) is not None:
+                continue
+            cmd, why = plan_takeover(entry, int(time.time() * 1000))
+            rec = {"broadcast": bid, "resumed": cmd is not None, "reason": why,
+                   "offset_s": getattr(cmd, "offset_s", None)}
+            self.took_over.append(rec)
+            if cmd is None:
+                log.warning("broadcast %s not carried over: %s", bid, why)
+                continue
+            if self._records is not None:
+                self._records.put("event", {"ev": {
+                    "type": "broadcast.recovered", "time": utc_iso(time.time()),
+                    "broadcast": bid, "level": cmd.level.label, "owner": cmd.owner,
+                    "zones": list(cmd.targets), "reason": f"carried on by origin "
+                    f"{self.node_id} after a takeover ({why})"}})
+            try:
+                await loop.run_in_executor(None, self._engine.submit, cmd)
+            except Exception as e:   # a zone gone, a file unreadable: logged, never fatal
+                log.error("broadcast %s could not be carried over: %s", bid, e)
+                rec.update(resumed=False, reason=f"{type(e).__name__}: {e}")
+                continue
+            self.onair[bid] = OnAirEntry(entry.cmd, entry.start_ms, self.lease.fence)
+            self.counters["taken_over"] += 1
+            log.warning("broadcast %s carried on after a takeover: %s", bid, why)
+
     async def _secrets(self) -> None:
         if self.secrets is not None and self.leader():
             await self.secrets.publish()
 
     async def start(self, engine: Any, secrets: Mapping[str, tuple[bytes, str]] | Any,
-                    hub: Any) -> None:
-        """After the engine started: `secrets` is the receivers' (secret, zone) by id."""
+                    hub: Any, records: Any = None) -> None:
+        """After the engine started: `secrets` is the receivers' (secret, zone) by id;
+        `records` the write-ahead records (a takeover is recorded as `broadcast.recovered`)."""
         self.feed.rtp = engine.rtp
+        self._engine = engine
+        self._records = records
+        try:   # what the last leader had on air is carried on by the cluster, not Recovery
+            self.found_onair = set(await asyncio.wait_for(self.onair_book.read(), 2.0))
+        except Exception as e:
+            log.warning("origin %s: on-air state not readable from Redis (%s)", self.node_id, e)
         taps = getattr(engine, "taps", None)
         if taps is not None:
             taps.append(self.tap)
@@ -303,14 +427,17 @@ class OriginCluster:
             (self.lease.run(s), "loa-cluster-lease"),
             (self._sender(), "loa-cluster-commands"),
             (_every(SECRETS_EVERY_S, s, self._secrets, "secrets"), "loa-cluster-secrets"),
-            (_every(DISCOVER_EVERY_S, s, self._edges, "edges"), "loa-cluster-edges"))]
+            (_every(DISCOVER_EVERY_S, s, self._edges, "edges"), "loa-cluster-edges"),
+            (_every(ONAIR_EVERY_S, s, self._onair_step, "onair"), "loa-cluster-onair"))]
         log.info("origin %s: feed on udp %d, redis %s", self.node_id, self.feed.address[1],
                  self.settings.redis_url)
 
     def status(self) -> dict[str, Any]:
         return {"node": self.node_id, "role": "origin", "leader": self.leader(),
                 "fence": self.lease.fence, "edges": self.feed.subs.nodes(),
-                **self.counters, "feed": dict(self.feed.counters)}
+                **self.counters, "feed": dict(self.feed.counters),
+                "feed_enabled": self.feed.enabled, "on_air": sorted(self.onair),
+                "took_over": self.took_over[-20:]}
 
     async def close(self) -> None:
         self._stop.set()

@@ -206,6 +206,8 @@ class Recovery:
         self.alerts = alerts         # control.alerts.intake.AlertIntake (its cancel/update
         self._rows: list[dict[str, Any]] = []  # reach a resumed alert airing)
         self.report: list[dict[str, Any]] = []
+        #: broadcasts another part carries on (an origin's takeover, control/cluster.py)
+        self.skip: Callable[[], set[str]] = set
 
     async def mark_interrupted(self) -> list[str]:
         """Broadcasts on air when the process died: recorded as interrupted."""
@@ -229,7 +231,12 @@ class Recovery:
         resumed: list[str] = []
         loop = asyncio.get_running_loop()
         att = self.settings.emergency_attention
+        skip = self.skip()
         for r in self._rows:
+            if r["id"] in skip:
+                self.report.append({"broadcast": r["id"], "resumed": False,
+                                    "reason": "carried on by the cluster's leader"})
+                continue
             lengths = await loop.run_in_executor(None, self._text_lengths, r)
             plan = plan_resume(r, time.time(), self.settings.resume_within_s,
                                None if att == "none" else att, length_of=lengths.get)

@@ -108,6 +108,8 @@ class OriginFeed:
         self._send_sock = self.sock.dup()   # the non-blocking twin the tick sends from
         self._send_sock.setblocking(False)
         self.counters = {"envelopes": 0, "send_drops": 0, "subscriptions": 0, "refused": 0}
+        #: False while another origin holds the lease: edges get one origin's stream
+        self.enabled = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wall_base: tuple[int, int] | None = None   # (k, wall ms) the envelopes' clock
@@ -166,7 +168,7 @@ class OriginFeed:
                 markers: Mapping[ProgramKey, tuple[tuple[str, ...], tuple[str, ...]]] | None
                 ) -> None:
         targets = self.subs.targets
-        if not targets or not programs:
+        if not targets or not programs or not self.enabled:
             return
         rtp = self.rtp
         seq, ssrc = rtp.seq, rtp.ssrc

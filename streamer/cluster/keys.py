@@ -25,6 +25,11 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
   its secret and zone sealed with the cluster key (AES-GCM, the id as associated data), so an
   edge can check a receiver's messages without the database; `{p}rxsecrets:v` (integer; the
   leader): bumped at every change, the edges reload when it moves.
+- `{p}onair:{broadcast}` (hash; TTL `ONAIR_TTL_S` 60 s, rewritten every second; the leader):
+  a broadcast on air or queued at the leader: its `StartBroadcast` as data (`cmd`, JSON), when
+  it went on air at offset 0 (`start_ms`, unix ms), its position and when it was read (`pos`,
+  `pos_ms`), the leader's fencing token; `{p}onair` (set, same TTL): their ids. Deleted when
+  the broadcast ends; a standby that takes the lease resumes them (`streamer.cluster.onair`).
 - `{p}events` (pub/sub channel, lossy; any node): UI events only.
 
 The fencing counter has no TTL and is never reset by Loa; if Redis restarts without persistence
@@ -33,7 +38,7 @@ it starts again from 0, so the leader's acquisition floors it (see `streamer.clu
 from __future__ import annotations
 
 __all__ = ["Keys", "NODE_TTL_S", "NODE_REFRESH_S", "RECEIVER_TTL_S", "RECEIVER_REFRESH_S",
-           "LEASE_MS", "COMMANDS_MAXLEN", "ROLES"]
+           "LEASE_MS", "COMMANDS_MAXLEN", "ROLES", "ONAIR_TTL_S"]
 
 NODE_TTL_S = 6.0
 NODE_REFRESH_S = 2.0
@@ -41,6 +46,7 @@ RECEIVER_TTL_S = 90.0
 RECEIVER_REFRESH_S = 30.0
 LEASE_MS = 6000
 COMMANDS_MAXLEN = 100_000
+ONAIR_TTL_S = 60.0
 ROLES = ("origin", "edge", "all")
 
 
@@ -96,6 +102,13 @@ class Keys:
     @property
     def rx_secrets_version(self) -> str:
         return f"{self.p}rxsecrets:v"
+
+    @property
+    def onair_index(self) -> str:
+        return f"{self.p}onair"
+
+    def onair(self, broadcast_id: str) -> str:
+        return f"{self.p}onair:{_part(broadcast_id)}"
 
     @property
     def events(self) -> str:

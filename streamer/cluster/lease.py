@@ -39,6 +39,8 @@ __all__ = ["LeaseState", "FenceGate", "fence_floor", "RedisLease", "ACQUIRE_LUA"
 
 log = logging.getLogger("loa.cluster.lease")
 
+ACQUIRE_RETRY_S = 0.5
+
 #: KEYS: lease, fence; ARGV: token, px, floor. Returns the new fencing token, or 0 if taken.
 ACQUIRE_LUA = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -152,6 +154,9 @@ class RedisLease:
         self.state = LeaseState(lease_ms)
         self.floor_seen = floor_seen or (lambda: ())
         self.errors = 0
+        #: Redis said another node holds the lease (its last answer; None: not asked yet or
+        #: Redis away). An origin sends media only while this is not True (control/cluster.py)
+        self.other_holds: bool | None = None
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._extend = redis.register_script(EXTEND_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -175,6 +180,7 @@ class RedisLease:
                     self._extend(keys=[self.keys.lease(self.name)],
                                  args=[self.token, st.lease_ms]), timeout)
                 st.renewed(sent, bool(ok))
+                self.other_holds = not ok
                 if not ok:
                     log.warning("lease %s lost (another node holds it)", self.name)
             else:
@@ -182,6 +188,7 @@ class RedisLease:
                 fence = await asyncio.wait_for(
                     self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name)],
                                   args=[self.token, st.lease_ms, floor]), timeout)
+                self.other_holds = not fence
                 if fence:
                     st.acquired(sent, int(fence))
                     log.info("lease %s taken, fencing token %d", self.name, st.fence)
@@ -196,8 +203,12 @@ class RedisLease:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             await self.step()
+            # a node waiting for the lease asks more often than a holder renews: a standby
+            # takes it within half a second of its expiry
+            wait = self.state.renew_every_s if self.state.held else min(
+                self.state.renew_every_s, ACQUIRE_RETRY_S)
             try:
-                await asyncio.wait_for(stop.wait(), self.state.renew_every_s)
+                await asyncio.wait_for(stop.wait(), wait)
             except TimeoutError:
                 pass
 

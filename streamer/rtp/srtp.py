@@ -198,7 +198,14 @@ class MediaProtector:
             if self._last_seq is None:
                 self._ext = seq
             else:
-                self._ext += seq_diff(seq, self._last_seq)
+                d = seq_diff(seq, self._last_seq)
+                if d > 0:
+                    self._ext += d
+                else:
+                    # the sequence went back: another stream under this protector (an edge
+                    # whose origin changed, issue 19). The index must never go back (the
+                    # receivers' replay windows): same low bits, in the next era
+                    self._ext = (((self._ext >> ERA_BITS) + 1) << ERA_BITS) | (seq & _ERA_MASK)
             self._last_seq = seq
             self._slot = self._slot0
         else:

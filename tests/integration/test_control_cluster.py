@@ -34,7 +34,8 @@ name = "Xã Nhơn Lý"
 
 
 class Node:
-    def __init__(self, tmp: Path, name: str, role: str, redis_url: str, env: dict) -> None:
+    def __init__(self, tmp: Path, name: str, role: str, redis_url: str, env: dict, *,
+                 data_dir: Path | None = None, wait: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"{name}.log", "w+b")
@@ -42,14 +43,15 @@ class Node:
         cfg.write_text(TOML, encoding="utf-8")
         args = ["serve", "--role", role, "--http", f"127.0.0.1:{self.port}"]
         if role != "edge":
-            args += ["--config", str(cfg), "--data-dir", str(tmp / f"{name}-data")]
+            args += ["--config", str(cfg), "--data-dir", str(data_dir or tmp / f"{name}-data")]
         e = {**os.environ, "PYTHONUNBUFFERED": "1", "LOA_REDIS_URL": redis_url,
              "LOA_CLUSTER_KEY": KEY, "LOA_NODE_ID": name, "LOA_RECEIVER_HEARTBEAT_S": "1",
              "LOA_FANOUT_WORKERS": "0", "LOA_ENGINE_REALTIME": "false", "LOA_SEND_PORT": "0",
              **env}
         self.proc = subprocess.Popen(LOA + args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=e, cwd=ROOT, start_new_session=True)
-        wait_for(f"{name} up", lambda: self._up(), 20)
+        if wait:
+            wait_for(f"{name} up", lambda: self._up(), 20)
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:

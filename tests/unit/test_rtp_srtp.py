@@ -127,3 +127,18 @@ def test_scheduled_rotation():
     assert len(ring.for_receivers()) == 2 and ring.active[0] == k0
     ring.advance(105.0)
     assert ring.active[0] != k0
+
+
+@pytest.mark.parametrize("jump", [-1, -5, -200, -16000, -32768, 0])
+def test_a_sequence_that_goes_back_moves_to_the_next_era_and_still_plays(jump):
+    """An edge whose origin changed (issue 19) sends a new stream whose sequence number may be
+    behind the old one: the protector must not reuse an index the receiver has seen."""
+    ring, tx, rx = pair()
+    for s in range(5000, 5010):
+        assert rx.unprotect(tx.protect(rtp(s, b"\xfc" + b"a" * 40)))
+    start = (5010 + jump) & 0xFFFF
+    if jump == 0:
+        start = 5009            # the same number again, as a new stream's first packet
+    for s in range(start, start + 10):
+        p = rtp(s, b"\xfc" + b"b" * 40)
+        assert rx.unprotect(tx.protect(p)) == p
