@@ -197,6 +197,7 @@ class Server:
         if self.cluster is not None:   # schedules and alert intake only on the lease holder
             self.schedule_runner.leader = self.alerts.leader = self.cluster.leader
             system.health_parts["cluster"] = self.cluster.status
+            self.alerts.leader_info = self.cluster.leader_info
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.outputs.public.stored = lambda: self.state.zone_public
         self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})

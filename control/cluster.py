@@ -270,6 +270,20 @@ class OriginCluster:
         """Whether this origin may run schedules and alert intake and issue commands now."""
         return self.lease.may_issue()
 
+    async def leader_info(self) -> dict[str, Any]:
+        """The origin holding the lease: {"leader": node id, "http": its API address}; leader
+        None when no origin holds it (or Redis does not answer)."""
+        try:
+            token = await asyncio.wait_for(self.redis.get(self.keys.lease("leader")), 1.0)
+            if not token:
+                return {"leader": None}
+            node = token.decode().rpartition("/")[0]
+            http = await asyncio.wait_for(self.redis.hget(self.keys.node(node), "http"), 1.0)
+            return {"leader": node, "http": http.decode() if http else None}
+        except Exception as e:   # Redis away: no one can be named
+            log.debug("leader_info: %s", e)
+            return {"leader": None}
+
     def _info(self) -> dict[str, Any]:
         return {"feed": f"{self.settings.node_address}:{self.feed.address[1]}",
                 "http": self.settings.http, "leader": "1" if self.leader() else "0",

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +78,8 @@ class AlertIntake:
         self._tasks: list[asyncio.Task] = []
         #: several nodes (issue 19): only the origin holding the lease polls feeds and repeats
         self.leader: Callable[[], bool] = lambda: True
+        #: who leads when this origin does not: {"leader": node, "http": address} (issue 19)
+        self.leader_info: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.max_bytes = settings.alert_max_kb * 1024
         feeds = list(settings.alert_feeds) + [
             AlertFeedConfig(url=a.feed, id=a.id, authority=a.id, interval_s=60.0, timeout_s=10.0)

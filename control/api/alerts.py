@@ -27,7 +27,7 @@ class AlertHandlers:
             R("POST", "/alerts", self.push, "alerts.push",
               "Push a CAP 1.2 alert (application/cap+xml), XML-signed by a registered authority: "
               "201 with what airs where, 200 for a duplicate or a message that is only logged",
-              body_kind="cap", ok=201, errors=(400, 401, 403, 413, 415, 422)),
+              body_kind="cap", ok=201, errors=(400, 401, 403, 413, 415, 422, 503)),
             R("GET", "/alerts", self.list_alerts, "alerts.read",
               "Alerts received (newest first), with intake counters",
               query=[q("state", enum=["active", "logged", "superseded", "cancelled", "expired"])],
@@ -45,6 +45,13 @@ class AlertHandlers:
         if request.content_length is not None and request.content_length > limit:
             raise HttpError(413, "alert_too_large", f"the limit is {limit} bytes")
         data = await request.content.read(limit + 1)
+        if not self.intake.leader():   # several origins (issue 19): one intake, never twice
+            who = await self.intake.leader_info() if self.intake.leader_info else {}
+            request["audit_detail"] = {"refused": "not_leader", **who}
+            raise HttpError(503, "not_leader", "this origin does not hold the leadership lease: "
+                            + (f"send alerts to {who['leader']} at {who.get('http') or '?'}"
+                               if who.get("leader") else "no origin holds it right now; retry")
+                            + " (nothing was stored or aired here)", **who)
         principal = request["principal"]
         allow = (self.intake.settings.alerts_allow_unsigned_push
                  and principal.role == "alert_authority")
