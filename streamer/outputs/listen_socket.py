@@ -4,8 +4,10 @@
 Why not the HTTP server's transport: a listener then carries the server's whole per-request
 state for as long as it listens (the protocol object, its parser, the request and response,
 the handler task and the middleware frames: ~16 KB each, measured by `loa bench listen`),
-and every page goes through the transport's write queue. Here a listener is this object, its
-socket and the loop's read watch (to notice at once that the client went away).
+and every page goes through the transport's write path, whose write(2) runs holding the GIL
+(uvloop), so 1,000 listeners kept the tick thread out for ~10 ms each second (`loa bench
+listen` saw late ticks). Here a listener is this object, its socket and the loop's read watch
+(to notice at once that the client went away), and `socket.send` lets the GIL go per send.
 
 Nothing is copied per listener: every listener of a zone is sent the same page bytes; what a
 send(2) could not take (the kernel's buffer is full: the reader is behind) is kept as a
