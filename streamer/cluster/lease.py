@@ -180,10 +180,9 @@ class RedisLease:
                     self._extend(keys=[self.keys.lease(self.name)],
                                  args=[self.token, st.lease_ms]), timeout)
                 st.renewed(sent, bool(ok))
-                self.other_holds = not ok
-                if not ok:
-                    log.warning("lease %s lost (another node holds it)", self.name)
-            else:
+                if not ok:   # taken by another, or gone (Redis restarted empty): ask at once
+                    log.warning("lease %s lost (not ours in Redis any more)", self.name)
+            if not st.held:
                 floor = fence_floor(time.time(), st.fence, *self.floor_seen())
                 fence = await asyncio.wait_for(
                     self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name)],
