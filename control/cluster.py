@@ -9,7 +9,13 @@ exactly as before, and never imports redis).
   holds the lease: every start/stop the engine takes (`command_to_dict` of the port's
   StartBroadcast/StopBroadcast) and every alert event published on the commands stream with
   its fencing token, and the receivers' secrets sealed with the cluster key in `{p}rxsecrets`.
-  The schedule runner and the alert feeds/repeats run only while `leader()` holds.
+  The schedule runner and the alert feeds/repeats run only while `leader()` holds; an alert
+  pushed to an origin that does not lead is refused with 503 naming the leader.
+- Standby origin: a second origin on the same data directory (shared storage) waits on its
+  lock (`wait_for_data_dir`); when it starts and takes the lease it carries on what the last
+  leader had on air, from `{p}onair` (streamer/cluster/onair.py: the leader rewrites it every
+  second), under the same broadcast ids at the offset reached by now. An origin that Redis
+  says is not the holder sends no media (`OriginFeed.enabled`).
 - Edge (`EdgeServer`, `serve_edge`): no database, no control API (an HTTP `/health` only): an
   `EdgeNode` with its own Fanout on the receiver port, SRTP keyring, `ReceiverRegistry` and the
   receiver endpoint; receivers' secrets from `{p}rxsecrets` (opened in memory, reloaded when the
