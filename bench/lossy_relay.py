@@ -93,12 +93,12 @@ class LossyRelay:
         while not self._stop.is_set():
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now:
-                _, _, way, data = heapq.heappop(self._heap)
+                _, _, direction, data = heapq.heappop(self._heap)
+                dest = self.server if direction == 0 else self.sender
+                if dest is None:
+                    continue
                 try:
-                    if way == 0:
-                        self.back.sendto(data, self.server)
-                    else:
-                        self.front.sendto(data, self.sender)
+                    (self.back if direction == 0 else self.front).sendto(data, dest)
                 except OSError:
                     pass
             wait = min(0.005, max(0.0, self._heap[0][0] - now)) if self._heap else 0.005
