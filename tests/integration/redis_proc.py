@@ -1,12 +1,13 @@
 """A throwaway redis-server for a test: its own free port, no persistence, loopback only."""
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
+
+from tests.conftest import require_tool
 
 
 def _free_port() -> int:
@@ -19,8 +20,7 @@ def _free_port() -> int:
 
 class RedisProc:
     def __init__(self, port: int | None = None) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed (make deps installs it)")
+        require_tool("redis-server", "the nodes coordinate through a real Redis")
         self.port = port or _free_port()
         self.proc: subprocess.Popen | None = None
         self.start()

@@ -2,19 +2,19 @@
 both servers are measured with every listener connected and fed, the ratios and the Loa tick's
 counters are reported, the UDP receivers are accounted for."""
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.integration.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.skipif(shutil.which("icecast2") is None, reason="icecast2 is not installed")
 def test_listen_bench_measures_loa_and_icecast(tmp_path):
+    require_tool("icecast2", "the listening peer the bench compares with")
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "-m", "loa.cli", "bench", "listen", "--listeners", "8",
                         "--receivers", "10", "--seconds", "2", "--idle-seconds", "1",

@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from tests.conftest import require_tool
 from tests.integration.conftest import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -112,8 +112,8 @@ def test_board_feeds_json_rss_sse_and_banner_hold(serve):
     assert after["on_air"] is None and after["banner"] is not None
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_board_page_in_chromium_at_two_sizes(serve, tmp_path):
+    require_tool("chromium", "the board is a real browser")
     s = serve(TOML, env=ENV)
     storm_on_air(s)
     for w, h in ((1920, 1080), (640, 320)):
@@ -133,8 +133,8 @@ def test_board_page_in_chromium_at_two_sizes(serve, tmp_path):
     assert "Xã Bình Minh" in dom and "KHẨN CẤP" in dom and "bão số 3" in dom
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_listening_page_in_chromium(serve, tmp_path):
+    require_tool("chromium", "the phone is a real browser")
     s = serve(TOML, env=ENV)
     storm_on_air(s)
     r = chromium(["--window-size=390,844", "--virtual-time-budget=3000", "--dump-dom",

@@ -15,7 +15,6 @@ Each test prints what was injected and what was lost (`pytest -s`): the figures 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_root, require_tool
 
 from streamer.ingest.catalogue import attention_part
 from tests.integration.conftest import LOA, ROOT, Server, free_port, free_udp_ports
@@ -191,12 +192,12 @@ def test_a_normal_broadcast_is_not_resumed_and_says_interrupted(tmp_path):
 # ------------------------------------------------------------------ a full disk
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+    require_root("a full disk is a small tmpfs mounted for the test")
+    mount = require_tool("mount", "a full disk is a small tmpfs mounted for the test")
+    r = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                        capture_output=True, text=True, timeout=10)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs at {path}: {r.stderr.strip()}", pytrace=False)
 
 
 def _fill(path: Path) -> int:

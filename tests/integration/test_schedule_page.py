@@ -12,10 +12,15 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import Server
-from tests.integration.test_live_page import CHROMIUM, Browser
+from tests.conftest import require_tool
+from tests.integration.test_live_page import Browser
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    require_tool("chromium", "the schedule page is tested in a real browser")
 
 
 class SchedulePage(Browser):
