@@ -121,3 +121,52 @@ def tone_files(media_dir) -> dict[str, tuple[Path, tuple[float, float, int, int,
         freq, seconds, rate, channels, fmt = spec
         out[name] = (make_tone_file(media_dir / name, freq, seconds, rate, channels, fmt), spec)
     return out
+
+
+# ------------------------------------------------------------- shared by unit and integration
+#: three 1 s segments at 48 kHz, each a distinct tone (the `segments_wav` fixture)
+SEG_HZ = (440.0, 880.0, 1320.0)
+
+
+@pytest.fixture(scope="module")
+def segments_wav(tmp_path_factory):
+    """Three 1 s segments at 48 kHz, each a distinct tone (SEG_HZ)."""
+    x = np.concatenate([tone(f, 1.0, 48_000, 0.4)[:, 0] for f in SEG_HZ])
+    return write_wav(tmp_path_factory.mktemp("rw") / "segments.wav", x, 48_000)
+
+
+#: the zones of the `state` fixture: a, with b (one static 40 ms destination) and c below it
+STATE_TOML = """
+cellular_ptime_ms = 40
+[[zones]]
+id = "a"
+[[zones]]
+id = "b"
+parent = "a"
+unicast = ["127.0.0.1:7000"]
+[[zones]]
+id = "c"
+parent = "a"
+"""
+
+
+@pytest.fixture
+async def state(tmp_path):
+    """control.service.ControlState over a fresh database with STATE_TOML applied; what it
+    sends the engine is recorded in `state.swaps`."""
+    from control import auth
+    from control.db import Database
+    from control.service import ControlState
+    from control.settings import load_settings
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(STATE_TOML)
+    settings = load_settings(cfg, data_dir=tmp_path)
+    db = await Database(tmp_path / "s.db").open()
+    swaps: list = []
+    st = ControlState(db, settings, auth.SecretBox.load(None, tmp_path / "k"),
+                      apply_tree=lambda t: swaps.append(("tree", None)),
+                      apply_zones=lambda t, z: swaps.append(("zones", set(z))))
+    await st.apply_config()
+    st.swaps = swaps
+    yield st
+    await db.close()

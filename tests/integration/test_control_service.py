@@ -5,44 +5,11 @@ tests/integration/test_rtp_output_fanout.py. No sockets except the in-process te
 secret cache test."""
 from __future__ import annotations
 
-import pytest
 
 from control import auth
-from control.db import Database
 from control.models import tree_from_rows
 from control.service import ControlState
-from control.settings import load_settings
 from streamer.zones import ZoneTree
-
-
-TOML = """
-cellular_ptime_ms = 40
-[[zones]]
-id = "a"
-[[zones]]
-id = "b"
-parent = "a"
-unicast = ["127.0.0.1:7000"]
-[[zones]]
-id = "c"
-parent = "a"
-"""
-
-
-@pytest.fixture
-async def state(tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(TOML)
-    settings = load_settings(cfg, data_dir=tmp_path)
-    db = await Database(tmp_path / "s.db").open()
-    swaps: list = []
-    st = ControlState(db, settings, auth.SecretBox.load(None, tmp_path / "k"),
-                      apply_tree=lambda t: swaps.append(("tree", None)),
-                      apply_zones=lambda t, z: swaps.append(("zones", set(z))))
-    await st.apply_config()
-    st.swaps = swaps
-    yield st
-    await db.close()
 
 
 async def full_rebuild(st: ControlState) -> ZoneTree:

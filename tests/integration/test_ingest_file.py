@@ -14,63 +14,12 @@ from streamer.ingest.base import MediaError
 from streamer.ingest.decode_pool import DecodePool
 from streamer.ingest.file import DecodeError, FileSource, MediaInfo, PEAK_CEILING, probe
 from tests.conftest import FFMPEG, require_tool, tone, write_wav
-
-
-def drain(src: FileSource, timeout: float = 5.0, limit: int | None = None) -> list[np.ndarray]:
-    """Read until finished (or `limit` frames), copying each frame, polling on underrun."""
-    frames: list[np.ndarray] = []
-    deadline = time.monotonic() + timeout
-    while not src.finished and (limit is None or len(frames) < limit):
-        f = src.read()
-        if f is None:
-            assert time.monotonic() < deadline, "source did not finish in time"
-            time.sleep(0.001)
-            continue
-        assert f.shape == (FRAME_SAMPLES,) and f.dtype == np.float32
-        frames.append(f.copy())
-    return frames
+from tests.unit.test_ingest_file import _assert_rejected, drain, play  # shared helpers
 
 
 def peak_hz(x: np.ndarray, rate: int = SAMPLE_RATE) -> float:
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.argmax(spec) * rate / len(x))
-
-
-def play(path, **kw) -> tuple[FileSource, list[np.ndarray]]:
-    src = FileSource(path, **kw)
-    src.start()
-    try:
-        frames = drain(src)
-    finally:
-        src.close()
-    return src, frames
-
-
-def _assert_rejected(path, *words):
-    with pytest.raises(MediaError) as ei:
-        probe(path)
-    msg = str(ei.value)
-    assert msg and os.path.basename(os.fspath(path).rstrip("/")) in msg
-    for w in words:
-        assert w in msg.lower(), msg
-    # the source fails the same way: error set, nothing played, finished, thread gone
-    src = FileSource(path)
-    src.start()
-    assert drain(src, timeout=3.0) == []
-    assert src.error and src.finished
-    src.close()
-    assert not src.worker_alive
-    return msg
-
-
-SEG_HZ = (440.0, 880.0, 1320.0)
-
-
-@pytest.fixture(scope="module")
-def segments_wav(tmp_path_factory):
-    """Three 1 s segments at 48 kHz, each a distinct tone."""
-    x = np.concatenate([tone(f, 1.0, SAMPLE_RATE, 0.4)[:, 0] for f in SEG_HZ])
-    return write_wav(tmp_path_factory.mktemp("rw") / "segments.wav", x, SAMPLE_RATE)
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +306,49 @@ def test_peak_protection_does_not_attenuate_below_unity(tmp_path):
     src, frames = play(p, gain_db=3.0)
     assert src.applied_gain_db == pytest.approx(0.0, abs=1e-6)
     assert np.max(np.abs(np.concatenate(frames))) == pytest.approx(0.999, abs=1e-3)
+
+
+def test_permission_denied_real(tmp_path):
+    """An unreadable file: a clear error naming it, nothing played. Root reads any file, so when
+    the tests run as root (they do under make test) the check runs in a forked child that has
+    become `nobody`: a process of its own, hence an integration test."""
+    import json
+
+    from streamer.ingest import decode_pool
+    p = write_wav(tmp_path / "secret.wav", tone(440, 0.2, 8000), 8000)
+    p.chmod(0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                      # the child: drop root, then do what a server does
+        code = 1
+        try:
+            os.close(r)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            decode_pool._DEFAULT = None                # the parent's workers did not fork
+            decode_pool._DEFAULT_LOCK = threading.Lock()
+            out: dict = {}
+            try:
+                probe(p)
+            except MediaError as e:
+                out["probe"] = str(e)
+            src = FileSource(p)
+            src.start()
+            out["played"] = len(drain(src, timeout=3.0))
+            out["error"], out["finished"] = src.error, src.finished
+            src.close()
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        raw = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, raw
+    got = json.loads(raw)
+    msg = got.get("probe") or ""
+    assert "permission" in msg.lower() and "secret.wav" in msg, got
+    assert got["played"] == 0 and got["error"] and got["finished"], got

@@ -1,48 +1,14 @@
 """Adding, moving and retiring receivers touches only the zones concerned: in the service layer
 (no full read of the receivers table, no tree rebuild) and in the server's secret cache (nothing
 decrypted again). What the engine does with them: tests/unit/test_rtp_output.py and
-tests/integration/test_rtp_output_fanout.py. No sockets except the in-process test server of the
-secret cache test."""
+tests/integration/test_rtp_output_fanout.py. The tests that need the database's thread or a
+server: tests/integration/test_control_service.py."""
 from __future__ import annotations
 
 import pytest
 
-from control import auth
-from control.db import Database
 from control.errors import DomainError
 from control.http import status_of
-from control.service import ControlState
-from control.settings import load_settings
-
-
-TOML = """
-cellular_ptime_ms = 40
-[[zones]]
-id = "a"
-[[zones]]
-id = "b"
-parent = "a"
-unicast = ["127.0.0.1:7000"]
-[[zones]]
-id = "c"
-parent = "a"
-"""
-
-
-@pytest.fixture
-async def state(tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(TOML)
-    settings = load_settings(cfg, data_dir=tmp_path)
-    db = await Database(tmp_path / "s.db").open()
-    swaps: list = []
-    st = ControlState(db, settings, auth.SecretBox.load(None, tmp_path / "k"),
-                      apply_tree=lambda t: swaps.append(("tree", None)),
-                      apply_zones=lambda t, z: swaps.append(("zones", set(z))))
-    await st.apply_config()
-    st.swaps = swaps
-    yield st
-    await db.close()
 
 
 async def test_bulk_is_all_or_nothing(state):
