@@ -204,26 +204,7 @@ def cmd_play(argv: list[str]) -> int:
     args = p.parse_args(argv)
     body = {"zones": args.zone, "level": args.level, "mode": args.mode, "repeat": args.repeat,
             "source": {"kind": "file", "path": os.path.abspath(args.file)}}
-    try:
-        status, resp = _api(args.server, "POST", "/api/v1/broadcasts", body)
-    except (urllib.error.URLError, OSError) as e:
-        print(f"loa play: cannot reach {args.server}: {e}", file=sys.stderr)
-        return 1
-    if status >= 400:
-        err = resp.get("error", {})
-        print(f"loa play: refused ({status} {err.get('code')}): {err.get('message')}",
-              file=sys.stderr)
-        return 1
-    print(f"broadcast {resp['id']} {resp['state']} on {', '.join(resp['reached_zones'])}")
-    if args.wait:
-        while True:
-            time.sleep(0.5)
-            _, b = _api(args.server, "GET", f"/api/v1/broadcasts/{resp['id']}")
-            if b.get("state") in ("finished", "stopped", "interrupted"):
-                print(f"broadcast {resp['id']} {b['state']}"
-                      + (f" ({b['error']})" if b.get("error") else ""))
-                break
-    return 0
+    return _start_broadcast("loa play", args.server, body, args.wait, fail_on_error=False)
 
 
 def cmd_say(argv: list[str]) -> int:
@@ -247,25 +228,32 @@ def cmd_say(argv: list[str]) -> int:
     if args.engine:
         source["engine"] = args.engine
     body = {"zones": args.zone, "level": args.level, "mode": args.mode, "source": source}
+    return _start_broadcast("loa say", args.server, body, args.wait, fail_on_error=True)
+
+
+def _start_broadcast(prog: str, server: str, body: dict, wait: bool, *,
+                     fail_on_error: bool) -> int:
+    """POST a broadcast, print what the server answered, and with `wait` follow it to its end
+    (`fail_on_error`: a broadcast that ended with an error exits 1)."""
     try:
-        status, resp = _api(args.server, "POST", "/api/v1/broadcasts", body)
+        status, resp = _api(server, "POST", "/api/v1/broadcasts", body)
     except (urllib.error.URLError, OSError) as e:
-        print(f"loa say: cannot reach {args.server}: {e}", file=sys.stderr)
+        print(f"{prog}: cannot reach {server}: {e}", file=sys.stderr)
         return 1
     if status >= 400:
         err = resp.get("error", {})
-        print(f"loa say: refused ({status} {err.get('code')}): {err.get('message')}",
+        print(f"{prog}: refused ({status} {err.get('code')}): {err.get('message')}",
               file=sys.stderr)
         return 1
     print(f"broadcast {resp['id']} {resp['state']} on {', '.join(resp['reached_zones'])}")
-    if args.wait:
+    if wait:
         while True:
             time.sleep(0.5)
-            _, b = _api(args.server, "GET", f"/api/v1/broadcasts/{resp['id']}")
+            _, b = _api(server, "GET", f"/api/v1/broadcasts/{resp['id']}")
             if b.get("state") in ("finished", "stopped", "interrupted"):
                 print(f"broadcast {resp['id']} {b['state']}"
                       + (f" ({b['error']})" if b.get("error") else ""))
-                return 1 if b.get("error") else 0
+                return 1 if fail_on_error and b.get("error") else 0
     return 0
 
 
