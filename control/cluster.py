@@ -265,6 +265,12 @@ class OriginCluster:
         self.found_onair: set[str] = set()   # on air at the last leader when this one started
         self.took_over: list[dict[str, Any]] = []
         self._carried = False                # this leadership has carried the last one's on
+        #: "leader" (may issue), "follower" (Redis says another origin holds the lease),
+        #: "unsure" (held, not confirmed within half a lease; or not asked yet / Redis away)
+        self.standing = "unsure"
+        self.transitions: list[dict[str, Any]] = []
+        self.yielded: list[str] = []         # broadcasts stopped here when another took over
+        self._hub: Any = None
         self._next_write = 0.0
         self._engine: Any = None
         self._records: Any = None
@@ -299,6 +305,8 @@ class OriginCluster:
     # the engine and the event hub tell us (any thread; never waits)
     def tap(self, cmd: Any) -> None:
         from streamer.port import StartBroadcast, command_to_dict
+        if self.standing == "follower":   # what a follower does is not the edges' concern
+            return
         kind = "broadcast.start" if isinstance(cmd, StartBroadcast) else "broadcast.stop"
         d = command_to_dict(cmd)
         self._outbox.append((time.monotonic(), kind, d))
@@ -365,6 +373,8 @@ class OriginCluster:
     # what is on air, for a standby (streamer.cluster.onair) ---------------------------------
     async def _onair_step(self) -> None:
         self.feed.enabled = self.lease.other_holds is not True
+        self.feed.fence = self.lease.fence
+        await self._standing_step()
         if not self.leader():
             self._carried = False
             return
@@ -385,6 +395,59 @@ class OriginCluster:
             live[bid] = e
         await self.onair_book.write(live)
 
+    async def _standing_step(self) -> None:
+        """Log and publish a change of standing; an origin that learns another holds the lease
+        stops what it has on air (the new leader carries it on from `{p}onair`), so it never
+        airs in parallel with it, also on its own outputs (static destinations, receivers
+        registered here, listening). Not on a mere missed renewal: Redis away or stalled must
+        not silence anything, and the edges refuse a stale origin's media by its token."""
+        st = "leader" if self.leader() else (
+            "follower" if self.lease.other_holds is True else "unsure")
+        if st == self.standing:
+            return
+        was, self.standing = self.standing, st
+        from streamer.timefmt import utc_iso
+        ev: dict[str, Any] = {"type": "cluster.leadership", "time": utc_iso(time.time()),
+                              "node": self.node_id, "standing": st, "was": was,
+                              "fence": self.lease.fence}
+        if st == "follower":
+            ev["leader"] = (await self.leader_info()).get("leader")
+            ev["stopped"] = await self._yield_airtime(ev["leader"])
+        self.transitions.append(ev)
+        del self.transitions[:-20]
+        (log.warning if st != "leader" else log.info)(
+            "origin %s: %s -> %s (fencing token %d)%s", self.node_id, was, st, self.lease.fence,
+            f"; {ev.get('leader')} leads, stopped here: {ev['stopped']}" if st == "follower"
+            else "")
+        if self._hub is not None:
+            self._hub.publish(ev)
+        if self._records is not None and st != "unsure":
+            self._records.put("event", {"ev": ev})
+
+    async def _yield_airtime(self, leader: str | None) -> list[str]:
+        """Stop every broadcast on air here (all were aired while this origin led: a follower
+        sends nothing to the edges). Live talk ends too: its page is told and reconnects."""
+        from streamer.port import StopBroadcast
+        self.onair.clear()
+        self._started.clear()
+        if self._engine is None:
+            return []
+        loop = asyncio.get_running_loop()
+        why = (f"leadership moved to origin {leader}" if leader else "leadership lost") + \
+            f": origin {self.node_id} stops what it aired (the leader carries it on)"
+        stopped = []
+        for snap in self._engine.broadcasts():
+            try:
+                await loop.run_in_executor(None, self._engine.submit,
+                                           StopBroadcast(snap.id, why))
+            except Exception as e:   # ended meanwhile
+                log.debug("stop %s: %s", snap.id, e)
+                continue
+            stopped.append(snap.id)
+        self.yielded += stopped
+        del self.yielded[:-100]
+        return stopped
+
     async def _carry_on(self) -> None:
         """This origin just took the lease: what the last leader had on air goes on, under the
         same broadcast ids, at the offset reached by now."""
@@ -393,8 +456,9 @@ class OriginCluster:
         found = await self.onair_book.read()
         loop = asyncio.get_running_loop()
         for bid, entry in found.items():
-            if bid in self.onair or self._engine.broadcast(bid) is not None:
-                continue
+            snap = self._engine.broadcast(bid)
+            if bid in self.onair or (snap is not None and not snap.ended):
+                continue   # (one that ended here, e.g. stopped when another took over, goes on)
             cmd, why = plan_takeover(entry, int(time.time() * 1000))
             rec = {"broadcast": bid, "resumed": cmd is not None, "reason": why,
                    "offset_s": getattr(cmd, "offset_s", None)}
@@ -437,6 +501,7 @@ class OriginCluster:
         if taps is not None:
             taps.append(self.tap)
         hub.observers.append(self.observe)
+        self._hub = hub
         source = secrets if callable(secrets) else (lambda: secrets)
         self.secrets = SecretsPublisher(self.redis, self.keys, self.seal, source)
         self.feed.start()
@@ -457,7 +522,8 @@ class OriginCluster:
                 "fence": self.lease.fence, "edges": self.feed.subs.nodes(),
                 **self.counters, "feed": dict(self.feed.counters),
                 "feed_enabled": self.feed.enabled, "on_air": sorted(self.onair),
-                "took_over": self.took_over[-20:]}
+                "took_over": self.took_over[-20:], "standing": self.standing,
+                "transitions": self.transitions[-5:], "yielded": self.yielded[-20:]}
 
     async def close(self) -> None:
         self._stop.set()
@@ -504,15 +570,16 @@ class EdgeServer:
             from streamer.rtp.srtp import MediaKeyring
             keyring = MediaKeyring(time.monotonic(),
                                    rotate_every_s=settings.media_key_rotate_h * 3600)
+        # one newest token for commands and media: an origin past its lease is refused for both
+        self.gate = FenceGate()
         self.node = EdgeNode(self.node_id, key, [], self.fanout, keyring=keyring,
                              payload_type=settings.payload_type,
-                             feed_bind=("0.0.0.0", settings.feed_port))
+                             feed_bind=("0.0.0.0", settings.feed_port), gate=self.gate)
         self.secrets = SecretsMirror(self.redis, self.keys, SecretSeal(key))
         self.registry = ReceiverRegistry(self.secrets.lookup, keyring=keyring,
                                          heartbeat_s=settings.receiver_heartbeat_s)
         self.directory = ReceiverDirectory(self.redis, self.keys, self.node_id)
         self.nodes = NodeRegistry(self.redis, self.keys, self.node_id, "edge", self._info)
-        self.gate = FenceGate()
         self.consumer = CommandConsumer(self.redis, self.keys, self.node_id, self.apply,
                                         gate=self.gate, block_ms=500)
         self.counters = {"commands_applied": 0, "commands_unknown": 0, "moved_in": 0}

@@ -29,6 +29,7 @@ import numpy as np
 from streamer.audio import FRAME_SAMPLES
 from streamer.cluster.envelope import (EnvelopeError, Programme, TickEnvelope, pack_subscription,
                                        unpack_tick)
+from streamer.cluster.lease import FenceGate
 from streamer.port import OnAir, SetDestinations, ZoneSnapshot
 from streamer.rtp.output import RtpOutput
 from streamer.rtp.packet import HEADER_SIZE
@@ -85,7 +86,8 @@ class TickAssembler:
         if len(parts) == 1:
             return first
         progs = tuple(p for e in parts for p in e.programmes)
-        return TickEnvelope(first.k, first.seq, first.ts, first.ssrc, first.wall_ms, progs)
+        return TickEnvelope(first.k, first.seq, first.ts, first.ssrc, first.wall_ms, progs,
+                            fence=first.fence)
 
 
 _NO_PCM = np.zeros(0, dtype=np.float32)
@@ -134,7 +136,7 @@ class EdgeNode:
 
     def __init__(self, node_id: str, key: bytes, origins: list[Addr], fanout: Any, *,
                  tree: ZoneTree | None = None, keyring: Any = None, payload_type: int = 111,
-                 feed_bind: Addr = ("0.0.0.0", 0)) -> None:
+                 feed_bind: Addr = ("0.0.0.0", 0), gate: FenceGate | None = None) -> None:
         if not key:
             raise ValueError("the cluster key is empty")
         self.node_id = node_id
@@ -144,6 +146,9 @@ class EdgeNode:
         self.rtp = RtpOutput(fanout, payload_type, keyring)
         self.lock = threading.Lock()
         self.assembler = TickAssembler()
+        #: the newest fencing token seen (shared with the command consumer): envelopes from an
+        #: origin with an older one (it lost the lease) are refused
+        self.gate = gate or FenceGate()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(feed_bind)
         self.sock.settimeout(0.2)
@@ -263,6 +268,8 @@ class EdgeNode:
         except EnvelopeError:
             self.counters["refused"] += 1
             return
+        if not self.gate.admit_media(env.fence):
+            return
         self.counters["envelopes"] += 1
         for tick in self.assembler.feed(env):
             self._play(tick, now)
@@ -326,5 +333,6 @@ class EdgeNode:
         return {"node": self.node_id, "role": "edge", "zones": sorted(self._wanted),
                 "receivers": sum(self._receivers.values()), **self.counters,
                 "duplicates": self.assembler.duplicates,
+                "media_refused": self.gate.media_refused,
                 "origin_switches": self.assembler.origin_switches,
                 "fanout": self.fanout.stats()}

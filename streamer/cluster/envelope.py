@@ -19,8 +19,13 @@ one call per datagram, no state; `cryptography` would add nothing here) and carr
 wall clock: datagrams older than `MAX_AGE_S` or from further than that in the future are
 refused, so a captured envelope or subscription cannot be replayed later.
 
-    envelope := "LOAE" ver:u8 flags:u8 part:u8 0:u8 wall_ms:u64 k:u64 seq:u16 ts:u32 ssrc:u32
-                n:u16 { nz:u16 { marker:u8 len:u8 zone } plen:u16 payload }*n  mac:16
+A tick envelope also carries the sender's fencing token (`streamer.cluster.lease`): an edge
+plays media only from the newest token it has seen, from envelopes or commands, so an origin
+that was paused past its lease and wakes up still sending is refused by the edges, as its
+commands are (version 2; version 1 had no token).
+
+    envelope := "LOAE" ver:u8 flags:u8 part:u8 0:u8 wall_ms:u64 fence:u64 k:u64 seq:u16 ts:u32
+                ssrc:u32 n:u16 { nz:u16 { marker:u8 len:u8 zone } plen:u16 payload }*n  mac:16
     subscription := "LOAS" ver:u8 0:u8 nlen:u8 node wall_ms:u64 nz:u16 { len:u8 zone }* mac:16
 """
 from __future__ import annotations
@@ -37,12 +42,13 @@ __all__ = ["EnvelopeError", "TickEnvelope", "Programme", "pack_tick", "unpack_ti
 
 MAGIC_TICK = b"LOAE"
 MAGIC_SUB = b"LOAS"
-VERSION = 1
+VERSION = 1              # subscriptions
+TICK_VERSION = 2         # tick envelopes (2: with the fencing token)
 MAC_LEN = 16
 MAX_DATAGRAM = 1400
 MAX_AGE_S = 5.0
 LAST = 0x01
-_HEAD = struct.Struct("!4sBBBxQQHIIH")     # magic ver flags part wall_ms k seq ts ssrc n
+_HEAD = struct.Struct("!4sBBBxQQQHIIH")   # magic ver flags part wall_ms fence k seq ts ssrc n
 _SUB_HEAD = struct.Struct("!4sBxB")
 
 
@@ -71,6 +77,7 @@ class TickEnvelope:
     programmes: tuple[Programme, ...]
     part: int = 0
     last: bool = True
+    fence: int = 0     # the sending origin's fencing token
 
 
 def _mac(key: bytes, data: bytes | memoryview) -> bytes:
@@ -93,7 +100,8 @@ def _programme_bytes(payload: bytes, zones: Sequence[tuple[bytes, bool]]) -> byt
 
 
 def pack_tick(key: bytes, k: int, seq: int, ts: int, ssrc: int, wall_ms: int,
-              programmes: Iterable[Programme], max_size: int = MAX_DATAGRAM) -> list[bytes]:
+              programmes: Iterable[Programme], max_size: int = MAX_DATAGRAM, *,
+              fence: int = 0) -> list[bytes]:
     """The datagrams of one tick for one edge: as few as fit `max_size` (a programme whose zone
     list alone is too long is split into entries with the same payload)."""
     room = max_size - _HEAD.size - MAC_LEN
@@ -125,8 +133,8 @@ def pack_tick(key: bytes, k: int, seq: int, ts: int, ssrc: int, wall_ms: int,
     out = []
     for i, body in enumerate(parts):
         flags = LAST if i == len(parts) - 1 else 0
-        head = _HEAD.pack(MAGIC_TICK, VERSION, flags, i & 0xFF, wall_ms, k, seq & 0xFFFF,
-                          ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF, len(body))
+        head = _HEAD.pack(MAGIC_TICK, TICK_VERSION, flags, i & 0xFF, wall_ms, fence, k,
+                          seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF, len(body))
         data = head + b"".join(body)
         out.append(data + _mac(key, data))
     return out
@@ -144,8 +152,8 @@ def _check(key: bytes, data: bytes, magic: bytes, wall_now: float, min_len: int)
 def unpack_tick(key: bytes, data: bytes, wall_now: float) -> TickEnvelope:
     body = _check(key, data, MAGIC_TICK, wall_now, _HEAD.size)
     try:
-        _m, ver, flags, part, wall_ms, k, seq, ts, ssrc, n = _HEAD.unpack_from(body)
-        if ver != VERSION:
+        _m, ver, flags, part, wall_ms, fence, k, seq, ts, ssrc, n = _HEAD.unpack_from(body)
+        if ver != TICK_VERSION:
             raise EnvelopeError(f"envelope version {ver}")
         if abs(wall_now - wall_ms / 1000.0) > MAX_AGE_S:
             raise EnvelopeError("stale or future envelope")
@@ -175,7 +183,8 @@ def unpack_tick(key: bytes, data: bytes, wall_now: float) -> TickEnvelope:
             raise EnvelopeError("trailing bytes")
     except (struct.error, UnicodeDecodeError) as e:
         raise EnvelopeError(f"malformed envelope: {e}") from None
-    return TickEnvelope(k, seq, ts, ssrc, wall_ms, tuple(progs), part, bool(flags & LAST))
+    return TickEnvelope(k, seq, ts, ssrc, wall_ms, tuple(progs), part, bool(flags & LAST),
+                        fence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,8 @@ class OriginFeed:
         self.counters = {"envelopes": 0, "send_drops": 0, "subscriptions": 0, "refused": 0}
         #: False while another origin holds the lease: edges get one origin's stream
         self.enabled = True
+        #: this origin's fencing token, in every envelope (edges refuse older ones)
+        self.fence = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wall_base: tuple[int, int] | None = None   # (k, wall ms) the envelopes' clock
@@ -179,7 +181,8 @@ class OriginFeed:
             if not progs:
                 continue
             try:
-                datagrams = pack_tick(self.key, k, seq, ts, ssrc, wall_ms, progs)
+                datagrams = pack_tick(self.key, k, seq, ts, ssrc, wall_ms, progs,
+                                      fence=self.fence)
             except EnvelopeError:
                 self.counters["send_drops"] += 1
                 continue

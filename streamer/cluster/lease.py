@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,21 +78,39 @@ def fence_floor(wall_s: float, *seen: int) -> int:
 
 
 class FenceGate:
-    """An edge's check on commands: a command carrying a token older than the newest seen is
-    refused. The same token is accepted again (one leader sends many commands)."""
+    """An edge's check on commands and media: a command or an envelope carrying a token older
+    than the newest seen (from either) is refused. The same token is accepted again (one leader
+    sends many). Commands are admitted on the event loop, envelopes on the feed thread: the
+    newest token only grows, under a lock."""
 
     def __init__(self, highest: int = 0) -> None:
         self.highest = highest
         self.accepted = 0
         self.refused = 0
+        self.media_refused = 0
+        self._lock = threading.Lock()
+
+    def _admit(self, token: int) -> bool:
+        with self._lock:
+            if token < self.highest:
+                return False
+            self.highest = token
+            return True
 
     def admit(self, token: int) -> bool:
-        if token < self.highest:
+        """A command's token."""
+        if not self._admit(token):
             self.refused += 1
             return False
-        self.highest = token
         self.accepted += 1
         return True
+
+    def admit_media(self, token: int) -> bool:
+        """An envelope's token: media from an origin that lost the lease is not played."""
+        if self._admit(token):
+            return True
+        self.media_refused += 1
+        return False
 
 
 @dataclass

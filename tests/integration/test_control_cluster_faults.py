@@ -102,6 +102,18 @@ def test_a_stopped_lease_holder_is_taken_over_and_refused_after_waking(cluster, 
                  is False, 5)
         ca = a.get("/api/v1/health")[1]["cluster"]
         assert ca["leader"] is False
+        # and it stops what it aired as leader (b carries it on): nothing on air at a, the
+        # transition logged and evented with who leads now
+        wait_for("a stopped it", lambda: a.get(f"/api/v1/broadcasts/{bc['id']}")[1]["state"]
+                 != "playing", 5)
+        ca = a.get("/api/v1/health")[1]["cluster"]
+        assert ca["standing"] == "follower" and bc["id"] in ca["yielded"], ca
+        (t,) = [x for x in ca["transitions"] if x["standing"] == "follower"]
+        assert t["leader"] == "origin-b" and t["stopped"] == [bc["id"]], t
+        assert "leader -> follower" in a.output() or "unsure -> follower" in a.output()
+        assert b.get("/api/v1/health")[1]["cluster"]["standing"] == "leader"
+        # its envelopes sent after waking, if any, were refused by their old token
+        print("\nstale media refused at the edge:", edge.get("/health")[1]["media_refused"])
         refused = edge.get("/health")[1]["commands_refused"]
         # what it would send now carries its old token: the edge refuses it
         red.xadd("loa:commands", {"fence": str(old), "kind": "zone.drop", "issuer": "origin-a",

@@ -86,3 +86,13 @@ def test_keys_are_unambiguous():
 
 def test_live_members_drop_expired_scores():
     assert live_members([(b"a", 2000.0), (b"b", 999.0), ("c", 1001.0)], 1000.0) == ["a", "c"]
+
+
+def test_fence_gate_media_and_commands_share_the_newest_token():
+    from streamer.cluster.lease import FenceGate
+    g = FenceGate()
+    assert g.admit_media(7) and g.admit_media(7)     # one leader sends many envelopes
+    assert not g.admit(6) and g.refused == 1         # its predecessor's commands are refused
+    assert g.admit(9)                                # a newer leader's command ...
+    assert not g.admit_media(7) and g.media_refused == 1   # ... fences the older media
+    assert g.accepted == 1 and g.highest == 9
