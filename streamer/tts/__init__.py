@@ -7,6 +7,8 @@ streamed), a disk cache of rendered sentences, and the TTS Source the catalogue 
     cache.py     TtsCache: rendered sentences on disk by (text, engine, voice, rate), size-capped
     service.py   TtsService: the configured engines, input checks, the synthesis pool, rendering
     source.py    TtsSource: sentence by sentence ahead of playout, resumable at sentence starts
+    procpool.py  SynthesisProcesses: synthesis in worker processes, warmed before serving
+    priority.py  the CPU priority of synthesis workers and espeak-ng (below the server's)
     text.py      input checks (empty, too long, control characters, unreadable scripts) and the
                  bridge to the Vietnamese normaliser (streamer/tts/normalize.py)
 """

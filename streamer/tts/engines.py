@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from streamer.audio import SAMPLE_RATE
+from streamer.tts import priority
 
 __all__ = ["TtsEngine", "TtsError", "EspeakEngine", "ESPEAK_VOICES", "resample_to_48k",
            "decode_audio_bytes"]
@@ -25,6 +26,9 @@ __all__ = ["TtsEngine", "TtsError", "EspeakEngine", "ESPEAK_VOICES", "resample_t
 ESPEAK_VOICES = ("vi", "vi-vn-x-central", "vi-vn-x-south")
 #: espeak-ng's words per minute at rate 1.0
 ESPEAK_WPM = 165
+#: the priority an espeak-ng child is given (streamer.tts.priority); None: it keeps what it
+#: inherits (a synthesis worker process sets this, its own priority being low already)
+CHILD_PRIORITY: tuple[str, int] | None = priority.CHILD
 
 
 class TtsError(Exception):
@@ -131,12 +135,11 @@ class EspeakEngine:
                                     stderr=subprocess.DEVNULL)
         except OSError as e:
             raise TtsError(f"espeak-ng cannot start: {e}") from None
-        try:
+        if CHILD_PRIORITY is not None:
             # synthesis runs far ahead of playout (100x real time and more): it yields the CPU
-            # to the tick it may share a core with (measured: `loa bench tts`, under_load)
-            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
-        except OSError:
-            pass
+            # to the server's threads (streamer.tts.priority). In a synthesis worker the child
+            # has inherited the worker's own policy (CHILD_PRIORITY is None there).
+            priority.lower(CHILD_PRIORITY, proc.pid)
         assert proc.stdin is not None and proc.stdout is not None
         try:
             # -b 1: the input is UTF-8; a final newline ends the sentence

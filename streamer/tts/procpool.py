@@ -8,16 +8,21 @@ sentence is one pickled call and one bytes object back.
 
 The pool is small and fixed (`workers` processes for normal items, one more reserved for
 emergencies, so an alert never waits behind a long bulletin), `spawn`ed (no fork of a threaded
-server) and started when the service is built, at server start: the workers import numpy, PyAV
-and scipy once, not on the first sentence of the first emergency. Each worker reads and writes
-the same on-disk cache (streamer.tts.cache: one file per sentence, written by rename).
+server) and started with the server: the workers import numpy, PyAV and scipy and read a
+sentence in each espeak-ng voice once (voice data in the page cache, the resampler and the
+loudness filter run once) before `loa serve` serves, not on the first sentence of the first
+emergency. They run below the server's priority (streamer.tts.priority: SCHED_IDLE, the
+emergency worker SCHED_BATCH). Each worker reads and writes the same on-disk cache
+(streamer.tts.cache: one file per sentence, written by rename, its size cap shared).
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,19 +41,46 @@ log = logging.getLogger("loa.tts")
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cache_dir: str | None, cache_max: int, loudness_target: float | None) -> None:
-    try:
-        os.nice(10)   # synthesis runs far ahead of playout: the tick's core comes first
-    except OSError:
-        pass
+#: a short sentence read once in each voice when a worker starts
+WARM_SENTENCE = "Xin chào bà con."
+
+
+def _init_worker(cache_dir: str | None, cache_max: int, loudness_target: float | None,
+                 urgent: bool = False, barrier: Any = None) -> None:
+    # synthesis runs far ahead of playout: the server's threads come first (streamer.tts.priority)
+    from streamer.tts import engines, priority
+    _WORKER["priority"] = priority.lower(priority.URGENT_WORKER if urgent else priority.WORKER)
+    engines.CHILD_PRIORITY = None   # espeak-ng inherits this worker's policy
     from streamer.tts.cache import TtsCache
     from streamer.tts.service import TtsService
-    _WORKER["svc"] = TtsService(cache=TtsCache(cache_dir, cache_max),
-                                loudness_target=loudness_target)
+    svc = _WORKER["svc"] = TtsService(cache=TtsCache(cache_dir, cache_max),
+                                      loudness_target=loudness_target)
+    _WORKER["barrier"] = barrier
+    # the first sentence after start costs what a later one does: espeak-ng's program and each
+    # Vietnamese voice's data are read from disk once (page cache), PyAV's resampler and the
+    # loudness filter run once. Straight from the engine: nothing of this goes in the cache.
+    t = time.perf_counter()
+    try:
+        e = svc.espeak
+        for voice in e.voices:
+            pcm = np.concatenate(list(e.synthesize(WARM_SENTENCE, voice, 1.0)))
+            svc.gain(pcm)
+    except Exception as e:   # espeak-ng missing or broken: the first real sentence says so
+        log.warning("TTS worker warm-up failed: %r", e)
+    _WORKER["warm_ms"] = round((time.perf_counter() - t) * 1000, 1)
 
 
-def _warm() -> int:
-    return os.getpid()
+def _warm() -> tuple[int, str, float]:
+    """(pid, priority, warm-up ms) of the worker that runs it. Each normal worker's warming
+    call waits at a barrier for the others', so they land on distinct workers: `ready` means
+    every worker ran its warm-up, not one worker twice."""
+    barrier = _WORKER.get("barrier")
+    if barrier is not None:
+        try:
+            barrier.wait(60)
+        except threading.BrokenBarrierError:
+            pass
+    return os.getpid(), str(_WORKER.get("priority")), float(_WORKER.get("warm_ms", 0.0))
 
 
 def _render(engine: TtsEngine, sentence: str, voice: str, rate: float,
@@ -69,10 +101,12 @@ class SynthesisProcesses:
         ctx = multiprocessing.get_context("spawn")
         args = (cache_dir, cache_max, loudness_target)
         self.workers = max(1, workers)
+        barrier = ctx.Barrier(self.workers) if self.workers > 1 else None
         self._normal = ProcessPoolExecutor(self.workers, mp_context=ctx,
-                                           initializer=_init_worker, initargs=args)
+                                           initializer=_init_worker,
+                                           initargs=(*args, False, barrier))
         self._urgent = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker,
-                                           initargs=args)
+                                           initargs=(*args, True, None))
         # spawn them now (server start), not on the first sentence
         self._warming = [self._normal.submit(_warm) for _ in range(self.workers)]
         self._warming.append(self._urgent.submit(_warm))
@@ -80,15 +114,27 @@ class SynthesisProcesses:
 
     @property
     def ready(self) -> bool:
-        """Every worker has started (imports done): until then a sentence renders in-process
-        rather than wait a second or two for a spawning worker (an alert right after start)."""
+        """Every worker has started and warmed up (imports, espeak-ng's voices): until then a
+        sentence renders in-process rather than wait a second or two for a spawning worker
+        (an alert right after start). `loa serve` waits for it before it serves
+        (`wait_ready`)."""
         if self._warming and all(f.done() for f in self._warming):
             self._warming_done = True
         return self._warming_done
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until `ready` or `timeout` seconds (False then, or if a worker failed)."""
+        done, _ = wait(self._warming, timeout)
+        return len(done) == len(self._warming) and self.ready and all(
+            f.exception() is None for f in self._warming)
+
+    def workers_info(self, timeout: float = 30.0) -> list[tuple[int, str, float]]:
+        """(pid, priority, warm-up ms) per worker, once they run (tests, the bench, the log)."""
+        return sorted({f.result(timeout) for f in self._warming})
+
     def pids(self, timeout: float = 30.0) -> list[int]:
         """The workers' process ids, once they run (tests, the bench)."""
-        return sorted({int(f.result(timeout)) for f in self._warming})
+        return sorted({w[0] for w in self.workers_info(timeout)})
 
     def submit(self, engine: TtsEngine, sentence: str, voice: str, rate: float,
                deadline_s: float | None, urgent: bool = False

@@ -248,6 +248,12 @@ class TtsService:
             self.process_count, str(self.cache.dir) if self.cache.dir is not None else None,
             self.cache.max_bytes, self.loudness_target)
 
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until the worker processes run and are warm (`loa serve` before it serves);
+        True at once without them."""
+        procs = self.processes
+        return procs is None or procs.wait_ready(timeout)
+
     def close(self) -> None:
         """Stop the worker processes (the server's close)."""
         self.process_count = 0

@@ -45,3 +45,54 @@ def test_worker_processes_render_what_the_server_would(tmp_path):
     assert svc.processes is None and procs is not None
     for f in procs._warming:
         assert f.done()
+
+
+def test_workers_run_below_the_server_and_are_warm_when_ready(tmp_path):
+    """Normal workers SCHED_IDLE, the emergency worker SCHED_BATCH at nice 10, whatever the
+    server's own nice value; `wait_ready` returns once every worker read its warm-up sentences
+    (two normal workers: both warmed, not one twice); an espeak-ng child of a worker inherits
+    the worker's class."""
+    svc = TtsService(cache=TtsCache(tmp_path / "cache"), processes=2)
+    svc.start_processes()
+    try:
+        assert svc.wait_ready(60)
+        assert svc.processes is not None and svc.processes.ready
+        info = svc.processes.workers_info()
+        assert len({pid for pid, _, _ in info}) == 3, info
+        by_class = sorted(os.sched_getscheduler(pid) for pid, _, _ in info)
+        assert by_class == sorted([os.SCHED_IDLE, os.SCHED_IDLE, os.SCHED_BATCH]), info
+        for pid, prio, warm_ms in info:
+            assert warm_ms > 0, info          # each ran its warm-up
+            if os.sched_getscheduler(pid) == os.SCHED_BATCH:
+                assert os.getpriority(os.PRIO_PROCESS, pid) == 10 and "SCHED_BATCH" in prio
+            else:
+                assert "SCHED_IDLE" in prio
+        # an espeak-ng child spawned by a worker: caught while it runs (a long sentence)
+        from concurrent.futures import wait as fwait
+        e = svc.engine(None)
+        fut = svc.processes.submit(e, "Thông báo khẩn cấp về bão số ba. " * 40, "vi", 0.5, None)
+        workers = {pid for pid, _, _ in info}
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while not fut.done() and time.monotonic() < deadline:
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/{d}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    continue
+                if comm.startswith("espeak") and int(fields[1]) in workers:
+                    try:
+                        seen.add(os.sched_getscheduler(int(d)))
+                    except OSError:
+                        pass
+            time.sleep(0.005)
+        fwait([fut], 30)
+        assert fut.result()[0]
+        assert seen == {os.SCHED_IDLE}, seen
+    finally:
+        svc.close()
