@@ -198,6 +198,7 @@ class Server:
             self.schedule_runner.leader = self.alerts.leader = self.cluster.leader
             system.health_parts["cluster"] = self.cluster.status
             self.alerts.leader_info = self.cluster.leader_info
+            self.cluster.bind_zones(lambda: self.state.tree, self._resend_tree)
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.outputs.public.stored = lambda: self.state.zone_public
         self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})
@@ -233,13 +234,24 @@ class Server:
         self.hub.publish(ev.to_dict())
 
     def _send_tree(self, tree: ZoneTree) -> None:
-        self.engine.submit(ReplaceZones(tuple(tree.zones.values()),
-                                        {g: tuple(m) for g, m in tree.groups.items()}))
+        zones = tuple(tree.zones.values())
+        if self.cluster is not None:   # the edges follow; what an edge sends is not sent here
+            zones = self.cluster.engine_zones(zones)
+            self.cluster.zones_changed()
+        self.engine.submit(ReplaceZones(zones, {g: tuple(m) for g, m in tree.groups.items()}))
         if self._tasks:  # receivers may have been added, moved or retired by another process
             asyncio.get_running_loop().create_task(self.receiver_secrets.refresh())
 
+    def _resend_tree(self) -> None:
+        if self.state.tree is not None:
+            self._send_tree(self.state.tree)
+
     def _send_zones(self, tree: ZoneTree, changed: set[str]) -> None:
-        self.engine.submit(UpdateZones(tuple(tree.zones[z] for z in changed)))
+        zones = tuple(tree.zones[z] for z in changed)
+        if self.cluster is not None:
+            zones = self.cluster.engine_zones(zones)
+            self.cluster.zones_changed()
+        self.engine.submit(UpdateZones(zones))
 
     def _send_zone_loss(self, zone: str, loss_perc: int | None) -> None:
         self.engine.submit(SetZoneLoss(zone, loss_perc))

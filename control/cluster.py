@@ -271,6 +271,14 @@ class OriginCluster:
         self.transitions: list[dict[str, Any]] = []
         self.yielded: list[str] = []         # broadcasts stopped here when another took over
         self._hub: Any = None
+        from streamer.cluster.zonesync import ZoneSync
+        #: which edge serves which zones' static destinations (edge -> (since, zone ids)),
+        #: from the edges' node hashes; the zone.set/zone.drop commands that follow the tree
+        self.edge_serves: dict[str, tuple[str, frozenset[str]]] = {}
+        self.zonesync = ZoneSync()
+        self._zone_tree: Callable[[], Any] = lambda: None
+        self._apply_tree: Callable[[], None] = lambda: None
+        self._zones_dirty = True
         self._next_write = 0.0
         self._engine: Any = None
         self._records: Any = None
@@ -366,9 +374,48 @@ class OriginCluster:
                 pass
 
     async def _edges(self) -> None:
+        from streamer.cluster.zonesync import parse_serves
         edges = await self.registry.nodes("edge")
         fences = [int(e.get("fence", "0") or 0) for e in edges]
         self.edges_fence = max(fences, default=self.edges_fence)
+        serves = {e["node"]: (e.get("since", ""), parse_serves(e.get("serves")))
+                  for e in edges if e.get("node") and e.get("serves")}
+        if serves != self.edge_serves:
+            moved = {z for _s, pats in serves.values() for z in pats} != \
+                {z for _s, pats in self.edge_serves.values() for z in pats}
+            self.edge_serves = serves
+            self._zones_dirty = True
+            if moved:   # who sends which zone's static destinations changed
+                log.info("origin %s: edges serve %s", self.node_id,
+                         {e: sorted(p) for e, (_s, p) in serves.items()})
+                self._apply_tree()
+
+    # zones: the edges' copies follow the tree (streamer.cluster.zonesync) -----------------
+    def bind_zones(self, tree: Callable[[], Any], apply_tree: Callable[[], None]) -> None:
+        """`tree()`: control's zone tree (None before it is read); `apply_tree()` hands it to
+        the engine again (through `engine_zones`)."""
+        self._zone_tree = tree
+        self._apply_tree = apply_tree
+
+    def engine_zones(self, zones: Any) -> tuple[Any, ...]:
+        """The zones as this origin's engine gets them: without the static destinations a live
+        edge sends."""
+        from streamer.cluster.zonesync import strip_served
+        return strip_served(zones, self.edge_serves)
+
+    def zones_changed(self) -> None:
+        """The tree changed (the API, the settings file, another process): tell the edges."""
+        self._zones_dirty = True
+
+    async def _zones_step(self) -> None:
+        if not self._zones_dirty or not self.leader():
+            return
+        tree = self._zone_tree()
+        if tree is None:
+            return
+        self._zones_dirty = False
+        for kind, body in self.zonesync.plan(tree.zones, self.edge_serves):
+            self.send(kind, body)
 
     # what is on air, for a standby (streamer.cluster.onair) ---------------------------------
     async def _onair_step(self) -> None:
@@ -410,6 +457,9 @@ class OriginCluster:
         ev: dict[str, Any] = {"type": "cluster.leadership", "time": utc_iso(time.time()),
                               "node": self.node_id, "standing": st, "was": was,
                               "fence": self.lease.fence}
+        if st == "leader":            # every edge is told every zone again
+            self.zonesync.reset()
+            self._zones_dirty = True
         if st == "follower":
             ev["leader"] = (await self.leader_info()).get("leader")
             ev["stopped"] = await self._yield_airtime(ev["leader"])
@@ -513,7 +563,8 @@ class OriginCluster:
             (self._sender(), "loa-cluster-commands"),
             (_every(SECRETS_EVERY_S, s, self._secrets, "secrets"), "loa-cluster-secrets"),
             (_every(DISCOVER_EVERY_S, s, self._edges, "edges"), "loa-cluster-edges"),
-            (_every(ONAIR_EVERY_S, s, self._onair_step, "onair"), "loa-cluster-onair"))]
+            (_every(ONAIR_EVERY_S, s, self._onair_step, "onair"), "loa-cluster-onair"),
+            (_every(ONAIR_EVERY_S, s, self._zones_step, "zones"), "loa-cluster-zones"))]
         log.info("origin %s: feed on udp %d, redis %s", self.node_id, self.feed.address[1],
                  self.settings.redis_url)
 
@@ -583,6 +634,7 @@ class EdgeServer:
         self.consumer = CommandConsumer(self.redis, self.keys, self.node_id, self.apply,
                                         gate=self.gate, block_ms=500)
         self.counters = {"commands_applied": 0, "commands_unknown": 0, "moved_in": 0}
+        self.since = str(time.time_ns())   # an origin tells a restarted edge every zone again
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)   # broadcasts/alerts seen
         self.link: Any = None
         self._stop = asyncio.Event()
@@ -592,7 +644,8 @@ class EdgeServer:
         return {"media": f"{self.settings.node_address}:{self.media_port}",
                 "feed": f"{self.settings.node_address}:{self.node.address[1]}",
                 "receivers": sum(1 for r in self._receivers() if r.get("online")),
-                "zones": sorted(self.node.wanted), "fence": self.gate.highest}
+                "zones": sorted(self.node.wanted), "fence": self.gate.highest,
+                "serves": ",".join(self.settings.serve_zones), "since": self.since}
 
     @property
     def media_port(self) -> int:
@@ -611,7 +664,9 @@ class EdgeServer:
         try:
             if cmd.kind == "zone.set":
                 uni = [a for a in (_addr(u) for u in body.get("unicast") or []) if a]
-                self.node.set_static(str(body["zone"]), _addr(body.get("multicast")), uni)
+                pt = {a: int(ms) for u, ms in dict(body.get("ptime") or {}).items()
+                      if (a := _addr(u)) is not None}
+                self.node.set_static(str(body["zone"]), _addr(body.get("multicast")), uni, pt)
             elif cmd.kind == "zone.drop":
                 self.node.drop_zone(str(body["zone"]))
             elif cmd.kind in ("broadcast.start", "broadcast.stop", "alert"):

@@ -254,6 +254,9 @@ class Settings(BaseSettings):
                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # default: host-port
     node_address: str = "127.0.0.1"       # the address other nodes and receivers reach us at
     feed_port: int = Field(0, ge=0, le=65535)  # UDP: origin→edge media and subscriptions
+    #: an edge's LAN: the zones (ids; "*": all) whose static destinations (multicast group,
+    #: fixed-address receivers) this edge sends instead of the origin (zone.set commands)
+    serve_zones: list[str] = []
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

@@ -197,12 +197,14 @@ class EdgeNode:
         self._wanted = w
         return changed
 
-    def set_static(self, zone: str, multicast: Addr | None, unicast: Iterable[Addr]) -> None:
+    def set_static(self, zone: str, multicast: Addr | None, unicast: Iterable[Addr],
+                   ptime: Mapping[Addr, int] | None = None) -> None:
         """A `zone.set` command: this edge's own destinations for a zone (its LAN's multicast
-        group, fixed receivers); the zone is pulled while it has any."""
+        group, fixed receivers, with their packet times); the zone is pulled while it has any."""
         with self.lock:
             self._dropped.discard(zone)
-            self.tree.add(Zone(id=zone, name=zone, multicast=multicast, unicast=list(unicast)))
+            self.tree.add(Zone(id=zone, name=zone, multicast=multicast, unicast=list(unicast),
+                               ptime=dict(ptime or {})))
             self.rtp.apply_zone(self.tree, zone, force=True)
             changed = self._update_wanted()
         if changed:
