@@ -5,8 +5,10 @@
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
   loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
-  loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--json FILE]
-  loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--json FILE]
+  loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--windows 3] [--starts 5]
+                [--json FILE]
+  loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3]
+                   [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
 
@@ -136,14 +138,21 @@ def _tts(argv: list[str]) -> int:
                    help="receivers hearing a programme while bulletins are synthesised (late "
                         "ticks measured); 0 skips it")
     p.add_argument("--load-seconds", type=float, default=15.0)
+    p.add_argument("--windows", type=int, default=3,
+                   help="quiet + with-TTS window pairs under load, each printed (default 3)")
+    p.add_argument("--starts", type=int, default=5,
+                   help="new servers whose first bulletin is timed (0 skips it)")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     if not 1 <= a.rounds <= 1000 or not 0 <= a.receivers <= 64000:
         print("--rounds must be 1..1000 and --receivers 0..64000", file=sys.stderr)
         return 2
+    if not 1 <= a.windows <= 100 or not 0 <= a.starts <= 100:
+        print("--windows must be 1..100 and --starts 0..100", file=sys.stderr)
+        return 2
     console = _console()
-    return _finish(run_tts(a.rounds, a.config, a.receivers, a.load_seconds), render,
-                   a.json_path, console)
+    return _finish(run_tts(a.rounds, a.config, a.receivers, a.load_seconds, a.starts,
+                           a.windows), render, a.json_path, console)
 
 
 def _latency(argv: list[str]) -> int:
@@ -154,7 +163,9 @@ def _latency(argv: list[str]) -> int:
     p.add_argument("--onsets", type=int, default=20)
     p.add_argument("--jitter-ms", type=float, default=60.0)
     p.add_argument("--json", dest="json_path")
-    a = p.parse_args(argv)
+    a, extra = p.parse_known_args(argv)
+    if extra and a.source == "file":   # the live sources' own options (bench.latency_live)
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     if a.source != "file":
         try:
             from bench import latency_live
@@ -206,8 +217,13 @@ def _listen(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="steady window per server")
     p.add_argument("--idle-seconds", type=float, default=5.0)
     p.add_argument("--ramp", type=float, default=200.0, help="connections (and closes) per s")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="Loa and Icecast measured in turn this many times (one ratio per round)")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
+    if not 1 <= a.rounds <= 20:
+        print("--rounds 1..20", file=sys.stderr)
+        return 2
     if not 1 <= a.listeners <= 20_000 or not 1 <= a.receivers <= 64_000 or a.ramp <= 0 \
             or not 1 <= a.seconds <= 600:
         print("--listeners 1..20000, --receivers 1..64000, --seconds 1..600, --ramp > 0",
@@ -215,7 +231,7 @@ def _listen(argv: list[str]) -> int:
         return 2
     console = _console()
     return _finish(run_listen(a.listeners, a.receivers, a.seconds, a.idle_seconds, a.ramp,
-                              console=console), render, a.json_path, console)
+                              console=console, rounds=a.rounds), render, a.json_path, console)
 
 
 def main(argv: list[str]) -> int:

@@ -8,11 +8,14 @@
   sentence, the wait for the next tick, encode and send.
 - real-time factor per engine (audio seconds per second of synthesis, in-process, cache off);
   cloud engines only when configured (`--config` with [[tts_engines]] and their keys).
+- first after start: the same, for the first bulletin POSTed as soon as a new `loa serve` (new
+  data directory) answers /health (`--starts` servers): cold cache, workers just started.
 - under_load: the CPU synthesis takes from the tick. A `loa serve` (pinned and niced like
   `loa bench fanout`) plays a programme to a zone of N loopback receivers (the bench sink, 5,000
   by default); the engine's late ticks, overruns and worst lateness are read over a quiet
   window, then over a window of the same length in which new 2,000-character bulletins (cold
-  cache) are read aloud on a second zone back to back. Late ticks must stay 0.
+  cache) are read aloud on a second zone back to back, `--windows` times; each window's late
+  ticks are printed. Late ticks must stay 0.
 """
 from __future__ import annotations
 
@@ -92,17 +95,18 @@ def _delta(a: dict, b: dict) -> dict:
     return out
 
 
-def under_load(receivers: int = 5000, seconds: float = 15.0) -> dict:
+def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -> dict:
     """Late ticks while a programme plays to `receivers` and bulletins are synthesised (see
     the module's docstring)."""
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-load-"))
     env = _child_env()
     res = resolve(FanoutOptions(receivers=receivers))
-    out: dict = {"receivers": receivers, "window_s": seconds, "valid": True,
+    out: dict = {"receivers": receivers, "window_s": seconds, "windows": windows, "valid": True,
                  "invalid_reasons": [], "placement": res}
     sink = Proc(_prefix(None, res["nice"]) + [
         sys.executable, "-m", "bench.sink", "--receivers", str(receivers), "--cpu",
-        str(res["sink_cpu"]), "--sample", "10", "--max-seconds", str(int(60 + 3 * seconds))],
+        str(res["sink_cpu"]), "--sample", "10", "--max-seconds",
+        str(int(60 + 3 * seconds * max(1, windows)))],
         env=env, name="sink", cwd=str(REPO))
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
@@ -136,30 +140,45 @@ def under_load(receivers: int = 5000, seconds: float = 15.0) -> dict:
             out["invalid_reasons"].append(f"programme refused: {prog}")
             return out
         time.sleep(2.0)   # the programme settles (first encodes, sink warm)
-        c0 = _clock(base)
-        time.sleep(seconds)
-        c1 = _clock(base)
-        out["quiet"] = _delta(c0, c1)
+        # quiet and with-TTS windows in turn, each counted on its own: a late tick is seen in
+        # the window it happened in, next to the machine's load then
+        out["windows_list"] = []
         n = 0
-        t_end = time.monotonic() + seconds
-        current = None
-        while time.monotonic() < t_end:
+        for w in range(max(1, windows)):
+            c0 = _clock(base)
+            time.sleep(seconds)
+            c1 = _clock(base)
+            quiet = dict(_delta(c0, c1), window=f"quiet {w + 1}", bulletins=0)
+            t_end = time.monotonic() + seconds
+            current = None
+            k = 0
+            while time.monotonic() < t_end:
+                if current is not None:
+                    _http("DELETE", base + f"/api/v1/broadcasts/{current}")
+                st, b = _http("POST", base + "/api/v1/broadcasts", {
+                    "zones": ["tts"], "source": {"kind": "tts",
+                                                 "text": bulletin(f"{_words(n + 7)} tải")}})
+                if st != 201:
+                    out["valid"] = False
+                    out["invalid_reasons"].append(f"bulletin refused: {st} {b}")
+                    break
+                current = b["id"]
+                n += 1
+                k += 1
+                time.sleep(1.5)   # a new bulletin every 1.5 s: the synthesis pool never idles
+            c2 = _clock(base)
             if current is not None:
                 _http("DELETE", base + f"/api/v1/broadcasts/{current}")
-            st, b = _http("POST", base + "/api/v1/broadcasts", {
-                "zones": ["tts"], "source": {"kind": "tts",
-                                             "text": bulletin(f"{_words(n + 7)} tải")}})
-            if st != 201:
-                out["valid"] = False
-                out["invalid_reasons"].append(f"bulletin refused: {st} {b}")
-                break
-            current = b["id"]
-            n += 1
-            time.sleep(1.5)   # a new bulletin every 1.5 s: the synthesis pool never idles
-        c2 = _clock(base)
-        if current is not None:
-            _http("DELETE", base + f"/api/v1/broadcasts/{current}")
-        out["with_tts"] = _delta(c1, c2)
+            out["windows_list"] += [quiet, dict(_delta(c1, c2), window=f"with tts {w + 1}",
+                                                bulletins=k)]
+        ws = out["windows_list"]
+        # the totals over all windows of each kind (the earlier report's two keys)
+        for kind, key in (("quiet", "quiet"), ("with tts", "with_tts")):
+            mine = [x for x in ws if x["window"].startswith(kind)]
+            out[key] = {f: sum(int(x[f]) for x in mine)
+                        for f in ("ticks", "late_ticks", "skipped_ticks", "tick_overruns")}
+            out[key]["max_late_ms_so_far"] = mine[-1]["max_late_ms_so_far"]
+            out[key]["loadavg_1m_after"] = mine[-1]["loadavg_1m_after"]
         out["bulletins"] = n
         out["chars_synthesised_max"] = n * 2000
         if not server.alive():
@@ -173,8 +192,58 @@ def under_load(receivers: int = 5000, seconds: float = 15.0) -> dict:
         probe.close()
 
 
+def first_after_start(starts: int = 5) -> dict:
+    """API call → first packet of the first text after `loa serve` starts: a new server on a
+    new data directory (cache cold, workers just spawned) each time, the bulletin POSTed as soon
+    as /health answers. Also how long the server took to answer (its TTS workers warm before
+    it does)."""
+    out: dict = {"starts": starts, "valid": True, "invalid_reasons": [],
+                 "first_packet_ms": [], "start_to_healthy_s": []}
+    for i in range(max(1, starts)):
+        work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-start-"))
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        probe.bind(("127.0.0.1", 0))
+        probe.setblocking(False)
+        cfg = work / "bench.toml"
+        cfg.write_text(f'[[zones]]\nid = "z"\nunicast = ["127.0.0.1:{probe.getsockname()[1]}"]\n')
+        http = _free_tcp_port()
+        t_start = time.monotonic()
+        server = Proc([sys.executable, "-m", "loa.cli", "serve", "--config", str(cfg), "--http",
+                       f"127.0.0.1:{http}", "--data-dir", str(work / "data")],
+                      env=dict(_child_env(), LOA_SEND_PORT="0"), name="loa serve",
+                      cwd=str(REPO))
+        base = f"http://127.0.0.1:{http}"
+        try:
+            if not wait_healthy(base, server, timeout=60):
+                out["valid"] = False
+                out["invalid_reasons"].append(f"start {i}: loa serve did not start")
+                continue
+            out["start_to_healthy_s"].append(round(time.monotonic() - t_start, 2))
+            _drain(probe)
+            t0 = time.monotonic_ns()
+            st, b = _http("POST", base + "/api/v1/broadcasts", {
+                "zones": ["z"], "source": {"kind": "tts",
+                                           "text": bulletin(f"{_words(i + 101)} khởi động")}})
+            if st != 201:
+                out["valid"] = False
+                out["invalid_reasons"].append(f"start {i}: refused: {st} {b}")
+                continue
+            t1 = _wait_marker(probe, t0, 5.0)
+            if t1 is None:
+                out["valid"] = False
+                out["invalid_reasons"].append(f"start {i}: no packet in 5 s")
+                continue
+            out["first_packet_ms"].append(round((t1 - t0) / 1e6, 3))
+        finally:
+            server.stop()
+            probe.close()
+    out["summary"] = summary(out["first_packet_ms"])
+    return out
+
+
 def run_tts(rounds: int = 20, config: str | None = None, receivers: int = 5000,
-            load_s: float = 15.0) -> dict:
+            load_s: float = 15.0, starts: int = 5, windows: int = 3) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-"))
     report: dict = {"benchmark": "tts", "machine": machine_info(),
                     "settings": {"rounds": rounds, "chars": 2000, "engine": "espeak"},
@@ -231,9 +300,15 @@ def run_tts(rounds: int = 20, config: str | None = None, receivers: int = 5000,
     finally:
         server.stop()
         probe.close()
+    if starts > 0:
+        first = report["first_after_start"] = first_after_start(starts)
+        report["api_to_first_packet_ms"]["first_after_start"] = first["summary"]
+        if not first["valid"]:
+            report["valid"] = False
+            report["invalid_reasons"] += [f"after start: {r}" for r in first["invalid_reasons"]]
     report["realtime_factor"] = realtime_factors(config)
     if receivers > 0:
-        load = under_load(receivers, load_s)
+        load = under_load(receivers, load_s, windows)
         report["under_load"] = load
         if not load["valid"]:
             report["valid"] = False
@@ -246,10 +321,11 @@ def render(report: dict, console) -> None:
     t = Table(title="loa bench tts: API call → first TTS packet (2,000-character bulletin)")
     for c in ("cache", "n", "p50 ms", "p95 ms", "max ms", "target p95"):
         t.add_column(c)
-    for phase, target in (("cold", 300), ("warm", 50)):
+    for phase, target in (("cold", 300), ("warm", 50), ("first_after_start", 300)):
         s = report.get("api_to_first_packet_ms", {}).get(phase)
-        if s:
-            t.add_row(phase, str(s["n"]), str(s["p50"]), str(s["p95"]), str(s["max"]),
+        if s and s.get("n"):
+            t.add_row("cold, first after server start" if phase == "first_after_start"
+                      else phase, str(s["n"]), str(s["p50"]), str(s["p95"]), str(s["max"]),
                       f"≤ {target}")
     console.print(t)
     r = Table(title="synthesis speed per engine")
@@ -266,12 +342,16 @@ def render(report: dict, console) -> None:
         for c in ("window", "ticks", "late ticks", "worst late ms (so far)", "overruns",
                   "load 1 min", "bulletins"):
             u.add_column(c)
-        for name in ("quiet", "with_tts"):
-            w = load[name]
-            u.add_row(name.replace("_", " "), str(w["ticks"]), str(w["late_ticks"]),
+        for w in load.get("windows_list") or [dict(load["quiet"], window="quiet"),
+                                               dict(load["with_tts"], window="with tts",
+                                                    bulletins=load["bulletins"])]:
+            u.add_row(w["window"], str(w["ticks"]), str(w["late_ticks"]),
                       str(w["max_late_ms_so_far"]), str(w["tick_overruns"]),
-                      str(w["loadavg_1m_after"]),
-                      str(load["bulletins"]) if name == "with_tts" else "0")
+                      str(w["loadavg_1m_after"]), str(w.get("bulletins", 0)))
         console.print(u)
+    first = report.get("first_after_start")
+    if first and first.get("start_to_healthy_s"):
+        console.print(f"first after start: {first['first_packet_ms']} ms; server start → "
+                      f"healthy {first['start_to_healthy_s']} s")
     if not report.get("valid"):
         console.print(f"[red]invalid: {report['invalid_reasons']}[/]")
