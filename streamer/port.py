@@ -29,7 +29,7 @@ __all__ = [
     "SetZoneLoss", "AlignTick", "Command", "command_from_dict",
     "EngineEvent", "BroadcastSnapshot", "ZoneSnapshot", "OnAir", "EngineStats",
     "Destination", "EnginePort", "Refused", "UnknownBroadcast", "Conflict", "ZoneError",
-    "MODES",
+    "MODES", "carve_id",
 ]
 
 MODES = ("preempt", "duck", "mix")
@@ -258,6 +258,13 @@ class StartBroadcast:
     #: targets that reach that zone only, not the zones below it (language variants: a parent
     #: zone airs its own sequence while its children air another)
     alone: tuple[str, ...] = ()
+    #: some receivers of a zone only, not the whole zone (an alert's polygon or circle): zone id
+    #: -> the addresses (host, port) of the receivers to reach there. For as long as the
+    #: broadcast lasts they form a zone of their own below that zone (`carve_id(zone, id)`),
+    #: which it targets; the zone's other receivers keep their programme, and when it ends
+    #: everyone hears the zone's programme again (one RTP stream throughout: the node's
+    #: sequence space). The zones named here need not be in `targets`.
+    only: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:
@@ -335,6 +342,11 @@ Command = (StartBroadcast | StopBroadcast | ReplaceZones | UpdateZones | SetDest
            | SetZoneLoss | AlignTick)
 
 
+def carve_id(zone: str, broadcast_id: str) -> str:
+    """The zone a broadcast's `only` receivers of `zone` form while it lasts."""
+    return f"{zone}~{broadcast_id}"
+
+
 def _zone_plain(z: Zone) -> dict[str, Any]:
     return {"id": z.id, "name": z.name, "parent": z.parent,
             "multicast": list(z.multicast) if z.multicast else None,
@@ -374,6 +386,8 @@ def command_from_dict(d: Mapping[str, Any]) -> Command:
         d["level"] = Level.parse(d["level"])
         d["source"] = source_from_dict(d["source"])
         d["details"] = dict(d.get("details") or {})
+        d["only"] = {str(z): tuple((str(h), int(p)) for h, p in a)
+                     for z, a in (d.get("only") or {}).items()}
     elif cls in (ReplaceZones, UpdateZones):
         d["zones"] = tuple(_zone_from(z) for z in d["zones"])
         if cls is ReplaceZones:

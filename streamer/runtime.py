@@ -84,6 +84,7 @@ class Runtime:
         self._pending_dests: dict[str, list[tuple[Any, ...]]] = {}
         self._pending_lock = threading.Lock()
         self._dests_applied_at = -1e18
+        self._carves_applied = 0   # the core's carve_version the output has
         self._frames: dict[int, np.ndarray] = {}
         self._thread: TickThread | None = None
         self._driven = False   # started without a thread: the caller runs the ticks
@@ -258,7 +259,8 @@ class Runtime:
                                  gain_db=cmd.gain_db, live=cmd.live, owner=cmd.owner,
                                  duration_s=duration, id=bid, owner_name=cmd.owner_name,
                                  title=cmd.title, start_at=cmd.start_at,
-                                 alone=tuple(cmd.alone))
+                                 alone=tuple(cmd.alone),
+                                 only={z: frozenset(a) for z, a in cmd.only.items() if a})
             with self.lock:
                 b: Broadcast = self.core.admit(spec, time.time(), time.monotonic_ns())
             # open the source outside the lock (a file's decoding goes to the shared pool)
@@ -295,6 +297,7 @@ class Runtime:
 
         def swap(t: ZoneTree) -> None:
             t.zones, t.groups = zmap, gmap
+            self.core.restore_carves(t)   # control's tree knows nothing of them
             t.version += 1
         with self.lock:
             self.core.edit_tree(swap)
@@ -343,6 +346,10 @@ class Runtime:
         with self.lock:
             changed, gone = self.core.sync_tree(now, throttle)
             tree = self.core.tree
+            if self.core.carve_version != self._carves_applied:
+                self._carves_applied = self.core.carve_version
+                self.rtp.set_carves(tree, {cid: (c.zone, c.addrs)
+                                           for cid, c in self.core.carves.items()})
             for zid in changed:
                 if zid in tree.zones:
                     self.rtp.apply_zone(tree, zid)
@@ -370,6 +377,11 @@ class Runtime:
             if self._pending_dests:
                 self._apply_pending_dests(now, force=not self.running)
             plan = core.plan(k, wall, rtp.version)
+            if core.carve_version != self._carves_applied:
+                # a broadcast that just ended took its carves (streamer.core.carve) along: their
+                # receivers hear their zone's programme again from this very tick
+                self._sync_tree(False, now)
+                plan = core.plan(k, wall, rtp.version)
             frames = self._frames
             if not plan.fast:
                 frames.clear()

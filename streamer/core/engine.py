@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from streamer.audio import SILENCE, db_to_gain
+from streamer.core.carve import CARVE_LEVEL, Carve, carve_zone, restore_carves
 from streamer.ingest.base import Source
 from streamer.mixer.arbitration import Claim, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp
 from streamer.mixer.programs import ProgramKey
 from streamer.port import (BroadcastSnapshot, Conflict, EngineEvent, OnAir, Refused,
-                           UnknownBroadcast, ZoneSnapshot)
+                           UnknownBroadcast, ZoneSnapshot, carve_id)
 from streamer.rtp.opus import OpusSettings
 from streamer.timefmt import utc_iso
 from streamer.zones import ZoneError, ZoneTree
@@ -78,6 +79,8 @@ class BroadcastSpec:
     title: str = ""
     start_at: float | None = None  # wall clock: held (queued, source open) until then
     alone: tuple[str, ...] = ()  # targets that reach that zone only (StartBroadcast.alone)
+    #: zone -> the receivers' addresses to reach there, not the whole zone (StartBroadcast.only)
+    only: dict[str, frozenset[tuple[str, int]]] = field(default_factory=dict)
 
 
 class PendingSource(Source):
@@ -221,6 +224,10 @@ class Core:
         self._zone_status: tuple[Any, dict[str, ZoneSnapshot]] | None = None
         self._steady = False
         self._release_at: float | None = None  # the earliest start_at of a held broadcast
+        #: carve zone id -> its carve (streamer.core.carve): some receivers of a zone, for as
+        #: long as their broadcast lasts; `carve_version` bumps whenever the set changes
+        self.carves: dict[str, Carve] = {}
+        self.carve_version = 0
 
     # ---------------------------------------------------------------- events
     def _emit(self, type_: str, b: Broadcast, wall: float, **fields: Any) -> None:
@@ -239,6 +246,12 @@ class Core:
         if spec.mode not in MODES:
             raise ValueError(f"unknown mode {spec.mode!r}; expected preempt, duck or mix")
         zones = self.tree.resolve(spec.targets, spec.alone)
+        if spec.only:
+            unknown = [z for z in spec.only if z not in self.tree.zones
+                       or self.tree.zones[z].level == CARVE_LEVEL]
+            if unknown:
+                raise ZoneError(f"unknown zone: {', '.join(sorted(unknown))}")
+            zones |= {carve_id(z, spec.id) for z in spec.only}
         if not zones:
             raise ZoneError("the targets reach no zone")
         if spec.id in self.broadcasts:
@@ -261,6 +274,8 @@ class Core:
         meanwhile (the caller then closes the source)."""
         if b.id in self.broadcasts:
             raise Conflict(f"broadcast {b.id!r} already exists")
+        if b.spec.only:
+            self._carve(b)
         b.playheads.append(Playhead(source, set(b.zones)))
         self.broadcasts[b.id] = b
         if b.held and b.spec.start_at is not None and (
@@ -269,6 +284,44 @@ class Core:
         self._emit("broadcast.created", b, wall, zones=sorted(b.zones),
                    targets=list(b.spec.targets))
         return b.snapshot()
+
+    def _carve(self, b: Broadcast) -> None:
+        """Its `only` receivers get a zone of their own below theirs, which it targets: they
+        hear what their zone hears (same programme key, same talk spurt) until it comes on air
+        there."""
+        tree, added = self.tree, []
+        keys, winners = dict(self._zone_key), dict(self._zone_winner)
+        for z, addrs in b.spec.only.items():
+            cid = carve_id(z, b.id)
+            if z not in tree.zones or cid in tree.zones:
+                b.zones.discard(cid)
+                continue
+            self.carves[cid] = Carve(z, b.id, frozenset(addrs))
+            tree.add(carve_zone(tree.zones[z], cid))
+            added.append(cid)
+            if z in keys:
+                keys[cid] = keys[z]
+            if z in winners:
+                winners[cid] = winners[z]
+        self._zone_key, self._zone_winner = keys, winners
+        b.spec.targets = list(b.spec.targets) + added
+        self.carve_version += 1
+
+    def _uncarve(self, b: Broadcast) -> None:
+        """Its carves go: their receivers are back in their zones' lists (next sync)."""
+        mine = [cid for cid, c in self.carves.items() if c.broadcast == b.id]
+        for cid in mine:
+            del self.carves[cid]
+            if cid in self.tree.zones:
+                self.tree.remove(cid)
+        if mine:
+            self.carve_version += 1
+
+    def restore_carves(self, tree: ZoneTree) -> None:
+        """`tree` (about to replace the core's, from control) with the carves put back."""
+        if self.carves:
+            if restore_carves(tree, self.carves):
+                self.carve_version += 1
 
     def stop(self, broadcast_id: str, reason: str, wall: float) -> BroadcastSnapshot:
         b = self.broadcasts.get(broadcast_id)
@@ -378,7 +431,14 @@ class Core:
                 zones = set()
             added = zones - b.zones
             for p in b.playheads:
+                had = bool(p.zones)
                 p.zones &= zones
+                if had and not p.zones and not p.finished and \
+                        sum(1 for q in b.playheads if not q.finished) > 1:
+                    # a fork whose zones all left the tree (a carve gone): nobody hears it
+                    p.finished = True
+                    if not isinstance(p.source, PendingSource):
+                        self.to_close.append(p.source)
             if added and b.playheads:
                 live = [p for p in b.playheads if not p.finished]
                 if live:
@@ -581,6 +641,8 @@ class Core:
             return b.snapshot()
         b.state = state
         b.ended_at = wall
+        if b.spec.only:
+            self._uncarve(b)
         for p in b.playheads:
             if not isinstance(p.source, PendingSource):
                 self.to_close.append(p.source)

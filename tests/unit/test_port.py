@@ -46,6 +46,8 @@ COMMANDS = [
                    source=ChimeAudio()),
     StartBroadcast(id="s1", targets=("hn",), level=Level.NORMAL, source=ToneAudio(),
                    start_at=1_790_000_000.25, offset_s=12.5),
+    StartBroadcast(id="a1", targets=(), level=Level.EMERGENCY, source=SirenAudio(),
+                   only={"hn": (("10.0.0.1", 5004), ("10.0.0.2", 6000)), "hn-bd": ()}),
     StopBroadcast("b1"), StopBroadcast("b2", reason="stopped by an"),
     ReplaceZones(ZONES, {"g1": ("hn", "hn-bd")}), ReplaceZones(()),
     UpdateZones(ZONES[1:]),
