@@ -161,6 +161,7 @@ class Server:
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
         self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
                                   settings, self.hub.publish)
+        self.alerts.registered = self.registry.address_of   # a polygon reaches receivers alone
         self.recovery = Recovery(self.db, self.records, self.engine, settings, self.alerts)
         self.media_refs = MediaReferences()   # who uses a media item (issue 13): each room
         self.media_refs.register("broadcasts", "media_in_use", "broadcast(s)", self._media_on_air)
@@ -266,8 +267,25 @@ class Server:
             await self.state.reload_tree()
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def start(self, *, storage: bool = True) -> None:
+        """Everything, in order. `storage=False` (a standby origin whose data directory's lock
+        is not free yet, control/standby.py): the engine and the cluster only, with the tree
+        the caller handed the engine; `open_storage()` does the rest once the lock is free."""
         self.hub.bind(asyncio.get_running_loop())
+        if storage:
+            await self._open_storage()
+        await self._start_engine(records=self.records if storage else None)
+        if storage:
+            await self._start_services()
+
+    async def open_storage(self) -> None:
+        """The second half of `start(storage=False)`."""
+        await self._open_storage()
+        if self.cluster is not None:
+            self.cluster.set_records(self.records)
+        await self._start_services()
+
+    async def _open_storage(self) -> None:
         await self.db.open()
         self.records.open()  # what the journal kept from the last run is written first
         self.db.records = self.records
@@ -296,6 +314,8 @@ class Server:
         self._tasks = [asyncio.create_task(self.state.watch(baseline=baseline),
                                             name="loa-db-watch")]
         await self.receiver_secrets.refresh()
+
+    async def _start_engine(self, records: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, prewarm)
         # The tick shares the GIL with this whole process, and a full garbage collection walks
         # every tracked object: ~100,000 after start-up (modules, models, codecs), 45-60 ms on
@@ -305,13 +325,15 @@ class Server:
         gc.collect()
         gc.freeze()
         self.engine.start()
+        if self.cluster is not None:
+            await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub,
+                                     records)
+            self.recovery.skip = self.cluster.carried
+
+    async def _start_services(self) -> None:
         from streamer.rtp.link import start_receiver_endpoint
         self.link = await start_receiver_endpoint(self.engine, self.registry)
         self.receiver_secrets.on_found = self.link.retry
-        if self.cluster is not None:
-            await self.cluster.start(self.engine, lambda: self.receiver_secrets.secrets, self.hub,
-                                     self.records)
-            self.recovery.skip = lambda: self.cluster.found_onair
         self.rtp_ingest.start()
         await self.outputs.start()
         await self.alerts.start()

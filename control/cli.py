@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from control import textsafe
 from control.settings import ConfigError, Settings, load_settings
@@ -48,10 +49,13 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
             return
     from control.datadir import DataDirLock
     # one server per data directory, decided before anything else touches it (issue 13)
-    if settings.redis_url and settings.role == "origin":   # a standby origin waits for it
-        from control.cluster import wait_for_data_dir
-        lock = await wait_for_data_dir(settings, stop)
-        if lock is None:
+    if settings.redis_url and settings.role == "origin":
+        from control.datadir import DataDirBusy
+        try:
+            lock = DataDirLock(settings.data_dir).acquire()
+        except DataDirBusy as e:   # the standby: on air from Redis before the lock is free
+            from control.standby import serve_standby
+            await serve_standby(settings, e, ready, stop)
             return
     else:
         lock = DataDirLock(settings.data_dir).acquire()
@@ -62,11 +66,11 @@ async def serve_async(settings: Settings, ready: asyncio.Event | None = None,
 
 
 async def _serve_locked(settings: Settings, ready: asyncio.Event | None,
-                        stop: asyncio.Event | None) -> None:
+                        stop: asyncio.Event | None, app: Any = None) -> None:
     from aiohttp import web
 
     from control.app import create_app
-    app = create_app(settings)
+    app = app if app is not None else create_app(settings)
     # TTS synthesis worker processes, spawned with the server (in-process test apps render in
     # threads and spawn nothing); the server's close stops them
     app["loa"].engine.catalogue.tts.start_processes()

@@ -271,6 +271,7 @@ class OriginCluster:
         self.transitions: list[dict[str, Any]] = []
         self.yielded: list[str] = []         # broadcasts stopped here when another took over
         self._hub: Any = None
+        self._unrecorded: list[dict[str, Any]] = []   # events before the records were open
         from streamer.cluster.zonesync import ZoneSync
         #: which edge serves which zones' static destinations (edge -> (since, zone ids)),
         #: from the edges' node hashes; the zone.set/zone.drop commands that follow the tree
@@ -378,6 +379,8 @@ class OriginCluster:
         edges = await self.registry.nodes("edge")
         fences = [int(e.get("fence", "0") or 0) for e in edges]
         self.edges_fence = max(fences, default=self.edges_fence)
+        if self.leader() and not await self.redis.exists(self.keys.tree):
+            self._zones_dirty = True      # Redis restarted empty: the tree again
         serves = {e["node"]: (e.get("since", ""), parse_serves(e.get("serves")))
                   for e in edges if e.get("node") and e.get("serves")}
         if serves != self.edge_serves:
@@ -416,6 +419,45 @@ class OriginCluster:
         self._zones_dirty = False
         for kind, body in self.zonesync.plan(tree.zones, self.edge_serves):
             self.send(kind, body)
+        from streamer.cluster.zonesync import tree_to_json
+        try:   # for a standby that goes on air before it can open the database
+            await asyncio.wait_for(self.redis.set(self.keys.tree, tree_to_json(
+                tree.zones.values(), tree.groups)), 2.0)
+        except Exception:   # Redis away: again at the next step
+            self._zones_dirty = True
+            raise
+
+    async def read_tree(self) -> Any:
+        """The zone tree the leader keeps in Redis (a ZoneTree), or None."""
+        from streamer.cluster.zonesync import tree_from_json
+        raw = await asyncio.wait_for(self.redis.get(self.keys.tree), 2.0)
+        if raw is None:
+            return None
+        try:
+            return tree_from_json(raw)
+        except ValueError as e:
+            log.warning("the zone tree in Redis is not usable: %s", e)
+            return None
+
+    def carried(self) -> set[str]:
+        """Broadcasts the cluster carries on (the single-node crash recovery leaves them)."""
+        return self.found_onair | set(self.onair) | {
+            str(t["broadcast"]) for t in self.took_over if t.get("resumed")}
+
+    def set_records(self, records: Any) -> None:
+        """The write-ahead records, opened after a standby went on air without them: what
+        happened meanwhile is recorded now."""
+        self._records = records
+        pending, self._unrecorded = self._unrecorded, []
+        for ev in pending:
+            records.put("event", {"ev": ev})
+
+    def _record(self, ev: dict[str, Any]) -> None:
+        if self._records is not None:
+            self._records.put("event", {"ev": ev})
+        else:
+            self._unrecorded.append(ev)
+            del self._unrecorded[:-1000]
 
     # what is on air, for a standby (streamer.cluster.onair) ---------------------------------
     async def _onair_step(self) -> None:
@@ -471,8 +513,8 @@ class OriginCluster:
             else "")
         if self._hub is not None:
             self._hub.publish(ev)
-        if self._records is not None and st != "unsure":
-            self._records.put("event", {"ev": ev})
+        if st != "unsure":
+            self._record(ev)
 
     async def _yield_airtime(self, leader: str | None) -> list[str]:
         """Stop every broadcast on air here (all were aired while this origin led: a follower
@@ -516,12 +558,11 @@ class OriginCluster:
             if cmd is None:
                 log.warning("broadcast %s not carried over: %s", bid, why)
                 continue
-            if self._records is not None:
-                self._records.put("event", {"ev": {
-                    "type": "broadcast.recovered", "time": utc_iso(time.time()),
-                    "broadcast": bid, "level": cmd.level.label, "owner": cmd.owner,
-                    "zones": list(cmd.targets), "reason": f"carried on by origin "
-                    f"{self.node_id} after a takeover ({why})"}})
+            self._record({
+                "type": "broadcast.recovered", "time": utc_iso(time.time()),
+                "broadcast": bid, "level": cmd.level.label, "owner": cmd.owner,
+                "zones": list(cmd.targets), "reason": f"carried on by origin "
+                f"{self.node_id} after a takeover ({why})"})
             try:
                 await loop.run_in_executor(None, self._engine.submit, cmd)
             except Exception as e:   # a zone gone, a file unreadable: logged, never fatal

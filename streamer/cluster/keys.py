@@ -30,6 +30,9 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
   it went on air at offset 0 (`start_ms`, unix ms), its position and when it was read (`pos`,
   `pos_ms`), the leader's fencing token; `{p}onair` (set, same TTL): their ids. Deleted when
   the broadcast ends; a standby that takes the lease resumes them (`streamer.cluster.onair`).
+- `{p}tree` (string, JSON; no TTL, written by the leader when the tree changes and again when
+  missing): the zone tree (zones with their static destinations, groups), so that a standby
+  origin can go on air before it can open the database (`streamer.cluster.zonesync`).
 - `{p}events` (pub/sub channel, lossy; any node): UI events only.
 
 The fencing counter has no TTL and is never reset by Loa; if Redis restarts without persistence
@@ -109,6 +112,10 @@ class Keys:
 
     def onair(self, broadcast_id: str) -> str:
         return f"{self.p}onair:{_part(broadcast_id)}"
+
+    @property
+    def tree(self) -> str:
+        return f"{self.p}tree"
 
     @property
     def events(self) -> str:

@@ -19,12 +19,14 @@ the tree. The commands go through the commands stream with the leader's fencing 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from streamer.zones import Zone
+from streamer.zones import Zone, ZoneTree
 
-__all__ = ["EdgeServes", "parse_serves", "served_by", "strip_served", "zone_body", "ZoneSync"]
+__all__ = ["EdgeServes", "parse_serves", "served_by", "strip_served", "zone_body", "ZoneSync",
+           "tree_to_json", "tree_from_json"]
 
 #: edge id -> (when it started, the zone ids it serves; "*": all)
 EdgeServes = Mapping[str, tuple[str, frozenset[str]]]
@@ -97,3 +99,37 @@ class ZoneSync:
             out += [("zone.drop", {"zone": zid}) for zid in sorted(self._known - set(zones))]
         self._known = set(zones)
         return out
+
+
+def tree_to_json(zones: Iterable[Zone], groups: Mapping[str, Iterable[str]]) -> str:
+    """The zone tree as the leader keeps it in Redis (`Keys.tree`): what a standby origin airs
+    with before it can open the database."""
+    return json.dumps({"zones": [{
+        "id": z.id, "name": z.name, "parent": z.parent,
+        "multicast": list(z.multicast) if z.multicast else None,
+        "unicast": [list(a) for a in z.unicast],
+        "ptime": [[h, p, ms] for (h, p), ms in z.ptime.items()],
+        "level": z.level, "code": z.code, "language": z.language} for z in zones],
+        "groups": {g: list(m) for g, m in groups.items()}}, separators=(",", ":"))
+
+
+def tree_from_json(text: str | bytes) -> ZoneTree:
+    """The tree back (ValueError when it is not one)."""
+    try:
+        d = json.loads(text)
+        tree = ZoneTree()
+        for z in d["zones"]:
+            tree.add(Zone(
+                id=str(z["id"]), name=str(z.get("name") or z["id"]), parent=z.get("parent"),
+                multicast=(str(z["multicast"][0]), int(z["multicast"][1]))
+                if z.get("multicast") else None,
+                unicast=[(str(h), int(p)) for h, p in z.get("unicast") or []],
+                ptime={(str(h), int(p)): int(ms) for h, p, ms in z.get("ptime") or []},
+                level=str(z.get("level") or ""), code=str(z.get("code") or ""),
+                language=str(z.get("language") or "vi")))
+        tree.validate()
+        for g, members in dict(d.get("groups") or {}).items():
+            tree.set_group(str(g), [str(m) for m in members])
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"not a zone tree: {e}") from None
+    return tree

@@ -2,8 +2,11 @@
 edges in step with the origin's tree (streamer/cluster/zonesync.py, pure)."""
 from __future__ import annotations
 
-from streamer.cluster.zonesync import ZoneSync, parse_serves, served_by, strip_served
-from streamer.zones import Zone
+import pytest
+
+from streamer.cluster.zonesync import (ZoneSync, parse_serves, served_by, strip_served,
+                                       tree_from_json, tree_to_json)
+from streamer.zones import Zone, ZoneTree
 
 M = ("239.1.2.3", 5004)
 
@@ -60,3 +63,18 @@ def test_plan_follows_the_tree_and_the_edges():
     assert sync.plan(zones, edges) == [("zone.set", {
         "zone": "b", "multicast": None, "unicast": ["10.0.0.7:5004"],
         "ptime": {"10.0.0.7:5004": 60}, "edges": ["e1"]})]
+
+
+def test_tree_through_redis_text_round_trip():
+    t = ZoneTree()
+    t.add(Zone("tinh", name="Tỉnh", level="province", code="52"))
+    t.add(Zone("xa", name="Xã Nhơn Lý", parent="tinh", multicast=M,
+               unicast=[("10.0.0.9", 5004)], ptime={("10.0.0.9", 5004): 40}, language="vi"))
+    t.set_group("g", ["xa"])
+    back = tree_from_json(tree_to_json(t.zones.values(), t.groups))
+    assert back.zones["xa"] == t.zones["xa"] and back.zones["tinh"] == t.zones["tinh"]
+    assert list(back.groups["g"]) == ["xa"]
+    for bad in ('{"zones": [{"name": "x"}]}', '{"zones": 3}',
+                '{"zones": [{"id": "a", "parent": "missing"}]}'):
+        with pytest.raises(ValueError):
+            tree_from_json(bad)
