@@ -39,13 +39,7 @@ class Archive:
         self.hub = hub
         self.audience = audience
         self.index = index
-
-        def program_of(zone: str) -> tuple[str, int] | None:
-            st = port.zone_status().get(zone)
-            if st is None or not st.on_air or st.program is None:
-                return None
-            return st.on_air[0].broadcast, st.program
-        self.recorder = ArchiveRecorder(index, program_of, lambda bid: describe(port, bid),
+        self.recorder = ArchiveRecorder(index, port.zone_status, lambda bid: describe(port, bid),
                                         hub.add_consumer, hub.remove_consumer, max_age_s,
                                         max_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,12 +75,13 @@ class Archive:
 
     def _finish(self, bid: str) -> None:
         try:
-            e = self.recorder.finish(bid)
+            entries = self.recorder.finish_all(bid)
         except OSError:
             log.exception("archiving broadcast %s failed", bid)
             return
-        if e is not None:
-            log.info("archived %s (%s, %.1f s, %d bytes)", e.id, e.title, e.duration_s, e.size)
+        for e in entries:
+            log.info("archived %s (%s, zones %s, %.1f s, %d bytes)", e.id, e.title,
+                     ",".join(e.zones), e.duration_s, e.size)
 
     # ------------------------------------------------------------------ HTTP
     def routes(self) -> list[Route]:
