@@ -157,7 +157,8 @@ class Server:
         self.engine.outputs.append(self.levels)
         self.talk = TalkApi(self.broadcasts, self.engine, self.access, self.levels,
                             grace_s=float(settings.webrtc_grace_s),
-                            ice_servers=list(settings.webrtc_ice_servers or []))
+                            ice_servers=list(settings.webrtc_ice_servers or []),
+                            realtime=bool(settings.engine_realtime))
         self.rtp_ingest = RtpIngests(self.broadcasts, list(settings.rtp_ingest))
         self.alerts = AlertIntake(self.engine, self.tree, lambda: self.state.zone_codes, self.db,
                                   settings, self.hub.publish)

@@ -52,8 +52,10 @@ class LiveOffer(BaseModel):
 
 class LiveApi:
     def __init__(self, broadcasts: Broadcasts, port: EnginePort, access: Access, *,
-                 grace_s: float = 3.0, ice_servers: list[str] | None = None) -> None:
+                 grace_s: float = 3.0, ice_servers: list[str] | None = None,
+                 realtime: bool = True) -> None:
         self.broadcasts = broadcasts
+        self.realtime = realtime   # the voice path's threads at real-time priority (webrtc)
         self.port = port
         self.access = access
         self.grace_s = grace_s
@@ -66,7 +68,8 @@ class LiveApi:
         if settings.webrtc_loopback_only:
             restrict_ice_to_loopback(True)
         return cls(broadcasts, port, access, grace_s=float(settings.webrtc_grace_s),
-                   ice_servers=list(settings.webrtc_ice_servers or []))
+                   ice_servers=list(settings.webrtc_ice_servers or []),
+                   realtime=bool(settings.engine_realtime))
 
     def routes(self) -> list[Route]:
         R = Route
@@ -136,7 +139,7 @@ class LiveApi:
             self.broadcasts.end(bid, reason)
 
         session = WebRtcSession(source, grace_s=self.grace_s, ice_servers=self.ice_servers,
-                                on_end=ended)
+                                on_end=ended, realtime=self.realtime)
         self.sessions[bid] = session
         try:
             answer = await session.accept(sdp, typ)

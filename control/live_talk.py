@@ -78,8 +78,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 class TalkApi:
     def __init__(self, broadcasts: Broadcasts, port: EnginePort, access: Access,
                  levels: ProgrammeLevels | None, *, grace_s: float = 3.0,
-                 ice_servers: list[str] | None = None) -> None:
+                 ice_servers: list[str] | None = None, realtime: bool = True) -> None:
         self.broadcasts = broadcasts
+        self.realtime = realtime   # the voice path's threads at real-time priority (webrtc)
         self.port = port
         self.access = access
         self.levels = levels
@@ -146,7 +147,7 @@ class TalkApi:
                 self.broadcasts.end(c.broadcast, reason)
 
         session = WebRtcSession(None, grace_s=self.grace_s, ice_servers=self.ice_servers,
-                                on_end=ended)
+                                on_end=ended, realtime=self.realtime)
         conn = _Conn(sid, p.name, session)
         session.on_claim_end = lambda src: self._on_claim_end(conn, src)
         self.conns[sid] = conn

@@ -83,6 +83,38 @@ class TickSchedule:
         return d
 
 
+#: real-time priorities of the threads on the live voice path (SCHED_FIFO, 1..99): the tick
+#: above the WebRTC receive thread, so a tick that wakes while a frame is being decoded runs at once
+TICK_FIFO_PRIORITY = 10
+RECEIVE_FIFO_PRIORITY = 9
+#: the event loop's thread while a live talker is connected (it receives their packets): below
+#: every other thread on the voice path, above every normal thread
+LOOP_FIFO_PRIORITY = 5
+
+
+def raise_thread_priority(fifo_priority: int = TICK_FIFO_PRIORITY, nice: bool = True) -> str:
+    """Give the calling thread real-time scheduling (SCHED_FIFO `fifo_priority`) where permitted
+    (root / CAP_SYS_NICE), else nice -10 (`nice`), else leave it; on Linux both apply to the
+    calling thread only, and threads it starts later do not inherit the real-time policy
+    (SCHED_RESET_ON_FORK). Returns what it got: "SCHED_FIFO", "nice -10" or "normal". For
+    short, bounded work that must run when it wakes (the tick, a live talker's receive thread):
+    a loaded machine otherwise runs it milliseconds late (issue 17)."""
+    import os
+    try:
+        policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(0, policy, os.sched_param(fifo_priority))
+        return "SCHED_FIFO"
+    except (AttributeError, PermissionError, OSError):
+        pass
+    if not nice:
+        return "normal"
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        return "nice -10"
+    except (AttributeError, PermissionError, OSError):
+        return "normal"
+
+
 def name_os_thread(name: str) -> None:
     """Name the calling thread for the OS (Linux: prctl PR_SET_NAME, 15 bytes), so `top -H`,
     /proc/PID/task/*/comm and the benchmarks' CPU accounting show which thread burns what."""
@@ -124,19 +156,8 @@ class TickThread:
 
     @staticmethod
     def _raise_priority() -> str:
-        """Give the tick thread real-time scheduling where permitted (root / CAP_SYS_NICE),
-        else a better nice value; on Linux both apply to the calling thread only."""
-        import os
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-            return "SCHED_FIFO"
-        except (AttributeError, PermissionError, OSError):
-            pass
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
-            return "nice -10"
-        except (AttributeError, PermissionError, OSError):
-            return "normal"
+        """Give the tick thread real-time scheduling where permitted (raise_thread_priority)."""
+        return raise_thread_priority(TICK_FIFO_PRIORITY)
 
     def _run(self) -> None:
         name_os_thread(self._thread.name)

@@ -226,8 +226,11 @@ class RtpIngest:
     - `stop(broadcast_id, reason)` ends it (the stream went idle, the ingest stopped); an
       unknown id (already ended) is ignored."""
 
-    def __init__(self, config: RtpIngestConfig, start_live: StartLive, stop: StopLive) -> None:
+    def __init__(self, config: RtpIngestConfig, start_live: StartLive, stop: StopLive, *,
+                 realtime: bool = True) -> None:
         self.config = config
+        self.realtime = realtime   # the receive thread at real-time priority where permitted
+        self.priority = "normal"
         self.start_live = start_live
         self.stop_live = stop
         self.level = Level.parse(config.level)
@@ -269,6 +272,12 @@ class RtpIngest:
         self._end_broadcast("rtp ingest stopped")
 
     def _run(self) -> None:
+        # an encoder's packets are on the voice path as a phone's are: received and decoded at
+        # real-time priority below the tick's, so a loaded machine does not run them late
+        from streamer.clock import RECEIVE_FIFO_PRIORITY, name_os_thread, raise_thread_priority
+        name_os_thread(f"loa-rtpin-{self.port}")
+        if self.realtime:
+            self.priority = raise_thread_priority(RECEIVE_FIFO_PRIORITY)
         sock = self._sock
         assert sock is not None
         while not self._stop.is_set():

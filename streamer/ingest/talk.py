@@ -119,14 +119,25 @@ class ArrivalJitter:
         return int(min(self.max_frames, 1 + np.ceil(max(0.0, self.spread_ms - 2.0) / 20.0)))
 
 
+#: where a talker's frames reach the receive queue within the tick period is summed up by one
+#: pair of edges, used both to place the tick (`ArrivalPhase.phase_ns`, AlignTick) and to decide
+#: a claim's queue depth (`ArrivalPhase.queue_frames`) (issue 17): the arrivals' offsets around
+#: their circular mean at these percentiles. A frame beyond the late edge misses its tick and
+#: is concealed; p99 of the last 2 s keeps that rare without following a single outlier
+EDGE_PCT = 99.0
+#: the tick goes this long after the late edge; a tick closer to it than this (or amid the
+#: arrivals) would find no frame now and then, so the queue then holds 2 frames
+MARGIN_NS = 1_000_000
+
+
 class ArrivalPhase:
     """Where within the 20 ms tick period a talker's frames reach the receive queue, from the
     last `window` of them (monotonic ns, a parameter): the tick phase that lines the tick up
-    with them (issue 17). A frame queued just after a tick waits almost a whole period for the
-    next one; a tick `margin_ns` after the late edge of the arrivals (their 90th percentile
-    around the circular mean) reads each frame as soon as it is there."""
+    with them, and the queue depth a tick at a given phase needs (issue 17). A frame queued
+    just after a tick waits almost a whole period for the next; a tick `margin_ns` after the
+    late edge of the arrivals (`edges`) reads each frame as soon as it is there."""
 
-    def __init__(self, window: int = 50, period_ns: int = 20_000_000) -> None:
+    def __init__(self, window: int = 100, period_ns: int = 20_000_000) -> None:
         if window < 5:
             raise ValueError("window must be at least 5 frames")
         self.period_ns = period_ns
@@ -150,36 +161,59 @@ class ArrivalPhase:
         mean = float(np.angle(np.mean(np.exp(1j * ang)))) * p / (2 * np.pi)
         return mean, (ph - mean + p / 2) % p - p / 2
 
-    def phase_ns(self, margin_ns: int = 1_000_000, min_frames: int = 25,
-                 max_spread_ns: int = 12_000_000) -> int | None:
-        """The tick phase (0 <= phase < period, on the same clock as the arrivals), or None
-        with too few arrivals or when they spread over more than `max_spread_ns` (p10..p90):
-        then no phase serves them all and the receive queue's depth has to absorb it."""
-        if self.count < min_frames:
-            return None
-        p = self.period_ns
-        mean, dev = self._around_mean()
-        lo, hi = np.percentile(dev, [10, 90])
-        if hi - lo > max_spread_ns:
-            return None
-        return int(round(mean + hi + margin_ns)) % p
-
-    def queue_frames(self, tick_phase_ns: int, guard_ns: int = 250_000, edge_pct: float = 95.0,
-                     min_frames: int = 25) -> int | None:
-        """The receive queue depth (20 ms frames) for ticks at `tick_phase_ns` (mod the period,
-        on the arrivals' clock): 1 when the arrivals (their `100 - edge_pct`..`edge_pct`
-        percentiles around the circular mean) all fall within the window before a tick, at
-        least `guard_ns` from it, so each tick finds the frame that arrived since the last; 2
-        when they straddle a tick (some frames would reach it, some just miss it: the tick
-        would find 0 or 2). None with fewer than `min_frames` arrivals (then the arrival
-        jitter decides)."""
-        if self.count < min_frames:
-            return None
-        p = self.period_ns
+    def edges(self, edge_pct: float = EDGE_PCT) -> tuple[float, float, float]:
+        """(mean phase, early edge, late edge): the early and late edges are the arrivals'
+        `100 - edge_pct` and `edge_pct` percentiles as offsets (ns) from the mean phase."""
         mean, dev = self._around_mean()
         lo, hi = np.percentile(dev, [100.0 - edge_pct, edge_pct])
-        tick = (tick_phase_ns - mean + p / 2) % p - p / 2   # the tick around the mean
-        return 2 if lo - guard_ns < tick < hi + guard_ns else 1
+        return mean, float(lo), float(hi)
+
+    def phase_ns(self, margin_ns: int = MARGIN_NS, min_frames: int = 25,
+                 max_spread_ns: int = 12_000_000, edge_pct: float = EDGE_PCT) -> int | None:
+        """The tick phase (0 <= phase < period, on the same clock as the arrivals): `margin_ns`
+        after the late edge. None with too few arrivals or when the edges are more than
+        `max_spread_ns` apart: then no phase serves them all and the receive queue's depth has
+        to absorb it."""
+        if self.count < min_frames:
+            return None
+        mean, lo, hi = self.edges(edge_pct)
+        if hi - lo > max_spread_ns:
+            return None
+        return int(np.ceil(mean + hi + margin_ns)) % self.period_ns
+
+    def queue_frames(self, tick_phase_ns: int, margin_ns: int = MARGIN_NS,
+                     edge_pct: float = EDGE_PCT, min_frames: int = 25) -> int | None:
+        """The receive queue depth (20 ms frames) for ticks at `tick_phase_ns` (mod the period,
+        on the arrivals' clock): 1 when the tick falls at least `margin_ns` after the late edge
+        and before the next period's early edge (the same edges and margin `phase_ns` places
+        the tick with, so an aligned tick always gets 1), so each tick finds the one frame that
+        arrived since the last; 2 otherwise (the tick amid the arrivals, or just after them: it
+        would find 0 or 2). None with fewer than `min_frames` arrivals (then the arrival jitter
+        decides)."""
+        if self.count < min_frames:
+            return None
+        p = self.period_ns
+        mean, lo, hi = self.edges(edge_pct)
+        after_late = (tick_phase_ns - mean - hi) % p   # how long after the late edge
+        return 1 if margin_ns - 1 <= after_late < p - (hi - lo) else 2   # 1 ns: float error
+
+    def describe(self, tick_phase_ns: int | None = None,
+                 pcts: tuple[float, ...] = (1, 5, 50, 95, 99)) -> dict[str, float | None]:
+        """The arrivals' offsets around their mean (ms, at `pcts` and the extremes) and where a
+        tick at `tick_phase_ns` falls among them (ms after the mean): for the stats and the
+        bench, so a run shows how wide the arrivals were against the tick."""
+        if self.count < 5:
+            return {}
+        p = self.period_ns
+        mean, dev = self._around_mean()
+        out: dict[str, float | None] = {
+            f"p{q:g}_ms": round(float(np.percentile(dev, q)) / 1e6, 3) for q in pcts}
+        out["min_ms"] = round(float(dev.min()) / 1e6, 3)
+        out["max_ms"] = round(float(dev.max()) / 1e6, 3)
+        out["frames"] = self.count
+        out["tick_after_mean_ms"] = (None if tick_phase_ns is None else
+                                     round(((tick_phase_ns - mean + p / 2) % p - p / 2) / 1e6, 3))
+        return out
 
 
 def claim_queue_frames(jitter_frames: int, phase: ArrivalPhase, tick_phase_ns: int | None) -> int:

@@ -201,6 +201,58 @@ def with_inband_fec(sdp: str) -> str:
     return nl.join(out)
 
 
+class LoopPriority:
+    """The event loop's thread at real-time priority (SCHED_FIFO, below the tick and the
+    receive thread) while at least one live talker is connected, back to what it was when the
+    last one goes (issue 17).
+
+    aiortc receives a talker's packets on the event loop (ICE, DTLS, SRTP), so each packet
+    waits for the loop's thread to be scheduled before it reaches the receive thread; measured
+    with four busy processes on two cores, that thread waited 0.4-0.7 ms per wake-up on
+    average, and its tail made frames miss their tick. Threads the loop starts meanwhile do not
+    inherit it (SCHED_RESET_ON_FORK). `acquire` and `release` are called on the loop's thread."""
+
+    def __init__(self, fifo_priority: int | None = None) -> None:
+        from streamer.clock import LOOP_FIFO_PRIORITY
+        self.fifo_priority = LOOP_FIFO_PRIORITY if fifo_priority is None else fifo_priority
+        self.holders = 0
+        self.state = "normal"
+        self._tid: int | None = None
+        self._saved: tuple[int, int] | None = None
+
+    def acquire(self) -> str:
+        import os
+
+        from streamer.clock import raise_thread_priority
+        self.holders += 1
+        if self.holders == 1:
+            self._tid = threading.get_native_id()
+            try:
+                self._saved = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+            except (AttributeError, OSError):
+                self._saved = None
+            self.state = raise_thread_priority(self.fifo_priority, nice=False)
+        return self.state
+
+    def release(self) -> None:
+        import os
+        if self.holders == 0:
+            return
+        self.holders -= 1
+        if self.holders or self.state != "SCHED_FIFO" or self._tid is None:
+            return
+        policy, prio = self._saved or (os.SCHED_OTHER, 0)
+        try:
+            os.sched_setscheduler(self._tid, policy, os.sched_param(prio))
+        except (AttributeError, OSError):
+            log.debug("could not restore the event loop's priority", exc_info=True)
+        self.state = "normal"
+
+
+#: the one event loop of this process that receives the talkers' packets
+LOOP_PRIORITY = LoopPriority()
+
+
 class WebRtcSession:
     """One talker's RTCPeerConnection feeding a LiveSource.
 
@@ -216,9 +268,14 @@ class WebRtcSession:
     def __init__(self, source: LiveSource | None, *, grace_s: float = 3.0,
                  ice_servers: list[str] | None = None,
                  on_end: Callable[[str], None] | None = None,
-                 preroll_frames: int = 15, fade_frames: int = 3) -> None:
+                 preroll_frames: int = 15, fade_frames: int = 3, realtime: bool = True) -> None:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
         self.source = source
+        # the receive thread, and the event loop's while connected (LoopPriority), at
+        # real-time priority where permitted
+        self.realtime = realtime
+        self.rx_priority = "normal"
+        self._loop_raised = False
         self.standing = source is None
         if source is not None:
             source.trim_after = min(source.trim_after, TRIM_AFTER)
@@ -246,6 +303,8 @@ class WebRtcSession:
         self.rx = {"packets": 0, "lost": 0, "fec_recovered": 0, "concealed": 0, "late": 0,
                    "decode_errors": 0, "concealed_for_tick": 0}
         self.claim_frames = 0   # the last claim's receive queue depth
+        self.claim_tick_phase: int | None = None   # the tick phase the last claim met
+        self.claim_arrivals: dict[str, float | None] = {}   # the arrivals then (describe)
         self._dec: Any = None   # the receive path's Opus decoder (rtp_in._Decoder) while it runs
         self._dec_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -296,9 +355,16 @@ class WebRtcSession:
         self._rx_q.put((seq, ts, payload, arrival))
 
     def _rx_run(self) -> None:
-        """Reorder, decode (FEC, concealment) and deliver, off the event loop."""
+        """Reorder, decode (FEC, concealment) and deliver, off the event loop. At real-time
+        priority where permitted (below the tick's): its work per packet is a decode (16-33 us),
+        and on a loaded machine a receive thread at normal priority runs milliseconds late,
+        which the tick then meets as a late frame and conceals (issue 17)."""
+        from streamer.clock import RECEIVE_FIFO_PRIORITY, name_os_thread, raise_thread_priority
         from streamer.ingest.rtp_in import ReorderBuffer, _Decoder
         from streamer.rtp.opus import OpusError
+        name_os_thread("loa-webrtc-rx")
+        if self.realtime:
+            self.rx_priority = raise_thread_priority(RECEIVE_FIFO_PRIORITY)
         reorder = ReorderBuffer(depth=3)
         dec = self._dec = _Decoder("opus")
         lock = self._dec_lock
@@ -410,6 +476,8 @@ class WebRtcSession:
                 self.source.end()
             depth = self.claim_frames = claim_queue_frames(self.queue_frames, self.phase,
                                                            tick_phase_ns)
+            self.claim_tick_phase = tick_phase_ns
+            self.claim_arrivals = self.phase.describe(tick_phase_ns)
             pre = self.preroll.since_unmute(self.preroll.capacity)
             conceal = self._conceal_for_tick if self.receive_path == "loa" else None
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
@@ -479,6 +547,9 @@ class WebRtcSession:
         if "m=audio" not in sdp:
             raise ValueError("the offer has no audio section")
         self._offer_sdp = sdp   # the track event comes during setRemoteDescription
+        if self.realtime and not self._loop_raised:
+            self._loop_raised = True
+            LOOP_PRIORITY.acquire()
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             answer = await self.pc.createAnswer()
@@ -532,6 +603,9 @@ class WebRtcSession:
         self.ended = True
         self.end_reason = reason
         log.info("webrtc session ended: %s", reason)
+        if self._loop_raised:
+            self._loop_raised = False
+            LOOP_PRIORITY.release()
         with self._lock:
             src, self.source, self._fade = self.source, None, None
         if src is not None:
@@ -576,8 +650,11 @@ class WebRtcSession:
             "connect_s": round(self.first_frame_at - self.created, 3) if self.first_frame_at else None,
             "source": self.source.stats() if self.source is not None else None,
             "receive_path": self.receive_path, "receive": dict(self.rx),
+            "receive_priority": self.rx_priority, "loop_priority": LOOP_PRIORITY.state,
             "arrival_jitter_ms": round(self.jitter.spread_ms, 1),
             "queue_frames": self.queue_frames, "claim_queue_frames": self.claim_frames,
+            "claim_arrivals": self.claim_arrivals,
+            "arrivals_now": self.phase.describe(self.claim_tick_phase),
             "claims": self.claims,
             "preroll_sent": self.preroll_sent, "on_air": self.on_air,
         }

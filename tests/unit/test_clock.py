@@ -86,3 +86,36 @@ def test_alignments_never_drift_the_clock():
         assert -FRAME_NS // 2 <= s.start_ns - origin < FRAME_NS // 2
     s.align(origin % FRAME_NS)
     assert s.start_ns == origin
+
+
+# -- real-time priority of the voice path's threads (issue 17); the OS calls are replaced ------
+def _refuse(*a):
+    raise PermissionError("not permitted")
+
+
+def test_real_time_priority_first_and_not_inherited_by_later_threads(monkeypatch):
+    import os
+
+    from streamer.clock import RECEIVE_FIFO_PRIORITY, TICK_FIFO_PRIORITY, raise_thread_priority
+    got = []
+    monkeypatch.setattr(os, "sched_setscheduler",
+                        lambda pid, pol, p: got.append((pid, pol, p.sched_priority)))
+    monkeypatch.setattr(os, "setpriority", _refuse)
+    assert raise_thread_priority(RECEIVE_FIFO_PRIORITY) == "SCHED_FIFO"
+    # the calling thread only, FIFO, and threads it starts get the normal policy back
+    assert got == [(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, RECEIVE_FIFO_PRIORITY)]
+    # the tick above the receive thread: a tick that wakes while a frame decodes runs at once
+    assert TICK_FIFO_PRIORITY > RECEIVE_FIFO_PRIORITY
+
+
+def test_nice_then_normal_when_real_time_is_refused(monkeypatch):
+    import os
+
+    from streamer.clock import raise_thread_priority
+    niced = []
+    monkeypatch.setattr(os, "sched_setscheduler", _refuse)
+    monkeypatch.setattr(os, "setpriority", lambda which, who, v: niced.append(v))
+    assert raise_thread_priority(9) == "nice -10" and niced == [-10]
+    assert raise_thread_priority(9, nice=False) == "normal" and niced == [-10]
+    monkeypatch.setattr(os, "setpriority", _refuse)
+    assert raise_thread_priority(9) == "normal"

@@ -1,4 +1,5 @@
-"""Turning what aiortc hands over (av.AudioFrame) into 48 kHz mono float32."""
+"""Turning what aiortc hands over (av.AudioFrame) into 48 kHz mono float32; the event loop's
+real-time priority while talkers are connected (LoopPriority)."""
 import av
 import numpy as np
 
@@ -65,3 +66,44 @@ def test_the_answer_asks_the_phone_for_inband_fec():
     off = "a=rtpmap:96 opus/48000/2\na=fmtp:96 useinbandfec=0\n"
     assert with_inband_fec(off) == off          # an explicit choice stays
     assert with_inband_fec("m=audio 9 RTP/AVP 0\n") == "m=audio 9 RTP/AVP 0\n"
+
+
+# -- the event loop's priority while talkers are connected (issue 17); OS calls replaced -------
+def test_loop_priority_raised_for_the_first_talker_and_restored_after_the_last(monkeypatch):
+    import os
+
+    from streamer.ingest.webrtc import LoopPriority
+    calls = []
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_getparam", lambda pid: os.sched_param(0))
+    monkeypatch.setattr(os, "sched_setscheduler",
+                        lambda pid, pol, p: calls.append((pid, pol, p.sched_priority)))
+    lp = LoopPriority(fifo_priority=5)
+    assert lp.acquire() == "SCHED_FIFO"
+    assert lp.acquire() == "SCHED_FIFO"     # a second talker: nothing more to do
+    assert calls == [(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, 5)]
+    lp.release()
+    assert len(calls) == 1 and lp.state == "SCHED_FIFO"   # one talker still connected
+    lp.release()
+    # back to what the thread had, by its id (release may run later on the same thread)
+    assert calls[1][1:] == (os.SCHED_OTHER, 0) and calls[1][0] > 0 and lp.state == "normal"
+    lp.release()                            # more releases than talkers: nothing happens
+    assert len(calls) == 2
+
+
+def test_loop_priority_changes_nothing_where_real_time_is_refused(monkeypatch):
+    import os
+
+    from streamer.ingest.webrtc import LoopPriority
+
+    def refuse(*a):
+        raise PermissionError("no")
+    niced = []
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_getparam", lambda pid: os.sched_param(0))
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    monkeypatch.setattr(os, "setpriority", lambda *a: niced.append(a))
+    lp = LoopPriority()
+    assert lp.acquire() == "normal" and niced == []   # never a nice the loop's threads inherit
+    lp.release()
+    assert lp.state == "normal"
