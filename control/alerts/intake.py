@@ -37,7 +37,7 @@ from streamer.mixer.arbitration import Level
 from streamer.port import (BroadcastSnapshot, EnginePort, FileAudio, Programme, SirenAudio,
                            SourceDescription, StartBroadcast, StopBroadcast, TtsAudio,
                            UnknownBroadcast)
-from streamer.zones import ZoneTree
+from streamer.zones import ZoneError, ZoneTree, parse_destination
 
 log = logging.getLogger("loa.alerts")
 
@@ -74,6 +74,14 @@ class AlertIntake:
         self._index_key: Any = None
         self._points: list[ReceiverPoint] = []
         self._points_at = 0.0
+        #: the receivers' provisioned addresses (HOST:PORT), read with their coordinates
+        self._addresses: dict[str, tuple[str, int]] = {}
+        #: a registered receiver's observed address on this node (the receiver registry), if
+        #: online; wired by the server
+        self.registered: Callable[[str], tuple[str, int] | None] = lambda rid: None
+        #: reach the receivers inside a polygon/circle alone (StartBroadcast.only); with several
+        #: nodes (issue 19) edges serve the receivers, so their zones are reached whole instead
+        self.per_receiver = not settings.redis_url
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         #: several nodes (issue 19): only the origin holding the lease polls feeds and repeats
@@ -110,10 +118,18 @@ class AlertIntake:
     # ------------------------------------------------------------------ the area index
     async def _refresh_points(self) -> None:
         cur = await self.db.conn.execute(
-            "SELECT id, zone, lat, lon FROM receivers WHERE status != 'retired' "
+            "SELECT id, zone, lat, lon, address FROM receivers WHERE status != 'retired' "
             "AND lat IS NOT NULL AND lon IS NOT NULL")
-        self._points = [ReceiverPoint(r[0], r[1], float(r[2]), float(r[3]))
-                        for r in await cur.fetchall()]
+        rows = list(await cur.fetchall())
+        self._points = [ReceiverPoint(r[0], r[1], float(r[2]), float(r[3])) for r in rows]
+        self._addresses = {}
+        for r in rows:
+            if r[4]:
+                try:
+                    h, p, _pt = parse_destination(r[4], "receiver address")
+                except ZoneError:
+                    continue
+                self._addresses[r[0]] = (h, p)
         self._points_at = time.monotonic()
         self._index_key = None
 
@@ -213,6 +229,7 @@ class AlertIntake:
                 "risk_level": d.risk_level, "risk_colour": d.risk_colour,
                 "risk_colour_name": d.risk_colour_name, "zones": list(d.zones),
                 "targets": list(d.targets), "receivers": list(d.receivers),
+                "parts": {z: list(r) for z, r in d.parts},
                 "text": d.text, "repeat_every_s": d.repeat_every_s,
                 "expires": d.expires.isoformat() if d.expires else None,
                 "broadcast": snap.id if snap else None,
@@ -234,11 +251,36 @@ class AlertIntake:
         att = self.settings.alert_attention
         return Programme(message, attention=None if att == "none" else att), kind, error
 
+    def _reach(self, d: Decision) -> tuple[tuple[str, ...], tuple[str, ...],
+                                           dict[str, tuple[tuple[str, int], ...]]]:
+        """(targets, alone, only) of the StartBroadcast: the zones reached whole, and of each
+        zone reached in part (a polygon/circle) the addresses of its receivers inside. A zone
+        with a receiver inside that cannot be addressed alone here (no address known, or
+        several nodes) is reached whole, that zone alone: an alert may reach a few more
+        speakers than its area, never fewer."""
+        only: dict[str, tuple[tuple[str, int], ...]] = {}
+        whole: list[str] = []
+        for zone, rids in d.parts:
+            found: set[tuple[str, int]] = set()
+            for r in rids:
+                mine = {a for a in (self.registered(r), self._addresses.get(r)) if a is not None}
+                if not mine:
+                    break
+                found |= mine
+            else:
+                if self.per_receiver:
+                    only[zone] = tuple(sorted(found))
+                    continue
+            whole.append(zone)
+        return tuple(d.targets) + tuple(whole), tuple(whole), only
+
     async def _air(self, d: Decision, alert: CapAlert, desc: SourceDescription, n: int
                    ) -> tuple[BroadcastSnapshot | None, str | None]:
         assert d.level is not None
+        targets, alone, only = self._reach(d)
         cmd = StartBroadcast(
-            id=f"alert-{alert_id(d.key)[:10]}-{n}", targets=d.targets, level=Level.parse(d.level),
+            id=f"alert-{alert_id(d.key)[:10]}-{n}", targets=targets, alone=alone, only=only,
+            level=Level.parse(d.level),
             source=desc, owner=f"alerts:{alert.sender}", owner_name=alert.sender,
             title=(d.text[:120]), details={"kind": "alert", "alert": alert_id(d.key),
                                            "identifier": alert.identifier, "airing": n,
@@ -250,7 +292,8 @@ class AlertIntake:
             # speech unavailable: the attention signal still airs, and says so in the report
             if isinstance(desc, Programme) and isinstance(desc.message, TtsAudio):
                 fallback = StartBroadcast(**{**{f: getattr(cmd, f) for f in (
-                    "id", "targets", "level", "owner", "owner_name", "title", "details")},
+                    "id", "targets", "alone", "only", "level", "owner", "owner_name", "title",
+                    "details")},
                     "source": Programme(SirenAudio(), attention=None)})
                 snap = self.port.submit(fallback)
                 err = f"speech failed ({e}); the siren aired instead"

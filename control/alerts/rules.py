@@ -118,10 +118,13 @@ class ReceiverPoint:
 
 @dataclass(frozen=True)
 class AreaMatch:
-    zones: frozenset[str]         # every zone reached (subtrees included)
-    targets: tuple[str, ...]      # what to address the engine with (sorted)
+    zones: frozenset[str]         # every zone reached, whole or in part (subtrees included)
+    targets: tuple[str, ...]      # the zones reached whole (a geocode), fewest ids (sorted)
     receivers: tuple[str, ...]    # receivers inside a polygon/circle
     by_geocode: tuple[str, ...]   # zones a geocode named
+    #: zones reached in part: (zone, the receivers of it inside a polygon/circle), sorted;
+    #: only those receivers hear it (a zone a geocode reaches whole is not here)
+    parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _haversine_km(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
@@ -149,8 +152,9 @@ class AreaIndex:
         self.lons = np.array([r.lon for r in rx], dtype=float)
 
     def match(self, info: Info, within: frozenset[str] | None = None) -> AreaMatch:
-        """Zones a geocode names (and their subtrees) plus the zones of receivers inside a
-        polygon or circle. `within`: only these zones count (drill zones for an Exercise)."""
+        """Zones a geocode names (and their subtrees), whole; and the receivers inside a
+        polygon or circle, across zones: of a zone no geocode reaches, those receivers only
+        (`parts`). `within`: only these zones count (drill zones for an Exercise)."""
         named: set[str] = set()
         inside = np.zeros(len(self.rx_ids), dtype=bool)
         for area in info.areas:
@@ -164,19 +168,23 @@ class AreaIndex:
             for lat, lon, radius in area.circles:
                 if len(self.rx_ids):
                     inside |= _haversine_km(lat, lon, self.lats, self.lons) <= radius
-        rx_idx = np.flatnonzero(inside)
-        receivers = [self.rx_ids[i] for i in rx_idx]
-        rx_zones = {self.rx_zones[i] for i in rx_idx}
-        reached = self.tree._below(sorted(named)) | rx_zones
+        rx_idx = [int(i) for i in np.flatnonzero(inside)]
+        whole = self.tree._below(sorted(named))
         if within is not None:
-            reached &= within
+            whole &= within
             named &= within
-            receivers = [r for i, r in zip(rx_idx, receivers) if self.rx_zones[i] in within]
-            rx_zones &= within
+            rx_idx = [i for i in rx_idx if self.rx_zones[i] in within]
+        receivers = [self.rx_ids[i] for i in rx_idx]
+        by_zone: dict[str, list[str]] = {}
+        for i in rx_idx:
+            z = self.rx_zones[i]
+            if z not in whole:
+                by_zone.setdefault(z, []).append(self.rx_ids[i])
         # address the engine with the fewest ids: a zone whose parent is reached goes with it
-        targets = sorted(z for z in reached if self.tree.zones[z].parent not in reached)
-        return AreaMatch(frozenset(reached), tuple(targets), tuple(sorted(receivers)),
-                         tuple(sorted(named)))
+        targets = sorted(z for z in whole if self.tree.zones[z].parent not in whole)
+        return AreaMatch(frozenset(whole | set(by_zone)), tuple(targets),
+                         tuple(sorted(receivers)), tuple(sorted(named)),
+                         tuple((z, tuple(sorted(r))) for z, r in sorted(by_zone.items())))
 
     def drill_zones(self, drill: Iterable[str]) -> frozenset[str]:
         return frozenset(self.tree._below([z for z in drill if z in self.tree.zones]))
@@ -211,6 +219,8 @@ class Decision:
     targets: tuple[str, ...] = ()
     receivers: tuple[str, ...] = ()
     by_geocode: tuple[str, ...] = ()
+    #: zones reached in part (a polygon/circle): (zone, its receivers inside), see AreaMatch
+    parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
     text: str = ""
     language: str = ""
     resource: Resource | None = None
@@ -229,6 +239,7 @@ class Decision:
         d.update(key=list(self.key), stops=[list(k) for k in self.stops], zones=list(self.zones),
                  targets=list(self.targets), receivers=list(self.receivers),
                  by_geocode=list(self.by_geocode),
+                 parts={z: list(r) for z, r in self.parts},
                  expires=self.expires.isoformat() if self.expires else None,
                  resource=None if self.resource is None else {
                      "uri": self.resource.uri, "mime_type": self.resource.mime_type,
@@ -313,7 +324,7 @@ class AlertBook:
             stops=stops, level=level, risk_level=risk,
             risk_colour=colour[1] if colour else None, risk_colour_name=colour[0] if colour else None,
             zones=tuple(sorted(where.zones)), targets=where.targets, receivers=where.receivers,
-            by_geocode=where.by_geocode, text=spoken_text(info, alert.sent, ctx.tz),
+            by_geocode=where.by_geocode, parts=where.parts, text=spoken_text(info, alert.sent, ctx.tz),
             language=info.language, resource=audio_resource(info),
             repeat_every_s=every or None, expires=expires, drill=drill)
 

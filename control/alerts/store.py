@@ -94,6 +94,7 @@ def decision_from_dict(key: Key, d: dict[str, Any]) -> Decision:
         risk_colour_name=d.get("risk_colour_name"), zones=tuple(d.get("zones") or ()),
         targets=tuple(d.get("targets") or ()), receivers=tuple(d.get("receivers") or ()),
         by_geocode=tuple(d.get("by_geocode") or ()), text=d.get("text", ""),
+        parts=tuple((z, tuple(r)) for z, r in (d.get("parts") or {}).items()),
         language=d.get("language", ""),
         resource=Resource("", res["mime_type"], res.get("uri"), res.get("size"), res.get("digest"))
         if res else None,

@@ -579,6 +579,11 @@ class ReceiverRegistry:
     def sr_targets(self) -> list[tuple[str, Addr]]:
         return [(r.id, r.addr) for r in self._rx.values() if r.online and r.addr is not None]
 
+    def address_of(self, receiver_id: str) -> Addr | None:
+        """Where an online receiver gets its media (observed), or None."""
+        r = self._rx.get(receiver_id)
+        return r.addr if r is not None and r.online else None
+
     def sr_sent(self, receiver_id: str, lsr: int, wall: float) -> None:
         self._sr_sent[(receiver_id, lsr)] = wall
 

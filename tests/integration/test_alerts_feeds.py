@@ -150,8 +150,8 @@ def test_feed_alert_update_cancel_reach_the_right_receivers(serve, tmp_path):
     wav = tone.read_bytes()
     feed.files["/tone.wav"] = wav
     digest = hashlib.sha1(wav).hexdigest()
-    p_in, p_poly, p_out = free_udp_ports(3)
-    ears = Ears({"in": p_in, "poly": p_poly, "out": p_out})
+    p_in, p_poly, p_out, p_b_out = free_udp_ports(4)
+    ears = Ears({"in": p_in, "poly": p_poly, "out": p_out, "b-out": p_b_out})
     toml = f"""
 alert_attention = "none"
 alert_resource_hosts = ["127.0.0.1"]
@@ -189,6 +189,12 @@ zone = "xa-b"
 address = "127.0.0.1:{p_poly}"
 lat = 13.95
 lon = 109.25
+[[receivers]]
+id = "rx-b-out"
+zone = "xa-b"
+address = "127.0.0.1:{p_b_out}"
+lat = 14.5
+lon = 109.9
 [[receivers]]
 id = "rx-out"
 zone = "xa-c"
@@ -228,6 +234,8 @@ lon = 108.0
         time.sleep(1.0)
         assert ears.count("in", t_in_quiet) == 0 and ears.count("out", t) == 0
         assert ears.count("poly", time.monotonic() - 0.5) > 0  # still on air (30 s tone)
+        # the polygon reaches the receivers inside it, not the whole of their zone
+        assert ears.count("b-out", t) == 0
         # 3. Cancel: rx-poly stops mid-tone
         feed.publish("/cap/3.xml", sign(cap(identifier="C1", msg_type="Cancel", sent=sent[2],
                                             references=f"{S},U1,{sent[1]}", infos=[]), key))
@@ -235,6 +243,7 @@ lon = 108.0
         assert ears.wait_quiet("poly", t3, 5.0) < 4.0
         time.sleep(1.0)
         assert ears.count("out", t) == 0 and ears.count("in", t_in_quiet) == 0
+        assert ears.count("b-out", t) == 0
         # the report
         st, lst = srv.request("GET", "/api/v1/alerts")
         states = {a["identifier"]: a["state"] for a in lst["alerts"]}

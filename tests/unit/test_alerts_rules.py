@@ -206,3 +206,25 @@ def test_an_audio_resource_is_chosen_over_speech():
     d = AlertBook().receive(msg(infos=[info(resources=resource("http://h/a.txt", mime="text/plain")
                                             + resource("http://h/a.wav", "b" * 40))]), T0, ctx())
     assert d.resource is not None and d.resource.uri == "http://h/a.wav"
+
+
+def test_a_polygon_reaches_the_receivers_inside_not_their_whole_zones():
+    # cat-hai has in-2 inside and out-1 outside: only in-2 of it is reached
+    d = AlertBook().receive(msg(infos=[info(areas=[polygon_area(SQUARE)])]), T0, ctx())
+    assert d.targets == ()
+    assert d.parts == (("cat-hai", ("in-2",)), ("drill", ("d-1",)), ("ly-luong", ("in-1",)))
+    assert d.zones == ("cat-hai", "drill", "ly-luong")
+    # a zone a geocode reaches whole is not reached in part as well
+    both = AlertBook().receive(msg(infos=[info(areas=[geocode_area("21598"),
+                                                       circle_area(13.95, 109.25, 2.0)])]), T0, ctx())
+    assert both.targets == ("nhon-ly",) and both.zones == ("cat-hai", "drill", "ly-luong", "nhon-ly")
+    assert both.parts == (("cat-hai", ("in-2",)), ("drill", ("d-1",)))
+    # kept with the alert (restart: repeats go on with the same reach)
+    from control.alerts.store import decision_from_dict
+    assert decision_from_dict(d.key, d.to_dict()).parts == d.parts
+
+
+def test_an_exercise_polygon_reaches_receivers_of_drill_zones_only():
+    x = AlertBook().receive(msg(status="Exercise", infos=[info(areas=[polygon_area(SQUARE)])]),
+                            T0, ctx(drill_zones=("drill",)))
+    assert x.drill and x.targets == () and x.parts == (("drill", ("d-1",)),)
