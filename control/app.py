@@ -109,7 +109,8 @@ def build_runtime(settings: Settings, outputs: list[Any] | None = None
         keyring = MediaKeyring(time.monotonic(), rotate_every_s=settings.media_key_rotate_h * 3600)
     # the commands it starts are kept as data (a crash is resumed from them: control/recovery)
     runtime = RecordingRuntime(fanout, eng_settings, keyring=keyring, outputs=outputs,
-                      catalogue=Catalogue(settings.loudness_target_lufs, tts=build_tts(settings)))
+                      catalogue=Catalogue(settings.loudness_target_lufs, tts=build_tts(settings),
+                                          relay_allow_hosts=tuple(settings.relay_allow_hosts)))
     return runtime, fanout, keyring
 
 
@@ -201,6 +202,8 @@ class Server:
             system.health_parts["cluster"] = self.cluster.status
             self.alerts.leader_info = self.cluster.leader_info
             self.cluster.bind_zones(lambda: self.state.tree, self._resend_tree)
+            self.talk.gate = self.cluster.require_leader   # live talk only at the leader
+            self.cluster.on_follower.append(lambda why: self.talk.close_all(reason=why))
         self.outputs.bind(self.engine, self.tree, self.handlers, self.hub)
         self.outputs.public.stored = lambda: self.state.zone_public
         self.outputs.public.store = lambda z, v: self.state.update_zone(z, {"public": v})

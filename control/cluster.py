@@ -272,6 +272,9 @@ class OriginCluster:
         self.yielded: list[str] = []         # broadcasts stopped here when another took over
         self._hub: Any = None
         self._unrecorded: list[dict[str, Any]] = []   # events before the records were open
+        #: called (with the reason) when this origin learns another leads: the live talk
+        #: connections end, so the pages reconnect (control/app.py)
+        self.on_follower: list[Callable[[str], Any]] = []
         from streamer.cluster.zonesync import ZoneSync
         #: which edge serves which zones' static destinations (edge -> (since, zone ids)),
         #: from the edges' node hashes; the zone.set/zone.drop commands that follow the tree
@@ -304,6 +307,18 @@ class OriginCluster:
         except Exception as e:   # Redis away: no one can be named
             log.debug("leader_info: %s", e)
             return {"leader": None}
+
+    async def require_leader(self, what: str) -> None:
+        """Refuse (503 not_leader, naming the leader and its API address) what only the leader
+        may do, on an origin Redis says another one leads: its media would reach no edge. Not
+        while merely unsure (Redis away or slow): the edges still take this origin's media."""
+        if self.standing != "follower" and self.lease.other_holds is not True:
+            return
+        from control.http import HttpError
+        who = await self.leader_info()
+        raise HttpError(503, "not_leader", f"this origin does not lead: {what} at "
+                        + (f"{who['leader']} ({who.get('http') or '?'})" if who.get("leader")
+                           else "the leader, once one holds the lease; retry"), **who)
 
     def _info(self) -> dict[str, Any]:
         return {"feed": f"{self.settings.node_address}:{self.feed.address[1]}",
@@ -481,6 +496,9 @@ class OriginCluster:
                 self.onair.pop(bid, None)
                 continue
             e.fence = self.lease.fence
+            if e.start_ms is not None:
+                e.pos, e.pos_ms = snap.position_s, int(time.time() * 1000)
+                e.paused = snap.state == "paused"
             live[bid] = e
         await self.onair_book.write(live)
 
@@ -505,6 +523,11 @@ class OriginCluster:
         if st == "follower":
             ev["leader"] = (await self.leader_info()).get("leader")
             ev["stopped"] = await self._yield_airtime(ev["leader"])
+            for fn in self.on_follower:
+                try:
+                    await fn(f"leadership moved to origin {ev['leader'] or '?'}: connect again")
+                except Exception:
+                    log.exception("on_follower")
         self.transitions.append(ev)
         del self.transitions[:-20]
         (log.warning if st != "leader" else log.info)(
@@ -527,11 +550,13 @@ class OriginCluster:
         loop = asyncio.get_running_loop()
         why = (f"leadership moved to origin {leader}" if leader else "leadership lost") + \
             f": origin {self.node_id} stops what it aired (the leader carries it on)"
+        talk = (f"leadership moved to origin {leader}" if leader else "leadership lost") + \
+            ": live talk is not carried over; connect again and go live again"
         stopped = []
         for snap in self._engine.broadcasts():
             try:
                 await loop.run_in_executor(None, self._engine.submit,
-                                           StopBroadcast(snap.id, why))
+                                           StopBroadcast(snap.id, talk if snap.live else why))
             except Exception as e:   # ended meanwhile
                 log.debug("stop %s: %s", snap.id, e)
                 continue

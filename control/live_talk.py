@@ -18,6 +18,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -87,6 +88,9 @@ class TalkApi:
         self.grace_s = grace_s
         self.ice_servers = ice_servers or []
         self.conns: dict[str, _Conn] = {}
+        #: several origins (issue 19): raises 503 not_leader on an origin that does not lead
+        #: (its media reaches no edge), naming the one that does; None on a single node
+        self.gate: Callable[[str], Awaitable[None]] | None = None
 
     def routes(self) -> list[Route]:
         R = Route
@@ -134,6 +138,8 @@ class TalkApi:
             raise HttpError(422, "invalid_request", "sdp: an SDP offer (text) is required")
         if typ != "offer":
             raise HttpError(422, "invalid_request", "type: must be \"offer\"")
+        if self.gate is not None:
+            await self.gate("connect the microphone")
         p = request["principal"]
         mine = [c for c in self.conns.values() if c.owner == p.name]
         if len(mine) >= MAX_CONNECTIONS_PER_PRINCIPAL:   # a reconnecting page: oldest goes
@@ -174,6 +180,8 @@ class TalkApi:
             raise HttpError(422, "invalid_request",
                             f"level: one of {', '.join(LIVE_LEVELS)} is required")
         level_s = level_s.lower()
+        if self.gate is not None:
+            await self.gate("go live")
         user = await self.access.authorize(request, "live.start", zones, level_s)
         request["principal"] = user
         c = self._conn(request)
@@ -270,7 +278,8 @@ class TalkApi:
             self.broadcasts.end(c.broadcast, reason)
         await c.session.close(reason)
 
-    async def close_all(self, app: web.Application | None = None) -> None:
+    async def close_all(self, app: web.Application | None = None,
+                        reason: str = "server shutting down") -> None:
         for c in list(self.conns.values()):
-            await self._close(c, "server shutting down")
+            await self._close(c, reason)
 

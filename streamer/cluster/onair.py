@@ -12,10 +12,11 @@ written by the origin that may just have died; the leader's Redis entries are at
 old.
 
 A standby that takes the lease resumes every entry under the same broadcast id at the offset it
-has reached by now (`plan_takeover`, pure): now − start (a broadcast that was paused under a
-preemption is carried on where it would be without the pause); one that had not gone on air
-yet (queued) is submitted as it was. Live talk is not kept (a talker goes live again on the new
-origin).
+has reached by now (`plan_takeover`, pure): its position when the leader last looked plus the
+time since (a broadcast paused under a preemption resumes where it was paused: what preempted
+it goes on too if it is carried over, and live talk is not); now − start without a position;
+one that had not gone on air yet (queued) is submitted as it was. Live talk is not kept: the
+phone's WebRTC connection ends with the origin that had it (control/cluster.py says why).
 """
 from __future__ import annotations
 
@@ -38,11 +39,19 @@ class OnAirEntry:
     cmd: dict[str, Any]
     start_ms: int | None = None
     fence: int = 0
+    #: where it was in its source (s) when the leader last looked (`pos_ms`, unix ms), and
+    #: whether it was paused then (preempted in every zone, e.g. under live talk)
+    pos: float | None = None
+    pos_ms: int | None = None
+    paused: bool = False
 
     def fields(self) -> dict[str, str]:
         out = {"cmd": json.dumps(self.cmd, separators=(",", ":")), "fence": str(self.fence)}
         if self.start_ms is not None:
             out["start_ms"] = str(self.start_ms)
+        if self.pos is not None and self.pos_ms is not None:
+            out.update(pos=f"{self.pos:.3f}", pos_ms=str(self.pos_ms),
+                       paused="1" if self.paused else "0")
         return out
 
     @classmethod
@@ -53,7 +62,10 @@ class OnAirEntry:
         if not isinstance(cmd, dict):
             raise ValueError("cmd is not an object")
         start = d.get("start_ms")
-        return cls(cmd, int(start) if start else None, int(d.get("fence") or 0))
+        pos, pos_ms = d.get("pos"), d.get("pos_ms")
+        return cls(cmd, int(start) if start else None, int(d.get("fence") or 0),
+                   float(pos) if pos else None, int(pos_ms) if pos_ms else None,
+                   d.get("paused") == "1")
 
 
 def plan_takeover(entry: OnAirEntry, now_ms: int) -> tuple[StartBroadcast | None, str]:
@@ -68,7 +80,12 @@ def plan_takeover(entry: OnAirEntry, now_ms: int) -> tuple[StartBroadcast | None
         return None, "live audio is not carried over"
     if entry.start_ms is None:
         return cmd, "queued: submitted as it was"
-    offset = max(0, now_ms - entry.start_ms) / 1000.0
+    if entry.pos is not None and entry.pos_ms is not None:
+        # where it was when the leader last looked, plus what has played since: nothing if it
+        # was paused (what preempted it, live talk say, is not carried over: it goes on now)
+        offset = entry.pos if entry.paused else entry.pos + max(0, now_ms - entry.pos_ms) / 1e3
+    else:
+        offset = max(0, now_ms - entry.start_ms) / 1000.0
     total = duration_of(cmd.source)
     if total is not None and offset >= total:
         return None, "it has played to its end by now"

@@ -48,3 +48,23 @@ def test_entry_fields_round_trip_as_redis_returns_them():
     assert OnAirEntry.parse(raw) == e
     q = entry(start_ms=None)
     assert OnAirEntry.parse(q.fields()) == q
+
+
+def test_position_when_last_seen_counts_over_start():
+    # started at t=1,000,000 but paused 20 s under live talk: at t=1,040,000 it was at 15 s
+    e = entry()
+    e.pos, e.pos_ms, e.paused = 15.0, 1_040_000, False
+    cmd, _ = plan_takeover(e, 1_042_500)
+    assert cmd is not None and cmd.offset_s == pytest.approx(17.5)   # not 42.5 (now - start)
+
+
+def test_paused_under_live_talk_resumes_where_it_was_paused():
+    # the live talk that paused it is not carried over: the programme goes on at once, from
+    # where it stopped, however long the takeover took
+    e = entry()
+    e.pos, e.pos_ms, e.paused = 15.0, 1_040_000, True
+    for now in (1_040_001, 1_049_000):
+        cmd, why = plan_takeover(e, now)
+        assert cmd is not None and cmd.offset_s == pytest.approx(15.0), why
+    raw = {k.encode(): v.encode() for k, v in e.fields().items()}
+    assert OnAirEntry.parse(raw) == e
