@@ -9,6 +9,8 @@
                 [--json FILE]
   loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3]
                    [--json FILE]
+  loa bench nodes [--sizes 250,1000,2500] [--seconds 10] [--trials 10]
+                  [--parts cpu,edge,origin,redis] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
 
@@ -234,6 +236,54 @@ def _listen(argv: list[str]) -> int:
                               console=console, rounds=a.rounds), render, a.json_path, console)
 
 
+def _nodes(argv: list[str]) -> int:
+    from bench.nodes import NodesOptions, check_options, render, run_nodes
+    p = argparse.ArgumentParser(prog="loa bench nodes",
+                                description="Several nodes through Redis: 1 origin + 2 edges vs "
+                                            "one node (CPU per delivered packet, origin CPU), "
+                                            "failover times (edge killed, origin killed) and "
+                                            "packets lost across a Redis restart.")
+    p.add_argument("--sizes", default="250,1000,2500",
+                   help="receivers per edge (2 zones, 2 x N receivers), comma-separated")
+    p.add_argument("--seconds", type=float, default=10.0, help="tone length of each CPU run")
+    p.add_argument("--trials", type=int, default=10, help="trials of each failover")
+    p.add_argument("--failover-receivers", type=int, default=4,
+                   help="field receivers (SRTP, libopus) listing both edges")
+    p.add_argument("--static-receivers", type=int, default=100,
+                   help="static receivers (a sink) of the zone edge A serves, for Redis restarts")
+    p.add_argument("--redis-window", type=float, default=6.0,
+                   help="seconds measured around each Redis restart")
+    p.add_argument("--parts", default="cpu,edge,origin,redis",
+                   help="which parts to run: cpu,edge,origin,redis")
+    p.add_argument("--sender-cpus", default=None, help="taskset list of the single node and "
+                                                       "the edges (default 0)")
+    p.add_argument("--origin-cpus", default=None, help="taskset list of the origins "
+                                                       "(default: the last core)")
+    p.add_argument("--sink-cpu", type=int, default=None)
+    p.add_argument("--nice", type=int, default=None, help="nice of the senders (-10 as root)")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    try:
+        sizes = tuple(int(x) for x in a.sizes.split(",") if x.strip())
+    except ValueError:
+        print("loa bench nodes: --sizes: comma-separated numbers", file=sys.stderr)
+        return 2
+    opts = NodesOptions(sizes=sizes, seconds=a.seconds, trials=a.trials,
+                        failover_receivers=a.failover_receivers,
+                        static_receivers=a.static_receivers, redis_window=a.redis_window,
+                        sender_cpus=a.sender_cpus, origin_cpus=a.origin_cpus,
+                        sink_cpu=a.sink_cpu, nice=a.nice,
+                        parts=tuple(x.strip() for x in a.parts.split(",") if x.strip()),
+                        json_path=a.json_path)
+    problem = check_options(opts)
+    if problem:
+        print(f"loa bench nodes: {problem}", file=sys.stderr)
+        return 2
+    console = _console()
+    return _finish(run_nodes(opts, log=lambda s: console.print(s, highlight=False)), render,
+                   a.json_path, console)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -253,6 +303,8 @@ def main(argv: list[str]) -> int:
         return _tts(rest)
     if cmd == "listen":
         return _listen(rest)
+    if cmd == "nodes":
+        return _nodes(rest)
     print(f"loa bench: unknown benchmark {cmd!r}; try: fanout, preempt, latency, provision",
           file=sys.stderr)
     return 2
