@@ -7,14 +7,16 @@ A relay URL must be http(s) with a host whose every address is public, unless th
 of its addresses is in the `relay_allow_hosts` setting (names, addresses or CIDR networks:
 loopback for tests, a provincial station on a private network): the server must not be a way
 into its own network (cloud metadata at 169.254.169.254, admin pages on 10.x). The check
-resolves the name (blocking: run it in a thread).
+resolves the name (blocking: run it in a thread). It is the early answer (a clear 4xx before
+anything is saved or aired); the check that counts is made again by the relay where it connects,
+with the same policy (streamer/ingest/relay_http.py: resolved once, the checked address is the
+one connected to, HLS segments and redirects included).
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import random
-import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,6 +24,8 @@ from urllib.parse import urlsplit
 from control.errors import Invalid, NotFound
 from control.sources import (ChimeSpec, MediaSpec, PlaylistSpec, RelaySpec, SirenSpec, ToneSpec,
                              TtsSpec)
+from streamer.ingest.base import MediaError
+from streamer.ingest.relay_http import AddressPolicy, Resolver, system_resolver
 from streamer.mixer.arbitration import Level
 from streamer.port import (BroadcastSnapshot, ChimeAudio, FileAudio, PlaylistAudio, Programme,
                            RelayAudio, SirenAudio, SourceDescription, StartBroadcast, ToneAudio,
@@ -38,26 +42,10 @@ if TYPE_CHECKING:
 FALLBACK_TONE = ToneAudio(freq_hz=440.0, seconds=10.0, amplitude_dbfs=-24.0)
 
 
-def _allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-             allow: Iterable[str]) -> bool:
-    for a in allow:
-        a = a.strip().lower()
-        if not a:
-            continue
-        if a == host.lower():
-            return True
-        if ip is not None:
-            try:
-                if ip in ipaddress.ip_network(a, strict=False):
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def check_relay_url(url: str, allow_hosts: Iterable[str] = ()) -> None:
+def check_relay_url(url: str, allow_hosts: Iterable[str] = (),
+                    resolver: Resolver = system_resolver) -> None:
     """Invalid("invalid_url") unless `url` may be relayed (see the module's note). Blocking."""
-    allow = list(allow_hosts)
+    policy = AddressPolicy(allow_hosts)
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -71,20 +59,20 @@ def check_relay_url(url: str, allow_hosts: Iterable[str] = ()) -> None:
         raise Invalid("invalid_url", "a relay URL needs a host")
     if any(c in url for c in "\r\n\t ") or any(ord(c) < 32 for c in url):
         raise Invalid("invalid_url", "a relay URL may not contain spaces or control characters")
-    if _allowed(host, None, allow):
+    if policy.name_allowed(host):
         return
     try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, OSError) as e:
-        raise Invalid("invalid_url", f"cannot resolve the relay host {host!r} ({e})") from None
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if _allowed(host, ip, allow):
-            continue
-        if not ip.is_global or ip.is_multicast:
-            raise Invalid("invalid_url", f"the relay host {host!r} is a private or local "
-                          f"address ({ip}); add it to the relay_allow_hosts setting to allow it")
+        ipaddress.ip_address(host)
+        addresses: list[str] = [host]
+    except ValueError:
+        try:
+            addresses = list(resolver(host, port or (443 if parts.scheme == "https" else 80)))
+        except MediaError as e:
+            raise Invalid("invalid_url", str(e)) from None
+    try:
+        policy.choose(host, addresses)
+    except MediaError as e:
+        raise Invalid("invalid_url", str(e)) from None
 
 
 async def _media(db: Database, media_id: str) -> dict:

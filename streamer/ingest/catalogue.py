@@ -179,8 +179,11 @@ class Catalogue:
     on the submitting thread, sources opened by the runtime."""
 
     def __init__(self, loudness_target: float | None = None,
-                 tts: TtsService | None = None) -> None:
+                 tts: TtsService | None = None, relay_allow_hosts: tuple[str, ...] = ()) -> None:
         self.loudness_target = loudness_target
+        #: hosts, addresses or networks a relay may reach besides public addresses (checked
+        #: where it connects: streamer/ingest/relay_http.py)
+        self.relay_allow_hosts = tuple(relay_allow_hosts)
         self._live: dict[str, Source] = {}
         self._lock = threading.Lock()
         #: streamer.tts.service.TtsService (engines, cache, pool); espeak-ng alone by default
@@ -304,7 +307,7 @@ class Catalogue:
         def make(start_s: float) -> Source:
             return RelaySource(desc.url, fallback=fallback, silence_s=desc.silence_s,
                                reconnect_max_s=desc.reconnect_max_s, seconds=desc.seconds,
-                               start_s=start_s)
+                               start_s=start_s, allow_hosts=self.relay_allow_hosts)
         return make
 
     def _playlist(self, desc: PlaylistAudio, priority: int = 0) -> SourceFactory:

@@ -1,11 +1,15 @@
 """An upstream live stream (the national or provincial station's Icecast/HTTP MP3, AAC or Ogg
 stream, or HLS) as a Source.
 
-A worker thread opens the URL with PyAV (FFmpeg's HTTP and HLS demuxers, protocols limited to
-http/https/tcp/tls/crypto so a playlist cannot point at a local file), decodes, resamples to
+A worker thread opens the URL with PyAV (FFmpeg's demuxers, HLS included), decodes, resamples to
 48 kHz, averages the channels to mono, cuts exact 960-sample frames and puts them with a
-"silent" flag on a bounded queue. A full queue drops its oldest frame: a relay is live, so a
-paused (preempted) relay comes back near the live point, never minutes behind.
+"silent" flag on a bounded queue. FFmpeg does no network I/O of its own here: every resource
+it reads (the stream, an HLS playlist and its segments) comes through PyAV's `io_open` from
+streamer/ingest/relay_http.py, which resolves each host once per connection, checks the
+addresses (public, or in `allow_hosts`) and connects to the address it checked (no DNS
+rebinding between the check and the connect; a playlist cannot point at a local file).
+A full queue drops its oldest frame: a relay is live, so a paused (preempted) relay comes back
+near the live point, never minutes behind.
 
 The stream ending or breaking (or a read stalling past `read_timeout_s`) is a drop: the worker
 reconnects with a bounded exponential back-off (0.5 s, 1 s, 2 s ... `reconnect_max_s`), reset
@@ -23,7 +27,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import av
@@ -31,12 +35,18 @@ import numpy as np
 
 from streamer.audio import DTYPE, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.base import MediaError, Source
+from streamer.ingest.relay_http import AddressPolicy, PinnedOpener, Resolver, system_resolver
 
-#: FFmpeg protocols a relay (and an HLS playlist it reads) may use
-PROTOCOLS = "http,https,tcp,tls,crypto"
+#: FFmpeg's HLS demuxer would reuse its own HTTP connection for the next segment, which a
+#: custom `io_open` does not have (FFmpeg asserts on it): one request per resource instead
+DEMUXER_OPTIONS = {"http_persistent": "0"}
 #: a frame whose peak is below this counts as dead air
 SILENCE_DBFS = -60.0
 BACKOFF_START_S = 0.5
+#: HLS arrives a whole segment at a time (and three at the start: FFmpeg joins a live playlist
+#: three segments from its end): the queue holds that much, or a burst would drop the audio
+#: that has to play until the next segment (segments of 2-10 s are usual)
+HLS_QUEUE_S = 40.0
 
 
 def check_url(url: str) -> None:
@@ -57,10 +67,13 @@ class RelaySource(Source):
                  silence_s: float = 10.0, reconnect_max_s: float = 10.0,
                  seconds: float | None = None, start_s: float = 0.0, queue_frames: int = 50,
                  open_timeout_s: float = 5.0, read_timeout_s: float = 5.0,
-                 silence_dbfs: float = SILENCE_DBFS) -> None:
+                 silence_dbfs: float = SILENCE_DBFS, allow_hosts: Iterable[str] = (),
+                 resolver: Resolver = system_resolver) -> None:
         super().__init__()
         check_url(url)
         self.url = url
+        self._policy = AddressPolicy(allow_hosts)
+        self._resolver = resolver
         self._fallback_factory = fallback
         self.silence_s = max(FRAME_MS / 1000.0, float(silence_s))
         self.reconnect_max_s = max(BACKOFF_START_S, float(reconnect_max_s))
@@ -71,7 +84,11 @@ class RelaySource(Source):
             self._limit = max(0, int(round(seconds * 1000 / FRAME_MS)) - self._start_ticks)
         self._timeouts = (open_timeout_s, read_timeout_s)
         self._threshold = float(10 ** (silence_dbfs / 20))
-        self._q: queue.Queue[tuple[np.ndarray, bool]] = queue.Queue(maxsize=max(2, queue_frames))
+        self._q: queue.Queue[tuple[np.ndarray, bool]] = queue.Queue()
+        #: frames kept before the oldest is dropped: `queue_frames` for a stream that trickles
+        #: in real time, at least HLS_QUEUE_S for HLS, which arrives a segment at a time
+        self._queue_frames = max(2, queue_frames)
+        self._cap = self._queue_frames
         self._stop = threading.Event()
         self._refill = threading.Event()
         self._worker: threading.Thread | None = None
@@ -88,7 +105,10 @@ class RelaySource(Source):
         self.dead_air_events = 0
         self.restores = 0
         self.fallback_frames = 0
+        self.blocked = 0          # connections refused by the address check
         self.last_error: str | None = None
+        #: the address each session connected to for the relay's host (tests, status)
+        self.addresses: list[str] = []
 
     # ------------------------------------------------------------------ worker side
     def start(self) -> None:
@@ -130,16 +150,13 @@ class RelaySource(Source):
         silent = bool(np.max(np.abs(frame)) < self._threshold)
         if self.ready_ns is None:
             self.ready_ns = time.monotonic_ns()
-        while True:
+        while self._q.qsize() >= self._cap:
             try:
-                self._q.put_nowait((frame, silent))
-                return
-            except queue.Full:
-                try:
-                    self._q.get_nowait()
-                    self.dropped_frames += 1
-                except queue.Empty:
-                    pass
+                self._q.get_nowait()
+                self.dropped_frames += 1
+            except queue.Empty:
+                break
+        self._q.put_nowait((frame, silent))
 
     def _work(self) -> None:
         backoff = BACKOFF_START_S
@@ -161,13 +178,28 @@ class RelaySource(Source):
 
     def _session(self) -> bool:
         """One connection: decode until the upstream ends or breaks. True if audio flowed."""
-        container = av.open(self.url, options={"protocol_whitelist": PROTOCOLS},
-                            timeout=self._timeouts)
+        opener = PinnedOpener(self._policy, resolver=self._resolver,
+                              connect_timeout_s=self._timeouts[0],
+                              read_timeout_s=self._timeouts[1])
+        try:
+            container = av.open(self.url, io_open=opener.io_open, timeout=self._timeouts,
+                                container_options=DEMUXER_OPTIONS)
+        except BaseException:
+            self._opened(opener)
+            opener.close()
+            self.blocked += opener.blocked
+            if opener.last_error:   # why it could not be opened, not FFmpeg's "invalid data"
+                raise MediaError(opener.last_error) from None
+            raise
+        self._opened(opener)
         flowed = False
         try:
             if not container.streams.audio:
                 raise MediaError("the upstream stream has no audio")
             stream = container.streams.audio[0]
+            self._cap = self._queue_frames
+            if container.format.name == "hls":
+                self._cap = max(self._cap, int(HLS_QUEUE_S * 1000 / FRAME_MS))
             self.connects += 1
             resampler: av.AudioResampler | None = None
             key: tuple[object, ...] | None = None
@@ -197,10 +229,16 @@ class RelaySource(Source):
                             self._push(rest[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES].copy())
                         rest = rest[n * FRAME_SAMPLES:]
                         flowed = flowed or n > 0
-            self.last_error = "the upstream ended the stream"
+            self.last_error = opener.last_error or "the upstream ended the stream"
             return flowed
         finally:
             container.close()
+            opener.close()
+            self.blocked += opener.blocked
+
+    def _opened(self, opener: PinnedOpener) -> None:
+        if opener.requests:
+            self.addresses.append(opener.requests[0][1])
 
     # ------------------------------------------------------------------ the tick's side
     def ready(self) -> bool:

@@ -1,6 +1,8 @@
 """The relay source (streamer/ingest/relay.py) against a local upstream served by aiohttp at
-real-time pace: it plays the stream, reconnects after the upstream is cut and restored, raises
-dead air after `silence_s`, and plays the fallback meanwhile. Read at the tick's pace (20 ms)."""
+real-time pace (MP3, Ogg, ADTS AAC, live HLS): it plays the stream, reconnects after the
+upstream is cut and restored, raises dead air after `silence_s`, and plays the fallback
+meanwhile. Read at the tick's pace (20 ms). The address it connects to is the one it checked
+(streamer/ingest/relay_http.py): names resolved once per session, HLS segments checked too."""
 from __future__ import annotations
 
 import time
@@ -11,9 +13,10 @@ import pytest
 from streamer.ingest.base import MediaError
 from streamer.ingest.relay import RelaySource
 from streamer.ingest.tones import ToneSource
-from tests.integration.relay_upstream import Upstream, make_stream
+from tests.integration.relay_upstream import HlsUpstream, Upstream, make_hls, make_stream
 
 pytestmark = pytest.mark.integration
+LOOPBACK = ("127.0.0.0/8",)
 
 
 def dominant_hz(frames: list[np.ndarray]) -> float:
@@ -42,11 +45,12 @@ def tick(src: RelaySource, seconds: float, notices: list[str]) -> list[np.ndarra
 
 
 @pytest.mark.parametrize("fmt,ctype,freq", [("mp3", "audio/mpeg", 1000.0),
-                                            ("ogg", "application/ogg", 700.0)])
+                                            ("ogg", "application/ogg", 700.0),
+                                            ("adts", "audio/aac", 900.0)])
 def test_relay_plays_reconnects_and_falls_back_on_dead_air(tmp_path, fmt, ctype, freq):
     stream = make_stream(tmp_path / f"a.{fmt}", freq, fmt=fmt)
     up = Upstream(stream, content_type=ctype, bytes_per_s=8000 if fmt == "mp3" else 12000)
-    src = RelaySource(up.url, fallback=lambda s: ToneSource(440.0, 1.5), silence_s=1.0,
+    src = RelaySource(up.url, fallback=lambda s: ToneSource(440.0, 1.5), silence_s=1.0, allow_hosts=LOOPBACK,
                       reconnect_max_s=1.0)
     notices: list[str] = []
     try:
@@ -83,7 +87,7 @@ def test_silent_upstream_is_dead_air_and_a_finished_fallback_loops(tmp_path):
     tone = make_stream(tmp_path / "t.mp3", 1000.0)
     quiet = make_stream(tmp_path / "q.mp3", 1000.0, amplitude=0.0)
     up = Upstream(tone, silent=quiet)
-    src = RelaySource(up.url, fallback=lambda s: ToneSource(440.0, 0.3), silence_s=0.6,
+    src = RelaySource(up.url, fallback=lambda s: ToneSource(440.0, 0.3), silence_s=0.6, allow_hosts=LOOPBACK,
                       reconnect_max_s=1.0)
     notices: list[str] = []
     try:
@@ -105,7 +109,7 @@ def test_silent_upstream_is_dead_air_and_a_finished_fallback_loops(tmp_path):
 
 def test_a_relay_ends_after_its_seconds_and_counts_a_join(tmp_path):
     up = Upstream(make_stream(tmp_path / "a.mp3", 1000.0))
-    src = RelaySource(up.url, silence_s=5.0, seconds=3.0, start_s=2.0)
+    src = RelaySource(up.url, silence_s=5.0, seconds=3.0, start_s=2.0, allow_hosts=LOOPBACK)
     try:
         src.start()
         assert src.position_s == 2.0
@@ -121,3 +125,120 @@ def test_a_relay_ends_after_its_seconds_and_counts_a_join(tmp_path):
 def test_only_http_urls_are_relayed(url):
     with pytest.raises(MediaError):
         RelaySource(url)
+
+
+def wait_ready(src: RelaySource, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not src.ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_hls_live_playlist_plays_reconnects_and_falls_back(tmp_path):
+    up = HlsUpstream(make_hls(tmp_path / "hls", 800.0, seconds=40.0))
+    src = RelaySource(up.url, fallback=lambda s: ToneSource(440.0, 1.5), silence_s=1.0,
+                      reconnect_max_s=1.0, allow_hosts=LOOPBACK)
+    notices: list[str] = []
+    try:
+        src.start()
+        wait_ready(src, 15)
+        assert src.connects == 1, src.last_error
+        live = tick(src, 3.0, notices)
+        assert len(live) >= 140 and up.segment_gets >= 1
+        assert abs(dominant_hz(live[-50:]) - 800) < 10
+
+        up.cut()   # playlist reloads and segments answer 503
+        down: list[np.ndarray] = []
+        for _ in range(15):   # what was fetched before the cut plays out first
+            down += tick(src, 1.0, notices)
+            if src.dead_air_events:
+                break
+        assert src.dead_air_events == 1, (notices, src.last_error)
+        down = tick(src, 1.5, notices)
+        assert abs(dominant_hz(down[-50:]) - 440.0) < 10, (src.last_error, src.restores)
+
+        gets = up.segment_gets
+        up.restore()
+        back = tick(src, 8.0, notices)
+        assert src.connects >= 2 and up.segment_gets > gets, src.last_error
+        assert src.restores == 1 and any(n.startswith("relay restored") for n in notices)
+        assert abs(dominant_hz(back[-50:]) - 800) < 10
+    finally:
+        src.close()
+        up.close()
+
+
+def test_a_name_is_resolved_once_and_the_checked_address_is_connected_to(tmp_path):
+    """A resolver that rebinds (first loopback, which the allow list admits, then the cloud
+    metadata address): the session connects to the first answer, asked once, and names the
+    host in its request."""
+    up = Upstream(make_stream(tmp_path / "a.mp3", 1000.0))
+    answers = iter([["127.0.0.1"]] + [["169.254.169.254"]] * 20)
+    asked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return next(answers)
+
+    url = f"http://station.test:{up.port}/live.mp3"
+    src = RelaySource(url, silence_s=5.0, allow_hosts=LOOPBACK, resolver=resolver)
+    try:
+        src.start()
+        wait_ready(src)
+        frames = tick(src, 1.5, [])
+        assert len(frames) >= 60 and abs(dominant_hz(frames[-40:]) - 1000) < 10
+        assert asked == ["station.test"] and src.addresses == ["127.0.0.1"]
+        assert up.hosts == [f"station.test:{up.port}"]
+    finally:
+        src.close()
+        up.close()
+
+
+def test_a_private_address_is_refused_where_the_relay_connects(tmp_path):
+    """Without the allow list, a name that resolves to loopback (as a rebinding name does after
+    passing the API's check) never reaches the upstream."""
+    up = Upstream(make_stream(tmp_path / "a.mp3", 1000.0))
+    src = RelaySource(f"http://station.test:{up.port}/live.mp3", silence_s=5.0,
+                      reconnect_max_s=0.5, resolver=lambda host, port: ["127.0.0.1"])
+    try:
+        src.start()
+        time.sleep(1.5)
+        assert src.blocked >= 1 and src.connects == 0
+        assert "private or local" in (src.last_error or ""), src.last_error
+        assert up.hosts == []
+    finally:
+        src.close()
+        up.close()
+
+
+@pytest.mark.parametrize("allowed,plays", [(("station.test", "cdn.test"), True),
+                                           (("station.test",), False)])
+def test_hls_segments_on_another_host_are_checked_too(tmp_path, allowed, plays):
+    """The playlist names its segments on a CDN host: they are fetched only if that host passes
+    the same check (here both names resolve to loopback; only allowed names may be used)."""
+    up = HlsUpstream(make_hls(tmp_path / "hls", 800.0, seconds=20.0))
+    up.segment_base = f"http://cdn.test:{up.port}/live/"
+    asked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    src = RelaySource(f"http://station.test:{up.port}/live/index.m3u8", silence_s=5.0,
+                      reconnect_max_s=0.5, allow_hosts=allowed, resolver=resolver)
+    try:
+        src.start()
+        wait_ready(src, 8)
+        frames = tick(src, 2.0, [])
+        if plays:
+            assert up.segment_gets >= 1 and len(frames) >= 80, src.last_error
+            assert abs(dominant_hz(frames[-40:]) - 800) < 10
+            assert f"cdn.test:{up.port}" in up.hosts
+            assert asked.count("cdn.test") == src.connects   # once per session
+        else:
+            assert up.playlists >= 1 and up.segment_gets == 0
+            assert frames == [] and src.connects == 0
+            assert f"cdn.test:{up.port}" not in up.hosts
+            assert "private or local" in (src.last_error or ""), src.last_error
+    finally:
+        src.close()
+        up.close()
