@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import time
 from collections import deque
@@ -275,6 +276,14 @@ class OriginCluster:
         #: called (with the reason) when this origin learns another leads: the live talk
         #: connections end, so the pages reconnect (control/app.py)
         self.on_follower: list[Callable[[str], Any]] = []
+        #: a standby on the active one's data directory, on air before it could open the
+        #: database (control/standby.py): published, so that an origin holding the directory
+        #: that learns it no longer leads frees it (`release_storage`)
+        self.storage_waiting = False
+        #: how a follower frees the data directory a waiting leader needs: end this process
+        #: (SIGTERM: a clean shutdown; its supervisor starts it again, as the standby)
+        self.release_storage: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        self.released_storage = False
         from streamer.cluster.zonesync import ZoneSync
         #: which edge serves which zones' static destinations (edge -> (since, zone ids)),
         #: from the edges' node hashes; the zone.set/zone.drop commands that follow the tree
@@ -302,8 +311,12 @@ class OriginCluster:
             if not token:
                 return {"leader": None}
             node = token.decode().rpartition("/")[0]
-            http = await asyncio.wait_for(self.redis.hget(self.keys.node(node), "http"), 1.0)
-            return {"leader": node, "http": http.decode() if http else None}
+            http, storage = await asyncio.wait_for(
+                self.redis.hmget(self.keys.node(node), "http", "storage"), 1.0)
+            out = {"leader": node, "http": http.decode() if http else None}
+            if storage:
+                out["storage"] = storage.decode()
+            return out
         except Exception as e:   # Redis away: no one can be named
             log.debug("leader_info: %s", e)
             return {"leader": None}
@@ -323,6 +336,7 @@ class OriginCluster:
     def _info(self) -> dict[str, Any]:
         return {"feed": f"{self.settings.node_address}:{self.feed.address[1]}",
                 "http": self.settings.http, "leader": "1" if self.leader() else "0",
+                "storage": "waiting" if self.storage_waiting else "open",
                 "fence": self.lease.fence, "edges": len(self.feed.subs.targets),
                 "envelopes": self.feed.counters["envelopes"]}
 
@@ -389,7 +403,23 @@ class OriginCluster:
             except TimeoutError:
                 pass
 
+    async def _free_storage_for_leader(self) -> None:
+        """A follower that holds the data directory the leader waits for frees it."""
+        if self.standing != "follower" or self.storage_waiting or self.released_storage:
+            return
+        who = await self.leader_info()
+        if not who.get("leader") or who.get("storage") != "waiting":
+            return
+        self.released_storage = True
+        log.warning("origin %s: the leader %s waits for the data directory this origin holds: "
+                    "shutting down to free it", self.node_id, who["leader"])
+        from streamer.timefmt import utc_iso
+        self._record({"type": "cluster.storage_released", "time": utc_iso(time.time()),
+                      "node": self.node_id, "leader": who["leader"]})
+        self.release_storage()
+
     async def _edges(self) -> None:
+        await self._free_storage_for_leader()
         from streamer.cluster.zonesync import parse_serves
         edges = await self.registry.nodes("edge")
         fences = [int(e.get("fence", "0") or 0) for e in edges]

@@ -15,6 +15,12 @@ when the active one's lease expires it takes the lease and carries on what was o
 and once it has it opens the database and starts the rest (records, as-run, schedules, alert
 intake, receiver endpoint, crash recovery of what the cluster does not carry on).
 
+The leader's node hash says `storage: waiting` meanwhile: an origin that holds the directory
+and learns it no longer leads (it was hung, or cut off, past its lease) shuts down to free it
+(control/cluster.py, `release_storage`; its supervisor starts it again, and it is the standby).
+A machine that died holds an NFS lock until the server's lease recovery: the API waits for that,
+the speakers do not.
+
 Until then the API answers 503 `storage_not_ready` (Retry-After) to every request but the
 health check, which answers 503 too, with the node's standing and what it has on air: nothing
 is written while the records belong to another process, and no request is half served.
@@ -93,6 +99,7 @@ async def serve_standby(settings: Settings, busy: DataDirBusy, ready: asyncio.Ev
         log.warning("standby origin: %s is free; opening the database", settings.data_dir)
         await server.open_storage()
         gate.open = True
+        server.cluster.storage_waiting = False
         server.hub.publish({"type": "cluster.storage_open", "node": server.cluster.node_id})
         print("loa: standby origin: database open, serving the whole API", flush=True)
 
@@ -106,6 +113,7 @@ async def serve_standby(settings: Settings, busy: DataDirBusy, ready: asyncio.Ev
             tree = build_tree(settings)
         server.state.tree = tree
         server._send_tree(tree)
+        server.cluster.storage_waiting = True
         await server.start(storage=False)
         tasks.append(asyncio.create_task(open_when_free(), name="loa-standby-storage"))
 

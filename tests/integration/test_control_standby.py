@@ -3,9 +3,10 @@ processes and a real redis-server on loopback. Two `loa serve --role origin` on 
 directory; the active one is stopped with SIGSTOP mid-programme, so it keeps the directory's
 lock (as a dead machine's lock on NFS lasts ~90 s): the standby takes the lease when the
 stopped one's expires and carries the programme on from Redis within 10 s, answering 503 to
-writes (nothing stored) while the lock is held; when the lock is freed (the stopped process is
-killed) it opens the database and the whole API works. A standby stopped while it waits exits
-cleanly."""
+writes (nothing stored) while the lock is held. After SIGCONT the stale origin learns it no
+longer leads and that the leader waits for its directory, and shuts down cleanly to free it;
+the leader then opens the database and the whole API works. A standby stopped while it waits
+exits cleanly."""
 from __future__ import annotations
 
 import json
@@ -104,8 +105,17 @@ def test_standby_on_air_from_redis_while_the_lock_is_held(tmp_path, redis_server
             assert hdrs.get("Retry-After") == "2"
             assert _status(standby, "DELETE", "/api/v1/zones/xa-nhon-ly")[0] == 503
         finally:
-            os.killpg(active.proc.pid, signal.SIGKILL)   # the lock is freed
-            active.proc.wait(5)
+            os.killpg(active.proc.pid, signal.SIGCONT)
+        # woken, it learns another leads, stops airing, and frees the directory the leader
+        # waits for by shutting down (cleanly: its supervisor would start it as the standby)
+        try:
+            active.proc.wait(20)
+        finally:
+            if active.proc.poll() is None:
+                os.killpg(active.proc.pid, signal.SIGKILL)
+        assert active.proc.returncode == 0
+        out_a = (tmp_path / "origin-a.log").read_text(errors="replace")
+        assert "waits for the data directory this origin holds" in out_a, out_a[-2000:]
         wait_for("the database open", lambda: _status(standby, "GET", "/api/v1/health")[0]
                  == 200, 15)
         assert "database open" in standby.output()
