@@ -148,7 +148,8 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
         text = text.replace('name = "bench zone 0"\n', 'name = "bench zone 0"\ncodes = ["BENCH0"]\n', 1)
         head = (f'admin_token = "{TOKEN}"\nmedia_dirs = ["{work}"]\n'
                 'alert_attention = "none"\nalert_resource_hosts = ["127.0.0.1"]\n'
-                f'[[alert_authorities]]\nid = "bench"\ncertificate = "{work / "bench.pem"}"\n\n')
+                f'[[alert_authorities]]\nid = "bench"\ncertificate = "{work / "bench.pem"}"\n'
+                f'senders = ["bench@loa"]\n\n')
         cfg.write_text(head + text)
         http = _free_tcp_port()
         server = Proc(_prefix(res["sender_cpus"], res["nice"]) + [

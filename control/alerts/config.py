@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 CapSeverity = Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]
 CapUrgency = Literal["Immediate", "Expected", "Future", "Past", "Unknown"]
@@ -14,16 +14,26 @@ CapCertainty = Literal["Observed", "Likely", "Possible", "Unlikely", "Unknown"]
 
 class AlertAuthorityConfig(BaseModel):
     """An authority whose signed messages may air: its certificate (PEM file) is the only key
-    a signature is checked against. `senders`: the CAP <sender> ids it sends for; a sender id
-    an authority lists is its own (no other authority, feed or account may use it), and an
-    authority that lists senders may send for no other. `accounts`: the usernames that push
-    for it unsigned (only with alerts_allow_unsigned_push)."""
+    a signature is checked against. `senders` (at least one): the CAP <sender> ids it sends
+    for; a sender id is its authority's alone (no other authority, feed or account may use
+    it), an authority sends for no other, and its Update/Cancel may name only alerts of its own
+    senders. `accounts`: the usernames that push for it unsigned (only with
+    alerts_allow_unsigned_push)."""
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     name: str = ""
     certificate: Path
     feed: str | None = None  # a feed URL polled on this authority's behalf
     senders: list[str] = Field(default_factory=list, max_length=1000)
     accounts: list[str] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _has_senders(self) -> AlertAuthorityConfig:
+        if not [s for s in self.senders if s.strip()]:
+            raise ValueError(
+                f"alert authority {self.id!r} lists no CAP sender ids: add senders = "
+                f"[\"...\"] (the <sender> of its messages) to its [[alert_authorities]] entry; "
+                "a message airs only for a sender its signing authority lists")
+        return self
 
 
 class AlertFeedConfig(BaseModel):

@@ -34,7 +34,7 @@ class Authority:
     name: str
     certificate_pem: bytes
     feed: str | None = None
-    senders: tuple[str, ...] = ()    # the CAP sender ids it sends for (none: any unclaimed)
+    senders: tuple[str, ...] = ()    # the CAP sender ids it sends for (none: it sends for none)
     accounts: tuple[str, ...] = ()   # usernames pushing for it unsigned
 
 
@@ -55,21 +55,29 @@ class Authorities:
 
     def check_sender(self, alert: CapAlert, authority: str | None) -> None:
         """May `authority` (the signer, the feed's or the pushing account's; None: an account no
-        authority lists) send for this alert's sender? A sender an authority listed is that
-        authority's alone; an authority that lists senders sends for those only; a sender no
-        one listed is open to authorities that list none (SenderNotAllowed otherwise)."""
+        authority lists) send this alert? Its sender must be one `authority` lists (a sender id
+        is one authority's alone), and an Update/Cancel may name only alerts of that
+        authority's senders (SenderNotAllowed otherwise, saying which rule and what to fix)."""
         sender = alert.sender
         owner = self.owner.get(sender)
         auth = self.items.get(authority) if authority is not None else None
-        if owner is not None:
-            ok = owner == authority
-        else:
-            ok = auth is None or not auth.senders
-        if not ok:
-            who = f"authority {authority}" if authority is not None else "this account"
-            mine = f" (its senders: {', '.join(auth.senders[:10])})" if auth and auth.senders else ""
-            raise SenderNotAllowed(f"{who} may not send for CAP sender {sender!r}{mine}",
-                                   code="sender_not_allowed")
+        if authority is None or auth is None:
+            raise SenderNotAllowed(
+                f"this account pushes for no alert authority (list it in an authority's "
+                f"accounts): it may not send for CAP sender {sender!r}", code="sender_not_allowed")
+        mine = (f" (its senders: {', '.join(auth.senders[:10])})" if auth.senders
+                else " (it lists no senders)")
+        if owner != authority:
+            whose = (f"authority {owner}'s" if owner is not None
+                     else "listed by no alert authority")
+            raise SenderNotAllowed(f"authority {authority} may not send for CAP sender "
+                                   f"{sender!r}, {whose}{mine}", code="sender_not_allowed")
+        for ref_sender, ident, _sent in alert.references:
+            if self.owner.get(ref_sender) != authority:
+                raise SenderNotAllowed(
+                    f"a {alert.msg_type} from authority {authority} names alert {ident!r} of "
+                    f"CAP sender {ref_sender!r}, not one of its own senders{mine}",
+                    code="reference_not_allowed")
 
     @classmethod
     def load(cls, configs: Iterable) -> Authorities:

@@ -32,7 +32,8 @@ async def app_client(tmp_path, **settings: Any) -> AsyncIterator[TestClient]:
     pem.write_bytes(CERT)
     kw: dict[str, Any] = {"data_dir": tmp_path, "admin_token": TOKEN, "zones": ZONES,
                           "receivers": RECEIVERS, "send_port": 0, "fanout_workers": 0,
-                          "alert_authorities": [{"id": "kttv", "name": "Trung tâm KTTV", "certificate": str(pem)}]}
+                          "alert_authorities": [{"id": "kttv", "name": "Trung tâm KTTV", "certificate": str(pem),
+                                                 "senders": [S], "accounts": ["u-alert_authority"]}]}
     kw.update(settings)
     app = create_app(Settings(**kw))
     async with TestClient(TestServer(app)) as c:

@@ -159,6 +159,7 @@ alert_resource_hosts = ["127.0.0.1"]
 id = "kttv"
 name = "Trung tâm KTTV"
 certificate = "{tmp_path / 'kttv.pem'}"
+senders = ["{S}"]
 [[alert_feeds]]
 id = "kttv-feed"
 url = "{feed.url}/feed.xml"
@@ -264,6 +265,7 @@ def test_a_failing_feed_is_an_event_never_a_crash(serve, tmp_path):
 [[alert_authorities]]
 id = "kttv"
 certificate = "{tmp_path / 'kttv.pem'}"
+senders = ["{S}"]
 feed = "http://127.0.0.1:{port}/feed.xml"
 [[alert_feeds]]
 id = "broken"

@@ -28,17 +28,30 @@ RX = [("in1", 13.95, 109.25, True), ("out1", 14.5, 109.9, False),
 
 
 def freq_runs(x: np.ndarray, rate: int, win_s: float = 0.25) -> list[int]:
-    """The dominant frequency of each audible window, rounded to 10 Hz, runs collapsed."""
+    """What was heard, in order: each audible window's dominant frequency as 440 or 1000 Hz
+    (within 60 Hz; else not counted), a window alone between others (a switch inside it) left
+    out, runs collapsed."""
     w = int(rate * win_s)
-    out: list[int] = []
+    labels: list[int] = []
     for i in range(len(x) // w):
         seg = x[i * w:(i + 1) * w]
         if np.sqrt(np.mean(seg ** 2)) < 0.01:
             continue
         spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
-        f = int(round(np.fft.rfftfreq(len(seg), 1 / rate)[np.argmax(spec)] / 10) * 10)
-        if not out or out[-1] != f:
-            out.append(f)
+        f = float(np.fft.rfftfreq(len(seg), 1 / rate)[np.argmax(spec)])
+        near = min((440, 1000), key=lambda t: abs(t - f))
+        if abs(near - f) <= 60:
+            labels.append(near)
+    runs: list[list[int]] = []
+    for lab in labels:
+        if runs and runs[-1][0] == lab:
+            runs[-1][1] += 1
+        else:
+            runs.append([lab, 1])
+    out: list[int] = []
+    for lab, n in runs:
+        if n >= 2 and (not out or out[-1] != lab):
+            out.append(lab)
     return out
 
 

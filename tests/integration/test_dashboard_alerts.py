@@ -26,6 +26,7 @@ alert_attention = "none"
 id = "kttv"
 name = "Trung tâm KTTV"
 certificate = "{pem}"
+senders = ["kttv@nchmf.gov.vn"]
 
 [[zones]]
 id = "xa-nhon-ly"

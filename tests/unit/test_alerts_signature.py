@@ -81,10 +81,12 @@ def _senders_book() -> Authorities:
     ("kttv", "bch-pctt@gialai", False),     # another authority's sender
     ("kttv", "someone-unlisted", False),    # an authority with a list sends for it only
     ("pctt", "kttv@nchmf.gov.vn", False),
-    ("open", "someone-unlisted", True),     # no list: unclaimed senders only
+    ("open", "someone-unlisted", False),    # no list: it sends for no one (was: any unclaimed)
     ("open", "kttv@nchmf.gov.vn", False),   # a claimed sender stays its owner's
-    (None, "someone-unlisted", True),       # an account no authority lists (unsigned push)
+    ("pctt", "someone-unlisted", False),
+    (None, "someone-unlisted", False),      # an account no authority lists (unsigned push)
     (None, "bch-pctt@gialai", False),
+    ("nobody", "kttv@nchmf.gov.vn", False),  # not a registered authority
 ])
 def test_a_sender_id_is_its_authoritys_alone(authority, sender, ok):
     from control.alerts.cap import parse
@@ -115,3 +117,28 @@ def test_signed_by_the_right_key_for_the_wrong_sender_is_refused_by_the_intake_r
     from control.alerts.signature import SenderNotAllowed
     with pytest.raises(SenderNotAllowed):
         book.check_sender(alert, auth.id)
+
+
+@pytest.mark.parametrize("authority,references,code", [
+    ("kttv", "kttv@nchmf.gov.vn,A1,2025-11-26T08:00:00+07:00", None),
+    ("kttv", "kttv@nchmf.gov.vn,A1,2025-11-26T08:00:00+07:00 "
+             "dai-ktt-nam-bo,A2,2025-11-26T08:00:00+07:00", None),   # two of its own senders
+    ("kttv", "bch-pctt@gialai,P1,2025-11-26T08:00:00+07:00", "reference_not_allowed"),
+    ("kttv", "kttv@nchmf.gov.vn,A1,2025-11-26T08:00:00+07:00 "
+             "someone-unlisted,X,2025-11-26T08:00:00+07:00", "reference_not_allowed"),
+])
+@pytest.mark.parametrize("msg_type", ["Update", "Cancel"])
+def test_an_update_or_cancel_names_only_alerts_of_its_own_authority(authority, references,
+                                                                     code, msg_type):
+    from control.alerts.cap import parse
+    from control.alerts.signature import SenderNotAllowed
+    alert = parse(cap(sender="kttv@nchmf.gov.vn", msg_type=msg_type, references=references,
+                      sent="2025-11-26T09:00:00+07:00"), 1 << 20)
+    book = _senders_book()
+    if code is None:
+        book.check_sender(alert, authority)
+    else:
+        with pytest.raises(SenderNotAllowed) as e:
+            book.check_sender(alert, authority)
+        assert e.value.code == code
+        assert references.split()[-1].split(",")[0] in e.value.message   # names whose it is
