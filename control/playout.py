@@ -152,8 +152,8 @@ async def describe(spec: RelaySpec | PlaylistSpec, db: Database, settings: Setti
             shown.append({"kind": "siren", "seconds": it.seconds})
         parts.append(d)
         total = None if total is None or length is None else total + float(length)
-    duration = total if spec.slot_s is None else (
-        spec.slot_s if total is None else min(total, spec.slot_s))
+    # a playlist that fills a slot repeats its items until the slot's end
+    duration = total if spec.slot_s is None else spec.slot_s
     first = next((x.get("title") for x in shown if x.get("title")), None)
     return (PlaylistAudio(tuple(parts), slot_s=spec.slot_s, fade_s=spec.fade_s),
             {"kind": "playlist", "title": f"playlist: {first}" if first else "playlist",

@@ -106,7 +106,7 @@ def duration_of(desc: SourceDescription) -> float | None:
         items = [duration_of(p) for p in desc.items]
         known = None if any(n is None for n in items) else sum(n or 0.0 for n in items)
         if desc.slot_s is not None:
-            return desc.slot_s if known is None else min(known, desc.slot_s)
+            return desc.slot_s   # its items repeat until the slot's end
         return known
     if isinstance(desc, RelayAudio):
         return desc.seconds
@@ -312,7 +312,8 @@ class Catalogue:
 
     def _playlist(self, desc: PlaylistAudio, priority: int = 0) -> SourceFactory:
         """Items one after another (reopenable part-way: a joined or resumed playlist lands in
-        the right item), cut at the slot's end with a fade (streamer.ingest.playlist)."""
+        the right item); with a slot, repeated until the slot's end and cut there with a fade
+        (streamer.ingest.playlist)."""
         from streamer.ingest.playlist import SlotSource
         if not desc.items:
             raise MediaError("a playlist needs at least one item")
@@ -334,9 +335,10 @@ class Catalogue:
             for i, (factory, length) in enumerate(made):
                 n = length()
                 parts.append(Part(factory, n if n is not None else math.inf, f"item {i + 1}"))
-            seq = SequenceSource(parts, start_s, kind="playlist")
             if slot is None:
-                return seq
+                return SequenceSource(parts, start_s, kind="playlist")
+            # a playlist that fills a slot repeats its items until the slot's end
+            seq = SequenceSource(parts, start_s, kind="playlist", loop=True)
             return SlotSource(seq, slot, fade, start_s=start_s)
         return make
 

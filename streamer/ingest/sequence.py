@@ -1,10 +1,14 @@
 """A source made of parts played one after another: attention chime, message, pause, repeat.
 
 Each part is made lazily by a factory that takes a start offset in seconds, so a sequence can be
-re-opened part-way through (a fork that resumes a preempted item where it was cut).
+re-opened part-way through (a fork that resumes a preempted item where it was cut). A looping
+sequence (a playlist that fills its slot) starts again at its first part after its last, and
+a start offset past its length lands in the right round; it ends only when its owner cuts it
+(streamer/ingest/playlist.py SlotSource), or when a whole round played nothing.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,13 +104,19 @@ class SkipSource(Source):
 
 
 class SequenceSource(Source):
-    def __init__(self, parts: list[Part], start_s: float = 0.0, kind: str = "sequence") -> None:
+    def __init__(self, parts: list[Part], start_s: float = 0.0, kind: str = "sequence",
+                 loop: bool = False) -> None:
         super().__init__()
         self.kind = kind
         self.parts = parts
+        self.loop = loop and bool(parts)
         self._index = 0
         self._offset = 0.0
+        self._round_frames = 0   # frames read since the round began (a looping sequence)
         t = max(0.0, start_s)
+        round_s = sum(p.duration_s for p in parts)
+        if self.loop and 0 < round_s < math.inf:
+            t = math.fmod(t, round_s)
         while self._index < len(parts) - 1 and t >= parts[self._index].duration_s:
             t -= parts[self._index].duration_s
             self._index += 1
@@ -128,11 +138,23 @@ class SequenceSource(Source):
         self._started = True
         self._current = self._open(self._index, self._offset)
 
+    def _following(self) -> int:
+        """The index of the part after the current one (len(parts): none)."""
+        i = self._index + 1
+        return 0 if self.loop and i >= len(self.parts) else i
+
     def _advance(self) -> bool:
         """Move to the next part; False when there is none."""
         if self._current is not None:
             self._current.close()
-        self._index += 1
+        self._index = self._following()
+        if self._index == 0:
+            if self._round_frames == 0:   # a round of nothing: looping would spin
+                self._index = len(self.parts)
+                if self._next is not None:
+                    self._next.close()
+                    self._next = None
+            self._round_frames = 0
         if self._index >= len(self.parts):
             self._current = None
             return False
@@ -142,9 +164,10 @@ class SequenceSource(Source):
 
     def _prefetch(self) -> None:
         # open the next part a little early so the switch does not underrun
-        if self._next is None and self._index + 1 < len(self.parts) and self._current is not None:
+        nxt = self._following()
+        if self._next is None and nxt < len(self.parts) and self._current is not None:
             if self._current.finished or self._current.position_s >= self.parts[self._index].duration_s - 1.0:
-                self._next = self._open(self._index + 1, 0.0)
+                self._next = self._open(nxt, 0.0)
 
     @property
     def ready_ns(self) -> int | None:
@@ -162,6 +185,7 @@ class SequenceSource(Source):
             f = self._current.read()
             if f is not None:
                 self.frames_read += 1
+                self._round_frames += 1
                 self._prefetch()
                 return f
             if self._current.finished:

@@ -1,5 +1,5 @@
 """Playlists (streamer/ingest/playlist.py through the catalogue): items in order, a slot cut
-at its end with a linear fade, a playlist joined in progress landing in the right item and
+at its end with a linear fade (items repeated until then), a playlist joined in progress landing in the right item and
 still ending at the slot's end, and no allocation per frame outside the fade."""
 from __future__ import annotations
 
@@ -60,10 +60,45 @@ def test_a_slot_cuts_the_playlist_with_a_fade():
     assert abs(hz(frames[110:140]) - 800) < 30
 
 
-def test_a_short_playlist_ends_before_its_slot():
-    d = PlaylistAudio((ToneAudio(500.0, 1.0),), slot_s=60.0)
+def test_a_playlist_shorter_than_its_slot_repeats_until_the_slot_ends_with_a_fade():
+    d = PlaylistAudio((ToneAudio(500.0, 1.0, -6.0), ToneAudio(800.0, 0.6, -6.0)), slot_s=5.0,
+                      fade_s=1.0)
+    assert duration_of(d) == pytest.approx(5.0)
+    src = Catalogue().open(d)
+    frames = drain(src)
+    assert len(frames) == 250 and src.finished    # 5 s, not the items' 1.6 s
+    # rounds: 500 Hz 0-1.0 s, 800 Hz 1.0-1.6, 500 Hz 1.6-2.6, 800 Hz 2.6-3.2, 500 Hz 3.2-4.2
+    assert abs(hz(frames[85:125]) - 500) < 30
+    assert abs(hz(frames[132:158]) - 800) < 30
+    assert abs(hz(frames[165:195]) - 500) < 30
+    full = 10 ** (-6 / 20)
+    assert peak(frames[195]) == pytest.approx(full, rel=0.02)       # before the fade
+    assert peak(frames[249]) < 0.03 * full                          # faded out at the end
+    peaks = [peak(f) for f in frames[200:250]]
+    assert all(b <= a + 1e-6 for a, b in zip(peaks, peaks[1:]))
+
+
+def test_without_a_slot_a_playlist_plays_once():
+    d = PlaylistAudio((ToneAudio(500.0, 1.0),))
     assert duration_of(d) == pytest.approx(1.0)
     assert len(drain(Catalogue().open(d))) == 50
+
+
+def test_joined_in_a_later_round_it_lands_in_the_right_item():
+    d = PlaylistAudio((ToneAudio(500.0, 1.0), ToneAudio(800.0, 0.6)), slot_s=6.0, fade_s=0.2)
+    src = Catalogue().open(d, start_s=4.0)       # round 3 (3.2 s), 0.8 s into the 500 Hz item
+    assert src.position_s == pytest.approx(4.0)
+    frames = drain(src)
+    assert len(frames) == 100                    # 2 s left of the slot
+    assert abs(hz(frames[:10]) - 500) < 60
+    assert abs(hz(frames[12:40]) - 800) < 30     # 4.2-4.8 s
+    assert abs(hz(frames[42:85]) - 500) < 30     # the next round
+    assert src.position_s == pytest.approx(6.0)
+
+
+def test_a_round_that_plays_nothing_ends_the_loop():
+    src = Catalogue().open(PlaylistAudio((SilenceAudio(0.0),), slot_s=30.0))
+    assert drain(src, limit=10) == [] and src.finished
 
 
 def test_joined_in_progress_it_lands_in_the_right_item_and_ends_on_the_slot():
