@@ -263,6 +263,8 @@ class Server:
 
     def _receivers_changed(self, rows: list[dict], secrets: dict[str, bytes]) -> None:
         self.receiver_secrets.changed(rows, secrets)
+        if getattr(self, "alerts", None) is not None:
+            self.alerts.receivers_changed()   # coordinates count for the next alert at once
 
     async def _reload(self) -> None:
         """Everything from the database again (the tree, then the secrets through _send_tree):

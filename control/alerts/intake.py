@@ -74,6 +74,9 @@ class AlertIntake:
         self._index_key: Any = None
         self._points: list[ReceiverPoint] = []
         self._points_at = 0.0
+        #: a receiver was provisioned or edited here since the points were read: the next
+        #: alert reads them again before it decides (the 10 s refresh is for other processes)
+        self._points_stale = False
         #: the receivers' provisioned addresses (HOST:PORT), read with their coordinates
         self._addresses: dict[str, tuple[str, int]] = {}
         #: a registered receiver's observed address on this node (the receiver registry), if
@@ -116,7 +119,14 @@ class AlertIntake:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ the area index
+    def receivers_changed(self) -> None:
+        """Receivers were provisioned, edited (coordinates, address, zone) or retired: read
+        them again now (the repeat loop is woken), and in any case before the next decision."""
+        self._points_stale = True
+        self._wake.set()
+
     async def _refresh_points(self) -> None:
+        self._points_stale = False   # a change during the query marks them stale again
         cur = await self.db.conn.execute(
             "SELECT id, zone, lat, lon, address FROM receivers WHERE status != 'retired' "
             "AND lat IS NOT NULL AND lon IS NOT NULL")
@@ -178,6 +188,8 @@ class AlertIntake:
                           "reason": e.message})
             raise
         async with self.lock:
+            if self._points_stale:
+                await self._refresh_points()
             now = datetime.now(UTC)
             try:
                 d = self.book.decide(alert, now, self._ctx())
@@ -396,7 +408,7 @@ class AlertIntake:
                     await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 5.0))
                 except TimeoutError:
                     pass
-                if time.monotonic() - self._points_at > 10.0:
+                if self._points_stale or time.monotonic() - self._points_at > 10.0:
                     await self._refresh_points()
                 if self.leader():
                     await self._tick()

@@ -225,3 +225,29 @@ async def test_a_cap_sender_is_tied_to_its_authority_refused_403_counted_and_aud
         refused = [e for e in audit["entries" if "entries" in audit else "audit"]
                    if e["action"] == "alerts.push" and e["status"] == 403]
         assert len(refused) == 2 and all(e["result"] == "sender_not_allowed" for e in refused)
+
+
+async def test_a_coordinate_edit_counts_for_the_very_next_alert(tmp_path):
+    async with app_client(tmp_path) as c:
+        here = [circle_area(10.0, 106.0, 1.0)]
+        first = sign(cap(identifier="M1", sent=now_sent(),
+                         infos=[info(expires=expires_later(), areas=here)]), KEY)
+        r = await c.post("/api/v1/alerts", data=first, headers={**ADM, **XML})
+        assert r.status == 422   # nobody there yet
+        r = await c.patch("/api/v1/receivers/rx-b1", json={"lat": 10.001, "lon": 106.001},
+                          headers=ADM)
+        assert r.status == 200, await r.text()
+        again = sign(cap(identifier="M2", sent=now_sent(),
+                         infos=[info(expires=expires_later(), areas=here)]), KEY)
+        r = await c.post("/api/v1/alerts", data=again, headers={**ADM, **XML})
+        body = await r.json()
+        assert r.status == 201 and body["receivers"] == ["rx-b1"], body
+        # a receiver provisioned with coordinates counts at once too
+        r = await c.post("/api/v1/receivers", json={"id": "rx-new", "zone": "xa-a",
+                                                    "lat": 11.0, "lon": 107.0}, headers=ADM)
+        assert r.status in (200, 201), await r.text()
+        there = sign(cap(identifier="M3", sent=now_sent(), infos=[info(
+            expires=expires_later(), areas=[circle_area(11.0, 107.0, 0.5)])]), KEY)
+        r = await c.post("/api/v1/alerts", data=there, headers={**ADM, **XML})
+        body = await r.json()
+        assert r.status == 201 and body["receivers"] == ["rx-new"], body
