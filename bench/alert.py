@@ -49,7 +49,25 @@ def _key_and_cert() -> tuple[bytes, bytes]:
             cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _cap(i: int, resource: str) -> bytes:
+#: `--polygon`: half the receivers (and the probe) sit inside this square, half outside
+INSIDE, OUTSIDE = (13.95, 109.25), (14.5, 109.9)
+SQUARE = "13.9,109.2 14.0,109.2 14.0,109.3 13.9,109.3 13.9,109.2"
+
+
+def _polygon_toml(text: str, probe: str) -> str:
+    """The bench zone's unicast list as provisioned receivers with coordinates: the probe and
+    every other receiver inside SQUARE, the rest outside (one zone, reached in part)."""
+    addrs = [probe] + [ln.strip().strip('",') for ln in text.splitlines()
+                       if ln.startswith('  "') and ln.rstrip().endswith('",')]
+    out = ['[[zones]]\nid = "bench0"\nname = "bench zone 0"\ncodes = ["BENCH0"]\n']
+    for i, a in enumerate(addrs):
+        lat, lon = INSIDE if i % 2 == 0 else OUTSIDE
+        out.append(f'[[receivers]]\nid = "rx{i}"\nzone = "bench0"\naddress = "{a}"\n'
+                   f"lat = {lat}\nlon = {lon}\n")
+    return "\n".join(out)
+
+
+def _cap(i: int, resource: str, polygon: bool = False) -> bytes:
     now = dt.datetime.now(dt.UTC)
     sent = now.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     exp = (now + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
@@ -61,8 +79,10 @@ def _cap(i: int, resource: str) -> bytes:
             f"<expires>{exp}</expires><headline>Cảnh báo lũ quét</headline>"
             "<description>Lũ quét đang xảy ra</description><instruction>Di chuyển lên cao"
             "</instruction><parameter><valueName>capDoRuiRo</valueName><value>4</value>"
-            f"</parameter>{resource}<area><areaDesc>bench</areaDesc><geocode><valueName>MA"
-            "</valueName><value>BENCH0</value></geocode></area></info></alert>").encode()
+            f"</parameter>{resource}<area><areaDesc>bench</areaDesc>"
+            + (f"<polygon>{SQUARE}</polygon>" if polygon else
+               "<geocode><valueName>MA</valueName><value>BENCH0</value></geocode>")
+            + "</area></info></alert>").encode()
 
 
 def _sign(xml: bytes, key: bytes) -> bytes:
@@ -109,13 +129,17 @@ def _req(method: str, url: str, body: dict | None = None, xml: bytes | None = No
             return e.code, {}
 
 
-def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, console=None) -> dict:
+def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, console=None,
+              polygon: bool = False) -> dict:
+    """`polygon`: the CAP area is a polygon over half the zone's receivers (the probe among
+    them), which alone hear it (StartBroadcast.only), instead of the zone's geocode."""
     from streamer.ingest.tones import write_tone_wav
     work = Path(tempfile.mkdtemp(prefix="loa-bench-alert-"))
     env = _child_env()
     res = resolve(FanoutOptions(receivers=receivers))
     report: dict = {"benchmark": "alert", "machine": machine_info(),
-                    "settings": {"receivers": receivers, "rounds": rounds, "spoken": spoken, **res},
+                    "settings": {"receivers": receivers, "rounds": rounds, "spoken": spoken,
+                                 "polygon": polygon, **res},
                     "valid": True, "invalid_reasons": [], "rounds": []}
     key, cert = _key_and_cert()
     (work / "bench.pem").write_bytes(cert)
@@ -146,6 +170,8 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
         text = cfg.read_text()
         text = text.replace("unicast = [\n", f'unicast = [\n  "127.0.0.1:{probe.getsockname()[1]}",\n', 1)
         text = text.replace('name = "bench zone 0"\n', 'name = "bench zone 0"\ncodes = ["BENCH0"]\n', 1)
+        if polygon:
+            text = _polygon_toml(text, f"127.0.0.1:{probe.getsockname()[1]}")
         head = (f'admin_token = "{TOKEN}"\nmedia_dirs = ["{work}"]\n'
                 'alert_attention = "none"\nalert_resource_hosts = ["127.0.0.1"]\n'
                 f'[[alert_authorities]]\nid = "bench"\ncertificate = "{work / "bench.pem"}"\n'
@@ -174,7 +200,7 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
         for i in range(rounds * 2):
             kind = "cap_push" if i % 2 == 0 else "broadcasts_post"
             _drain(probe)
-            body = _sign(_cap(i, resource), key) if kind == "cap_push" else b""
+            body = _sign(_cap(i, resource, polygon), key) if kind == "cap_push" else b""
             t0 = time.monotonic_ns()
             if kind == "cap_push":
                 st, b = _req("POST", base + "/api/v1/alerts", xml=body)

@@ -3,7 +3,7 @@
   loa bench fanout --receivers N --seconds S [--frame-ms 20|40|60] [--workers K]
                    [--target loa|bare] [--peer gstreamer|bare] [--runs R] [--json FILE]
   loa bench preempt [--receivers N] [--alerts 20] [--attention] [--json FILE]
-  loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--json FILE]
+  loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--polygon] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
   loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--windows 3] [--starts 5]
                 [--json FILE]
@@ -119,14 +119,16 @@ def _alert(argv: list[str]) -> int:
     p.add_argument("--receivers", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--spoken", action="store_true", help="speech (espeak-ng), not a recording")
+    p.add_argument("--polygon", action="store_true",
+                   help="a polygon over half the zone's receivers, not the zone's geocode")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     if not 1 <= a.rounds <= 500 or not 1 <= a.receivers <= 64_000:
         print("--rounds must be 1..500 and --receivers 1..64000", file=sys.stderr)
         return 2
     console = _console()
-    return _finish(run_alert(a.receivers, a.rounds, a.spoken, console), render, a.json_path,
-                   console)
+    return _finish(run_alert(a.receivers, a.rounds, a.spoken, console, polygon=a.polygon),
+                   render, a.json_path, console)
 
 
 def _tts(argv: list[str]) -> int:
