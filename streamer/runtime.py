@@ -85,6 +85,8 @@ class Runtime:
         self._pending_lock = threading.Lock()
         self._dests_applied_at = -1e18
         self._carves_applied = 0   # the core's carve_version the output has
+        self._carved: dict[tuple[str, int], str] = {}
+        self._carved_for = 0
         self._frames: dict[int, np.ndarray] = {}
         self._thread: TickThread | None = None
         self._driven = False   # started without a thread: the caller runs the ticks
@@ -241,6 +243,16 @@ class Runtime:
         """(ssrc, RTP timestamp of tick 0, last tick index, packets built): sender reports."""
         r = self.rtp
         return r.ssrc, r.ts0, r.tick_index, r.packets_built
+
+    def carved_addresses(self) -> Mapping[tuple[str, int], str]:
+        """Receivers some broadcast reaches alone (StartBroadcast.only): address -> the carve
+        zone they hear while it lasts (the receiver endpoint tells them what is on air there).
+        The same mapping object while the carves do not change."""
+        with self.lock:
+            if self._carved_for != self.core.carve_version:
+                self._carved = {a: cid for cid, c in self.core.carves.items() for a in c.addrs}
+                self._carved_for = self.core.carve_version
+            return self._carved
 
     def resolve(self, targets: list[str] | tuple[str, ...]) -> set[str]:
         """The zones these zone/group ids reach in the engine's tree (ZoneError if unknown)."""

@@ -74,7 +74,8 @@ class AlertHandlers:
         rows = await self.intake.store.recent(request.query.get("state") or None)
         for r in rows:
             d = r.pop("decision", None) or {}
-            r["zones"] = d.get("targets", [])
+            parts = [z for z in (d.get("parts") or {}) if z not in (d.get("targets") or [])]
+            r["zones"] = list(d.get("targets") or []) + parts   # a polygon's zones too
             r["text"] = str(d.get("text") or "")[:300]   # what is read out (the dashboard)
         return json_response({"alerts": rows, **self.intake.status()})
 
@@ -84,9 +85,12 @@ class AlertHandlers:
         if row is None:
             raise NotFound("unknown_alert", f"no alert with id {aid!r}")
         airings = await self.intake.store.airings(aid)
-        zones = set((row.get("decision") or {}).get("zones") or [])
+        d = row.get("decision") or {}
+        parts = {z: set(rx) for z, rx in (d.get("parts") or {}).items()}
+        zones = set(d.get("zones") or [])
+        # of a zone reached in part (a polygon/circle), the receivers inside only
         expected = [(r["id"], r["zone"]) for r in await self.db.receivers(status="provisioned")
-                    if r["zone"] in zones]
+                    if r["zone"] in zones and (r["zone"] not in parts or r["id"] in parts[r["zone"]])]
         for a in airings:
             bid = a.get("broadcast_id")
             snap = self.intake.port.broadcast(bid) if bid else None

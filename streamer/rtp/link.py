@@ -118,6 +118,9 @@ class ReceiverLink(asyncio.DatagramProtocol):
         if reg.keyring is not None:
             reg.keyring.advance(now)
         reg.poll(now, wall)
+        carved = getattr(self.engine, "carved_addresses", None)
+        if carved is not None:              # receivers a broadcast reaches alone (polygon)
+            reg.set_carves(carved())
         zs = self.engine.zone_status()      # the same object while no zone's status changed
         if zs is not self._zone_status:
             self._zone_status = zs

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -142,6 +142,9 @@ class ReceiverRegistry:
         self._on_air_key: dict[str, str] = {}       # zone -> its on-air list as sent (JSON)
         self._status_seen: object = None            # the last status mapping looked at
         self._now_pending: set[str] = set()         # receivers whose now-playing is due
+        #: receivers a broadcast reaches alone (StartBroadcast.only): address -> the carve zone
+        #: they hear while it lasts (streamer.core.carve); their now-playing is that zone's
+        self._carved: Mapping[Addr, str] = {}
         self._reject_last: dict[str, float] = {}
         self._sr_sent: dict[tuple[str, int], float] = {}   # (receiver, LSR) -> wall time sent
         self._floor_ms: int | None = (None if started_wall is None
@@ -533,6 +536,27 @@ class ReceiverRegistry:
             cutoff = wall - 60
             self._sr_sent = {k: v for k, v in self._sr_sent.items() if v > cutoff}
 
+    def set_carves(self, carved: Mapping[Addr, str]) -> None:
+        """The receivers some broadcast reaches alone, by address -> the carve zone they hear
+        (a carve of their own zone): what is on air there is what they are told is playing, so
+        their reports credit the broadcast they actually played."""
+        if carved is self._carved or carved == self._carved:
+            self._carved = carved
+            return
+        old, self._carved = self._carved, carved
+        moved = {a for a in set(old) | set(carved) if old.get(a) != carved.get(a)}
+        for r in self._rx.values():
+            if r.addr in moved:
+                self._now_pending.add(r.id)
+
+    def _hears(self, r: _Receiver) -> str:
+        """The zone whose on-air list a receiver hears: its carve while it has one."""
+        if self._carved and r.addr is not None:
+            c = self._carved.get(r.addr)
+            if c is not None and c.startswith(r.zone + "~"):
+                return c
+        return r.zone
+
     def set_on_air(self, status: dict[str, list[dict[str, Any]]], wall: float) -> list[tuple[bytes, Addr]]:
         """Zone id -> on-air broadcasts ({broadcast, level}); returns now-playing messages for
         the online receivers of zones whose list changed, and for receivers that just came
@@ -555,15 +579,17 @@ class ReceiverRegistry:
                     self._on_air_key[zone] = json.dumps(norm, sort_keys=True)
                     changed.add(zone)
             if changed:
-                check = [r for r in self._rx.values() if r.zone in changed]
+                check = [r for r in self._rx.values()
+                         if r.zone in changed or (self._carved and self._hears(r) in changed)]
         if self._now_pending:
             pending, self._now_pending = self._now_pending, set()
             check += [self._rx[i] for i in pending if i in self._rx]
         for r in check:
             if not r.online or r.addr is None:
                 continue
-            on = self._on_air.get(r.zone, [])
-            key = self._on_air_key.get(r.zone, "[]")
+            hears = self._hears(r)
+            on = self._on_air.get(hears, [])
+            key = self._on_air_key.get(hears, "[]")
             if key == r.now_key:
                 continue
             found = self.secret_for(r.id)

@@ -108,6 +108,12 @@ parent = "tinh"
                           references=f"{S},P1,{sent[0]}", infos=[]), key)
         st, c = srv.request("POST", "/api/v1/alerts", raw=cancel, headers={**ADMIN, **XML})
         assert st == 200 and c["stopped"] == [bid], c
+        # the reports: the zone reached in part is listed; delivery expects the two inside
+        st, lst = srv.request("GET", "/api/v1/alerts", headers=ADMIN)
+        assert {a["identifier"]: a["zones"] for a in lst["alerts"]}["P1"] == ["xa"], lst
+        st, one = srv.request("GET", f"/api/v1/alerts/{body['id']}", headers=ADMIN)
+        rows = one["airings"][0]["delivery"]["receivers"]
+        assert sorted(r["receiver"] for r in rows) == ["rx-in1", "rx-in2"], one
         time.sleep(3.0)
         srv.request("DELETE", f"/api/v1/broadcasts/{prog['id']}", headers=ADMIN)
         time.sleep(0.5)

@@ -197,3 +197,30 @@ def test_any_message_captured_before_a_restart_is_refused_by_the_restarted_serve
     # the receiver itself comes back with a fresh message, at its own address
     send(reg, cp.MsgType.HEARTBEAT, "rx1", T0 + 2)
     assert reg.status("rx1")["address"] == f"{ADDR[0]}:{ADDR[1]}"
+
+
+def test_a_receiver_a_broadcast_reaches_alone_is_told_what_airs_in_its_carve():
+    """A polygon alert carves rx1 out of z1 (streamer.core.carve): rx1 is told the alert is on
+    air (so its report credits the alert), rx2 of the same zone the programme; when the carve
+    goes, rx1 is told the programme again."""
+    reg, _ = make()
+    a1, a2 = ("198.51.100.7", 40000), ("198.51.100.8", 40000)
+    send(reg, cp.MsgType.REGISTER, "rx1", T0, addr=a1)
+    send(reg, cp.MsgType.REGISTER, "rx2", T0, addr=a2)
+    prog = [{"broadcast": "prog", "level": "normal"}]
+    alert = [{"broadcast": "alert-1", "level": "emergency"}]
+
+    def told(out):
+        return {addr: cp.parse(data).body["on_air"] for data, addr in out
+                if cp.parse(data).type == cp.MsgType.NOW}
+    reg.set_on_air({"z1": prog}, T0)
+    reg.set_carves({a1: "z1~alert-1"})
+    out = told(reg.set_on_air({"z1": prog, "z1~alert-1": alert}, T0 + 1))
+    assert out == {a1: alert}
+    # a carve of another zone's id does not move a receiver out of its own zone
+    reg.set_carves({a1: "z2~x", a2: "z1~alert-1"})
+    out = told(reg.set_on_air({"z1": prog, "z1~alert-1": alert, "z2~x": alert}, T0 + 2))
+    assert out == {a1: prog, a2: alert}
+    reg.set_carves({})
+    out = told(reg.set_on_air({"z1": prog}, T0 + 3))
+    assert out == {a2: prog}
