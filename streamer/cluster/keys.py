@@ -18,6 +18,9 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
   holder's token (node id + random).
 - `{p}lease:{name}:fence` (integer; no TTL, it must only grow; the leader at acquisition): the
   fencing counter, INCR floored by the acquirer's floor.
+- `{p}lease:{name}:released` (string; PX `LEASE_MS`; a holder that releases the lease): its
+  token, so a waiting node takes a released lease at once, but not one that Redis lost (an
+  empty restart): that one it waits out until the expiry it last saw.
 - `{p}commands` (stream, MAXLEN ~`COMMANDS_MAXLEN`; the leader): commands that must not be lost
   (start/stop, alerts), each with its fencing token. Consumer group `edge:{node}` per edge: what
   that edge has read and acknowledged (XPENDING shows what it has not applied).
@@ -89,6 +92,9 @@ class Keys:
 
     def fence(self, name: str) -> str:
         return f"{self.p}lease:{_part(name)}:fence"
+
+    def lease_released(self, name: str) -> str:
+        return f"{self.p}lease:{_part(name)}:released"
 
     @property
     def commands(self) -> str:

@@ -42,8 +42,15 @@ log = logging.getLogger("loa.cluster.lease")
 
 ACQUIRE_RETRY_S = 0.5
 
-#: KEYS: lease, fence; ARGV: token, px, floor. Returns the new fencing token, or 0 if taken.
+#: KEYS: lease, fence, released; ARGV: token, px, floor, wait_for (the holder whose lease this
+#: node is waiting out, "" if none). Returns {new fencing token, 0, ""}; {0, PTTL, holder} if
+#: another holds it; {-1, 0, ""} if the lease is gone but its holder `wait_for` did not release
+#: it (Redis restarted empty while it held it: it asks again at its next renewal).
 ACQUIRE_LUA = """
+if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[1]) == 0
+    and redis.call('GET', KEYS[3]) ~= ARGV[4] then
+  return {-1, 0, ''}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local f = redis.call('INCR', KEYS[2])
   local floor = tonumber(ARGV[3])
@@ -51,9 +58,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('SET', KEYS[2], ARGV[3])
     f = floor
   end
-  return f
+  return {f, 0, ''}
 end
-return 0
+local t = redis.call('PTTL', KEYS[1])
+if t < 0 then t = 0 end
+return {0, t, redis.call('GET', KEYS[1]) or ''}
 """
 #: KEYS: lease; ARGV: token, px. 1 if extended, 0 if the lease is not ours (any more).
 EXTEND_LUA = """
@@ -62,9 +71,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-#: KEYS: lease; ARGV: token.
+#: KEYS: lease, released; ARGV: token, px.
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -122,6 +132,10 @@ class LeaseState:
     confirmed_sent_at: float = -math.inf   # when the last confirmed acquire/renew was sent
     acquisitions: int = 0
     losses: int = 0
+    #: the other holder last seen and until when its lease runs at least (monotonic): a lease
+    #: that vanishes before then without being released was lost by Redis, not by its holder
+    other: str = ""
+    other_until: float = -math.inf
 
     @property
     def lease_s(self) -> float:
@@ -152,6 +166,20 @@ class LeaseState:
         if self.held:
             self.losses += 1
         self.held = False
+
+    def seen_other(self, sent_at: float, holder: str, pttl_ms: int) -> None:
+        """Another node holds the lease, for `pttl_ms` more (Redis' answer to a request sent at
+        `sent_at`: the lease runs at least until sent_at + pttl)."""
+        self.other = holder
+        self.other_until = sent_at + max(0, pttl_ms) / 1000.0
+
+    def wait_for(self, now: float) -> str:
+        """The holder whose lease this node waits out before taking a vanished one ("": none,
+        or its lease would have expired by now anyway). After an empty Redis restart the
+        holder asks again at its next renewal (a quarter lease); a node that took the lease
+        meanwhile would make the holder yield what it airs, with nothing of it left in Redis
+        to carry on."""
+        return self.other if now < self.other_until else ""
 
     def expire(self, now: float) -> None:
         """Nothing confirmed for a whole lease (Redis unreachable): the lease is gone for sure;
@@ -203,13 +231,21 @@ class RedisLease:
                     log.warning("lease %s lost (not ours in Redis any more)", self.name)
             if not st.held:
                 floor = fence_floor(time.time(), st.fence, *self.floor_seen())
-                fence = await asyncio.wait_for(
-                    self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name)],
-                                  args=[self.token, st.lease_ms, floor]), timeout)
+                fence, pttl, holder = await asyncio.wait_for(
+                    self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name),
+                                        self.keys.lease_released(self.name)],
+                                  args=[self.token, st.lease_ms, floor, st.wait_for(sent)]),
+                    timeout)
+                fence = int(fence)
+                if fence < 0:   # gone, not released: its holder takes it again (Redis restart)
+                    return
                 self.other_holds = not fence
                 if fence:
-                    st.acquired(sent, int(fence))
+                    st.acquired(sent, fence)
                     log.info("lease %s taken, fencing token %d", self.name, st.fence)
+                else:
+                    st.seen_other(sent, holder.decode() if isinstance(holder, bytes)
+                                  else str(holder), int(pttl))
         except (TimeoutError, OSError, ConnectionError) as e:
             self.errors += 1
             log.debug("lease %s: %s", self.name, e)
@@ -234,7 +270,8 @@ class RedisLease:
         if self.state.held:
             self.state.lose()
             try:
-                await asyncio.wait_for(self._release(keys=[self.keys.lease(self.name)],
-                                                     args=[self.token]), 1.0)
+                await asyncio.wait_for(self._release(
+                    keys=[self.keys.lease(self.name), self.keys.lease_released(self.name)],
+                    args=[self.token, self.state.lease_ms]), 1.0)
             except Exception:
                 pass

@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 
 from streamer.cluster.commands import CommandConsumer, CommandLog, NotLeader
 from streamer.cluster.keys import Keys
-from streamer.cluster.lease import RedisLease
+from streamer.cluster.lease import ACQUIRE_LUA, EXTEND_LUA, RELEASE_LUA, RedisLease
 from streamer.cluster.nodes import NodeRegistry, ReceiverDirectory
 from tests.integration.redis_proc import redis_server  # noqa: F401  (fixture)
 
@@ -72,6 +72,42 @@ async def test_fence_never_goes_back_across_an_empty_redis_restart(redis_server)
     c = RedisLease(r, keys, "leader", "origin-c", lease_ms=1000)
     await c.step()
     assert c.fence >= int(time.time() * 1000) - 5000
+    await r.aclose()
+
+
+async def test_an_empty_redis_restart_leaves_the_lease_to_its_holder(redis_server):  # noqa: F811
+    """A waiting origin does not take a lease that Redis lost (restarted empty) while its holder
+    lives: the holder asks again at its next renewal and keeps it (before, the standby asking
+    every 0.5 s took it first, the holder yielded what it aired, and with the on-air state gone
+    with Redis nothing was carried on: silence). A released lease is taken at once."""
+    r = client(redis_server)
+    keys = Keys("t:")
+    a = RedisLease(r, keys, "leader", "origin-a", lease_ms=3000)
+    b = RedisLease(r, keys, "leader", "origin-b", lease_ms=3000)
+    await a.step()
+    await b.step()
+    assert a.state.held and not b.state.held and b.other_holds is True
+    await r.aclose()
+    redis_server.restart()
+    r = client(redis_server)
+    a.redis = b.redis = r
+    for lease in (a, b):
+        lease._acquire = r.register_script(ACQUIRE_LUA)
+        lease._extend = r.register_script(EXTEND_LUA)
+        lease._release = r.register_script(RELEASE_LUA)
+    assert await r.get(keys.lease("leader")) is None
+    for _ in range(3):          # the waiting one asks first, and again
+        await b.step()
+        assert not b.state.held
+    await a.step()              # the holder's renewal: refused (gone), taken again at once
+    assert a.state.held and a.may_issue()
+    await b.step()
+    assert not b.state.held and b.other_holds is True
+    # a lease its holder gives up is taken at once, without waiting out its expiry
+    await a.release()
+    t0 = time.monotonic()
+    await b.step()
+    assert b.state.held and time.monotonic() - t0 < 1.0
     await r.aclose()
 
 

@@ -43,6 +43,18 @@ def test_expire_after_a_whole_lease_without_confirmation():
     assert not st.held
 
 
+def test_a_waiting_node_waits_out_the_holder_it_saw_until_its_lease_would_expire():
+    st = LeaseState(lease_ms=6000)
+    assert st.wait_for(0.0) == ""                  # nobody seen: a free lease is taken
+    st.seen_other(sent_at=10.0, holder="origin-a/1f", pttl_ms=4500)
+    assert st.wait_for(10.0) == "origin-a/1f" and st.wait_for(14.49) == "origin-a/1f"
+    assert st.wait_for(14.5) == ""                 # its lease is over by now, however it ended
+    st.seen_other(sent_at=14.0, holder="origin-a/1f", pttl_ms=6000)   # renewed meanwhile
+    assert st.wait_for(19.9) == "origin-a/1f"
+    st.seen_other(sent_at=15.0, holder="origin-c/2e", pttl_ms=-2)     # a key without expiry
+    assert st.wait_for(15.0) == ""
+
+
 def test_fence_floor_beats_wall_clock_and_every_token_seen():
     assert fence_floor(1000.0) == 1_000_000
     assert fence_floor(1000.0, 5, 1_000_000) == 1_000_001   # a token from a clock ahead
