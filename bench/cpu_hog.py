@@ -8,7 +8,8 @@ Each hog is its own process in its own session (`start_new_session`): with the k
 autogroup on (Debian's default) all processes of one session share one scheduling group, and N
 hogs in the bench's own session would weigh no more than one process; in separate sessions they
 compete with the server as N other programs would. They never raise their priority, never touch
-the network and end with the bench (`stop`, or on their own after `max_s`).
+the network and end with the bench (`stop`; on their own when the bench is gone, or after
+`max_s`).
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import subprocess
 import sys
 import time
 
-#: the busy loop itself: pure Python arithmetic, bounded in time
-_LOOP = ("import time\n"
+#: the busy loop itself: pure Python arithmetic, bounded in time, and it ends as soon as the
+#: bench that started it is gone (its parent changes), however the bench ended
+_LOOP = ("import os, time\n"
          "end = time.monotonic() + {max_s}\n"
          "x = 0\n"
-         "while time.monotonic() < end:\n"
+         "while time.monotonic() < end and os.getppid() == {parent}:\n"
          "    for _ in range(10000):\n"
          "        x += 1\n")
 
@@ -36,7 +38,7 @@ class CpuHog:
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> CpuHog:
-        code = _LOOP.format(max_s=float(self.max_s))
+        code = _LOOP.format(max_s=float(self.max_s), parent=os.getpid())
         for _ in range(self.processes):
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.DEVNULL,
