@@ -42,6 +42,7 @@ from streamer.audio import FRAME_MS, SILENCE
 from streamer.clock import TickThread, name_os_thread
 from streamer.core.engine import (Broadcast, BroadcastSpec, Core, EngineSettings, Playhead,
                                   SourceFactory)
+from streamer.core.carve import innermost
 from streamer.core.loss import LossPolicy
 from streamer.ingest.base import Source
 from streamer.ingest.catalogue import Catalogue, duration_of
@@ -250,7 +251,7 @@ class Runtime:
         The same mapping object while the carves do not change."""
         with self.lock:
             if self._carved_for != self.core.carve_version:
-                self._carved = {a: cid for cid, c in self.core.carves.items() for a in c.addrs}
+                self._carved = innermost(self.core.carves)
                 self._carved_for = self.core.carve_version
             return self._carved
 
@@ -360,8 +361,7 @@ class Runtime:
             tree = self.core.tree
             if self.core.carve_version != self._carves_applied:
                 self._carves_applied = self.core.carve_version
-                self.rtp.set_carves(tree, {cid: (c.zone, c.addrs)
-                                           for cid, c in self.core.carves.items()})
+                self.rtp.set_carves(tree, self.core.carves)
             for zid in changed:
                 if zid in tree.zones:
                     self.rtp.apply_zone(tree, zid)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamer.audio import SILENCE, db_to_gain
-from streamer.core.carve import CARVE_LEVEL, Carve, carve_zone, restore_carves
+from streamer.core.carve import CARVE_LEVEL, Carve, carve_zone, place, release, restore_carves
 from streamer.ingest.base import Source
 from streamer.mixer.arbitration import Claim, Level, arbitrate, live_conflict
 from streamer.mixer.mix import GainRamp
@@ -286,35 +286,43 @@ class Core:
         return b.snapshot()
 
     def _carve(self, b: Broadcast) -> None:
-        """Its `only` receivers get a zone of their own below theirs, which it targets: they
-        hear what their zone hears (same programme key, same talk spurt) until it comes on air
-        there."""
+        """Its `only` receivers get a zone of their own below theirs (below the carve of an
+        earlier broadcast that holds them: streamer.core.carve.place), which it targets: they
+        hear what they heard (same programme key, same talk spurt) until it comes on air."""
         tree, added = self.tree, []
         keys, winners = dict(self._zone_key), dict(self._zone_winner)
+        b.zones -= {carve_id(z, b.id) for z in b.spec.only}   # admit's placeholders
         for z, addrs in b.spec.only.items():
-            cid = carve_id(z, b.id)
-            if z not in tree.zones or cid in tree.zones:
-                b.zones.discard(cid)
+            if z not in tree.zones or not addrs:
                 continue
-            self.carves[cid] = Carve(z, b.id, frozenset(addrs))
-            tree.add(carve_zone(tree.zones[z], cid))
-            added.append(cid)
-            if z in keys:
-                keys[cid] = keys[z]
-            if z in winners:
-                winners[cid] = winners[z]
+            for cid, c in place(self.carves, z, b.id, addrs).items():
+                if cid in tree.zones or c.parent not in tree.zones:
+                    continue
+                self.carves[cid] = c
+                tree.add(carve_zone(tree.zones[c.parent], cid))
+                added.append(cid)
+                if c.parent in keys:
+                    keys[cid] = keys[c.parent]
+                if c.parent in winners:
+                    winners[cid] = winners[c.parent]
         self._zone_key, self._zone_winner = keys, winners
+        b.zones |= set(added)
         b.spec.targets = list(b.spec.targets) + added
         self.carve_version += 1
 
     def _uncarve(self, b: Broadcast) -> None:
-        """Its carves go: their receivers are back in their zones' lists (next sync)."""
-        mine = [cid for cid, c in self.carves.items() if c.broadcast == b.id]
-        for cid in mine:
-            del self.carves[cid]
+        """Its carves go: their receivers are back in their zones' lists (next sync), and the
+        carves below them (a later broadcast's) move up to their parents."""
+        gone, moved = release(self.carves, b.id)
+        for child, parent in moved.items():
+            z = self.tree.zones.get(child)
+            if z is not None:
+                z.parent = parent
+        for cid in gone:
             if cid in self.tree.zones:
                 self.tree.remove(cid)
-        if mine:
+        if gone:
+            self.tree.version += 1
             self.carve_version += 1
 
     def restore_carves(self, tree: ZoneTree) -> None:

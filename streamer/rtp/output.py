@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from streamer.audio import FRAME_SAMPLES
-from streamer.core.carve import split_destinations
+from streamer.core.carve import Carve, nested_addrs, split_destinations
 from streamer.rtp import red
 from streamer.rtp.opus import OpusRepacketizer
 from streamer.rtp.packet import HEADER_SIZE, write_header
@@ -122,10 +122,11 @@ class RtpOutput:
         self._key_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self._slow_for: tuple[Any, int] | None = None   # (programs, version) _slow is for
         self._slow: dict[ProgramKey, tuple[str, ...]] = {}
-        #: carves (streamer.core.carve): carve zone -> (its zone, the addresses taken from it),
-        #: and zone -> its carve zones
-        self._carves: dict[str, tuple[str, frozenset[tuple[str, int]]]] = {}
+        #: carves (streamer.core.carve): carve zone -> its carve; zone -> its carve zones;
+        #: zone or carve -> the addresses of the carves below it (out of its lists)
+        self._carves: dict[str, Carve] = {}
         self._carved: dict[str, list[str]] = {}
+        self._nested: dict[str, frozenset[tuple[str, int]]] = {}
 
     # ---------------------------------------------------------------- destinations
     def zone_changed(self, zone: Zone) -> bool:
@@ -142,29 +143,25 @@ class RtpOutput:
         self._apply(tree, zone_id)
         self._apply_carves_of(tree, zone_id)
 
-    def set_carves(self, tree: ZoneTree,
-                   carves: Mapping[str, tuple[str, frozenset[tuple[str, int]]]]) -> None:
-        """The carves now (streamer.core.carve): the zones they take receivers from and the
-        carves themselves get their lists rebuilt where anything changed (a carve gone is
-        dropped by the tree sync, its receivers are back in their zone's lists here)."""
+    def set_carves(self, tree: ZoneTree, carves: Mapping[str, Carve]) -> None:
+        """The carves now (streamer.core.carve): every zone whose carves changed gets its
+        lists and its carves' rebuilt (a carve gone is dropped by the tree sync; its receivers
+        are back in their zone's lists, or their outer carve's, here)."""
         if carves == self._carves:
             return
         old = self._carves
-        touched = {c[0] for cid, c in old.items() if carves.get(cid) != c}
-        fresh = [cid for cid, c in carves.items() if old.get(cid) != c]
-        touched.update(carves[cid][0] for cid in fresh)
+        touched = {c.zone for cid, c in old.items() if carves.get(cid) != c}
+        touched.update(c.zone for cid, c in carves.items() if old.get(cid) != c)
         self._carves = dict(carves)
         self._carved = {}
-        for cid, (z, _a) in carves.items():
-            self._carved.setdefault(z, []).append(cid)
+        for cid, c in carves.items():
+            self._carved.setdefault(c.zone, []).append(cid)
+        self._nested = nested_addrs(carves)
         for z in touched:
-            if z in tree.zones:
-                self._applied_sig[z] = _dest_signature(tree.zones[z])
-                self._apply(tree, z)
-        for cid in carves:
-            if cid in tree.zones and (cid in fresh or carves[cid][0] in touched):
-                self._applied_sig[cid] = _dest_signature(tree.zones[cid])
-                self._apply(tree, cid)
+            for zid in [z, *self._carved.get(z, ())]:
+                if zid in tree.zones:
+                    self._applied_sig[zid] = _dest_signature(tree.zones[zid])
+                    self._apply(tree, zid)
 
     def _apply_carves_of(self, tree: ZoneTree, zone_id: str) -> None:
         for cid in self._carved.get(zone_id, ()):
@@ -208,16 +205,16 @@ class RtpOutput:
         self.version += 1
         self._key_cache = {}
         carve = self._carves.get(zone_id)
-        src = carve[0] if carve is not None else zone_id
+        src = carve.zone if carve is not None else zone_id
         if carve is not None and src not in tree.zones:
             plain, dyn = {}, []
         else:
             plain = tree.destinations_by_ptime(src)
             dyn = self.dynamic.get(src) or []
         if carve is not None:     # its receivers only, from its zone's lists
-            plain, dyn = split_destinations(plain, dyn, carve[1], take=True)
-        elif zone_id in self._carved:   # the zone's lists without its carves' receivers
-            taken = frozenset().union(*(self._carves[c][1] for c in self._carved[zone_id]))
+            plain, dyn = split_destinations(plain, dyn, carve.addrs, take=True)
+        taken = self._nested.get(zone_id)
+        if taken:                 # without the receivers of the carves below it
             plain, dyn = split_destinations(plain, dyn, taken, take=False)
         secure: dict[int, list[tuple[str, int]]] = {}
         seen = {a for lst in plain.values() for a in lst}

@@ -182,3 +182,46 @@ def test_only_names_an_unknown_zone_or_a_carve():
     with pytest.raises(ZoneError):
         rig.rt.submit(StartBroadcast(id="y", targets=(), level=Level.EMERGENCY,
                                      source=ToneAudio(), only={carve_id("z", "alert-1"): (A[0],)}))
+
+
+def test_place_nests_a_receiver_already_carved_and_release_moves_the_inner_carve_up():
+    from streamer.core.carve import innermost, nested_addrs, place, release
+    carves = place({}, "z", "a", [A[1], A[2]])
+    assert carves == {"z~a": Carve("z", "a", frozenset({A[1], A[2]}), "z")}
+    b = place(carves, "z", "b", [A[2], A[3]])
+    assert b == {"z~a~b": Carve("z", "b", frozenset({A[2]}), "z~a"),
+                 "z~b": Carve("z", "b", frozenset({A[3]}), "z")}
+    carves.update(b)
+    assert nested_addrs(carves) == {"z": frozenset({A[1], A[2], A[3]}), "z~a": frozenset({A[2]})}
+    assert innermost(carves) == {A[1]: "z~a", A[2]: "z~a~b", A[3]: "z~b"}
+    gone, moved = release(carves, "a")
+    assert gone == ["z~a"] and moved == {"z~a~b": "z"}
+    assert carves["z~a~b"].parent == "z" and innermost(carves) == {A[2]: "z~a~b", A[3]: "z~b"}
+
+
+def test_overlapping_areas_each_receiver_gets_one_packet_per_tick_from_the_higher_level():
+    rig, fan = make()
+    rig.start(["province"], freq=1000, seconds=60)
+    rig.run(10)
+    alert(rig, [A[1], A[2]], level="priority", freq=440, bid="flood")
+    rig.run(20)
+    alert(rig, [A[2], A[3]], level="emergency", freq=2000, bid="quake")
+    t0 = rig.k
+    rig.run(50)
+    heard = {a: freq_between(fan, a, t0 + 5, rig.k) for a in A + REG}
+    assert abs(heard[A[1]] - 440) < 20 and abs(heard[A[2]] - 2000) < 30
+    assert abs(heard[A[3]] - 2000) < 30
+    assert all(abs(heard[a] - 1000) < 20 for a in (A[0], A[4], A[5], *REG))
+    # the first ends: its inner carve moves up; A[2] keeps the quake, A[1] is back
+    rig.rt.submit(StopBroadcast("flood"))
+    t1 = rig.k
+    rig.run(50)
+    assert abs(freq_between(fan, A[2], t1 + 5, rig.k) - 2000) < 30
+    assert abs(freq_between(fan, A[1], t1 + 5, rig.k) - 1000) < 20
+    rig.rt.submit(StopBroadcast("quake"))
+    t2 = rig.k
+    rig.run(50)
+    for a in A + REG:
+        assert abs(freq_between(fan, a, t2 + 5, rig.k) - 1000) < 20, a
+        one_stream(fan, a, 2, rig.k)
+    assert not rig.rt.core.carves and not [z for z in rig.rt.core.tree.zones if "~" in z]
