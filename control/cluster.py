@@ -234,6 +234,37 @@ async def _every(period: float, stop: asyncio.Event, fn: Callable[[], Any], what
 
 
 # ------------------------------------------------------------------ origin
+def hold_vanished_edges(before: Mapping[str, tuple[str, frozenset[str]]],
+                        now_serves: Mapping[str, tuple[str, frozenset[str]]],
+                        edges: list[dict[str, str]], expiry: dict[str, float], now: float
+                        ) -> dict[str, tuple[str, frozenset[str]]]:
+    """Which edges serve which zones, from the registry read at `now` (unix s): an edge that
+    served zones and is missing from the registry before its node hash would have expired
+    (`at` + its TTL, remembered in `expiry`) still serves them. Only an empty Redis restart
+    makes a live edge's hash vanish early, and it writes it again within 2 s; taking its static
+    destinations back for that moment made the origin send every speaker there the programme
+    a second time (found by loa bench nodes). A dead edge's hash expires at that very time, so
+    its zones come back to the origin no later than before."""
+    from streamer.cluster.keys import NODE_TTL_S
+    present = set()
+    for e in edges:
+        node = e.get("node")
+        if not node:
+            continue
+        present.add(node)
+        try:
+            expiry[node] = float(e.get("at") or 0.0) + NODE_TTL_S
+        except ValueError:
+            expiry.pop(node, None)
+    out = dict(now_serves)
+    for node, v in before.items():
+        if node not in present and now < expiry.get(node, 0.0):
+            out[node] = v
+    for node in [n for n, t in expiry.items() if t <= now and n not in present]:
+        del expiry[node]
+    return out
+
+
 class OriginCluster:
     """An origin's part in the cluster (built by control/app.py's Server when Redis is set)."""
 
@@ -288,6 +319,7 @@ class OriginCluster:
         #: which edge serves which zones' static destinations (edge -> (since, zone ids)),
         #: from the edges' node hashes; the zone.set/zone.drop commands that follow the tree
         self.edge_serves: dict[str, tuple[str, frozenset[str]]] = {}
+        self._edge_expiry: dict[str, float] = {}   # edge -> when its node hash expires (unix s)
         self.zonesync = ZoneSync()
         self._zone_tree: Callable[[], Any] = lambda: None
         self._apply_tree: Callable[[], None] = lambda: None
@@ -428,6 +460,8 @@ class OriginCluster:
             self._zones_dirty = True      # Redis restarted empty: the tree again
         serves = {e["node"]: (e.get("since", ""), parse_serves(e.get("serves")))
                   for e in edges if e.get("node") and e.get("serves")}
+        serves = hold_vanished_edges(self.edge_serves, serves, edges, self._edge_expiry,
+                                     time.time())
         if serves != self.edge_serves:
             moved = {z for _s, pats in serves.values() for z in pats} != \
                 {z for _s, pats in self.edge_serves.values() for z in pats}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.cluster import SecretSeal, check, cluster_key
+from control.cluster import SecretSeal, check, cluster_key, hold_vanished_edges
 from control.settings import ConfigError, Settings
 
 KEY = b"k" * 40
@@ -42,3 +42,21 @@ def test_the_key_can_come_from_a_file(tmp_path):
     assert cluster_key(s) == b"y" * 48
     with pytest.raises(ConfigError, match="cannot read"):
         cluster_key(Settings(redis_url="redis://x/0", cluster_key_file=tmp_path / "none"))
+
+
+def test_an_edge_missing_before_its_hash_would_expire_still_serves_its_zones():
+    a = ("1", frozenset({"xa-1"}))
+    b = ("2", frozenset({"xa-2"}))
+    expiry: dict[str, float] = {}
+    edges = [{"node": "edge-a", "at": "100.0"}, {"node": "edge-b", "at": "101.0"}]
+    seen = hold_vanished_edges({}, {"edge-a": a, "edge-b": b}, edges, expiry, 101.5)
+    assert seen == {"edge-a": a, "edge-b": b} and expiry == {"edge-a": 106.0, "edge-b": 107.0}
+    # Redis restarted empty: nobody in the registry; both hashes would still live
+    assert hold_vanished_edges(seen, {}, [], expiry, 102.0) == seen
+    # edge-b writes its hash again; edge-a is dead and its hash's time is up
+    again = hold_vanished_edges(seen, {"edge-b": b}, [{"node": "edge-b", "at": "103.0"}],
+                                expiry, 106.0)
+    assert again == {"edge-b": b} and "edge-a" not in expiry
+    # an edge in the registry that no longer serves anything is not held
+    assert hold_vanished_edges(again, {}, [{"node": "edge-b", "at": "104.0"}], expiry,
+                               104.5) == {}
