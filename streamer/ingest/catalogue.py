@@ -20,9 +20,10 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from streamer.audio import FRAME_MS, FRAME_SAMPLES
 from streamer.ingest.base import MediaError, Source
 from streamer.ingest.sequence import Part, SequenceSource, SkipSource
 from streamer.mixer.arbitration import Level
@@ -32,12 +33,15 @@ from streamer.port import PlaylistAudio, RelayAudio
 
 if TYPE_CHECKING:
     from streamer.tts.service import TtsService
+    from streamer.tts.source import Timeline
     from streamer.ingest.tones import SynthSource
 
 __all__ = ["Catalogue", "SourceFactory", "analyse", "attention_part", "duration_of",
            "ATTENTION_KINDS"]
 
 SourceFactory = Callable[[float], Source]
+#: measure(need_s) -> (seconds, complete): a text's length found out (streamer.ingest.sequence)
+Measure = Callable[[float], tuple[float, bool]]
 
 ATTENTION_KINDS = ("chime", "siren")
 SIREN_ATTENTION_S = 6.0
@@ -272,11 +276,12 @@ class Catalogue:
         return self._speech_timed(desc, urgent)[0]
 
     def _speech_timed(self, desc: TtsAudio, urgent: bool
-                      ) -> tuple[SourceFactory, Callable[[], float | None]]:
+                      ) -> tuple[SourceFactory, Callable[[], float | None], Measure]:
         """Text read aloud (streamer.tts): checked and cut into normalised sentences here (pure
         CPU), synthesised by the source in the TTS pool. An emergency (`urgent`) falls back to
         espeak-ng when its engine fails or is late. With the factory: its length once every
-        sentence is rendered (None before)."""
+        sentence is rendered (None before), and a function that finds the length out
+        (`_measure_of`)."""
         from streamer.tts.source import Timeline, TtsSource
         from streamer.tts.text import TextError, TextRefused
         svc = self.tts
@@ -291,7 +296,36 @@ class Catalogue:
             return TtsSource(svc, prep.sentences, prep.engine, prep.voice, prep.rate,
                              urgent=urgent, start_s=start_s, timeline=timeline,
                              resume_hint_s=hint)
-        return make, lambda: timeline.known_s
+        return make, lambda: timeline.known_s, self._measure_of(
+            prep.sentences, prep.engine, prep.voice, prep.rate, timeline, urgent)
+
+    def _measure_of(self, sentences: Sequence[str], engine_name: str, voice: str, rate: float,
+                    timeline: Timeline, urgent: bool) -> Measure:
+        """measure(need_s) -> (seconds, complete): the text's length as its source reads it
+        (whole frames per sentence), its sentences rendered in order as the source renders them
+        until they pass `need_s` (complete False then: the text is longer than that). The TTS
+        cache answers what was rendered before (a rejoin after a restart, an item prepared
+        ahead); a sentence already known (a resume inside the text) costs nothing. The
+        timeline is filled on the way, so the text's own source starts at the right sentence.
+        Blocking: off the tick."""
+        svc = self.tts
+
+        def measure(need_s: float) -> tuple[float, bool]:
+            engine = svc.engine(engine_name)
+            deadline = None if engine is svc.espeak else svc.deadline_s
+            need = need_s * 1000 / FRAME_MS
+            total = 0
+            for i, sentence in enumerate(sentences):
+                if total > need:
+                    return total * FRAME_MS / 1000.0, False
+                n = timeline.frames[i]
+                if n is None:
+                    pcm = svc.render_gained(sentence, engine, voice, rate, deadline, urgent)
+                    n = max(1, -(-int(pcm.shape[0]) // FRAME_SAMPLES))
+                    timeline.frames[i] = n
+                total += n
+            return total * FRAME_MS / 1000.0, True
+        return measure
 
     def _relay(self, desc: RelayAudio, priority: int = 0) -> SourceFactory:
         """An upstream live stream (streamer.ingest.relay), with its fallback item (a recording
@@ -320,21 +354,23 @@ class Catalogue:
         # a text's length is learned as it is rendered (issue 14's language variants are
         # playlists too): a reopened playlist places its start with what is known by then, and
         # an item not yet measured counts as endless, so a resume inside it lands in it
-        made: list[tuple[SourceFactory, Callable[[], float | None]]] = []
+        # (joined in progress, a text not rendered yet is measured first: SequenceSource.place)
+        made: list[tuple[SourceFactory, Callable[[], float | None], Measure | None]] = []
         for item in desc.items:
             if isinstance(item, (LiveAudio, RelayAudio, PlaylistAudio)):
                 raise MediaError("a playlist's items must be recordings, texts or tones")
             if isinstance(item, TtsAudio):
                 made.append(self._speech_timed(item, urgent=priority >= int(Level.EMERGENCY)))
             else:
-                made.append((self.factory(item, priority), _known(duration_of(item))))
+                made.append((self.factory(item, priority), _known(duration_of(item)), None))
         slot, fade = desc.slot_s, desc.fade_s
 
         def make(start_s: float) -> Source:
             parts = []
-            for i, (factory, length) in enumerate(made):
+            for i, (factory, length, measure) in enumerate(made):
                 n = length()
-                parts.append(Part(factory, n if n is not None else math.inf, f"item {i + 1}"))
+                parts.append(Part(factory, n if n is not None else math.inf, f"item {i + 1}",
+                                  measure))
             if slot is None:
                 return SequenceSource(parts, start_s, kind="playlist")
             # a playlist that fills a slot repeats its items until the slot's end
@@ -354,9 +390,10 @@ class Catalogue:
         if isinstance(desc.message, (Programme, LiveAudio)):
             raise MediaError("a programme's message must be a recording or a tone")
         length: Callable[[], float | None]
+        measure: Measure | None = None
         if isinstance(desc.message, TtsAudio):
-            message, length = self._speech_timed(desc.message,
-                                                 urgent=priority >= int(Level.EMERGENCY))
+            message, length, measure = self._speech_timed(
+                desc.message, urgent=priority >= int(Level.EMERGENCY))
         else:
             message, length = self.factory(desc.message, priority), \
                 _known(duration_of(desc.message) or 0.0)
@@ -377,6 +414,6 @@ class Catalogue:
             for i in range(repeats):
                 if i > 0 and pause > 0:
                     parts.append(Part(silence, pause, "pause"))
-                parts.append(Part(message, content, f"message {i + 1}"))
+                parts.append(Part(message, content, f"message {i + 1}", measure))
             return SequenceSource(parts, start_s, kind=kind)
         return make

@@ -9,6 +9,7 @@ a start offset past its length lands in the right round; it ends only when its o
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,11 @@ class Part:
     factory: SourceFactory
     duration_s: float  # best known length; used only to place a start offset
     label: str = ""
+    #: for a part whose length is not known yet (math.inf: a text not rendered):
+    #: measure(need_s) finds out whether it is longer than `need_s` -> (seconds, complete),
+    #: rendering no more than that (blocking; the TTS cache answers what was rendered before),
+    #: so a sequence opened part-way (a programme joined in progress) lands in the right part
+    measure: Callable[[float], tuple[float, bool]] | None = None
 
 
 class SkipSource(Source):
@@ -113,7 +119,59 @@ class SequenceSource(Source):
         self._index = 0
         self._offset = 0.0
         self._round_frames = 0   # frames read since the round began (a looping sequence)
-        t = max(0.0, start_s)
+        self._start_s = max(0.0, start_s)
+        #: placed before `start` (which measures first, off the tick, when that is needed)
+        self._placed = not (self._start_s > 0 and self._needs_measure())
+        if self._placed:
+            self._place()
+        #: seconds spent finding out lengths before the start (status, tests)
+        self.measured_s = 0.0
+        self._current: Source | None = None
+        self._next: Source | None = None
+        self._started = False
+        # where it starts: the offset within the part counts too (the part skips or seeks it)
+        self._base_frames = int(round(max(0.0, start_s) * 1000 / FRAME_MS)) if parts else 0
+
+    def _needs_measure(self) -> bool:
+        """A part of unknown length that can be measured lies before the start offset (or
+        anywhere, when looping: a round's length places the offset)."""
+        t = self._start_s
+        for p in self.parts:
+            if p.duration_s == math.inf:
+                return p.measure is not None
+            t -= p.duration_s
+            if t < 0 and not self.loop:
+                return False
+        return False
+
+    def place(self) -> None:
+        """Find the part and the offset in it where the sequence starts. Parts of unknown
+        length on the way are measured first (blocking: called by `start`, off the tick); one
+        that cannot be measured counts as endless (the start lands in it)."""
+        if self._placed:
+            return
+        t0 = time.monotonic()
+        t = self._start_s
+        for i, p in enumerate(self.parts):
+            if p.duration_s == math.inf and p.measure is not None:
+                try:
+                    seconds, complete = p.measure(math.inf if self.loop else t)
+                except Exception:   # an engine down: placed as before, in this part
+                    break
+                if not complete:    # longer than what is left: the start lands in it
+                    break
+                self.parts[i] = Part(p.factory, seconds, p.label, p.measure)
+            t -= self.parts[i].duration_s
+            if t < 0 and not self.loop:
+                break
+        self.measured_s = time.monotonic() - t0
+        self._placed = True
+        self._place()
+
+    def _place(self) -> None:
+        parts = self.parts
+        self._index = 0
+        t = self._start_s
         round_s = sum(p.duration_s for p in parts)
         if self.loop and 0 < round_s < math.inf:
             t = math.fmod(t, round_s)
@@ -121,11 +179,6 @@ class SequenceSource(Source):
             t -= parts[self._index].duration_s
             self._index += 1
         self._offset = t
-        self._current: Source | None = None
-        self._next: Source | None = None
-        self._started = False
-        # where it starts: the offset within the part counts too (the part skips or seeks it)
-        self._base_frames = int(round(max(0.0, start_s) * 1000 / FRAME_MS)) if parts else 0
 
     def _open(self, i: int, offset: float) -> Source:
         s = self.parts[i].factory(offset)
@@ -135,6 +188,7 @@ class SequenceSource(Source):
     def start(self) -> None:
         if self._started or not self.parts:
             return
+        self.place()
         self._started = True
         self._current = self._open(self._index, self._offset)
 
