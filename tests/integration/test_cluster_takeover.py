@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
 
 import pytest
 import redis as sync_redis
@@ -24,6 +25,15 @@ pytestmark = pytest.mark.integration
 TRIALS = int(os.environ.get("LOA_TAKEOVER_TRIALS", "2"))   # 10 for a p95
 
 
+def _health(n: Node) -> int:
+    try:
+        return n.get("/api/v1/health")[0]
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
 def _up(n: Node) -> bool:
     try:
         return n.get("/api/v1/health")[0] == 200
@@ -36,8 +46,10 @@ def test_standby_origin_carries_the_programme_on(tmp_path, redis_server):  # noq
     nodes: list[Node] = []
 
     def origin(name: str, wait: bool) -> Node:
-        n = Node(tmp_path, name, "origin", redis_server.url, {}, data_dir=data, wait=wait)
-        nodes.append(n)
+        n = Node(tmp_path, name, "origin", redis_server.url, {}, data_dir=data, wait=False)
+        nodes.append(n)       # stopped at the end even if it never comes up
+        if wait:
+            wait_for(f"{name} up", n._up, 40)
         return n
 
     red = sync_redis.Redis.from_url(redis_server.url)
@@ -46,6 +58,7 @@ def test_standby_origin_carries_the_programme_on(tmp_path, redis_server):  # noq
         active = origin("origin-a", True)
         standby = origin("origin-b", False)
         wait_for("the standby waits", lambda: "standby origin" in standby.output(), 15)
+        wait_for("the standby ready", lambda: _health(standby) == 503, 40)
         assert not _up(standby)
         (pe,) = free_udp_ports(1)
         edge = Node(tmp_path, "edge-1", "edge", redis_server.url, {"LOA_SEND_PORT": str(pe)})
@@ -97,6 +110,9 @@ def test_standby_origin_carries_the_programme_on(tmp_path, redis_server):  # noq
             active, standby = standby, origin(f"origin-{trial}-again", False)
             wait_for("the new standby waits",
                      lambda s=standby: "standby origin" in s.output(), 15)
+            # ready: its HTTP answers (503 until it has the database; it serves once its TTS
+            # workers are warm, which takes seconds on a loaded machine)
+            wait_for("the new standby ready", lambda s=standby: _health(s) == 503, 40)
         took.sort()
         print(f"takeover times: {[round(t, 2) for t in took]}")
         assert max(took) < 10.0, took
