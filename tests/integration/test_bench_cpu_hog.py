@@ -27,9 +27,11 @@ def test_hogs_burn_cpu_in_their_own_sessions_at_normal_priority_and_stop():
             assert os.getpriority(os.PRIO_PROCESS, pid) == 0   # normal priority
             assert os.sched_getscheduler(pid) == os.SCHED_OTHER
         before = {pid: _cpu_ticks(pid) for pid in pids}
-        time.sleep(1.0)
-        # busy: each got a good share of a core (ticks are 1/100 s)
-        assert all(_cpu_ticks(pid) - before[pid] >= 20 for pid in pids), before
+        time.sleep(1.5)
+        # busy, not sleeping: each burnt CPU (ticks are 1/100 s; a loaded shared machine gives
+        # each only a share of a core)
+        used = {pid: _cpu_ticks(pid) - before[pid] for pid in pids}
+        assert all(v >= 5 for v in used.values()), used
     assert hog.running == 0
     assert all(p.returncode is not None for p in procs)   # ended and reaped
 
