@@ -11,8 +11,20 @@ exactly as before, and never imports redis).
   its fencing token, and the receivers' secrets sealed with the cluster key in `{p}rxsecrets`.
   The schedule runner and the alert feeds/repeats run only while `leader()` holds; an alert
   pushed to an origin that does not lead is refused with 503 naming the leader.
-- Standby origin: a second origin on the same data directory (shared storage) waits on its
-  lock (`wait_for_data_dir`); when it starts and takes the lease it carries on what the last
+- Standing: `leader`, `unsure` (no renewal confirmed within half the lease) or `follower`
+  (Redis says another origin holds the lease); a change is logged, published
+  (`cluster.leadership`) and recorded. A follower stops what it has on air (the new leader
+  carries it on from `{p}onair`), sends no media and refuses live talk (503 not_leader); an
+  unsure leader airs on (a Redis stall must not silence a speaker; the edges refuse a stale
+  origin's media by its fencing token). Live talk is not carried over in a takeover: the
+  phone's WebRTC connection (ICE, DTLS) is the old origin's and cannot move; the claim ends,
+  the page is told and reconnects, and what the talk paused resumes at the new leader where
+  it was paused.
+- Zones: the leader sends `zone.set`/`zone.drop` for the tree's changes (the API, the settings
+  file) to the edges (streamer/cluster/zonesync.py), and keeps the tree in `{p}tree`; the static
+  destinations of zones an edge serves (`serve_zones`) are left out of the origin's engine.
+- Standby origin: a second origin on the same data directory (shared storage) is on air ahead
+  of its lock (control/standby.py); when it takes the lease it carries on what the last
   leader had on air, from `{p}onair` (streamer/cluster/onair.py: the leader rewrites it every
   second), under the same broadcast ids at the offset reached by now. An origin that Redis
   says is not the holder sends no media (`OriginFeed.enabled`).

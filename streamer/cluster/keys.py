@@ -7,7 +7,9 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
 
 - `{p}node:{node}` (hash; TTL `NODE_TTL_S` 6 s, refreshed every `NODE_REFRESH_S` 2 s; each
   node): address, role, media and feed addresses, load, receivers, programmes, the highest
-  fencing token it has seen.
+  fencing token it has seen; an edge also the zones whose static destinations it sends
+  (`serves`) and when it started (`since`); an origin whether its database is open
+  (`storage`: `waiting` for a standby on air before it has the data directory's lock).
 - `{p}nodes:{role}` (sorted set; members scored by their expiry in unix ms, readers ignore and
   prune expired ones; each node): which nodes exist, per role.
 - `{p}rx:{receiver}` (hash; TTL `RECEIVER_TTL_S` 90 s, refreshed at most every
@@ -31,8 +33,9 @@ from the registry within `NODE_TTL_S`, a receiver whose edge died within `RECEIV
 - `{p}onair:{broadcast}` (hash; TTL `ONAIR_TTL_S` 60 s, rewritten every second; the leader):
   a broadcast on air or queued at the leader: its `StartBroadcast` as data (`cmd`, JSON), when
   it went on air at offset 0 (`start_ms`, unix ms), its position and when it was read (`pos`,
-  `pos_ms`), the leader's fencing token; `{p}onair` (set, same TTL): their ids. Deleted when
-  the broadcast ends; a standby that takes the lease resumes them (`streamer.cluster.onair`).
+  `pos_ms`) and whether it was paused then (`paused`), the leader's fencing token; `{p}onair`
+  (set, same TTL): their ids. Deleted when the broadcast ends; a standby that takes the lease
+  resumes them (`streamer.cluster.onair`).
 - `{p}tree` (string, JSON; no TTL, written by the leader when the tree changes and again when
   missing): the zone tree (zones with their static destinations, groups), so that a standby
   origin can go on air before it can open the database (`streamer.cluster.zonesync`).

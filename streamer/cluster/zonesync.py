@@ -12,9 +12,11 @@ again.
 `zone.set` {zone, multicast, unicast, ptime, edges: [edge]} for each zone an edge serves whose
 destinations changed since that edge last got them (everything for an edge that is new,
 restarted — its `since` moved — or after this origin took the lease), an empty `zone.set` when
-an edge no longer serves a zone, and `zone.drop` {zone} to every edge for a zone deleted from
-the tree. The commands go through the commands stream with the leader's fencing token
-(control/cluster.py), so an edge that was away reads them when it is back.
+an edge no longer serves a zone, an empty `zone.set` to every edge for a zone created (an edge
+that dropped a zone of that id pulls it again for its receivers), and `zone.drop` {zone} to
+every edge for a zone deleted from the tree. The commands go through the commands stream with
+the leader's fencing token (control/cluster.py), so an edge that was away reads them when it is
+back.
 """
 from __future__ import annotations
 
@@ -78,6 +80,10 @@ class ZoneSync:
     def plan(self, zones: Mapping[str, Zone], edges: EdgeServes
              ) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
+        if self._known is not None:   # created (perhaps again, after a drop): every edge may
+            # pull it for its receivers; an edge that serves it gets its destinations below
+            out += [("zone.set", {"zone": zid, "multicast": None, "unicast": [], "ptime": {}})
+                    for zid in sorted(set(zones) - self._known)]
         live = {(e, since) for e, (since, _p) in edges.items()}
         for k in [k for k in self._sent if k not in live]:
             del self._sent[k]                        # gone, or restarted (a new `since`)

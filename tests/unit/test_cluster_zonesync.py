@@ -49,6 +49,11 @@ def test_plan_follows_the_tree_and_the_edges():
     assert [b["multicast"] for _k, b in sync.plan(zones, edges)] == [None]
     del zones["c"]                                   # deleted: every edge drops it
     assert sync.plan(zones, edges) == [("zone.drop", {"zone": "c"})]
+    zones["c"] = Zone("c")                           # created again: every edge may pull it
+    assert sync.plan(zones, edges) == [("zone.set", {"zone": "c", "multicast": None,
+                                                     "unicast": [], "ptime": {}})]
+    del zones["c"]
+    assert sync.plan(zones, edges) == [("zone.drop", {"zone": "c"})]
     # an edge that restarted (a new `since`) is told everything again; a new edge too (a has
     # no static destinations any more: nothing to tell about it)
     edges = {"e1": ("t2", frozenset({"a", "b"})), "e2": ("t1", frozenset({"*"}))}
