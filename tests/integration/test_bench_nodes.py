@@ -1,0 +1,66 @@
+"""`loa bench nodes` in a tiny configuration, so it cannot rot (bench/nodes.py): real `loa serve`
+processes (one node; an origin and two edges through a real redis-server; a standby origin),
+the fan-out bench's sinks and field receivers on loopback.
+
+Checks the harness and the behaviour it measures, not the machine's speed: every receiver of
+every edge got every packet exactly once (the origin sent none of them itself), the numbers the
+table is made of are there, the failovers end with the receivers playing within generous bounds,
+and a Redis restart loses no packet. Each part well within 60 s."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.cli import main as bench_main
+from bench.nodes import NodesOptions, run_nodes
+
+pytestmark = pytest.mark.integration
+
+
+def test_cpu_part_tiny():
+    t0 = time.monotonic()
+    report = run_nodes(NodesOptions(sizes=(30,), seconds=2.0, parts=("cpu",)))
+    took = time.monotonic() - t0
+    assert report["valid"] is True, report["invalid_reasons"]
+    runs = {r["kind"]: r for r in report["cpu"]["runs"]}
+    single, cluster = runs["single"], runs["cluster"]
+    s = single["senders"]["single"]
+    # two zones of 30 receivers, 2 s of tone at 50 packets a second: all of it, once each
+    assert s["packets_delivered"] == s["packets_expected"] >= 2 * 30 * 90
+    assert s["loss_pct"] == 0.0 and s["duplicates"] == 0 and s["cpu_us_per_pkt"] > 0
+    for name in ("edge-a", "edge-b"):
+        e = cluster["senders"][name]
+        # each edge sends its zone: 30 receivers, every packet, and nobody else sent them
+        assert e["packets_delivered"] == e["packets_expected"] >= 30 * 90, (name, e)
+        assert e["duplicates"] == 0 and e["cpu_us_per_pkt"] > 0, (name, e)
+    assert cluster["origin"]["cpu_s"] > 0
+    assert 0 < cluster["origin"]["cores_busy"] < 0.5     # it encodes one programme, no fan-out
+    (row,) = report["cpu"]["rows"]
+    assert row["receivers_per_edge"] == 30 and row["edge-a_ratio"] and row["edge-b_ratio"]
+    assert took < 60, took
+
+
+def test_failover_part_tiny():
+    t0 = time.monotonic()
+    report = run_nodes(NodesOptions(trials=1, failover_receivers=1, static_receivers=10,
+                                    redis_window=3.0, parts=("edge", "origin", "redis")))
+    took = time.monotonic() - t0
+    assert report["valid"] is True, (report["invalid_reasons"], report["failover"].get("logs"))
+    fo = report["failover"]
+    (edge,) = fo["edge_killed"]["trials"]
+    assert edge["killed"] == "edge-a" and 0 < edge["seconds"] < 10, edge
+    (origin,) = fo["origin_killed"]["trials"]
+    assert origin["killed"] == "origin-1" and 0 < origin["seconds"] < 15, origin
+    (redis,) = fo["redis_restarted"]["trials"]
+    assert redis["static_expected"] >= 10 * 100 and redis["static_lost"] == 0, redis
+    assert redis["static_max_gap"] == 0 and redis["field"]["lost"] == 0, redis
+    assert redis["duplicates"] == 0, redis          # the origin did not send them too
+    assert fo["redis_restarted"]["lost_total"] == 0
+    assert took < 60, took
+
+
+def test_bad_options_are_refused_with_usage_status(capsys):
+    assert bench_main(["nodes", "--sizes", "ten"]) == 2
+    assert bench_main(["nodes", "--trials", "0"]) == 2
+    assert "--trials" in capsys.readouterr().err
