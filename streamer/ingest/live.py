@@ -15,7 +15,10 @@ them sits a small bounded jitter queue:
   `max_conceal` in a row): a frame that arrives just after its tick is then played on the next
   one, nothing is skipped. The queue is then a frame deeper than it needs; it catches up by
   leaving out a *quiet* frame (peak under `QUIET_PEAK`: a pause between words), never by the
-  drift trim's blind drop, so a late frame never costs a frame of speech.
+  drift trim's blind drop, so a late frame never costs a frame of speech. With `catchup_after`
+  it keeps that frame for at least so many reads after the last late frame: on a loaded
+  machine late frames come again and again, and the extra frame then absorbs them instead of
+  each costing a concealment (a one-off late frame is still taken back in a later pause).
 
 Live sources are read every tick even when inaudible (the engine drains them), so the queue
 never fills up with stale speech while an emergency holds the zone.
@@ -43,7 +46,7 @@ class LiveSource(Source):
 
     def __init__(self, kind: str = "live", max_frames: int = 3, prime_frames: int = 1,
                  trim_after: int = 50, conceal: Callable[[], np.ndarray | None] | None = None,
-                 max_conceal: int = 3) -> None:
+                 max_conceal: int = 3, catchup_after: int = 0) -> None:
         super().__init__()
         if max_frames < 1 or not 1 <= prime_frames <= max_frames:
             raise ValueError("need 1 <= prime_frames <= max_frames")
@@ -55,6 +58,8 @@ class LiveSource(Source):
         self.max_conceal = max_conceal
         self._concealing = 0     # concealment frames handed out in a row
         self._late_debt = 0      # frames of delay concealments added, to leave out in a pause
+        self.catchup_after = catchup_after   # reads after the last late frame before that
+        self._since_late = 0     # reads since the last tick that found no frame
         self._scratch = np.empty(FRAME_SAMPLES, dtype=DTYPE)
         self._q: collections.deque[np.ndarray] = collections.deque()
         self._lock = threading.Lock()
@@ -158,12 +163,17 @@ class LiveSource(Source):
             else:
                 stand_in = False
                 self._concealing = 0
+                self._since_late += 1
+                if self._late_debt and depth <= self.prime_frames:
+                    self._since_late = 0   # late again, absorbed by the frame kept for it
                 if depth > self.prime_frames and self._late_debt:
                     # a concealment stood in for a late frame, which still plays: take that
-                    # frame of delay back in a pause, never by dropping speech
+                    # frame of delay back in a pause, never by dropping speech, and not while
+                    # late frames keep coming (catchup_after)
                     self._deep_reads = 0
                     head = self._q[0]
-                    if (head is not self._mark_frame and len(head) == FRAME_SAMPLES
+                    if (self._since_late >= self.catchup_after
+                            and head is not self._mark_frame and len(head) == FRAME_SAMPLES
                             and float(np.abs(head, out=self._scratch).max()) < QUIET_PEAK):
                         self._q.popleft()
                         self._late_debt -= 1
@@ -209,6 +219,7 @@ class LiveSource(Source):
         """A tick passed without the frame due (concealed, or silence when the decoder could
         not conceal): the frames after it play a tick later, until a pause takes it back."""
         self._late_debt = min(self._late_debt + 1, self.max_frames)
+        self._since_late = 0
 
     @property
     def finished(self) -> bool:

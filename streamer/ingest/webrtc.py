@@ -141,6 +141,11 @@ class _OpusTap:
 #: late packet (a GC pause, a busy core) otherwise leaves 20 ms of extra delay for a second
 TRIM_AFTER = 10
 
+#: after a late frame, the claim's queue keeps the frame of delay it added for at least this
+#: many ticks (2 s) before a pause takes it back: late frames on a loaded machine come again
+#: and again, and each would otherwise cost a concealment (issue 17)
+CATCHUP_AFTER = 100
+
 #: how long a tick that found the claim's queue empty waits for the receive thread's decoder
 #: to conceal with it (the decoder is busy then mostly because the late frame is being decoded)
 CONCEAL_WAIT_S = 0.0003
@@ -481,7 +486,8 @@ class WebRtcSession:
             pre = self.preroll.since_unmute(self.preroll.capacity)
             conceal = self._conceal_for_tick if self.receive_path == "loa" else None
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
-                             prime_frames=depth, trim_after=TRIM_AFTER, conceal=conceal)
+                             prime_frames=depth, trim_after=TRIM_AFTER, conceal=conceal,
+                             catchup_after=CATCHUP_AFTER)
             for f in pre:
                 src.push(f)
             self.preroll_sent += len(pre)

@@ -153,3 +153,43 @@ def test_a_tick_the_decoder_could_not_conceal_is_taken_back_in_a_pause_not_by_th
     assert s.read()[0] == 9
     assert s.read()[0] == 10                              # the pause was left out
     assert s.caught_up == 1 and s.depth == 0 and s.dropped_trim == 0
+
+
+def _talk(s: LiveSource, late_every: int, reads: int, quiet_every: int = 10) -> None:
+    """A talker whose frame comes after its tick once every `late_every` ticks, with a quiet
+    frame (a pause) every `quiet_every`: push what arrived by each tick, then read."""
+    v = 1
+    pending = 0
+    for k in range(reads):
+        if k % late_every == late_every - 1:
+            pending += 1                       # this tick's frame comes after the tick
+        else:
+            for _ in range(pending + 1):
+                s.push(_frame(0.001 if v % quiet_every == 0 else 0.5))
+                v += 1
+            pending = 0
+        s.read()
+
+
+def test_late_frames_that_keep_coming_are_absorbed_by_the_frame_kept_not_concealed_each_time():
+    # a late frame every 0.8 s (a loaded machine), pauses every 0.2 s
+    eager = LiveSource(max_frames=4, conceal=lambda: _frame(-1.0))
+    _talk(eager, late_every=40, reads=1000)
+    assert eager.concealed >= 20 and eager.caught_up >= 20   # caught up, then late again
+    held = LiveSource(max_frames=4, conceal=lambda: _frame(-1.0), catchup_after=100)
+    _talk(held, late_every=40, reads=1000)
+    assert held.concealed == 1 and held.caught_up == 0      # the kept frame absorbs the rest
+    assert held.dropped_trim == 0 and held.underruns == 0
+
+
+def test_a_one_off_late_frame_is_still_taken_back_after_the_hold():
+    s = LiveSource(max_frames=4, conceal=lambda: _frame(-1.0), catchup_after=100)
+    _talk(s, late_every=10_000, reads=10_000 - 1)   # never late: nothing concealed or kept
+    assert s.concealed == 0 and s.caught_up == 0
+    s2 = LiveSource(max_frames=4, conceal=lambda: _frame(-1.0), catchup_after=100)
+    _talk(s2, late_every=50, reads=51)               # one late frame at the 50th tick
+    assert s2.concealed == 1
+    _talk(s2, late_every=10_000, reads=90)           # within the hold: the frame is kept
+    assert s2.caught_up == 0 and s2.depth == 1       # (after the read: one frame kept)
+    _talk(s2, late_every=10_000, reads=30)           # after it, the next pause takes it back
+    assert s2.caught_up == 1 and s2.depth == 0 and s2.dropped_trim == 0
