@@ -10,12 +10,15 @@ nice value first (`loa bench` runs the server at nice -10: the old `os.nice(10)`
 workers at 0, level with everything else on the machine).
 
 So (absolute, not relative to the server's nice value):
-- workers for normal items: SCHED_IDLE — they run only on a core nothing else wants;
-- the worker kept for emergencies: SCHED_BATCH at nice 10 — never preempts a waking thread,
-  yet still gets a share of a saturated machine (an alert is not starved by a busy server);
+- workers for normal items: SCHED_BATCH at nice 19 — never preempts a waking thread, and gets
+  ~1.5 % of a core another process keeps busy (espeak-ng still reads faster than real time
+  there; SCHED_IDLE, ~0.3 %, would fall behind playout);
+- the worker kept for emergencies (it also checks and cuts every text, see
+  streamer.tts.service): SCHED_BATCH at nice 10 — never preempts a waking thread, yet gets
+  ~10 % of a saturated core (an alert is not starved by a busy machine);
 - espeak-ng children inherit their worker's policy; spawned by the server itself (in-process
-  synthesis: no worker processes, or before they run) they get SCHED_IDLE, or nice 19 where
-  SCHED_IDLE is refused.
+  synthesis: no worker processes, or before they run) they get SCHED_BATCH at nice 19 (nice 19
+  alone where the policy is refused).
 Lowering one's own priority needs no privilege on Linux. Pure policy + thin OS calls: `apply`
 takes the OS functions as parameters so the unit tests see what is asked without doing it.
 """
@@ -28,16 +31,16 @@ from typing import Any
 __all__ = ["WORKER", "URGENT_WORKER", "CHILD", "lower"]
 
 #: (policy name, nice value) per role
-WORKER = ("SCHED_IDLE", 19)
+WORKER = ("SCHED_BATCH", 19)
 URGENT_WORKER = ("SCHED_BATCH", 10)
-CHILD = ("SCHED_IDLE", 19)
+CHILD = ("SCHED_BATCH", 19)
 
 
 def lower(role: tuple[str, int], pid: int = 0, *,
           setscheduler: Callable[[int, int, Any], None] | None = None,
           setpriority: Callable[[int, int, int], None] | None = None) -> str:
     """Give process `pid` (0: this one) the role's policy and nice value. Returns what took
-    ("SCHED_IDLE", "SCHED_BATCH nice 10", "nice 19" or "unchanged"); never raises."""
+    ("SCHED_BATCH nice 19", "SCHED_IDLE nice 19", "nice 19" or "unchanged"); never raises."""
     policy_name, nice = role
     setscheduler = setscheduler or getattr(os, "sched_setscheduler", None)
     setpriority = setpriority or getattr(os, "setpriority", None)
@@ -49,8 +52,7 @@ def lower(role: tuple[str, int], pid: int = 0, *,
             took.append(policy_name)
         except (OSError, AttributeError):
             pass
-    # under SCHED_IDLE the nice value is ignored; it still counts if the policy is refused, and
-    # under SCHED_BATCH it sets the share
+    # under SCHED_BATCH the nice value sets the share; it still counts if the policy is refused
     if setpriority is not None:
         try:
             setpriority(os.PRIO_PROCESS, pid, nice)

@@ -188,12 +188,35 @@ class TtsService:
 
     def _prepare(self, text: str, engine: str | None, voice: str | None,
                  rate: float) -> Prepared:
-        text = check_text(text, self.max_chars)
+        cut = self._cut_in_worker(text)
+        if cut is None:
+            text = check_text(text, self.max_chars)
+            words: str | None = None
+            parts = tuple(sentences(text))
+        else:
+            text, words, parts = cut
         e, v = self.resolve(engine, voice)
-        parts = tuple(sentences(text))
         if not parts:
             raise TextError("empty_text", "the text has no words to read")
-        return Prepared(text, normalize(text), parts, e.name, v, float(rate))
+        return Prepared(text, normalize(text) if words is None else words, parts, e.name, v,
+                        float(rate))
+
+    def _cut_in_worker(self, text: str) -> tuple[str, str, tuple[str, ...]] | None:
+        """(text, words, sentences) checked and normalised in a synthesis worker process (the
+        server's GIL stays free for the tick: ~25-70 ms of Python per 2,000 characters, which
+        made a tick late when another process preempted the thread holding the GIL); None when
+        there are no workers (yet): then it is done here. Raises TextError."""
+        procs = self.processes
+        if procs is None or not procs.ready:
+            return None
+        try:
+            ok, a, b, parts = procs.prepare_text(text, self.max_chars)
+        except Exception as e:  # a broken pool: the text is cut here
+            log.warning("TTS worker could not prepare a text (%r): preparing in-process", e)
+            return None
+        if not ok:
+            raise TextError(a, b)
+        return a, b, parts
 
     # ------------------------------------------------------------------ rendering
     def render_sentence(self, sentence: str, engine: TtsEngine, voice: str, rate: float,

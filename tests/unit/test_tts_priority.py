@@ -24,12 +24,12 @@ class FakeOs:
         self.calls.append(("nice", which, pid, nice))
 
 
-def test_normal_workers_are_idle_class_and_the_emergency_worker_batch():
+def test_workers_are_batch_class_at_nice_19_and_the_emergency_worker_at_nice_10():
     fake = FakeOs()
     took = priority.lower(priority.WORKER, setscheduler=fake.setscheduler,
                           setpriority=fake.setpriority)
-    assert took == "SCHED_IDLE nice 19"
-    assert fake.calls == [("sched", 0, os.SCHED_IDLE), ("nice", os.PRIO_PROCESS, 0, 19)]
+    assert took == "SCHED_BATCH nice 19"
+    assert fake.calls == [("sched", 0, os.SCHED_BATCH), ("nice", os.PRIO_PROCESS, 0, 19)]
     fake = FakeOs()
     took = priority.lower(priority.URGENT_WORKER, 4242, setscheduler=fake.setscheduler,
                           setpriority=fake.setpriority)
@@ -51,6 +51,6 @@ def test_a_refused_policy_falls_back_to_nice_and_nothing_refused_is_an_error():
 def test_espeak_children_are_lowered_by_default():
     # the server's own espeak-ng children (in-process synthesis) get the child's class; a
     # worker process sets CHILD_PRIORITY to None so its children inherit its class instead
-    assert engines.CHILD_PRIORITY == priority.CHILD == ("SCHED_IDLE", 19)
+    assert engines.CHILD_PRIORITY == priority.CHILD == ("SCHED_BATCH", 19)
     # the nice values are absolute and below any the server runs at
     assert priority.WORKER[1] > priority.URGENT_WORKER[1] > 0
