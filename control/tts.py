@@ -147,8 +147,12 @@ class TtsHandlers:
     async def voices(self, request: web.Request) -> web.Response:
         return json_response({"default_engine": self.tts.default_engine,
                               "default_voice": self.tts.default_voice,
+                              # the language an engine reads (every engine here reads
+                              # Vietnamese; Bahnar, Chăm, Hrê... are recordings): the live page
+                              # offers a text variant only in a language some engine reads
                               "engines": [{"name": n, "kind": e.kind, "voices": list(e.voices),
-                                           "default_voice": e.default_voice}
+                                           "default_voice": e.default_voice,
+                                           "language": getattr(e, "language", "vi")}
                                           for n, e in sorted(self.tts.engines.items())],
                               "max_chars": self.tts.max_chars})
 
