@@ -30,6 +30,9 @@ ON_TIME_S = 2.0
 #: the longest expansion asked of one rule (a listing, a conflict check): bounds the work
 MAX_OCCURRENCES = 5000
 _ALLOWED_FREQ = (YEARLY, MONTHLY, WEEKLY, DAILY, HOURLY)
+#: the most occurrences a rule may have in a day (every 15 minutes): BYMINUTE/BYSECOND lists
+#: can make a DAILY rule fire every few seconds, which no programme grid needs
+MAX_PER_DAY = 96
 
 
 def zone_info(name: str) -> ZoneInfo:
@@ -71,7 +74,27 @@ def parse_rrule(text: str, start_local: dt.datetime) -> RRule:
     if getattr(rule, "_freq", None) not in _ALLOWED_FREQ:
         raise Invalid("invalid_rrule", "a schedule recurs at most hourly (FREQ=MINUTELY and "
                       "SECONDLY are refused)")
+    if int(getattr(rule, "_interval", 1)) < 1:
+        # dateutil takes INTERVAL=0 and repeats the first instant for ever
+        raise Invalid("invalid_rrule", f"invalid RRULE {text!r}: INTERVAL must be 1 or more")
+    per_day = times_a_day(rule)
+    count = getattr(rule, "_count", None)
+    if per_day > MAX_PER_DAY and (count is None or count > MAX_PER_DAY):
+        raise Invalid("invalid_rrule", f"a schedule airs at most {MAX_PER_DAY} times a day "
+                      f"(RRULE {text!r} can air {per_day} times a day)")
     return rule
+
+
+def times_a_day(rule: RRule) -> int:
+    """The most occurrences the rule can have in one day, from its time lists (a day that
+    matches gets every hour x minute x second combination), without expanding it."""
+    def n(name: str) -> int:
+        v = getattr(rule, name, None)
+        return len(v) if v else 1
+    hours = n("_byhour")
+    if getattr(rule, "_freq", None) == HOURLY and not getattr(rule, "_byhour", None):
+        hours = -(-24 // max(1, int(getattr(rule, "_interval", 1))))
+    return hours * n("_byminute") * n("_bysecond")
 
 
 @dataclass(frozen=True)

@@ -158,8 +158,8 @@ class Schedules:
                         max(2.0, len(getattr(it, "text", "")) / 14.0) if it.kind == "tts"
                         else 2.0))
             known = None if any(n is None for n in lengths) else sum(n or 0.0 for n in lengths)
-            base = known if s.slot_s is None else (s.slot_s if known is None
-                                                   else min(known, s.slot_s))
+            # a playlist that fills a slot repeats its items until the slot's end
+            base = known if s.slot_s is None else s.slot_s
         elif s.kind == "tts":
             base = max(2.0, len(getattr(s, "text", "")) / 14.0)  # ~14 characters a second
         else:
@@ -202,7 +202,12 @@ class Schedules:
                "enabled": req.enabled, "disabled_reason": None}
         when = when_of(row)   # RRULE, until, exdates: Invalid now
         now_dt = dt.datetime.fromtimestamp(now, UTC)
-        if when.next_start(now_dt, horizon_days=3660) is None:
+        # off the event loop: dateutil searches a rule that matches nothing (BYMONTHDAY=30
+        # in February) year by year to 9999, seconds of CPU the loop must not wait on
+        import asyncio
+        first = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: when.first_start(now_dt, horizon_days=3660))
+        if first is None:
             if req.rrule is None:
                 raise Invalid("start_in_past", f"start {req.start} is in the past")
             raise Invalid("never_airs", "this schedule has no occurrence from now on (start, "

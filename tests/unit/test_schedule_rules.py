@@ -9,7 +9,7 @@ import pytest
 
 from control.errors import Invalid
 from control.schedule.rules import (ON_TIME_S, Exdates, Holder, Slot, When, conflicts, decide,
-                                    parse_instant, parse_rrule)
+                                    parse_instant, parse_rrule, times_a_day)
 
 UTC = dt.UTC
 HCM = dt.timezone(dt.timedelta(hours=7))
@@ -118,6 +118,40 @@ def test_invalid_rrules_are_refused(bad: str) -> None:
 def test_rrule_prefix_and_count() -> None:
     r = parse_rrule("RRULE:FREQ=DAILY;COUNT=3", dt.datetime(2026, 1, 1, 6))
     assert len(list(r)) == 3
+
+
+@pytest.mark.parametrize("bad", ["FREQ=DAILY;INTERVAL=0", "FREQ=WEEKLY;INTERVAL=0;BYDAY=MO",
+                                 "FREQ=DAILY;BYHOUR=6,7,8;BYMINUTE=0,1,2,3,4,5,6,7,8,9,10,11,"
+                                 "12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,"
+                                 "32,33,34,35;BYSECOND=0,10,20,30,40,50",
+                                 "FREQ=HOURLY;BYMINUTE=0,5,10,15,20,25,30,35,40,45,50,55"])
+def test_rules_that_repeat_an_instant_or_fire_every_few_minutes_are_refused(bad: str) -> None:
+    """INTERVAL=0 repeats the first instant for ever in dateutil (a runner looking past it
+    would spin); BYMINUTE/BYSECOND lists can make a daily rule fire every few seconds."""
+    with pytest.raises(Invalid) as e:
+        When(t("2026-03-01T06:00:00+07:00"), rrule=bad)
+    assert e.value.code == "invalid_rrule"
+
+
+def test_every_quarter_hour_is_the_densest_grid_allowed() -> None:
+    w = When(t("2026-03-01T00:00:00+07:00"), rrule="FREQ=HOURLY;BYMINUTE=0,15,30,45")
+    assert len(w.starts(t("2026-03-01T00:00:00+07:00"), t("2026-03-02T00:00:00+07:00"))) == 96
+    assert times_a_day(parse_rrule("FREQ=HOURLY;INTERVAL=3", dt.datetime(2026, 1, 1))) == 8
+    assert times_a_day(parse_rrule("FREQ=DAILY;BYHOUR=5,17;BYMINUTE=0,30",
+                                   dt.datetime(2026, 1, 1))) == 4
+    # a dense rule with a small COUNT is harmless
+    When(t("2026-03-01T06:00:00+07:00"), rrule="FREQ=HOURLY;COUNT=5;BYMINUTE=0,1,2,3,4,5,6")
+
+
+def test_count_and_until_bound_the_occurrences_wherever_the_window_starts() -> None:
+    w = When(t("2026-03-01T06:00:00+07:00"), rrule="FREQ=DAILY;COUNT=3")
+    all3 = w.starts(t("2026-02-01T00:00:00Z"), t("2026-04-01T00:00:00Z"))
+    assert [local_hm(x) for x in all3] == [(6, 0)] * 3
+    assert w.starts(t("2026-03-02T00:00:00Z"), t("2026-04-01T00:00:00Z")) == all3[2:]
+    assert w.first_start(t("2026-03-03T12:00:00Z")) is None
+    u = When(t("2026-03-01T06:00:00+07:00"), rrule="FREQ=DAILY;UNTIL=20260305T060000")
+    assert len(u.starts(t("2026-02-01T00:00:00Z"), t("2026-04-01T00:00:00Z"))) == 5
+    assert len(u.starts(t("2026-03-03T00:00:00Z"), t("2026-03-04T00:00:00Z"))) == 1
 
 
 @pytest.mark.parametrize("bad", ["2026-03-01T06:00:00", "tomorrow", "2026-13-01T00:00:00Z"])
