@@ -56,6 +56,7 @@ class Upstream:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_get("/live.mp3", self._stream)
+        app.router.add_get("/moved", self._moved)
         for path, handler in getattr(self, "_extra_routes", []):
             app.router.add_get(path, handler)
         runner = web.AppRunner(app)
@@ -94,6 +95,13 @@ class Upstream:
         finally:
             self._responses.discard(resp)
         return resp
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        """A redirect to where `redirect_to` says (a station moved to its CDN)."""
+        self.hosts.append(request.headers.get("Host", ""))
+        raise web.HTTPFound(self.redirect_to)
+
+    redirect_to = "/live.mp3"
 
     def cut(self) -> None:
         """The upstream goes down: open streams end, new connections get 503."""

@@ -242,3 +242,31 @@ def test_hls_segments_on_another_host_are_checked_too(tmp_path, allowed, plays):
     finally:
         src.close()
         up.close()
+
+
+@pytest.mark.parametrize("target,plays", [("cdn.test", True), ("metadata.test", False)])
+def test_a_redirect_is_checked_like_the_url(tmp_path, target, plays):
+    """A 302 to another host is followed only if that host passes the same check, at the
+    address checked (metadata.test resolves to 169.254.169.254 here: refused, never reached)."""
+    up = Upstream(make_stream(tmp_path / "a.mp3", 1000.0))
+    up.redirect_to = f"http://{target}:{up.port}/live.mp3"
+    table = {"station.test": ["127.0.0.1"], "cdn.test": ["127.0.0.1"],
+             "metadata.test": ["169.254.169.254"]}
+    src = RelaySource(f"http://station.test:{up.port}/moved", silence_s=5.0,
+                      reconnect_max_s=0.5, allow_hosts=("station.test", "cdn.test"),
+                      resolver=lambda host, port: table[host])
+    try:
+        src.start()
+        wait_ready(src, 5)
+        frames = tick(src, 1.5, [])
+        assert up.hosts[0] == f"station.test:{up.port}"
+        if plays:
+            assert len(frames) >= 60 and abs(dominant_hz(frames[-40:]) - 1000) < 10
+            assert f"cdn.test:{up.port}" in up.hosts
+        else:
+            assert frames == [] and src.connects == 0 and src.blocked >= 1
+            assert "169.254.169.254" in (src.last_error or ""), src.last_error
+            assert all(h == f"station.test:{up.port}" for h in up.hosts)
+    finally:
+        src.close()
+        up.close()
