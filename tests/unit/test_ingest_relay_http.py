@@ -109,8 +109,8 @@ def test_split_url():
 
 
 def test_the_api_check_uses_the_same_policy():
-    public = lambda h, p: ["203.162.4.190"]  # noqa: E731
-    private = lambda h, p: ["192.168.1.20"]  # noqa: E731
+    public = lambda h, p: ["203.162.4.190"]
+    private = lambda h, p: ["192.168.1.20"]
     check_relay_url("http://vov.example/live.mp3", (), resolver=public)
     with pytest.raises(Invalid) as e:
         check_relay_url("http://vov.example/live.mp3", (), resolver=private)
