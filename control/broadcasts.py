@@ -208,10 +208,14 @@ class Broadcasts:
         from control import variants
         loop = asyncio.get_running_loop()
         groups = variants.plan(req, self._reach(req.zones), self.tree(), self.zone_speech())
-        for spec in variants.texts(groups):
+        # every variant is checked, also one no zone reached airs (an unknown recording or a
+        # bad text is a mistake in the request all the same: 4xx, nothing airs)
+        every = groups + ([variants.Group(tuple((v.language, v.source) for v in req.variants),
+                                          frozenset(), ())] if req.variants else [])
+        for spec in variants.texts(every):
             await loop.run_in_executor(pool, self.check_text, spec)
         rows: dict[str, dict] = {}
-        for mid in variants.media_ids(groups):
+        for mid in variants.media_ids(every):
             row = await self.db.media(mid)
             if row is None:
                 raise NotFound("unknown_media", f"no media with id {mid!r}")

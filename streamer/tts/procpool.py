@@ -48,9 +48,7 @@ WARM_SENTENCE = "Xin chào bà con."
 
 def _init_worker(cache_dir: str | None, cache_max: int, loudness_target: float | None,
                  urgent: bool = False, barrier: Any = None) -> None:
-    # synthesis runs far ahead of playout: the server's threads come first (streamer.tts.priority)
     from streamer.tts import engines, priority
-    _WORKER["priority"] = priority.lower(priority.URGENT_WORKER if urgent else priority.WORKER)
     engines.CHILD_PRIORITY = None   # espeak-ng inherits this worker's policy
     from streamer.tts.cache import TtsCache
     from streamer.tts.service import TtsService
@@ -69,6 +67,10 @@ def _init_worker(cache_dir: str | None, cache_max: int, loudness_target: float |
     except Exception as e:   # espeak-ng missing or broken: the first real sentence says so
         log.warning("TTS worker warm-up failed: %r", e)
     _WORKER["warm_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    # synthesis runs far ahead of playout: the server's threads come first
+    # (streamer.tts.priority). Lowered after the imports and the warm-up, which are part of the
+    # server's start (at nice 19 on a busy machine they took 15 s and more).
+    _WORKER["priority"] = priority.lower(priority.URGENT_WORKER if urgent else priority.WORKER)
 
 
 def _warm() -> tuple[int, str, float]:

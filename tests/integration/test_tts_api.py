@@ -241,6 +241,16 @@ def test_zone_voice_and_language_variants(serve):
     bad = [variants[0], {"language": "vi", "source": {"kind": "tts", "text": "Bão 台风"}}]
     st, e = srv.request("POST", "/api/v1/broadcasts", {"zones": ["xa"], "variants": bad})
     assert st == 422 and e["error"]["code"] == "unreadable_script", e
+    # ...also a variant no zone reached airs (Thôn 2 hears Vietnamese only): checked all the same
+    vi = {"language": "vi", "source": {"kind": "tts", "text": "Xin chào."}}
+    for other, status, code in (
+            ({"language": "bahnar", "source": {"kind": "media", "id": "ffff"}}, 404,
+             "unknown_media"),
+            ({"language": "bahnar", "source": {"kind": "tts", "text": "Bok 台风"}}, 422,
+             "unreadable_script")):
+        st, e = srv.request("POST", "/api/v1/broadcasts", {"zones": ["thon-2"],
+                                                           "variants": [vi, other]})
+        assert st == status and e["error"]["code"] == code, e
     _, lst = srv.request("GET", "/api/v1/broadcasts?past=1")
     assert len(lst["broadcasts"]) == n_before + 2
 
