@@ -7,6 +7,7 @@ request is kept (`hosts`): a relay connects to an address it checked, naming the
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import threading
 import time
@@ -31,7 +32,8 @@ def make_stream(path: Path, freq: float, seconds: float = 4.0, fmt: str = "mp3",
 
 class Upstream:
     def __init__(self, stream: Path, silent: Path | None = None, content_type: str = "audio/mpeg",
-                 bytes_per_s: int = 8000) -> None:
+                 bytes_per_s: int = 8000, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.data = stream.read_bytes()
         self.silent = silent.read_bytes() if silent is not None else b""
         self.content_type = content_type
@@ -61,7 +63,7 @@ class Upstream:
             app.router.add_get(path, handler)
         runner = web.AppRunner(app)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         self._loop.run_until_complete(site.start())
         self._runner = runner
         self._ready.set()

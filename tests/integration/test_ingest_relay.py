@@ -270,3 +270,57 @@ def test_a_redirect_is_checked_like_the_url(tmp_path, target, plays):
     finally:
         src.close()
         up.close()
+
+
+def station_certificate(tmp_path, name: str):
+    """A self-signed certificate for `name` (its own trust anchor) and its key, as files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cp, kp = tmp_path / "station.pem", tmp_path / "station.key"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cp, kp
+
+
+@pytest.mark.parametrize("name,plays", [("station.test", True), ("other.test", False)])
+def test_https_is_verified_against_the_name_not_the_address(tmp_path, monkeypatch, name, plays):
+    """The relay connects to the checked address but speaks TLS to the name (SNI, certificate
+    checked against it): a certificate for station.test is accepted for station.test and
+    refused for other.test, though both resolve to the same address."""
+    import ssl
+    cp, kp = station_certificate(tmp_path, "station.test")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cp, kp)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cp))   # this test's trust store
+    up = Upstream(make_stream(tmp_path / "a.mp3", 1000.0), ssl_context=ctx)
+    src = RelaySource(f"https://{name}:{up.port}/live.mp3", silence_s=5.0, reconnect_max_s=0.5,
+                      allow_hosts=LOOPBACK, resolver=lambda host, port: ["127.0.0.1"])
+    try:
+        src.start()
+        wait_ready(src, 5)
+        frames = tick(src, 1.5, [])
+        if plays:
+            assert len(frames) >= 60 and abs(dominant_hz(frames[-40:]) - 1000) < 10
+            assert up.hosts[0] == f"station.test:{up.port}"
+        else:
+            assert frames == [] and src.connects == 0 and up.hosts == []
+            assert "doesn't match 'station.test'" in (src.last_error or ""), src.last_error
+    finally:
+        src.close()
+        up.close()
