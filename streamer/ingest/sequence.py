@@ -133,14 +133,14 @@ class SequenceSource(Source):
         self._base_frames = int(round(max(0.0, start_s) * 1000 / FRAME_MS)) if parts else 0
 
     def _needs_measure(self) -> bool:
-        """A part of unknown length that can be measured lies before the start offset (or
-        anywhere, when looping: a round's length places the offset)."""
+        """A part of unknown length that can be measured lies before the start offset (a
+        looping sequence's offset past its first round needs the whole round)."""
         t = self._start_s
         for p in self.parts:
             if p.duration_s == math.inf:
                 return p.measure is not None
             t -= p.duration_s
-            if t < 0 and not self.loop:
+            if t < 0:
                 return False
         return False
 
@@ -155,14 +155,14 @@ class SequenceSource(Source):
         for i, p in enumerate(self.parts):
             if p.duration_s == math.inf and p.measure is not None:
                 try:
-                    seconds, complete = p.measure(math.inf if self.loop else t)
+                    seconds, complete = p.measure(t)
                 except Exception:   # an engine down: placed as before, in this part
                     break
                 if not complete:    # longer than what is left: the start lands in it
                     break
                 self.parts[i] = Part(p.factory, seconds, p.label, p.measure)
             t -= self.parts[i].duration_s
-            if t < 0 and not self.loop:
+            if t < 0:
                 break
         self.measured_s = time.monotonic() - t0
         self._placed = True

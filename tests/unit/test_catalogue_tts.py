@@ -172,3 +172,13 @@ def test_an_engine_that_fails_to_measure_leaves_the_start_in_the_text():
                    start_s=60.0)
     src.place()
     assert src._index == 1
+
+
+def test_a_start_before_the_first_text_renders_nothing():
+    cat, engine, sentences, lengths = fake_catalogue()
+    for slot in (None, 600.0):
+        src = cat.open(PlaylistAudio((ToneAudio(500.0, 10.0), TtsAudio(TEXT)), slot_s=slot),
+                       start_s=3.0)
+        seq = src if slot is None else src.inner
+        assert seq._placed and seq._index == 0 and seq._offset == pytest.approx(3.0)
+    assert engine.rendered == []
