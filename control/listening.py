@@ -325,7 +325,7 @@ class ListenHandlers:
         tree = self.audience.tree()
         zones = {z: tree.zones[z] for z in self.audience.visible(request)}
         base = f"{request.scheme}://{request.host}"
-        return json_response(status_json(self.hub, zones, base))
+        return json_response(status_json(self.hub, zones, base, self.hls_counts()))
 
     async def set_public(self, request: web.Request) -> web.Response:
         zid = request.match_info["zone"]
@@ -349,18 +349,35 @@ class _HandedOver(web.StreamResponse):
             await super().write_eof(data)
 
 
-def listener_metrics(hub: ListenHub) -> Any:
-    """A prometheus collector of listener counts (registered with /metrics at assembly)."""
+def listener_metrics(hub: ListenHub, hls_counts: Callable[[], dict[str, int]] = dict) -> Any:
+    """A prometheus collector of listener counts (registered with /metrics at assembly):
+    `loa_listeners{zone}` and `loa_listeners_total` count Ogg listeners and HLS clients (those
+    that fetched within the last segments: HLS has no connection to count), also apart with
+    `loa_listeners_by_kind{zone,kind="ogg"|"hls"}`."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     class _Collector:
         def collect(self) -> Any:
-            g = GaugeMetricFamily("loa_listeners", "HTTP listeners per zone", labels=["zone"])
-            for z, n in sorted(hub.counts().items()):
-                g.add_metric([z], n)
+            ogg = hub.counts()
+            try:
+                hls = hls_counts()
+            except RuntimeError:   # no running loop (collected off the server)
+                hls = {}
+            g = GaugeMetricFamily("loa_listeners", "HTTP listeners per zone (Ogg + HLS)",
+                                  labels=["zone"])
+            for z in sorted(set(ogg) | set(hls)):
+                g.add_metric([z], ogg.get(z, 0) + hls.get(z, 0))
             yield g
-            yield GaugeMetricFamily("loa_listeners_total", "HTTP listeners in all",
-                                    value=hub.total)
+            k = GaugeMetricFamily("loa_listeners_by_kind", "HTTP listeners per zone and kind",
+                                  labels=["zone", "kind"])
+            for z in sorted(set(ogg) | set(hls)):
+                k.add_metric([z, "ogg"], ogg.get(z, 0))
+                k.add_metric([z, "hls"], hls.get(z, 0))
+            yield k
+            yield GaugeMetricFamily("loa_listeners_total", "HTTP listeners in all (Ogg + HLS)",
+                                    value=hub.total + sum(hls.values()))
+            yield GaugeMetricFamily("loa_listeners_hls", "HLS clients in all",
+                                    value=sum(hls.values()))
             yield CounterMetricFamily("loa_listeners_refused", "Listeners refused (limits)",
                                       value=hub.refused)
             yield CounterMetricFamily("loa_listeners_dropped_slow",

@@ -43,7 +43,7 @@ class Outputs:
         self.hub = ListenHub(self.listen_output, ListenLimits(
             max_per_zone=s.listen_max_per_zone, max_total=s.listen_max_total,
             max_per_address=s.listen_max_per_address, max_buffer=s.listen_buffer_kb * 1024),
-            title=title, flush_s=1.0)
+            title=title, flush_s=s.listen_flush_s)
         self.listen = ListenHandlers(self.hub, port, self.audience, self.next_items)
         self.handlers.append(self.listen)
         self.hls = HlsHandlers(self.hub, self.audience)
@@ -54,7 +54,7 @@ class Outputs:
         for h in handlers:   # listener counts on /metrics
             m = getattr(h, "metrics_", None)
             if m is not None and hasattr(m, "register"):
-                m.register(listener_metrics(self.hub))
+                m.register(listener_metrics(self.hub, self.hls.counts))
         self.archive: Archive | None = None
         if s.archive:
             self.archive = Archive(port, self.hub, self.audience,

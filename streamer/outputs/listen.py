@@ -458,16 +458,23 @@ class ListenHub:
             lst.sent += len(data)
 
 
-def status_json(hub: ListenHub, zones: Mapping[str, Any], base_url: str) -> dict[str, Any]:
-    """Icecast's /status-json.xsl shape (`icestats.source`), for tools that read it."""
+def status_json(hub: ListenHub, zones: Mapping[str, Any], base_url: str,
+                hls: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Icecast's /status-json.xsl shape (`icestats.source`), for tools that read it: one source
+    per zone, its `listeners` the Ogg listeners plus the HLS clients (`hls`: zone -> clients
+    that fetched within the last segments), also given apart (`ogg_listeners`,
+    `hls_listeners`)."""
     counts = hub.counts()
     peaks = hub.peaks()
+    hls = hls or {}
     sources = []
     for zid, z in zones.items():
+        ogg, h = counts.get(zid, 0), hls.get(zid, 0)
         sources.append({
             "listenurl": f"{base_url}/listen/{zid}.ogg", "server_name": getattr(z, "name", zid),
-            "server_type": "audio/ogg", "listeners": counts.get(zid, 0),
-            "listener_peak": peaks.get(zid, 0), "genre": "public announcements",
+            "server_type": "audio/ogg", "listeners": ogg + h, "ogg_listeners": ogg,
+            "hls_listeners": h, "listener_peak": max(peaks.get(zid, 0), ogg + h),
+            "genre": "public announcements",
         })
     return {"icestats": {"admin": "", "host": base_url, "server_id": "loa",
                          "source": sources}}

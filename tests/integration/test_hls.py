@@ -36,6 +36,15 @@ def test_hls_playlist_plays_in_ffmpeg_and_stops_when_idle(serve, tmp_path):
     assert "#EXT-X-TARGETDURATION:2" in text and ".ts" in text
     info = s.request("GET", "/api/v1/listen/xa1")[1]
     assert info["listeners"]["hls"] >= 1, info
+    # HLS clients count on /metrics and in Icecast's status-json too (no Ogg listener here)
+    _, m = s.request("GET", "/metrics")
+    assert 'loa_listeners_by_kind{kind="hls",zone="xa1"}' in m, m[-2000:]
+    hls_now = _gauge(m, 'loa_listeners_by_kind{kind="hls",zone="xa1"}')
+    assert hls_now >= 1 and _gauge(m, 'loa_listeners{zone="xa1"}') == hls_now
+    assert _gauge(m, "loa_listeners_total") == hls_now == _gauge(m, "loa_listeners_hls")
+    _, ice = s.request("GET", "/status-json.xsl")
+    src = [x for x in ice["icestats"]["source"] if x["listenurl"].endswith("/xa1.ogg")][0]
+    assert src["listeners"] == src["hls_listeners"] >= 1 and src["ogg_listeners"] == 0, src
     # nobody fetches: the rendition stops after three segments (6 s) and its count drops
     wait_for("hls stopped", lambda: s.request("GET", "/api/v1/listen")[1]["hls_total"] == 0,
              15, 0.5)
@@ -59,3 +68,11 @@ def test_hls_refusals(serve):
     assert s.request("GET", "/listen/nope/index.m3u8")[0] == 404
     assert s.request("GET", "/listen/xa1/..%2Findex.m3u8")[0] == 404
     assert s.request("GET", "/listen/xa1/seg00000.ts")[0] == 404   # nothing encoding
+
+
+def _gauge(text: str, name: str) -> float:
+    """The value of one sample line of a Prometheus page (`name` with its labels)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
