@@ -7,12 +7,25 @@ sink (the zone's R UDP receivers) and the listener process (`bench.listen_client
 core. Loa plays a 440 Hz tone to the zone all along; Icecast is fed an Ogg/Opus file of the same
 tone at the same bitrate (libopus, 20 ms frames).
 
-Per server: an idle window (no listeners) and a steady window with N listeners connected (after
-they ramp up at --ramp per second); CPU of the server's process tree and its RSS in each.
-CPU per listener-second = (steady CPU/s − idle CPU/s) / N; memory per listener = (steady RSS −
-idle RSS) / N; both also as a ratio Loa / Icecast. For Loa: late ticks (from /metrics) over its
-whole phase (idle, ramp up, steady, ramp down), and the UDP receivers' losses over the whole run
-(from the sink): both must stay 0 while listeners connect and disconnect.
+Rounds (`--rounds`, default 3): in each, both servers in turn (Loa then Icecast, then the other
+way round in the next round, so a drift of the shared machine's load favours neither), each with
+an idle window (no listeners), N listeners ramped up at --ramp per second, a steady window, a
+ramp down and a second idle window; the baseline is the mean of the two idle windows.
+
+What serving the listeners costs is read per thread from /proc/PID/task/TID/schedstat (the
+scheduler's ns clock; loopback's receive half runs as softirq work in the sending thread and
+counts there, no IRQ time accounting on these kernels), plus the server cores' ksoftirqd:
+- Loa: its event-loop (main) thread, which does all listener work (pages, read watches, HTTP),
+  and nothing else that grows with listeners; its other threads (tick, fan-out to the R UDP
+  receivers, workers) are reported apart, their steady − idle per listener should be noise
+  around 0. Subtracting Loa's whole idle (the tick and the fan-out: ~0.1 core) from its whole
+  steady CPU, as the first version of this bench did, left a baseline noise of ±10 µs per
+  listener-second, as large as the quantity measured (still reported: "whole process").
+- Icecast: all its threads (its idle is a few ms per second).
+Per round the ratio Loa / Icecast of both, and of memory per listener (steady − idle RSS) / N;
+over the rounds their median, min and max. For Loa: late ticks (from /metrics) over all rounds
+(idle, ramps, steady), and the UDP receivers' losses over the whole run (from the sink): both
+must stay 0 while listeners connect and disconnect.
 """
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +42,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import cpu_delta, fmt, machine_info, tree_cpu, tree_rss_bytes
+from bench.common import (cpu_delta, cpu_list, fmt, machine_info, softirqd_cpu_seconds, tree_cpu,
+                          tree_rss_bytes)
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _counter_delta, _free_tcp_port,
                           _http, _prefix, _server_counters, resolve, write_toml)
 from bench.preempt import wait_healthy
@@ -97,15 +112,57 @@ def _raise_nofile(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Time on CPU of each live thread of one process, in ns (/proc/PID/task/TID/schedstat,
+    the scheduler's own clock: far finer than the 10 ms ticks of /proc/PID/stat). Work done in
+    a thread's context counts to it, softirq work included (no IRQ time accounting here)."""
+    out: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                out[int(t)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+class _Sample:
+    """One reading of a server: its process tree (/proc stat), its threads (schedstat), the
+    ksoftirqd threads of its cores (loopback receive work deferred there counts to nobody's
+    process: it is added to both servers alike) and the time."""
+
+    def __init__(self, pid: int, cores: set[int]) -> None:
+        self.tree = tree_cpu(pid)
+        self.threads = thread_cpu_ns(pid)
+        self.softirqd = softirqd_cpu_seconds(cores)
+        self.t = time.monotonic()
+
+
+def _rates(a: _Sample, b: _Sample, main: int) -> dict[str, float]:
+    """CPU seconds per second between two samples: the whole tree, the main thread (Loa's
+    event loop: every listener's page, read watch and HTTP work), the other threads of the
+    process (Loa's tick, fan-out, workers) and the cores' ksoftirqd."""
+    dt = max(1e-6, b.t - a.t)
+    main_ns = b.threads.get(main, 0) - a.threads.get(main, 0)
+    all_ns = sum(max(0, v - a.threads.get(t, 0)) for t, v in b.threads.items())
+    return {"tree": cpu_delta(a.tree, b.tree) / dt, "main": main_ns / 1e9 / dt,
+            "threads": all_ns / 1e9 / dt, "others": (all_ns - main_ns) / 1e9 / dt,
+            "softirqd": max(0.0, b.softirqd - a.softirqd) / dt}
+
+
 def measure(name: str, url: str, pid: int, n: int, opts: dict, env: dict, client_cpu: int,
-            nice: int, metrics_url: str | None = None) -> dict:
-    """One server's phase: idle window, N listeners ramped up, steady window, ramped down."""
+            nice: int, cores: set[int], metrics_url: str | None = None) -> dict:
+    """One server's phase: an idle window, N listeners ramped up, a steady window, ramped
+    down, a second idle window (the baseline is the mean of both idle windows)."""
     out: dict = {"server": name, "url": url, "listeners": n}
     before = _server_counters(metrics_url) if metrics_url else {}
-    c0, t0, rss0 = tree_cpu(pid), time.monotonic(), tree_rss_bytes(pid)
+    s0, rss0 = _Sample(pid, cores), tree_rss_bytes(pid)
     time.sleep(opts["idle_s"])
-    c1, t1 = tree_cpu(pid), time.monotonic()
-    idle_cps = cpu_delta(c0, c1) / (t1 - t0)
+    s1 = _Sample(pid, cores)
     rss_idle = max(rss0, tree_rss_bytes(pid))
     clients = Proc(_prefix(str(client_cpu), nice) + [
         sys.executable, "-m", "bench.listen_clients", url, "--n", str(n), "--ramp",
@@ -116,34 +173,60 @@ def measure(name: str, url: str, pid: int, n: int, opts: dict, env: dict, client
         line = clients.expect(lambda s: s.startswith("connected"), 60 + n / max(1.0, opts["ramp"]))
         out["connected"] = int(line.split()[1]) if line else 0
         time.sleep(opts["settle_s"])
-        c2, t2 = tree_cpu(pid), time.monotonic()
+        s2 = _Sample(pid, cores)
         time.sleep(opts["steady_s"])
-        c3, t3 = tree_cpu(pid), time.monotonic()
+        s3 = _Sample(pid, cores)
         rss_steady = tree_rss_bytes(pid)
         clients.say("close")
         done = clients.expect(lambda s: s.startswith("{"), 30 + n / max(1.0, opts["ramp"]))
         res = json.loads(done) if done else {}
     finally:
         clients.stop()
-    steady_cps = cpu_delta(c2, c3) / (t3 - t2)
     time.sleep(1.0)   # the last disconnections reach the server
+    s4 = _Sample(pid, cores)
+    time.sleep(opts["idle_s"])
+    s5 = _Sample(pid, cores)
     after = _server_counters(metrics_url) if metrics_url else {}
     k = max(1, out["connected"])
+    idle_a, idle_b, steady = _rates(s0, s1, pid), _rates(s4, s5, pid), _rates(s2, s3, pid)
+    idle = {key: (idle_a[key] + idle_b[key]) / 2 for key in idle_a}
+
+    def per_listener(key: str) -> float:
+        return round((steady[key] - idle[key]) / k * 1e6, 2)
+    # what serving the listeners costs: Loa's event-loop thread (the rest of Loa is reported
+    # apart: it must not grow with listeners), all of Icecast's threads; plus ksoftirqd
+    serving = "main" if name == "loa" else "threads"
     out.update(
-        idle_cpu_per_s=round(idle_cps, 4), steady_cpu_per_s=round(steady_cps, 4),
-        cpu_us_per_listener_s=round((steady_cps - idle_cps) / k * 1e6, 2),
-        cpu_us_per_listener_s_raw=round(steady_cps / k * 1e6, 2),
+        idle_cpu_per_s=round(idle["tree"], 4), steady_cpu_per_s=round(steady["tree"], 4),
+        idle_windows_cpu_per_s=[round(idle_a["tree"], 4), round(idle_b["tree"], 4)],
+        cpu_us_per_listener_s=per_listener("tree"),
+        cpu_us_per_listener_s_raw=round(steady["tree"] / k * 1e6, 2),
+        serving_threads=serving,
+        serving_us_per_listener_s=round(per_listener(serving) + per_listener("softirqd"), 2),
+        main_us_per_listener_s=per_listener("main"),
+        others_us_per_listener_s=per_listener("others"),
+        softirqd_us_per_listener_s=per_listener("softirqd"),
+        idle_rates={key: round(v, 5) for key, v in idle.items()},
+        steady_rates={key: round(v, 5) for key, v in steady.items()},
         rss_idle=rss_idle, rss_steady=rss_steady,
         rss_per_listener=round((rss_steady - rss_idle) / k, 1),
-        clients=res)
+        clients=res, loadavg=_loadavg())
     if metrics_url:
         out["counters"] = _counter_delta(before, after)
     return out
 
 
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10.0,
                idle_s: float = 5.0, ramp: float = 200.0, bitrate: int = 32_000,
-               console=None) -> dict:
+               console=None, rounds: int = 3) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loa-bench-listen-"))
     env = _child_env()
     env.update({"LOA_OPUS_BITRATE": str(bitrate)})
@@ -152,7 +235,7 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
     report: dict = {"benchmark": "listen", "machine": machine_info(),
                     "settings": {"listeners": listeners, "receivers": receivers,
                                  "steady_s": steady_s, "idle_s": idle_s, "ramp_per_s": ramp,
-                                 "bitrate": bitrate, **res},
+                                 "bitrate": bitrate, "rounds": rounds, **res},
                     "valid": True, "invalid_reasons": [], "servers": {}}
 
     def invalid(why: str) -> dict:
@@ -166,7 +249,8 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
     procs: list[Proc] = []
     sink = Proc(_prefix(None, res["nice"]) + [
         sys.executable, "-m", "bench.sink", "--receivers", str(receivers), "--cpu",
-        str(client_cpu), "--sample", "10", "--max-seconds", "900"],
+        str(client_cpu), "--sample", "10", "--max-seconds", str(max(900, int(_phase_s(
+            listeners, idle_s, steady_s, ramp) * 2 * rounds) + 300))],
         env=env, name="sink", cwd=str(REPO))
     procs.append(sink)
     t_programme = 0.0
@@ -192,7 +276,7 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         if not wait_healthy(base, server):
             return invalid("loa serve did not start: " + " | ".join(server.err[-5:]))
         # Icecast, its own config, fed the same tone as Ogg/Opus
-        total_s = 2 * (idle_s + steady_s + 2 * listeners / max(1.0, ramp)) + 120
+        total_s = _phase_s(listeners, idle_s, steady_s, ramp) * 2 * rounds + 120
         ogg = work / "tone.ogg"
         _tone_ogg(ogg, total_s, bitrate)
         logdir = work / "icecast"
@@ -227,30 +311,49 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
             return invalid(f"programme refused: {prog}")
         t_programme = time.monotonic()
         time.sleep(1.0)
-        report["servers"]["loa"] = measure(
-            "loa", base + "/listen/bench0.ogg", server.pid, listeners, opts, env, client_cpu,
-            res["nice"], base + "/metrics")
-        report["servers"]["icecast"] = measure(
-            "icecast", ice_base + "/bench.ogg", icecast.pid, listeners, opts, env, client_cpu,
-            res["nice"])
+        cores = cpu_list(res["sender_cpus"])
+        before = _server_counters(base + "/metrics")
+        report["rounds"] = []
+        # Loa and Icecast alternate (L I, I L, L I, ...): a slow drift of the machine's load
+        # does not favour one of them; each round gives its own ratio
+        for r in range(rounds):
+            one: dict = {}
+            for name in (("loa", "icecast") if r % 2 == 0 else ("icecast", "loa")):
+                if name == "loa":
+                    one["loa"] = measure("loa", base + "/listen/bench0.ogg", server.pid,
+                                         listeners, opts, env, client_cpu, res["nice"], cores,
+                                         base + "/metrics")
+                else:
+                    one["icecast"] = measure("icecast", ice_base + "/bench.ogg", icecast.pid,
+                                             listeners, opts, env, client_cpu, res["nice"], cores)
+                if console is not None:
+                    m = one[name]
+                    console.print(f"round {r + 1}/{rounds} {name}: serving "
+                                  f"{fmt(m.get('serving_us_per_listener_s'), 2)} µs/listener·s, "
+                                  f"whole process {fmt(m.get('cpu_us_per_listener_s'), 2)}, "
+                                  f"load {m.get('loadavg')}")
+            one["ratio"] = _round_ratios(one["loa"], one["icecast"])
+            report["rounds"].append(one)
+        after = _server_counters(base + "/metrics")
+        report["servers"] = {k: v for k, v in report["rounds"][0].items() if k != "ratio"}
         for name, proc in (("loa serve", server), ("icecast2", icecast),
                            ("ffmpeg feeder", feeder)):
             if not proc.alive():
                 invalid(f"{name} ended during the run: " + " | ".join(proc.err[-3:]))
-        for name, m in report["servers"].items():
-            if m.get("connected", 0) < listeners:
-                invalid(f"{name}: only {m.get('connected')} of {listeners} listeners connected")
-            if m.get("clients", {}).get("ended_early"):
-                invalid(f"{name}: {m['clients']['ended_early']} listeners were dropped")
-        lo, ic = report["servers"]["loa"], report["servers"]["icecast"]
-        report["ratio"] = {
-            "cpu_per_listener_s": _ratio(lo["cpu_us_per_listener_s"],
-                                         ic["cpu_us_per_listener_s"]),
-            "cpu_per_listener_s_raw": _ratio(lo["cpu_us_per_listener_s_raw"],
-                                             ic["cpu_us_per_listener_s_raw"]),
-            "rss_per_listener": _ratio(lo["rss_per_listener"], ic["rss_per_listener"])}
-        report["late_ticks"] = lo.get("counters", {}).get("late_ticks")
-        report["tick_overruns"] = lo.get("counters", {}).get("tick_overruns")
+        for i, one in enumerate(report["rounds"]):
+            for name in ("loa", "icecast"):
+                m = one[name]
+                if m.get("connected", 0) < listeners:
+                    invalid(f"round {i + 1} {name}: only {m.get('connected')} of {listeners} "
+                            "listeners connected")
+                if m.get("clients", {}).get("ended_early"):
+                    invalid(f"round {i + 1} {name}: {m['clients']['ended_early']} listeners "
+                            "were dropped")
+        report["summary"] = _summary(report["rounds"])
+        report["ratio"] = {k: v["median"] for k, v in report["summary"].items()}
+        total = _counter_delta(before, after)
+        report["late_ticks"] = total.get("late_ticks")
+        report["tick_overruns"] = total.get("tick_overruns")
         return report
     finally:
         playing_s = time.monotonic() - t_programme if t_programme else 0.0
@@ -276,6 +379,33 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _phase_s(listeners: int, idle_s: float, steady_s: float, ramp: float) -> float:
+    """About how long one server's phase of a round lasts."""
+    return 2 * idle_s + steady_s + 2 * listeners / max(1.0, ramp) + 12
+
+
+def _round_ratios(lo: dict, ic: dict) -> dict:
+    return {
+        "serving_cpu_per_listener_s": _ratio(lo["serving_us_per_listener_s"],
+                                             ic["serving_us_per_listener_s"]),
+        "cpu_per_listener_s": _ratio(lo["cpu_us_per_listener_s"], ic["cpu_us_per_listener_s"]),
+        "cpu_per_listener_s_raw": _ratio(lo["cpu_us_per_listener_s_raw"],
+                                         ic["cpu_us_per_listener_s_raw"]),
+        "rss_per_listener": _ratio(lo["rss_per_listener"], ic["rss_per_listener"])}
+
+
+def _summary(rounds: list[dict]) -> dict:
+    """Per ratio: every round's value, their median, min and max."""
+    out: dict = {}
+    for key in ("serving_cpu_per_listener_s", "cpu_per_listener_s", "cpu_per_listener_s_raw",
+                "rss_per_listener"):
+        vals = [r["ratio"][key] for r in rounds if r["ratio"].get(key) is not None]
+        out[key] = {"rounds": vals,
+                    "median": round(statistics.median(vals), 3) if vals else None,
+                    "min": min(vals, default=None), "max": max(vals, default=None)}
+    return out
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b <= 0:
         return None
@@ -287,25 +417,36 @@ def render(report: dict, console) -> None:
     m = report["machine"]
     console.print(f"[bold]loa bench listen[/] — {m['nproc']} cores, {m['cpu_model']}, load "
                   f"{m['loadavg_before']}; settings {report['settings']}")
-    t = Table(title=f"{report['settings']['listeners']} HTTP listeners of one Ogg/Opus stream")
-    cols = ("server", "connected", "idle cpu/s", "steady cpu/s", "µs cpu / listener·s",
-            "raw µs / listener·s", "rss idle MB", "rss steady MB", "bytes / listener")
+    t = Table(title=f"{report['settings']['listeners']} HTTP listeners of one Ogg/Opus stream "
+                    "(µs CPU per listener-second)")
+    cols = ("round", "server", "load", "connected", "serving", "of it ksoftirqd",
+            "Loa's other threads", "whole process", "idle cpu/s", "steady cpu/s",
+            "bytes / listener")
     for c in cols:
         t.add_column(c)
-    for name, s in report.get("servers", {}).items():
-        t.add_row(name, fmt(s.get("connected")), fmt(s.get("idle_cpu_per_s"), 3),
-                  fmt(s.get("steady_cpu_per_s"), 3), fmt(s.get("cpu_us_per_listener_s"), 1),
-                  fmt(s.get("cpu_us_per_listener_s_raw"), 1),
-                  fmt(s.get("rss_idle", 0) / 1e6, 1), fmt(s.get("rss_steady", 0) / 1e6, 1),
-                  fmt(s.get("rss_per_listener"), 0))
+    for i, one in enumerate(report.get("rounds") or [report.get("servers", {})]):
+        for name in ("loa", "icecast"):
+            s = one.get(name)
+            if not s:
+                continue
+            t.add_row(str(i + 1), name, str(s.get("loadavg", "")), fmt(s.get("connected")),
+                      fmt(s.get("serving_us_per_listener_s"), 2),
+                      fmt(s.get("softirqd_us_per_listener_s"), 2),
+                      fmt(s.get("others_us_per_listener_s"), 2) if name == "loa" else "",
+                      fmt(s.get("cpu_us_per_listener_s"), 2),
+                      fmt(s.get("idle_cpu_per_s"), 3), fmt(s.get("steady_cpu_per_s"), 3),
+                      fmt(s.get("rss_per_listener"), 0))
     console.print(t)
-    r = report.get("ratio") or {}
-    console.print(f"Loa / Icecast: CPU per listener-second {fmt(r.get('cpu_per_listener_s'), 3)} "
-                  f"(raw {fmt(r.get('cpu_per_listener_s_raw'), 3)}), memory per listener "
-                  f"{fmt(r.get('rss_per_listener'), 3)}")
+    for key, label in (("serving_cpu_per_listener_s", "CPU per listener-second (serving)"),
+                       ("cpu_per_listener_s", "CPU per listener-second (whole process)"),
+                       ("rss_per_listener", "memory per listener")):
+        v = (report.get("summary") or {}).get(key) or {}
+        console.print(f"Loa / Icecast {label}: median {fmt(v.get('median'), 3)} (rounds "
+                      f"{', '.join(fmt(x, 3) for x in v.get('rounds', []))}; min "
+                      f"{fmt(v.get('min'), 3)}, max {fmt(v.get('max'), 3)})")
     rc = report.get("receivers") or {}
-    console.print(f"Loa tick: late ticks {fmt(report.get('late_ticks'))}, overruns "
-                  f"{fmt(report.get('tick_overruns'))}; UDP receivers: "
+    console.print(f"Loa tick over all rounds: late ticks {fmt(report.get('late_ticks'))}, "
+                  f"overruns {fmt(report.get('tick_overruns'))}; UDP receivers: "
                   f"{fmt(rc.get('packets_delivered'))}/{fmt(rc.get('packets_expected'))} "
                   f"delivered, loss {fmt(rc.get('loss_pct'), 4)} %, max gap "
                   f"{fmt(rc.get('max_seq_gap'))}")
