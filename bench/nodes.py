@@ -31,8 +31,10 @@ a static zone of --static-receivers sink addresses served by edge A, a tone on t
   of the new leader's stream (its SSRC) (goal p95 ≤ 10 s); the killed one comes back as the
   standby;
 - *Redis restarted*: kill -9 redis-server and start it again empty on its port while the tone
-  plays; packets lost on the static receivers (a sink started for the trial, --redis-window
-  seconds around the restart) and on the field receivers (sequence gaps, concealments) (goal 0).
+  plays; packets lost on the static receivers (a sink started for the trial 1 s before the
+  restart and stopped --redis-window seconds after it started, counting every packet from its
+  first to its last, ~5 s of draining included) and on the field receivers (sequence gaps,
+  concealments) (goal 0); duplicates are counted apart (a speaker fed by two nodes).
 Times use the nearest-rank p95 (with 10 trials: the slowest one).
 
 Exit status as every `loa bench`: 0 when every run was valid, 3 otherwise; never because a
