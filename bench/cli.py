@@ -7,7 +7,7 @@
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
   loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--windows 3] [--starts 5]
                 [--json FILE]
-  loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3]
+  loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3] [--tls]
                    [--json FILE]
   loa bench nodes [--sizes 250,1000,2500] [--seconds 10] [--trials 10]
                   [--parts cpu,edge,origin,redis] [--json FILE]
@@ -223,6 +223,8 @@ def _listen(argv: list[str]) -> int:
     p.add_argument("--ramp", type=float, default=200.0, help="connections (and closes) per s")
     p.add_argument("--rounds", type=int, default=3,
                    help="Loa and Icecast measured in turn this many times (one ratio per round)")
+    p.add_argument("--tls", action="store_true",
+                   help="also measure Loa's listeners over HTTPS (a second loa serve, no receivers)")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     if not 1 <= a.rounds <= 20:
@@ -235,7 +237,8 @@ def _listen(argv: list[str]) -> int:
         return 2
     console = _console()
     return _finish(run_listen(a.listeners, a.receivers, a.seconds, a.idle_seconds, a.ramp,
-                              console=console, rounds=a.rounds), render, a.json_path, console)
+                              console=console, rounds=a.rounds, tls=a.tls), render, a.json_path,
+                   console)
 
 
 def _nodes(argv: list[str]) -> int:

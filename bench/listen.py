@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def icecast_available() -> bool:
 
 def _get_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=_insecure()
+                                    if url.startswith("https:") else None) as r:
             r.read(1)
             return r.status == 200
     except (urllib.error.URLError, OSError):
@@ -195,7 +197,7 @@ def measure(name: str, url: str, pid: int, n: int, opts: dict, env: dict, client
         return round((steady[key] - idle[key]) / k * 1e6, 2)
     # what serving the listeners costs: Loa's event-loop thread (the rest of Loa is reported
     # apart: it must not grow with listeners), all of Icecast's threads; plus ksoftirqd
-    serving = "main" if name == "loa" else "threads"
+    serving = "main" if name.startswith("loa") else "threads"
     out.update(
         idle_cpu_per_s=round(idle["tree"], 4), steady_cpu_per_s=round(steady["tree"], 4),
         idle_windows_cpu_per_s=[round(idle_a["tree"], 4), round(idle_b["tree"], 4)],
@@ -226,7 +228,7 @@ def _loadavg() -> str:
 
 def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10.0,
                idle_s: float = 5.0, ramp: float = 200.0, bitrate: int = 32_000,
-               console=None, rounds: int = 3) -> dict:
+               console=None, rounds: int = 3, tls: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loa-bench-listen-"))
     env = _child_env()
     env.update({"LOA_OPUS_BITRATE": str(bitrate)})
@@ -235,7 +237,10 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
     report: dict = {"benchmark": "listen", "machine": machine_info(),
                     "settings": {"listeners": listeners, "receivers": receivers,
                                  "steady_s": steady_s, "idle_s": idle_s, "ramp_per_s": ramp,
-                                 "bitrate": bitrate, "rounds": rounds, **res},
+                                 "bitrate": bitrate, "rounds": rounds, "tls": tls,
+                                 # Loa's page cadence (listen_flush_s), when set for this run
+                                 "loa_listen_flush_s": env.get("LOA_LISTEN_FLUSH_S", "default"),
+                                 **res},
                     "valid": True, "invalid_reasons": [], "servers": {}}
 
     def invalid(why: str) -> dict:
@@ -304,6 +309,17 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         procs.append(feeder)
         if not _wait(lambda: _get_ok(ice_base + "/bench.ogg"), 15):
             return invalid("icecast2 mount did not come up: " + " | ".join(feeder.err[-5:]))
+        tls_base = ""
+        if tls:   # a second loa serve over HTTPS (no receivers): its listeners' cost apart
+            tls_server, tls_base = _start_tls_server(work, lim, res, env)
+            procs.append(tls_server)
+            if not _wait(lambda: _get_ok(tls_base + "/api/v1/health"), 30):
+                return invalid("loa serve (https) did not start: " + " | ".join(
+                    tls_server.err[-5:]))
+            if _https_post(tls_base + "/api/v1/broadcasts", {
+                    "zones": ["bench0"], "level": "normal",
+                    "source": {"kind": "tone", "freq_hz": 440, "seconds": 3600}}) != 201:
+                return invalid("programme refused by the https server")
         st, prog = _http("POST", base + "/api/v1/broadcasts", {
             "zones": ["bench0"], "level": "normal",
             "source": {"kind": "tone", "freq_hz": 440, "seconds": 3600}})
@@ -332,7 +348,11 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
                                   f"{fmt(m.get('serving_us_per_listener_s'), 2)} µs/listener·s, "
                                   f"whole process {fmt(m.get('cpu_us_per_listener_s'), 2)}, "
                                   f"load {m.get('loadavg')}")
-            one["ratio"] = _round_ratios(one["loa"], one["icecast"])
+            if tls:
+                one["loa_tls"] = measure("loa_tls", tls_base + "/listen/bench0.ogg",
+                                         tls_server.pid, listeners, opts, env, client_cpu,
+                                         res["nice"], cores)
+            one["ratio"] = _round_ratios(one["loa"], one["icecast"], one.get("loa_tls"))
             report["rounds"].append(one)
         after = _server_counters(base + "/metrics")
         report["servers"] = {k: v for k, v in report["rounds"][0].items() if k != "ratio"}
@@ -341,8 +361,10 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
             if not proc.alive():
                 invalid(f"{name} ended during the run: " + " | ".join(proc.err[-3:]))
         for i, one in enumerate(report["rounds"]):
-            for name in ("loa", "icecast"):
-                m = one[name]
+            for name in ("loa", "icecast", "loa_tls"):
+                m = one.get(name)
+                if m is None:
+                    continue
                 if m.get("connected", 0) < listeners:
                     invalid(f"round {i + 1} {name}: only {m.get('connected')} of {listeners} "
                             "listeners connected")
@@ -379,13 +401,76 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _self_signed(work: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cp, kp = work / "cert.pem", work / "key.pem"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cp, kp
+
+
+def _start_tls_server(work: Path, lim: int, res: dict, env: dict) -> tuple[Proc, str]:
+    cp, kp = _self_signed(work)
+    cfg = work / "tls.toml"
+    cfg.write_text(f'tls_cert = "{cp}"\ntls_key = "{kp}"\ndemo_zone = false\n'
+                   f'listen_public_zones = ["bench0"]\nlisten_max_per_zone = {lim}\n'
+                   f"listen_max_total = {lim}\nlisten_max_per_address = {lim}\n"
+                   f"http_max_connections = {lim + 1000}\n"
+                   f"http_max_connections_per_address = {lim}\narchive = false\n"
+                   '[[zones]]\nid = "bench0"\nname = "bench"\n')
+    port = _free_tcp_port()
+    server = Proc(_prefix(res["sender_cpus"], res["nice"]) + [
+        sys.executable, "-m", "loa.cli", "serve", "--config", str(cfg), "--http",
+        f"127.0.0.1:{port}", "--data-dir", str(work / "data-tls")], env=env,
+        name="loa serve (https)", cwd=str(REPO))
+    return server, f"https://127.0.0.1:{port}"
+
+
+def _insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _https_post(url: str, body: dict) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=_insecure()) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
 def _phase_s(listeners: int, idle_s: float, steady_s: float, ramp: float) -> float:
     """About how long one server's phase of a round lasts."""
     return 2 * idle_s + steady_s + 2 * listeners / max(1.0, ramp) + 12
 
 
-def _round_ratios(lo: dict, ic: dict) -> dict:
-    return {
+def _round_ratios(lo: dict, ic: dict, tls: dict | None = None) -> dict:
+    extra = {} if tls is None else {
+        "tls_vs_plain_serving": _ratio(tls["serving_us_per_listener_s"],
+                                       lo["serving_us_per_listener_s"]),
+        "tls_vs_icecast_serving": _ratio(tls["serving_us_per_listener_s"],
+                                         ic["serving_us_per_listener_s"]),
+        "tls_vs_plain_rss": _ratio(tls["rss_per_listener"], lo["rss_per_listener"])}
+    return {**extra,
         "serving_cpu_per_listener_s": _ratio(lo["serving_us_per_listener_s"],
                                              ic["serving_us_per_listener_s"]),
         "cpu_per_listener_s": _ratio(lo["cpu_us_per_listener_s"], ic["cpu_us_per_listener_s"]),
@@ -398,8 +483,11 @@ def _summary(rounds: list[dict]) -> dict:
     """Per ratio: every round's value, their median, min and max."""
     out: dict = {}
     for key in ("serving_cpu_per_listener_s", "cpu_per_listener_s", "cpu_per_listener_s_raw",
-                "rss_per_listener"):
+                "rss_per_listener", "tls_vs_plain_serving", "tls_vs_icecast_serving",
+                "tls_vs_plain_rss"):
         vals = [r["ratio"][key] for r in rounds if r["ratio"].get(key) is not None]
+        if not vals and key.startswith("tls"):
+            continue
         out[key] = {"rounds": vals,
                     "median": round(statistics.median(vals), 3) if vals else None,
                     "min": min(vals, default=None), "max": max(vals, default=None)}
@@ -425,22 +513,26 @@ def render(report: dict, console) -> None:
     for c in cols:
         t.add_column(c)
     for i, one in enumerate(report.get("rounds") or [report.get("servers", {})]):
-        for name in ("loa", "icecast"):
+        for name in ("loa", "icecast", "loa_tls"):
             s = one.get(name)
             if not s:
                 continue
             t.add_row(str(i + 1), name, str(s.get("loadavg", "")), fmt(s.get("connected")),
                       fmt(s.get("serving_us_per_listener_s"), 2),
                       fmt(s.get("softirqd_us_per_listener_s"), 2),
-                      fmt(s.get("others_us_per_listener_s"), 2) if name == "loa" else "",
+                      fmt(s.get("others_us_per_listener_s"), 2) if name != "icecast" else "",
                       fmt(s.get("cpu_us_per_listener_s"), 2),
                       fmt(s.get("idle_cpu_per_s"), 3), fmt(s.get("steady_cpu_per_s"), 3),
                       fmt(s.get("rss_per_listener"), 0))
     console.print(t)
     for key, label in (("serving_cpu_per_listener_s", "CPU per listener-second (serving)"),
                        ("cpu_per_listener_s", "CPU per listener-second (whole process)"),
-                       ("rss_per_listener", "memory per listener")):
+                       ("rss_per_listener", "memory per listener"),
+                       ("tls_vs_plain_serving", "— Loa over HTTPS / Loa over HTTP: CPU"),
+                       ("tls_vs_plain_rss", "— Loa over HTTPS / Loa over HTTP: memory")):
         v = (report.get("summary") or {}).get(key) or {}
+        if not v:
+            continue
         console.print(f"Loa / Icecast {label}: median {fmt(v.get('median'), 3)} (rounds "
                       f"{', '.join(fmt(x, 3) for x in v.get('rounds', []))}; min "
                       f"{fmt(v.get('min'), 3)}, max {fmt(v.get('max'), 3)})")

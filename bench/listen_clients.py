@@ -1,7 +1,7 @@
 """The listening benchmark's HTTP clients: N concurrent listeners of one stream URL in one
 process (asyncio; uvloop when installed), each reading and discarding what it gets, as a phone
-player does. Run as its own process (`python -m bench.listen_clients URL --n N`), pinned to a
-core the server does not use.
+player does; an https:// URL is read over TLS (any certificate). Run as its own process
+(`python -m bench.listen_clients URL --n N`), pinned to a core the server does not use.
 
 Protocol on stdio: connects at `--ramp` listeners per second and prints `connected N` once every
 listener has its first audio bytes (or `connected K` at --connect-timeout); on a `close` line it
@@ -49,7 +49,13 @@ class Listener(asyncio.Protocol):
 
 async def run(url: str, n: int, ramp: float, connect_timeout: float) -> dict:
     u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
+    tls = None
+    if u.scheme == "https":   # the bench's own server with a self-signed certificate
+        import ssl
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    host, port = u.hostname or "127.0.0.1", u.port or (443 if tls else 80)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: loa-bench-listen\r\n"
                "Accept: */*\r\n\r\n").encode()
@@ -65,7 +71,7 @@ async def run(url: str, n: int, ramp: float, connect_timeout: float) -> dict:
             # each listener from its own loopback address, as phones are (127.1.x.y)
             local = (f"127.1.{i // 250}.{i % 250 + 1}", 0) if host.startswith("127.") else None
             _, proto = await loop.create_connection(lambda f=fut: Listener(request, f), host, port,
-                                                    local_addr=local)
+                                                    local_addr=local, ssl=tls)
         except OSError as e:
             failures.append(f"connect: {e}")
             continue
