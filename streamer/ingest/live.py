@@ -16,9 +16,10 @@ them sits a small bounded jitter queue:
   one, nothing is skipped. The queue is then a frame deeper than it needs; it catches up by
   leaving out a *quiet* frame (peak under `QUIET_PEAK`: a pause between words), never by the
   drift trim's blind drop, so a late frame never costs a frame of speech. With `catchup_after`
-  it keeps that frame for at least so many reads after the last late frame: on a loaded
+  it keeps one such frame for at least so many reads after the last late frame: on a loaded
   machine late frames come again and again, and the extra frame then absorbs them instead of
-  each costing a concealment (a one-off late frame is still taken back in a later pause).
+  each costing a concealment (a one-off late frame is still taken back in a later pause; more
+  than one frame owed is taken back at once, so the queue never creeps up to overflow).
 
 Live sources are read every tick even when inaudible (the engine drains them), so the queue
 never fills up with stale speech while an emergency holds the zone.
@@ -172,7 +173,7 @@ class LiveSource(Source):
                     # late frames keep coming (catchup_after)
                     self._deep_reads = 0
                     head = self._q[0]
-                    if (self._since_late >= self.catchup_after
+                    if ((self._since_late >= self.catchup_after or self._late_debt > 1)
                             and head is not self._mark_frame and len(head) == FRAME_SAMPLES
                             and float(np.abs(head, out=self._scratch).max()) < QUIET_PEAK):
                         self._q.popleft()

@@ -141,9 +141,10 @@ class _OpusTap:
 #: late packet (a GC pause, a busy core) otherwise leaves 20 ms of extra delay for a second
 TRIM_AFTER = 10
 
-#: after a late frame, the claim's queue keeps the frame of delay it added for at least this
-#: many ticks (2 s) before a pause takes it back: late frames on a loaded machine come again
-#: and again, and each would otherwise cost a concealment (issue 17)
+#: after a late frame, a claim's queue of 1 or 2 frames (a link with little jitter) keeps the
+#: frame of delay it added for at least this many ticks (2 s) before a pause takes it back:
+#: late frames on a loaded machine come again and again, and each would otherwise cost a
+#: concealment (issue 17). A deeper queue (a jittery link) takes it back in the next pause.
 CATCHUP_AFTER = 100
 
 #: how long a tick that found the claim's queue empty waits for the receive thread's decoder
@@ -487,7 +488,7 @@ class WebRtcSession:
             conceal = self._conceal_for_tick if self.receive_path == "loa" else None
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
                              prime_frames=depth, trim_after=TRIM_AFTER, conceal=conceal,
-                             catchup_after=CATCHUP_AFTER)
+                             catchup_after=CATCHUP_AFTER if depth <= 2 else 0)
             for f in pre:
                 src.push(f)
             self.preroll_sent += len(pre)

@@ -76,6 +76,14 @@ def test_a_claim_queues_one_frame_when_the_tick_follows_the_arrivals_two_when_it
     s.queue_frames = 4                       # a jittery link: the phase does not shrink it
     src = s.claim(tick_phase_ns=6_000_000)
     assert src.prime_frames == 4
+    # a deep queue takes a late frame's delay back in the next pause; a shallow one keeps it a
+    # while (late frames on a loaded machine recur)
+    assert src.catchup_after == 0
+    s.drop_claim(src)
+    s.queue_frames = 1
+    src = s.claim(tick_phase_ns=6_000_000)
+    from streamer.ingest.webrtc import CATCHUP_AFTER
+    assert src.prime_frames == 1 and src.catchup_after == CATCHUP_AFTER > 0
     s.drop_claim(src)
 
 

@@ -193,3 +193,18 @@ def test_a_one_off_late_frame_is_still_taken_back_after_the_hold():
     assert s2.caught_up == 0 and s2.depth == 1       # (after the read: one frame kept)
     _talk(s2, late_every=10_000, reads=30)           # after it, the next pause takes it back
     assert s2.caught_up == 1 and s2.depth == 0 and s2.dropped_trim == 0
+
+
+def test_only_one_frame_is_kept_more_owed_is_taken_back_in_the_next_pause():
+    s = LiveSource(max_frames=8, conceal=lambda: _frame(-1.0), catchup_after=100)
+    s.push(_frame(0.5))
+    s.read()
+    for _ in range(3):                 # three ticks without their frame (a jitter burst)
+        s.read()
+    assert s.concealed == 3
+    for v in (0.001, 0.5, 0.5, 0.001, 0.5, 0.001, 0.5):   # they come, with pauses among them
+        s.push(_frame(v))
+    for _ in range(4):
+        s.read()
+    # two of the three owed frames taken back in pauses at once; one kept for the hold
+    assert s.caught_up == 2 and s._late_debt == 1
