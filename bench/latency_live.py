@@ -906,7 +906,8 @@ def run_webrtc(sender: str, onsets: int, jitter_ms: float = 60.0,
         res["server_alive"] = server.alive()
         for k in ("browser", "capture_clock", "capture_calibration", "late_frames", "probe",
                   "onsets_before_warmup", "connection", "sender_stats", "link", "encoder",
-                  "server_receive", "offer_fmtp", "answer_fmtp", "inband_fec", "sched"):
+                  "server_receive", "offer_fmtp", "answer_fmtp", "inband_fec", "sched",
+                  "sender_priority"):
             if k in sent:
                 res[k] = sent[k]
         if sent.get("error"):

@@ -1,6 +1,7 @@
 """`loa bench latency --source webrtc`: the plumbing of both senders (numbers belong to the
 benchmark, not here). A real `loa serve` on loopback, a reference receiver, 5 onsets."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,10 +13,10 @@ from tests.integration.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def run_live(sender: str, tmp_path, timeout: float = 150) -> dict:
+def run_live(sender: str, tmp_path, timeout: float = 150, extra: tuple[str, ...] = ()) -> dict:
     out = tmp_path / f"{sender}.json"
     p = subprocess.run([sys.executable, "-m", "bench.latency_live", "--source", "webrtc",
-                        "--sender", sender, "--onsets", "5", "--json", str(out)],
+                        "--sender", sender, "--onsets", "5", "--json", str(out), *extra],
                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return json.loads(out.read_text())
@@ -38,6 +39,41 @@ def check(report: dict, sender: str) -> dict:
 def test_webrtc_latency_with_aiortc_as_the_phone(tmp_path):
     run = check(run_live("aiortc", tmp_path), "aiortc")
     assert run["connection"] == "connected"
+    # the voice path's threads and how late the kernel ran them (schedstat), per process
+    threads = {t["thread"]: t for t in run["sched"]["server"]}
+    assert {"main (event loop)", "loa-webrtc-rx", "loa-tick"} <= set(threads)
+    assert threads["loa-webrtc-rx"]["wakeups"] > 100
+    assert "main (event loop)" in {t["thread"] for t in run["sched"]["receiver"]}
+    sv = run["server_receive"]
+    assert sv["claim_arrivals"]["frames"] >= 25 and sv["claim_queue_frames"] in (1, 2)
+    if os.geteuid() == 0:   # make test runs as root: real-time where it matters
+        assert sv["receive_priority"] == "SCHED_FIFO" and sv["loop_priority"] == "SCHED_FIFO"
+        assert run["sender_priority"] == "SCHED_FIFO"
+
+
+def test_runs_under_load_on_purpose_print_a_row_each(tmp_path):
+    report = run_live("aiortc", tmp_path, timeout=240, extra=("--runs", "2", "--cpu-hog", "2"))
+    assert report["settings"]["runs"] == 2 and report["settings"]["cpu_hog"] == 2
+    runs = report["runs"]
+    assert [r["run"] for r in runs] == [1, 2] and all(r["cpu_hog"] == 2 for r in runs)
+    for r in runs:
+        check({**report, "runs": [r]}, "aiortc")
+        assert len(r["loadavg"]) == 3
+        assert r["server_receive"]["source"]["frames_read"] > 100
+    # the hogs are gone with the bench
+    assert not [c for c in _cmdlines() if b"import time\nend = time.monotonic()" in c]
+
+
+def _cmdlines() -> list[bytes]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    out.append(f.read())
+            except OSError:   # gone meanwhile
+                pass
+    return out
 
 
 def test_webrtc_latency_with_chromium_on_the_live_page(tmp_path):

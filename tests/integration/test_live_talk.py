@@ -4,6 +4,7 @@ sign-in, and each press must put packets on the zone fast (press → first packe
 receiver, 30 presses, p95 ≤ 150 ms on loopback) with nothing of the start cut (the tone airs
 for as long as the button was held), and each release must free the zone."""
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -39,7 +40,7 @@ async def test_press_to_first_packet_and_nothing_of_the_start_is_cut(live_server
         await asyncio.sleep(0.5)
         assert cap.count == 0, "nothing airs before the press"
 
-        delays, aired, claims = [], [], []
+        delays, aired, claims, depths = [], [], [], []
         wall_minus_mono = time.time() - time.monotonic()
         for i in range(PRESSES):
             pressed_wall = await br.js(
@@ -59,10 +60,21 @@ async def test_press_to_first_packet_and_nothing_of_the_start_is_cut(live_server
             x, _ = cap.decode(since=pressed)
             aired.append(float(np.sum(np.abs(x) > 0.05)) / SAMPLE_RATE)
             claims.append(await br.js("window.loaState.claimMs"))
+            # the claim's receive queue depth, as the server decided it (the tick aligned to
+            # this connection's arrivals first: 1 frame unless the arrivals spread too wide)
+            rx = json.loads(await br.js(
+                "fetch('/api/v1/live/sessions/' + encodeURIComponent(window.loaState.session),"
+                " {credentials: 'same-origin'}).then(r => r.json())"
+                ".then(j => JSON.stringify(j.webrtc))"))
+            depths.append(rx["claim_queue_frames"])
         p50, p95 = np.percentile(delays, 50), np.percentile(delays, 95)
+        split = {d: depths.count(d) for d in sorted(set(depths))}
         print(f"press → first packet: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(delays):.1f}"
-              f"; claim round trip p50 {np.median(claims):.0f} ms")
+              f"; claim round trip p50 {np.median(claims):.0f} ms; receive queue frames per "
+              f"claim {split}; the talker's arrivals at the last claim {rx['claim_arrivals']}")
         assert p95 <= 150, sorted(delays)
+        # a loopback link has little jitter: the claims queue 1 or 2 frames, never more
+        assert set(depths) <= {1, 2}, split
         # the tone is loud on every sample the microphone captured while held: the start is
         # not cut (a claim starting at the live edge would lose the press → claim time)
         assert min(aired) >= HOLD_S - 0.03, aired
