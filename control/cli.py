@@ -103,8 +103,9 @@ async def _serve_locked(settings: Settings, ready: asyncio.Event | None,
     # answers: the first text after start is read as fast as any later one (issue 14); a worker
     # that is not up in time leaves its sentences to in-process synthesis meanwhile
     tts = app["loa"].engine.catalogue.tts
-    if not await asyncio.get_running_loop().run_in_executor(None, tts.wait_ready, 30.0):
-        log.warning("TTS worker processes not ready after 30 s: synthesising in-process")
+    if not await asyncio.get_running_loop().run_in_executor(None, tts.wait_ready, 10.0):
+        log.warning("TTS worker processes not ready after 10 s: synthesising in-process "
+                    "until they are")
     # a deep accept queue: during a connection flood a new client's SYN is not dropped (and
     # retried a second later) before the server has accepted and sorted the flood
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_ctx,

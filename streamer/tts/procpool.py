@@ -7,14 +7,14 @@ a worker process they compete for a CPU core at most, never for the GIL: the ser
 sentence is one pickled call and one bytes object back.
 
 The pool is small and fixed (`workers` processes for normal items, one more reserved for
-emergencies, so an alert never waits behind a long bulletin), `spawn`ed (no fork of a threaded
-server) and started with the server: the workers import numpy, PyAV and scipy and read a
-sentence in each espeak-ng voice once (voice data in the page cache, the resampler and the
-loudness filter run once) before `loa serve` serves, not on the first sentence of the first
-emergency. They run below the server's priority (streamer.tts.priority: SCHED_BATCH at nice
-19, the emergency worker at nice 10); that one also checks and cuts the texts (normalisation).
-Each worker reads and writes the same on-disk cache (streamer.tts.cache: one file per
-sentence, written by rename, its size cap shared).
+emergencies, so an alert never waits behind a long bulletin), forked from a clean forkserver
+that imported numpy, PyAV and scipy once (no fork of a threaded server), started with the
+server: each worker reads a sentence in each espeak-ng voice once (voice data in the page
+cache, the resampler and the loudness filter run once) before `loa serve` serves, not on the
+first sentence of the first emergency. They run below the server's priority
+(streamer.tts.priority: SCHED_BATCH at nice 19, the emergency worker at nice 10); that one
+also checks and cuts the texts (normalisation). Each worker reads and writes the same on-disk
+cache (streamer.tts.cache: one file per sentence, written by rename, its size cap shared).
 """
 from __future__ import annotations
 
@@ -113,7 +113,12 @@ def _prepare_text(text: str, max_chars: int) -> tuple[bool, str, str, tuple[str,
 class SynthesisProcesses:
     def __init__(self, workers: int, cache_dir: str | None, cache_max: int,
                  loudness_target: float | None) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        # forkserver: one clean process (no thread of the server, no fork of a threaded
+        # server) imports numpy, PyAV and scipy once, and each worker is forked from it:
+        # the workers' start costs one interpreter's imports, not three (on a loaded machine
+        # three spawned workers took 8 s and more, all of it before the server answers)
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["streamer.tts.procpool", "streamer.tts.service"])
         args = (cache_dir, cache_max, loudness_target)
         self.workers = max(1, workers)
         barrier = ctx.Barrier(self.workers) if self.workers > 1 else None
