@@ -492,7 +492,34 @@ def cpu_summary(runs: list[CpuRun]) -> dict[str, Any]:
         rows.append(row)
     busy = [r["origin_cores_busy"] for r in rows if r.get("origin_cores_busy")]
     flat = round(max(busy) / min(busy), 3) if len(busy) >= 2 and min(busy) > 0 else None
-    return {"rows": rows, "origin_busy_max_over_min": flat}
+    return {"rows": rows, "origin_busy_max_over_min": flat, "fit": cost_fit(runs)}
+
+
+def _line(points: list[tuple[float, float]]) -> dict[str, float] | None:
+    """Least squares y = a + b·x over (x, y) points with at least two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return {"fixed_us_per_tick": round(my - b * mx, 1), "us_per_packet": round(b, 3)}
+
+
+def cost_fit(runs: list[CpuRun]) -> dict[str, Any]:
+    """A sender's CPU per tick as fixed work + work per packet, fitted over the sizes: why an
+    edge's µs per packet is above the single node's at small N (the same fixed work per tick,
+    spread over half the packets) and how they compare per added packet."""
+    pts: dict[str, list[tuple[float, float]]] = {"single": [], "edge": []}
+    for r in runs:
+        if not r.valid or r.wall_s <= 0:
+            continue
+        ticks = r.wall_s * 50
+        for name, m in r.senders.items():
+            if m.get("packets_delivered"):
+                pts["single" if name == "single" else "edge"].append(
+                    (m["packets_delivered"] / ticks, m["cpu_s"] * 1e6 / ticks))
+    return {k: _line(v) for k, v in pts.items()}
 
 
 # ------------------------------------------------------------------ part 2: failover
@@ -877,6 +904,13 @@ def render(report: dict[str, Any], console: Any) -> None:
                       fmt(row.get("origin_cores_busy"), 4), fmt(row.get("origin_ms_per_tick"), 3),
                       loss, fmt((cl.get("loadavg") or [None])[0]))
         console.print(t)
+        fit = cpu.get("fit") or {}
+        if fit.get("single") and fit.get("edge"):
+            console.print("CPU per tick = fixed + per packet (fitted over N): single node "
+                          f"{fit['single']['fixed_us_per_tick']:.0f} µs + "
+                          f"{fit['single']['us_per_packet']:.2f} µs/pkt, edge "
+                          f"{fit['edge']['fixed_us_per_tick']:.0f} µs + "
+                          f"{fit['edge']['us_per_packet']:.2f} µs/pkt")
         console.print(f"origin cores busy, largest / smallest over N: "
                       f"{fmt(cpu.get('origin_busy_max_over_min'), 3)} (flat: its work is per "
                       "programme)")

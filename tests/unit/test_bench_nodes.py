@@ -3,7 +3,7 @@
 and the options it refuses."""
 from __future__ import annotations
 
-from bench.nodes import CpuRun, NodesOptions, check_options, cpu_summary, p95
+from bench.nodes import CpuRun, NodesOptions, check_options, cost_fit, cpu_summary, p95
 
 
 def test_p95_is_the_nearest_rank():
@@ -53,3 +53,20 @@ def test_options_out_of_range_are_refused():
     assert check_options(NodesOptions(trials=0)) is not None
     assert check_options(NodesOptions(redis_window=1.0)) is not None
     assert "cpus" in (check_options(NodesOptions(parts=("cpus",))) or "")
+
+
+def test_cost_fit_splits_fixed_work_per_tick_from_work_per_packet():
+    def run(kind: str, n: int, per_tick_us: dict[str, float]) -> CpuRun:
+        r = CpuRun(receivers=n, kind=kind, wall_s=10.0)
+        for name, us in per_tick_us.items():
+            pk = (2 if kind == "single" else 1) * n * 500        # 500 ticks
+            r.senders[name] = {"packets_delivered": pk, "cpu_s": us * 500 / 1e6}
+        return r
+    # single: 400 µs + 2.4 µs per packet; edges: 300 µs + 2.2 µs per packet
+    runs = [run("single", n, {"single": 400 + 2.4 * 2 * n}) for n in (250, 2500)]
+    runs += [run("cluster", n, {"edge-a": 300 + 2.2 * n, "edge-b": 300 + 2.2 * n})
+             for n in (250, 1000)]
+    fit = cost_fit(runs)
+    assert fit["single"] == {"fixed_us_per_tick": 400.0, "us_per_packet": 2.4}
+    assert fit["edge"] == {"fixed_us_per_tick": 300.0, "us_per_packet": 2.2}
+    assert cost_fit(runs[:1]) == {"single": None, "edge": None}     # one N: no line
