@@ -209,8 +209,13 @@ class TtsService:
         procs = self.processes
         if procs is None or not procs.ready:
             return None
+        # the worker may be busy with an emergency's sentence (a cloud engine waits up to its
+        # deadline): past what the normalisation itself takes, the text is cut here instead
+        wait = 0.25 + len(text) * 5e-5
         try:
-            ok, a, b, parts = procs.prepare_text(text, self.max_chars)
+            ok, a, b, parts = procs.prepare_text(text, self.max_chars, wait)
+        except TimeoutError:
+            return None
         except Exception as e:  # a broken pool: the text is cut here
             log.warning("TTS worker could not prepare a text (%r): preparing in-process", e)
             return None
