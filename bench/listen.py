@@ -480,12 +480,15 @@ def _round_ratios(lo: dict, ic: dict, tls: dict | None = None) -> dict:
 
 
 def _summary(rounds: list[dict]) -> dict:
-    """Per ratio: every round's value, their median, min and max."""
+    """Per ratio: every round's value, their median, min and max (memory: the first round)."""
     out: dict = {}
     for key in ("serving_cpu_per_listener_s", "cpu_per_listener_s", "cpu_per_listener_s_raw",
                 "rss_per_listener", "tls_vs_plain_serving", "tls_vs_icecast_serving",
                 "tls_vs_plain_rss"):
-        vals = [r["ratio"][key] for r in rounds if r["ratio"].get(key) is not None]
+        # memory: the first round only (each process fresh); later rounds reuse what the
+        # previous round's listeners freed and their RSS growth means nothing
+        use = rounds[:1] if key.endswith("rss") or key.startswith("rss") else rounds
+        vals = [r["ratio"][key] for r in use if r["ratio"].get(key) is not None]
         if not vals and key.startswith("tls"):
             continue
         out[key] = {"rounds": vals,
