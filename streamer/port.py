@@ -370,6 +370,8 @@ def command_to_dict(cmd: Command) -> dict[str, Any]:
         v = getattr(cmd, f.name)
         if f.name == "zones" and isinstance(cmd, (ReplaceZones, UpdateZones)):
             out[f.name] = [_zone_plain(z) for z in v]
+        elif f.name == "only":   # thousands of addresses: not through the generic walk
+            out[f.name] = {str(z): [[h, p] for h, p in a] for z, a in v.items()}
         else:
             out[f.name] = _plain(v)
     return out

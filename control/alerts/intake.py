@@ -272,16 +272,20 @@ class AlertIntake:
         speakers than its area, never fewer."""
         only: dict[str, tuple[tuple[str, int], ...]] = {}
         whole: list[str] = []
+        registered, static = self.registered, self._addresses
         for zone, rids in d.parts:
-            found: set[tuple[str, int]] = set()
+            found: list[tuple[str, int]] = []
             for r in rids:
-                mine = {a for a in (self.registered(r), self._addresses.get(r)) if a is not None}
-                if not mine:
+                a, s = registered(r), static.get(r)
+                if a is None and s is None:
                     break
-                found |= mine
+                if a is not None:
+                    found.append(a)
+                if s is not None and s != a:
+                    found.append(s)
             else:
                 if self.per_receiver:
-                    only[zone] = tuple(sorted(found))
+                    only[zone] = tuple(dict.fromkeys(found))
                     continue
             whole.append(zone)
         return tuple(d.targets) + tuple(whole), tuple(whole), only

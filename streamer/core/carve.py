@@ -65,6 +65,8 @@ def place(carves: Mapping[str, Carve], zone: str, broadcast: str, addrs: Iterabl
     below the innermost carve that holds it now, or below the zone. Ids `<parent>~<broadcast>`."""
     holders = sorted((cid for cid, c in carves.items() if c.zone == zone),
                      key=lambda cid: -_depth(carves, cid))
+    if not holders:   # the common case: nobody holds any of them
+        return {f"{zone}~{broadcast}": Carve(zone, broadcast, frozenset(addrs), zone)}
     by_parent: dict[str, set[Addr]] = {}
     for a in addrs:
         parent = next((cid for cid in holders if a in carves[cid].addrs), zone)
