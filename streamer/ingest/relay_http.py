@@ -151,10 +151,13 @@ class _Body:
         return b
 
     def close(self) -> None:
+        # closed first: a body FFmpeg left unread must not go back to the pool with its rest
+        # still on the connection (the next segment would read it); a body read to its end
+        # has given its connection back already (kept alive for the next segment)
         try:
-            self._r.release_conn()
-        finally:
             self._r.close()
+        finally:
+            self._r.release_conn()
 
 
 class _Empty:
