@@ -192,8 +192,10 @@ class Settings(BaseSettings):
     listen_max_per_address: int = Field(4, ge=1, le=1_000_000)
     listen_buffer_kb: int = Field(64, ge=4, le=65_536)  # unsent bytes before a slow reader goes
     #: how often pages go out to HTTP listeners: one send(2) per listener each time (the cost
-    #: of listening is per send); a listener hears up to this much later (`loa bench listen`)
-    listen_flush_s: float = Field(1.0, ge=0.2, le=5.0)
+    #: of listening is per send: 2 s costs about half of 1 s, `loa bench listen`); a listener
+    #: hears the zone up to this much (+0.2 s) after its loudspeakers, and a new one gets its
+    #: first audio within it
+    listen_flush_s: float = Field(2.0, ge=0.2, le=5.0)
     archive: bool = True   # every finished broadcast at normal level or above, as Ogg/Opus
     archive_max_age_days: float = Field(90.0, gt=0, le=36_500)
     archive_max_mb: int = Field(2000, ge=1, le=10_000_000)

@@ -225,8 +225,9 @@ class ListenHub:
         self.pump_s = pump_s
         #: listeners are written every `flush_every` pumps (consumers every pump): a write is a
         #: send(2) per listener, and on loopback the receive side is charged to the sender too,
-        #: so one write per second (Icecast's cadence with ffmpeg's 1 s Ogg pages) instead of
-        #: five costs a fifth (measured by `loa bench listen`)
+        #: so the cost of a listener is per write: one per second (Icecast's cadence with
+        #: ffmpeg's 1 s Ogg pages) costs a fifth of five, one every 2 s (the server's default,
+        #: `listen_flush_s`) about half of one per second (measured by `loa bench listen`)
         self.flush_every = max(1, round(flush_s / pump_s)) if flush_s > 0 else 1
         self.title = title or (lambda z: z)
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
