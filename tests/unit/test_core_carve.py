@@ -225,3 +225,31 @@ def test_overlapping_areas_each_receiver_gets_one_packet_per_tick_from_the_highe
         assert abs(freq_between(fan, a, t2 + 5, rig.k) - 1000) < 20, a
         one_stream(fan, a, 2, rig.k)
     assert not rig.rt.core.carves and not [z for z in rig.rt.core.tree.zones if "~" in z]
+
+
+def test_a_big_carve_s_lists_are_packed_before_the_tick_that_applies_them():
+    """StartBroadcast with `only` packs the carve's and its zone's new 20 ms lists off the tick
+    (Fanout.prepare): the lists the tick then hands the fan-out are exactly those."""
+    class Preparing(RecordingFanout):
+        def __init__(self):
+            super().__init__()
+            self.prepared: list[tuple] = []
+
+        def prepare(self, addrs):
+            self.prepared.append(tuple(addrs))
+
+    many = [(f"127.0.{i // 250}.{i % 250 + 1}", 40000) for i in range(1000)]
+    tree = ZoneTree()
+    tree.add(Zone("z", unicast=list(many)))
+    rig = Rig(tree)
+    fan = Preparing()
+    fan.dests = dict(rig.fan.dests)
+    rig.fan = rig.rt.fanout = rig.rt.rtp.fanout = fan
+    rig.start(["z"], seconds=60)
+    rig.run(3)
+    alert(rig, many[::3])
+    assert len(fan.prepared) == 2
+    rig.run(2)
+    given = {tuple(fan.dests["z"]), tuple(fan.dests[carve_id("z", "alert-1")])}
+    assert given == set(fan.prepared)
+    assert len(fan.dests[carve_id("z", "alert-1")]) == len(many[::3])
