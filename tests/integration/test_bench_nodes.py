@@ -5,7 +5,7 @@ the fan-out bench's sinks and field receivers on loopback.
 Checks the harness and the behaviour it measures, not the machine's speed: every receiver of
 every edge got every packet exactly once (the origin sent none of them itself), the numbers the
 table is made of are there, the failovers end with the receivers playing within generous bounds,
-and a Redis restart loses no packet. Each part well within 60 s."""
+and a Redis restart loses no packet. Each part is bounded (180 s; 26-52 s measured on a loaded 2-core machine)."""
 from __future__ import annotations
 
 import time
@@ -38,7 +38,7 @@ def test_cpu_part_tiny():
     assert 0 < cluster["origin"]["cores_busy"] < 0.5     # it encodes one programme, no fan-out
     (row,) = report["cpu"]["rows"]
     assert row["receivers_per_edge"] == 30 and row["edge-a_ratio"] and row["edge-b_ratio"]
-    assert took < 60, took
+    assert took < 180, took      # a bound, not a speed claim: a loaded 2-core CI machine
 
 
 def test_failover_part_tiny():
@@ -57,7 +57,7 @@ def test_failover_part_tiny():
     assert redis["static_max_gap"] == 0 and redis["field"]["lost"] == 0, redis
     assert redis["duplicates"] == 0, redis          # the origin did not send them too
     assert fo["redis_restarted"]["lost_total"] == 0
-    assert took < 60, took
+    assert took < 180, took      # a bound, not a speed claim: a loaded 2-core CI machine
 
 
 def test_bad_options_are_refused_with_usage_status(capsys):
