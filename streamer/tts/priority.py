@@ -10,12 +10,12 @@ nice value first (`loa bench` runs the server at nice -10: the old `os.nice(10)`
 workers at 0, level with everything else on the machine).
 
 So (absolute, not relative to the server's nice value):
-- workers for normal items: SCHED_BATCH at nice 19 — never preempts a waking thread, and gets
-  ~1.5 % of a core another process keeps busy (espeak-ng still reads faster than real time
-  there; SCHED_IDLE, ~0.3 %, would fall behind playout);
-- the worker kept for emergencies (it also checks and cuts every text, see
-  streamer.tts.service): SCHED_BATCH at nice 10 — never preempts a waking thread, yet gets
-  ~10 % of a saturated core (an alert is not starved by a busy machine);
+- the synthesis workers (normal items, and the one kept for emergencies, which also checks
+  and cuts every text, see streamer.tts.service): SCHED_BATCH at nice 10 — never preempts a
+  waking thread, yet gets ~10 % of a core other processes keep busy. Lower shares starve the
+  first sentence of an item, which someone is waiting for: measured with `loa bench tts` under
+  load 5-6, nice 19 put the warm-cache API → first packet p95 at 82 ms (target 50);
+  SCHED_IDLE (~0.3 %) would even fall behind playout;
 - espeak-ng children inherit their worker's policy; spawned by the server itself (in-process
   synthesis: no worker processes, or before they run) they get SCHED_BATCH at nice 19 (nice 19
   alone where the policy is refused).
@@ -31,7 +31,7 @@ from typing import Any
 __all__ = ["WORKER", "URGENT_WORKER", "CHILD", "lower"]
 
 #: (policy name, nice value) per role
-WORKER = ("SCHED_BATCH", 19)
+WORKER = ("SCHED_BATCH", 10)
 URGENT_WORKER = ("SCHED_BATCH", 10)
 CHILD = ("SCHED_BATCH", 19)
 

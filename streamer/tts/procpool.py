@@ -12,8 +12,8 @@ that imported numpy, PyAV and scipy once (no fork of a threaded server), started
 server: each worker reads a sentence in each espeak-ng voice once (voice data in the page
 cache, the resampler and the loudness filter run once) before `loa serve` serves, not on the
 first sentence of the first emergency. They run below the server's priority
-(streamer.tts.priority: SCHED_BATCH at nice 19, the emergency worker at nice 10); that one
-also checks and cuts the texts (normalisation). Each worker reads and writes the same on-disk
+(streamer.tts.priority: SCHED_BATCH at nice 10); the emergency worker also checks and cuts
+the texts (normalisation). Each worker reads and writes the same on-disk
 cache (streamer.tts.cache: one file per sentence, written by rename, its size cap shared).
 """
 from __future__ import annotations

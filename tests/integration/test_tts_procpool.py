@@ -58,7 +58,7 @@ def test_worker_processes_render_what_the_server_would(tmp_path):
 
 
 def test_workers_run_below_the_server_and_are_warm_when_ready(tmp_path):
-    """Normal workers SCHED_BATCH at nice 19, the emergency worker at nice 10, whatever the
+    """Workers (normal and emergency) SCHED_BATCH at nice 10, whatever the
     server's own nice value; `wait_ready` returns once every worker read its warm-up sentences
     (two normal workers: both warmed, not one twice); an espeak-ng child of a worker inherits
     the worker's class."""
@@ -70,7 +70,7 @@ def test_workers_run_below_the_server_and_are_warm_when_ready(tmp_path):
         info = svc.processes.workers_info()
         assert len({pid for pid, _, _ in info}) == 3, info
         assert all(os.sched_getscheduler(pid) == os.SCHED_BATCH for pid, _, _ in info), info
-        assert sorted(os.getpriority(os.PRIO_PROCESS, pid) for pid, _, _ in info) == [10, 19, 19]
+        assert sorted(os.getpriority(os.PRIO_PROCESS, pid) for pid, _, _ in info) == [10, 10, 10]
         for _pid, prio, warm_ms in info:
             assert warm_ms > 0, info          # each ran its warm-up
             assert "SCHED_BATCH" in prio, info
@@ -101,6 +101,6 @@ def test_workers_run_below_the_server_and_are_warm_when_ready(tmp_path):
             time.sleep(0.005)
         fwait([fut], 30)
         assert fut.result()[0]
-        assert seen == {(os.SCHED_BATCH, 19)}, seen
+        assert seen == {(os.SCHED_BATCH, 10)}, seen
     finally:
         svc.close()

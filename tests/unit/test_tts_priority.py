@@ -24,12 +24,12 @@ class FakeOs:
         self.calls.append(("nice", which, pid, nice))
 
 
-def test_workers_are_batch_class_at_nice_19_and_the_emergency_worker_at_nice_10():
+def test_workers_are_batch_class_at_nice_10():
     fake = FakeOs()
     took = priority.lower(priority.WORKER, setscheduler=fake.setscheduler,
                           setpriority=fake.setpriority)
-    assert took == "SCHED_BATCH nice 19"
-    assert fake.calls == [("sched", 0, os.SCHED_BATCH), ("nice", os.PRIO_PROCESS, 0, 19)]
+    assert took == "SCHED_BATCH nice 10"
+    assert fake.calls == [("sched", 0, os.SCHED_BATCH), ("nice", os.PRIO_PROCESS, 0, 10)]
     fake = FakeOs()
     took = priority.lower(priority.URGENT_WORKER, 4242, setscheduler=fake.setscheduler,
                           setpriority=fake.setpriority)
@@ -53,4 +53,4 @@ def test_espeak_children_are_lowered_by_default():
     # worker process sets CHILD_PRIORITY to None so its children inherit its class instead
     assert engines.CHILD_PRIORITY == priority.CHILD == ("SCHED_BATCH", 19)
     # the nice values are absolute and below any the server runs at
-    assert priority.WORKER[1] > priority.URGENT_WORKER[1] > 0
+    assert priority.CHILD[1] >= priority.WORKER[1] >= priority.URGENT_WORKER[1] > 0
