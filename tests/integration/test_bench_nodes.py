@@ -49,7 +49,9 @@ def test_failover_part_tiny():
     assert report["valid"] is True, (report["invalid_reasons"], report["failover"].get("logs"))
     fo = report["failover"]
     (edge,) = fo["edge_killed"]["trials"]
-    assert edge["killed"] == "edge-a" and 0 < edge["seconds"] < 10, edge
+    # the edge the receivers play through: either, as the field receiver's address list and
+    # the edges' start order decide (CI once saw edge-b)
+    assert edge["killed"] in ("edge-a", "edge-b") and 0 < edge["seconds"] < 10, edge
     (origin,) = fo["origin_killed"]["trials"]
     assert origin["killed"] == "origin-1" and 0 < origin["seconds"] < 15, origin
     (redis,) = fo["redis_restarted"]["trials"]
