@@ -176,3 +176,49 @@ def system_busy_seconds() -> float:
     vals = [int(x) for x in parts[:8]]
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
     return (sum(vals) - idle) / CLK_TCK
+
+
+def host_cpu_jiffies() -> dict[str, int]:
+    """Whole-machine CPU counters from /proc/stat (USER_HZ ticks): steal is the time the host
+    (this is a KVM guest) ran something else instead of our vCPUs; {} where unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            v = f.readline().split()[1:]
+    except OSError:
+        return {}
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {k: int(x) for k, x in zip(names, v)}
+
+
+def host_cpu_delta(a: dict[str, int], b: dict[str, int], seconds: float) -> dict[str, float]:
+    """Between two host_cpu_jiffies(): each counter as a share of the machine's cores (0..1
+    per core: steal 0.05 = 5 % of one core's time over the window, summed over cores), plus
+    busy (all but idle/iowait/steal) in cores."""
+    if not a or not b or seconds <= 0:
+        return {}
+    d = {k: (b[k] - a[k]) / CLK_TCK / seconds for k in a if k in b}
+    return {"steal_cores": round(d.get("steal", 0.0), 4),
+            "softirq_cores": round(d.get("softirq", 0.0), 4),
+            "busy_cores": round(sum(v for k, v in d.items()
+                                    if k not in ("idle", "iowait", "steal")), 3)}
+
+
+def late_attribution(c0: dict, c1: dict) -> dict:
+    """From two readings of the engine's clock stats (/api/v1/health "clock"): the late ticks
+    between them by cause (streamer.tickprobe: gil, cpu_wait, steal, overrun, catchup) and the
+    probe's record of each (what is still kept: the last 32)."""
+    a, b = c0.get("late_causes") or {}, c1.get("late_causes") or {}
+    causes = {k: int(b.get(k, 0)) - int(a.get(k, 0)) for k in b}
+    n0, n1 = int(c0.get("late_ticks", 0)), int(c1.get("late_ticks", 0))
+    recs = [r for r in c1.get("late_detail") or [] if n0 < int(r.get("n", 0)) <= n1]
+    return {"late_causes": {k: v for k, v in causes.items() if v}, "late_detail": recs}
+
+
+def late_line(r: dict) -> str:
+    """One late tick in a line: lateness, cause, the split, and the first busy thread."""
+    th = (r.get("threads") or [""])[0]
+    return (f"late {r.get('late_ms')} ms: {r.get('cause')} (GIL wait {r.get('gil_wait_ms')}, "
+            f"run delay {r.get('run_delay_ms')}, steal {r.get('steal_ms_tick_cpu')} on cpu"
+            f"{r.get('cpu')} / {r.get('steal_ms_all_cpus')} all in "
+            f"{r.get('stat_window_ms')} ms, softirq {r.get('softirq_ms_all_cpus')}, previous "
+            f"tick {r.get('prev_tick_work_ms')} ms)" + (f"; first thread: {th}" if th else ""))

@@ -43,7 +43,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import (cpu_delta, cpu_list, fmt, machine_info, softirqd_cpu_seconds, tree_cpu,
+from bench.common import (cpu_delta, cpu_list, fmt, host_cpu_delta, host_cpu_jiffies,
+                          late_attribution, late_line, machine_info, softirqd_cpu_seconds, tree_cpu,
                           tree_rss_bytes)
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _counter_delta, _free_tcp_port,
                           _http, _prefix, _server_counters, resolve, write_toml)
@@ -218,6 +219,12 @@ def measure(name: str, url: str, pid: int, n: int, opts: dict, env: dict, client
     return out
 
 
+def _health_clock(base: str) -> dict:
+    """The engine's clock stats (late ticks and their attribution) from /api/v1/health."""
+    st, h = _http("GET", base + "/api/v1/health")
+    return dict(h.get("clock") or {}) if st == 200 and isinstance(h, dict) else {}
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -329,6 +336,7 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         time.sleep(1.0)
         cores = cpu_list(res["sender_cpus"])
         before = _server_counters(base + "/metrics")
+        clock0, host0, t0 = _health_clock(base), host_cpu_jiffies(), time.monotonic()
         report["rounds"] = []
         # Loa and Icecast alternate (L I, I L, L I, ...): a slow drift of the machine's load
         # does not favour one of them; each round gives its own ratio
@@ -376,6 +384,9 @@ def run_listen(listeners: int = 1000, receivers: int = 500, steady_s: float = 10
         total = _counter_delta(before, after)
         report["late_ticks"] = total.get("late_ticks")
         report["tick_overruns"] = total.get("tick_overruns")
+        # why each late tick was late (streamer.tickprobe), and the host's steal over the rounds
+        report.update(late_attribution(clock0, _health_clock(base)))
+        report["host"] = host_cpu_delta(host0, host_cpu_jiffies(), time.monotonic() - t0)
         return report
     finally:
         playing_s = time.monotonic() - t_programme if t_programme else 0.0
@@ -545,5 +556,10 @@ def render(report: dict, console) -> None:
                   f"{fmt(rc.get('packets_delivered'))}/{fmt(rc.get('packets_expected'))} "
                   f"delivered, loss {fmt(rc.get('loss_pct'), 4)} %, max gap "
                   f"{fmt(rc.get('max_seq_gap'))}")
+    if report.get("late_causes") or report.get("host"):
+        console.print(f"why late: {report.get('late_causes') or {}}; host over the rounds: "
+                      f"{report.get('host')}")
+    for rec in report.get("late_detail") or []:
+        console.print(late_line(rec))
     if not report["valid"]:
         console.print(f"[red]INVALID RUN: {report['invalid_reasons']}[/]")

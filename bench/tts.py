@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine_info
+from bench.common import (host_cpu_delta, host_cpu_jiffies, late_attribution, late_line,
+                          machine_info)
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _free_tcp_port, _http, _prefix,
                           resolve, write_toml)
 from bench.preempt import _drain, _wait_marker, summary, wait_healthy
@@ -86,12 +87,21 @@ def _clock(base: str) -> dict:
     return dict(h.get("clock") or {}) if st == 200 else {}
 
 
-def _delta(a: dict, b: dict) -> dict:
+def _clock_host(base: str) -> tuple[dict, dict, float]:
+    """The engine's clock stats, the machine's CPU counters and the time, together."""
+    return _clock(base), host_cpu_jiffies(), time.monotonic()
+
+
+def _delta(a: tuple[dict, dict, float], b: tuple[dict, dict, float]) -> dict:
     keys = ("ticks", "late_ticks", "skipped_ticks", "tick_overruns")
-    out: dict[str, object] = {k: int(b.get(k, 0)) - int(a.get(k, 0)) for k in keys}
-    out["max_late_ms_so_far"] = b.get("max_late_ms")
+    out: dict[str, object] = {k: int(b[0].get(k, 0)) - int(a[0].get(k, 0)) for k in keys}
+    out["max_late_ms_so_far"] = b[0].get("max_late_ms")
     # other work on the machine makes late ticks too: the quiet window and the load say how much
     out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    # the host's steal over the window (this is a shared KVM guest) and why each late tick was
+    # late (streamer.tickprobe: GIL wait, CPU wait, host steal)
+    out["host"] = host_cpu_delta(a[1], b[1], b[2] - a[2])
+    out.update(late_attribution(a[0], b[0]))
     return out
 
 
@@ -145,9 +155,9 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
         out["windows_list"] = []
         n = 0
         for w in range(max(1, windows)):
-            c0 = _clock(base)
+            c0 = _clock_host(base)
             time.sleep(seconds)
-            c1 = _clock(base)
+            c1 = _clock_host(base)
             quiet = dict(_delta(c0, c1), window=f"quiet {w + 1}", bulletins=0)
             t_end = time.monotonic() + seconds
             current = None
@@ -166,7 +176,7 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
                 n += 1
                 k += 1
                 time.sleep(1.5)   # a new bulletin every 1.5 s: the synthesis pool never idles
-            c2 = _clock(base)
+            c2 = _clock_host(base)
             if current is not None:
                 _http("DELETE", base + f"/api/v1/broadcasts/{current}")
             out["windows_list"] += [quiet, dict(_delta(c1, c2), window=f"with tts {w + 1}",
@@ -179,6 +189,11 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
                         for f in ("ticks", "late_ticks", "skipped_ticks", "tick_overruns")}
             out[key]["max_late_ms_so_far"] = mine[-1]["max_late_ms_so_far"]
             out[key]["loadavg_1m_after"] = mine[-1]["loadavg_1m_after"]
+            causes: dict[str, int] = {}
+            for x in mine:
+                for c, v in x.get("late_causes", {}).items():
+                    causes[c] = causes.get(c, 0) + v
+            out[key]["late_causes"] = causes
         out["bulletins"] = n
         out["chars_synthesised_max"] = n * 2000
         if not server.alive():
@@ -339,16 +354,22 @@ def render(report: dict, console) -> None:
     if load and "with_tts" in load:
         u = Table(title=f"the tick while {load['receivers']:,} receivers hear a programme "
                         f"({load['window_s']} s windows)")
-        for c in ("window", "ticks", "late ticks", "worst late ms (so far)", "overruns",
-                  "load 1 min", "bulletins"):
+        for c in ("window", "ticks", "late ticks", "why late", "worst late ms (so far)",
+                  "overruns", "load 1 min", "host steal (cores)", "bulletins"):
             u.add_column(c)
-        for w in load.get("windows_list") or [dict(load["quiet"], window="quiet"),
-                                               dict(load["with_tts"], window="with tts",
-                                                    bulletins=load["bulletins"])]:
+        ws = load.get("windows_list") or [dict(load["quiet"], window="quiet"),
+                                          dict(load["with_tts"], window="with tts",
+                                               bulletins=load["bulletins"])]
+        for w in ws:
             u.add_row(w["window"], str(w["ticks"]), str(w["late_ticks"]),
+                      " ".join(f"{k} {v}" for k, v in (w.get("late_causes") or {}).items()),
                       str(w["max_late_ms_so_far"]), str(w["tick_overruns"]),
-                      str(w["loadavg_1m_after"]), str(w.get("bulletins", 0)))
+                      str(w["loadavg_1m_after"]), str((w.get("host") or {}).get("steal_cores", "")),
+                      str(w.get("bulletins", 0)))
         console.print(u)
+        for w in ws:
+            for rec in w.get("late_detail") or []:
+                console.print(f"{w['window']}: {late_line(rec)}")
     first = report.get("first_after_start")
     if first and first.get("start_to_healthy_s"):
         console.print(f"first after start: {first['first_packet_ms']} ms; server start → "

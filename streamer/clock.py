@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from streamer.audio import FRAME_NS
+from streamer.tickprobe import LateTickProbe
 
 
 class TickSchedule:
@@ -142,6 +143,7 @@ class TickThread:
         self.priority = "normal"
         self.period_ns = period_ns
         self.schedule: TickSchedule | None = None
+        self.probe: LateTickProbe | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.error: BaseException | None = None
@@ -163,20 +165,44 @@ class TickThread:
         name_os_thread(self._thread.name)
         self.priority = self._raise_priority() if self.realtime else "normal"
         sched = self.schedule = TickSchedule(time.monotonic_ns(), self.period_ns)
+        probe = self._make_probe()
         stop = self._stop
-        while not stop.is_set():
-            now = time.monotonic_ns()
-            wait = sched.sleep_ns(now)
-            if wait > 0:
-                # time.sleep, not stop.wait: an Event wait allocates a lock and takes a condition
-                # per call, ~40 us more CPU per wake-up here (measured: 85 vs 125 us a tick on
-                # this VM). A stop is seen within one period.
-                time.sleep(min(wait, self.period_ns) / 1e9)
-                continue
-            k = sched.begin_tick(now)
-            try:
-                self.on_tick(k)
-            except BaseException as exc:  # keep the clock alive; the engine logs and counts
-                self.error = exc
-                import logging
-                logging.getLogger("loa.clock").exception("tick %d failed", k)
+        try:
+            while not stop.is_set():
+                now = time.monotonic_ns()
+                wait = sched.sleep_ns(now)
+                if wait > 0:
+                    # time.sleep, not stop.wait: an Event wait allocates a lock and takes a
+                    # condition per call, ~40 us more CPU per wake-up here (measured: 85 vs
+                    # 125 us a tick on this VM). A stop is seen within one period.
+                    time.sleep(min(wait, self.period_ns) / 1e9)
+                    continue
+                late = sched.late_ticks
+                deadline = sched.deadline()
+                k = sched.begin_tick(now)
+                if probe is not None and sched.late_ticks != late:
+                    try:   # why it is late, looked at before the tick lets the others run
+                        probe.late(now, now - deadline, deadline)
+                    except Exception:   # a diagnostic never stops the clock
+                        pass
+                try:
+                    self.on_tick(k)
+                except BaseException as exc:  # keep the clock alive; the engine logs and counts
+                    self.error = exc
+                    import logging
+                    logging.getLogger("loa.clock").exception("tick %d failed", k)
+                if probe is not None:
+                    probe.mark(now, time.monotonic_ns())
+        finally:
+            if probe is not None:
+                probe.close()
+
+    def _make_probe(self) -> LateTickProbe | None:
+        """The late-tick attribution (streamer.tickprobe), unless LOA_TICK_PROBE=0 or not on
+        Linux."""
+        import os
+        if os.environ.get("LOA_TICK_PROBE", "1") == "0" or not sys.platform.startswith("linux"):
+            return None
+        p = LateTickProbe(threading.get_native_id())
+        self.probe = p if p.available else None
+        return self.probe

@@ -220,6 +220,10 @@ class Runtime:
             "tick_priority": t.priority if t else None,
             "phase_ns": s.phase_ns if s else None,
             "phase_shifts": s.phase_shifts if s else 0,
+            # why the late ticks were late (streamer.tickprobe): counts by cause and the last
+            # records (lateness split into GIL wait / CPU wait / host steal, where the other
+            # threads stood)
+            **(t.probe.stats() if t is not None and t.probe is not None else {}),
         }
 
     @property
