@@ -52,7 +52,9 @@ class Server:
                    "--data-dir", str(tmp / "data")],
             stdout=self.log, stderr=subprocess.STDOUT, env=e, cwd=ROOT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 20
+        # a bound, not a speed claim: loa serve waits up to 10 s for its TTS workers' warm-up,
+        # and a loaded 2-core CI machine has taken 20 s to bring it up
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"loa serve exited: {self.output()}")

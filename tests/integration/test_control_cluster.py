@@ -51,7 +51,7 @@ class Node:
         self.proc = subprocess.Popen(LOA + args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=e, cwd=ROOT, start_new_session=True)
         if wait:
-            wait_for(f"{name} up", lambda: self._up(), 20)
+            wait_for(f"{name} up", lambda: self._up(), 60)   # a bound, not a speed claim
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:

@@ -57,7 +57,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def up(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60   # a bound: loa serve waits up to 10 s for its TTS workers
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"loa serve exited: {self.output()}")

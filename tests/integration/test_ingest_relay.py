@@ -30,11 +30,17 @@ def tick(src: RelaySource, seconds: float, notices: list[str]) -> list[np.ndarra
     out: list[np.ndarray] = []
     t0 = time.monotonic()
     n = int(seconds * 50)
+    slow = 0
     for k in range(n):
         time.sleep(max(0.0, t0 + k * 0.02 - time.monotonic()))
         r0 = time.perf_counter()
         f = src.read()
-        assert time.perf_counter() - r0 < 0.005, "read() must not block"
+        # a read that waited on the network would wait for the next frame at stream pace
+        # (~20 ms) every time the buffer ran dry; a read that only lost the GIL or the core to
+        # the decoder thread on a loaded machine is rare: allow a few of those
+        if time.perf_counter() - r0 > 0.005:
+            slow += 1
+            assert slow <= max(3, n // 50), f"read() blocks: {slow} of {k + 1} reads over 5 ms"
         if src.notice:
             notices.append(src.notice)
             src.notice = None

@@ -349,7 +349,7 @@ def test_listening_over_tls_goes_through_the_tls_layer(tmp_path):
                     return b" 200 " in c.recv(4096)
             except OSError:
                 return proc.poll() is not None   # ended: fail below with its log
-        wait_for("https server", healthy, 20)
+        wait_for("https server", healthy, 60)   # a bound: TTS workers warm up first
         assert proc.poll() is None, log.read()
         c = tls_get("/listen/xa1.ogg")
         got = b""
