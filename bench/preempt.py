@@ -40,8 +40,10 @@ def summary(vals: list[float]) -> dict:
             "mean": round(statistics.fmean(vals), 3) if vals else None}
 
 
-def wait_healthy(base: str, server: Proc, timeout: float = 30.0) -> bool:
-    """True once `loa serve` answers its health check; False if it died or never answered."""
+def wait_healthy(base: str, server: Proc, timeout: float = 90.0) -> bool:
+    """True once `loa serve` answers its health check; False if it died or never answered. The
+    default bound is generous: pinned to one core of a loaded 2-core machine, imports and the
+    TTS workers' warm-up took 27 s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():

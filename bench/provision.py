@@ -138,7 +138,7 @@ def run_provision(opts: ProvisionOptions, console=None) -> dict:
     server = Proc([sys.executable, "-m", "loa.cli", "serve", "--config", str(cfg), "--http", http,
                    "--data-dir", str(work / "data")], env=env, name="loa serve", cwd=str(REPO))
     try:
-        if not wait_healthy(base, server, timeout=60):
+        if not wait_healthy(base, server):
             return invalid("loa serve did not start: " + " | ".join(server.err[-5:]))
         static = _destinations(base) or 0  # the programme zone's own destination, if any
         air = ["on-air"] if separate else [f"bench{z}" for z in range(zones)]

@@ -139,7 +139,7 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
             f"127.0.0.1:{http}", "--data-dir", str(work / "data")], env=env, name="loa serve",
             cwd=str(REPO))
         base = f"http://127.0.0.1:{http}"
-        if not wait_healthy(base, server, timeout=60):
+        if not wait_healthy(base, server):
             out["valid"] = False
             out["invalid_reasons"].append("loa serve did not start: " + " | ".join(server.err[-5:]))
             return out
@@ -230,7 +230,7 @@ def first_after_start(starts: int = 5) -> dict:
                       cwd=str(REPO))
         base = f"http://127.0.0.1:{http}"
         try:
-            if not wait_healthy(base, server, timeout=60):
+            if not wait_healthy(base, server):
                 out["valid"] = False
                 out["invalid_reasons"].append(f"start {i}: loa serve did not start")
                 continue
