@@ -40,14 +40,17 @@ def _playing(origin, edge, receiver_port):
 
 
 def _steady(r, seconds: float) -> None:
-    """`seconds` of uninterrupted audio: ~50 packets a second, nothing lost or concealed."""
+    """`seconds` of uninterrupted audio: ~50 packets a second, at most 2 lost or concealed."""
     j = r.fr.rx.jitter.stats
     before = (j.received, j.lost, j.concealed_plc, r.session.counters["failovers"])
     time.sleep(seconds)
     j = r.fr.rx.jitter.stats
     got = j.received - before[0]
     assert got >= 45 * seconds, (got, j)
-    assert (j.lost, j.concealed_plc, r.session.counters["failovers"]) == before[1:], j
+    # a speaker silenced by a stall or a failover loses hundreds of packets; one or two packets
+    # late on a loaded 2-core machine (seen in CI: one concealed, late=1) are not that
+    assert (j.lost - before[1]) + (j.concealed_plc - before[2]) <= 2, (before, j)
+    assert r.session.counters["failovers"] == before[3], j
 
 
 def test_redis_stalled_restarted_and_gone_the_speakers_play_on(cluster, redis_server):  # noqa: F811
