@@ -178,16 +178,23 @@ def system_busy_seconds() -> float:
     return (sum(vals) - idle) / CLK_TCK
 
 
-def host_cpu_jiffies() -> dict[str, int]:
-    """Whole-machine CPU counters from /proc/stat (USER_HZ ticks): steal is the time the host
-    (this is a KVM guest) ran something else instead of our vCPUs; {} where unreadable."""
+def host_cpu_jiffies(cpu: int | None = None) -> dict[str, int]:
+    """CPU counters from /proc/stat (USER_HZ ticks), the whole machine's or one CPU's: steal is
+    the time the host (this is a KVM guest) ran something else instead of our vCPUs; {} where
+    unreadable."""
+    want = "cpu" if cpu is None else f"cpu{cpu}"
     try:
         with open("/proc/stat") as f:
-            v = f.readline().split()[1:]
+            for line in f:
+                v = line.split()
+                if v and v[0] == want:
+                    break
+            else:
+                return {}
     except OSError:
         return {}
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-    return {k: int(x) for k, x in zip(names, v)}
+    return {k: int(x) for k, x in zip(names, v[1:])}
 
 
 def host_cpu_delta(a: dict[str, int], b: dict[str, int], seconds: float) -> dict[str, float]:

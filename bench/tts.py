@@ -87,12 +87,18 @@ def _clock(base: str) -> dict:
     return dict(h.get("clock") or {}) if st == 200 else {}
 
 
-def _clock_host(base: str) -> tuple[dict, dict, float]:
-    """The engine's clock stats, the machine's CPU counters and the time, together."""
-    return _clock(base), host_cpu_jiffies(), time.monotonic()
+#: the CPU the server is pinned to (under_load): its counters are read with the machine's
+_SERVER_CPU: list[int] = []
 
 
-def _delta(a: tuple[dict, dict, float], b: tuple[dict, dict, float]) -> dict:
+def _clock_host(base: str) -> tuple[dict, dict, float, dict]:
+    """The engine's clock stats, the machine's CPU counters, the time and the server core's
+    counters, together."""
+    return (_clock(base), host_cpu_jiffies(), time.monotonic(),
+            host_cpu_jiffies(_SERVER_CPU[0]) if _SERVER_CPU else {})
+
+
+def _delta(a: tuple[dict, dict, float, dict], b: tuple[dict, dict, float, dict]) -> dict:
     keys = ("ticks", "late_ticks", "skipped_ticks", "tick_overruns")
     out: dict[str, object] = {k: int(b[0].get(k, 0)) - int(a[0].get(k, 0)) for k in keys}
     out["max_late_ms_so_far"] = b[0].get("max_late_ms")
@@ -101,6 +107,9 @@ def _delta(a: tuple[dict, dict, float], b: tuple[dict, dict, float]) -> dict:
     # the host's steal over the window (this is a shared KVM guest) and why each late tick was
     # late (streamer.tickprobe: GIL wait, CPU wait, host steal)
     out["host"] = host_cpu_delta(a[1], b[1], b[2] - a[2])
+    # the server's core: when its real-time work (tick, fan-out, their softirqs) leaves normal
+    # tasks there starved, the kernel takes up to 50 ms a second from the SCHED_FIFO tick
+    out["server_core"] = host_cpu_delta(a[3], b[3], b[2] - a[2])
     out.update(late_attribution(a[0], b[0]))
     return out
 
@@ -111,6 +120,8 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-load-"))
     env = _child_env()
     res = resolve(FanoutOptions(receivers=receivers))
+    _SERVER_CPU[:] = [int(c) for c in str(res.get("sender_cpus") or "").split(",")
+                      if c.strip().isdigit()][:1]
     out: dict = {"receivers": receivers, "window_s": seconds, "windows": windows, "valid": True,
                  "invalid_reasons": [], "placement": res}
     sink = Proc(_prefix(None, res["nice"]) + [
@@ -355,7 +366,8 @@ def render(report: dict, console) -> None:
         u = Table(title=f"the tick while {load['receivers']:,} receivers hear a programme "
                         f"({load['window_s']} s windows)")
         for c in ("window", "ticks", "late ticks", "why late", "worst late ms (so far)",
-                  "overruns", "load 1 min", "host steal (cores)", "bulletins"):
+                  "overruns", "load 1 min", "host steal (cores)", "server core busy/softirq",
+                  "bulletins"):
             u.add_column(c)
         ws = load.get("windows_list") or [dict(load["quiet"], window="quiet"),
                                           dict(load["with_tts"], window="with tts",
@@ -365,6 +377,8 @@ def render(report: dict, console) -> None:
                       " ".join(f"{k} {v}" for k, v in (w.get("late_causes") or {}).items()),
                       str(w["max_late_ms_so_far"]), str(w["tick_overruns"]),
                       str(w["loadavg_1m_after"]), str((w.get("host") or {}).get("steal_cores", "")),
+                      "{}/{}".format((w.get("server_core") or {}).get("busy_cores", ""),
+                                     (w.get("server_core") or {}).get("softirq_cores", "")),
                       str(w.get("bulletins", 0)))
         console.print(u)
         for w in ws:

@@ -132,6 +132,7 @@ class LateTickProbe:
         self._stat_now = bytearray(16384)
         self._stat_now_bufs = [self._stat_now]
         self._countdown = 0
+        self.last_cause_ns = 0  # when the last late tick with a cause of its own started
         self.mark_ns = 0       # when the previous tick's work ended
         self.tick_ns = 0       # how long the previous tick's work took
 
@@ -200,6 +201,14 @@ class LateTickProbe:
                  "catchup": catchup}
         cause = max(parts, key=lambda k: parts[k])
         self.causes[cause] += 1
+        # the spacing of late ticks says something too: CPU waits ~1 s apart are the kernel
+        # running starved normal tasks for up to 50 ms a second above every SCHED_FIFO thread
+        # (the fair server of Linux 6.12+; RT throttling before it, 950 ms per 1 s)
+        since = None
+        if cause != "catchup":
+            if self.last_cause_ns:
+                since = round((now_ns - self.last_cause_ns) / 1e9, 3)
+            self.last_cause_ns = now_ns
         ms = 1e6
         rec: dict[str, Any] = {
             "n": self.late_seen, "wall": round(time.time(), 3),
@@ -215,6 +224,7 @@ class LateTickProbe:
             "tick_on_cpu_ms": round((run1 - run0) / ms, 3), "cpu": cpu,
             "probe_ms": round((time.monotonic_ns() - now_ns) / ms, 3),
             "read_ms": round((t_read - now_ns) / ms, 3),
+            "since_prev_cause_s": since,
             "threads": where[:12],
         }
         self.records.append(rec)
