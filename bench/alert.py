@@ -197,12 +197,18 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
         time.sleep(1.0)
         series: dict[str, list[float]] = {"cap_push": [], "broadcasts_post": [],
                                           "cap_submit_ms": []}
-        for i in range(rounds * 2):
-            kind = "cap_push" if i % 2 == 0 else "broadcasts_post"
+        # --polygon: a geocode push (the whole zone) in the same run, for comparison
+        kinds = (["cap_push", "cap_geocode"] if polygon else ["cap_push"]) + ["broadcasts_post"]
+        if polygon:
+            series.update({"cap_geocode": [], "cap_geocode_submit_ms": []})
+        stages: dict[str, dict[str, list[float]]] = {}   # kind -> stage -> ms
+        for i in range(rounds * len(kinds)):
+            kind = kinds[i % len(kinds)]
+            cap = kind.startswith("cap_")
             _drain(probe)
-            body = _sign(_cap(i, resource, polygon), key) if kind == "cap_push" else b""
+            body = _sign(_cap(i, resource, kind == "cap_push" and polygon), key) if cap else b""
             t0 = time.monotonic_ns()
-            if kind == "cap_push":
+            if cap:
                 st, b = _req("POST", base + "/api/v1/alerts", xml=body)
                 bid = b.get("broadcast")
             else:
@@ -217,18 +223,31 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
             t1 = _wait_marker(probe, t0, 5.0)
             ms = round((t1 - t0) / 1e6, 3) if t1 else None
             rnd: dict[str, Any] = {"kind": kind, "api_to_packet_ms": ms}
-            if kind == "cap_push":
+            if cap:
                 st2, a = _req("GET", base + f"/api/v1/alerts/{b['id']}")
                 air = (a.get("airings") or [{}])[0] if st2 == 200 else {}
                 rnd["receipt_to_submit_ms"] = air.get("receipt_to_submit_ms")
                 rnd["source"] = air.get("source")
-                if rnd["receipt_to_submit_ms"] is not None and i > 0:
-                    series["cap_submit_ms"].append(float(rnd["receipt_to_submit_ms"]))
+                if rnd["receipt_to_submit_ms"] is not None and i >= len(kinds):
+                    series["cap_submit_ms" if kind == "cap_push" else "cap_geocode_submit_ms"
+                           ].append(float(rnd["receipt_to_submit_ms"]))
+                # where the intake's time went (ms from receipt at each stage), and the
+                # engine's created -> first packet
+                rnd["stages_ms"] = a.get("stages_ms") if st2 == 200 else None
+                timing = ((air.get("broadcast") or {}).get("timing") or {})
+                rnd["created_to_first_packet_ms"] = timing.get("created_to_first_packet_ms")
+                if i >= len(kinds):
+                    mine = stages.setdefault(kind, {})
+                    for name, v in (rnd["stages_ms"] or {}).items():
+                        mine.setdefault(name, []).append(float(v))
+                    if rnd["created_to_first_packet_ms"] is not None:
+                        mine.setdefault("created_to_first_packet", []).append(
+                            float(rnd["created_to_first_packet_ms"]))
             report["rounds"].append(rnd)
             if ms is None:
                 report["valid"] = False
                 report["invalid_reasons"].append(f"round {i}: no marker packet within 5 s")
-            elif i > 1:  # the first CAP round fetches the resource
+            elif i >= len(kinds):  # the first CAP round fetches the resource
                 series[kind].append(ms)
             _req("DELETE", base + f"/api/v1/broadcasts/{bid}")
             time.sleep(0.3)
@@ -239,6 +258,8 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
         report["server_clock"] = health.get("clock") if st == 200 else None
         for k, v in series.items():
             report[k] = summary(v)
+        report["cap_stages_ms"] = {kind: {k: summary(v) for k, v in per.items()}
+                                   for kind, per in stages.items()}
         return report
     finally:
         if server is not None:
@@ -257,9 +278,25 @@ def render(report: dict, console) -> None:
     t = Table(title="API → first RTP packet (ms), first CAP round (resource fetch) excluded")
     for c in ("measure", "n", "p50", "p95", "max", "mean"):
         t.add_column(c)
-    for key in ("cap_push", "broadcasts_post", "cap_submit_ms"):
+    for key in ("cap_push", "cap_geocode", "broadcasts_post", "cap_submit_ms",
+                "cap_geocode_submit_ms"):
+        if key not in report:
+            continue
         s = report.get(key) or {}
         t.add_row(key, *(str(s.get(k)) for k in ("n", "p50", "p95", "max", "mean")))
     console.print(t)
+    stages = report.get("cap_stages_ms") or {}
+    if stages:
+        t = Table(title="CAP push: ms from receipt at each stage of the intake (wall; _cpu: the "
+                        "event loop's CPU), then the engine's created → first packet")
+        t.add_column("stage")
+        for kind in stages:
+            t.add_column(f"{kind} p50")
+            t.add_column(f"{kind} p95")
+        names = list(dict.fromkeys(n for per in stages.values() for n in per))
+        for name in names:
+            t.add_row(name, *(str((per.get(name) or {}).get(k)) for per in stages.values()
+                              for k in ("p50", "p95")))
+        console.print(t)
     if not report["valid"]:
         console.print(f"[red]INVALID RUN: {report['invalid_reasons']}[/]")

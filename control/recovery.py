@@ -45,14 +45,20 @@ RESUMABLE_LEVELS = (Level.EMERGENCY, Level.PRIORITY)
 
 class CommandBook:
     """The commands of broadcasts started and not yet stored, by broadcast id (thread-safe:
-    starts come from worker threads, the as-run writer takes them on the loop). Bounded."""
+    starts come from worker threads, the as-run writer takes them on the loop). Bounded.
+
+    A command is kept as given (commands are frozen) and written as data
+    (`port.command_to_dict`) when taken, by the as-run writer, after the start: an alert's
+    polygon names thousands of addresses, and their conversion (~1 ms of the event loop's CPU,
+    several ms of wall time on a core the fan-out shares) must not sit in front of the first
+    packet."""
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[str, Command] = OrderedDict()
         self._lock = threading.Lock()
         self.limit = limit
 
-    def put(self, broadcast_id: str, command: dict[str, Any]) -> None:
+    def put(self, broadcast_id: str, command: Command) -> None:
         with self._lock:
             self._items[broadcast_id] = command
             while len(self._items) > self.limit:
@@ -60,7 +66,8 @@ class CommandBook:
 
     def take(self, broadcast_id: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._items.pop(broadcast_id, None)
+            cmd = self._items.pop(broadcast_id, None)
+        return command_to_dict(cmd) if cmd is not None else None
 
 
 class RecordingRuntime(Runtime):
@@ -77,7 +84,7 @@ class RecordingRuntime(Runtime):
         if isinstance(cmd, StartBroadcast) and not isinstance(cmd.source, LiveAudio):
             if not cmd.id:
                 cmd = dataclasses.replace(cmd, id=secrets.token_hex(6))
-            self.commands.put(cmd.id, command_to_dict(cmd))
+            self.commands.put(cmd.id, cmd)   # as data when the as-run writer takes it
             try:
                 snap = super().submit(cmd)
             except BaseException:

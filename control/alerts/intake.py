@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +53,21 @@ class ResourceError(Exception):
     pass
 
 
+class _Stages:
+    """Where an alert's time went, from receipt (ms at each named stage): the answer to "why
+    this long to the first packet" (`GET /api/v1/alerts/{id}` shows them as `stages_ms`)."""
+    __slots__ = ("t0", "c0", "ms")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.c0 = time.thread_time()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.ms[name] = round((time.monotonic() - self.t0) * 1000, 2)
+        self.ms[name + "_cpu"] = round((time.thread_time() - self.c0) * 1000, 2)
+
+
 class AlertIntake:
     def __init__(self, port: EnginePort, tree: Callable[[], ZoneTree],
                  zone_codes: Callable[[], dict[str, list[str]]], db: Database,
@@ -70,6 +85,8 @@ class AlertIntake:
         self.lock = asyncio.Lock()  # one message at a time from decision to record
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="loa-alert")
         self.airing: dict[Key, str] = {}  # the current broadcast of each active alert
+        #: alert id -> ms from receipt to each stage of its intake (the last 64 here)
+        self.stages: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._index: AreaIndex | None = None
         self._index_key: Any = None
         self._points: list[ReceiverPoint] = []
@@ -164,6 +181,7 @@ class AlertIntake:
         feed id; `authority` the only authority it may carry). Raises domain errors: Unsigned,
         SignatureError (after counting and an event), CapError/TooLarge, AreaMatchesNothing."""
         t0 = time.monotonic()
+        st = _Stages(t0)
         self.counters["received"] += 1
         try:
             try:
@@ -187,12 +205,16 @@ class AlertIntake:
             self.publish({"type": "alert.refused", "via": via, "by": who, "code": e.code,
                           "reason": e.message})
             raise
+        st.mark("verified")
         async with self.lock:
+            st.mark("locked")
             if self._points_stale:
                 await self._refresh_points()
             now = datetime.now(UTC)
+            ctx = self._ctx()
+            st.mark("area")
             try:
-                d = self.book.decide(alert, now, self._ctx())
+                d = self.book.decide(alert, now, ctx)
             except DomainError as e:
                 self.counters["refused_area"] += 1
                 self.publish({"type": "alert.refused", "via": via, "by": who, "code": e.code,
@@ -208,15 +230,19 @@ class AlertIntake:
             snap: BroadcastSnapshot | None = None
             error = None
             source_kind = ""
+            st.mark("decided")
             if d.airs:
                 desc, source_kind, error = await self._source(d)
-                snap, err2 = await self._air(d, alert, desc, 1)
+                st.mark("source")
+                snap, err2 = await self._air(d, alert, desc, 1, st)
                 error = error or err2
             self.book.apply(alert, d, now)
             rec = self.book.records[d.key]
             submit_ms = (time.monotonic() - t0) * 1000
+        st.mark("applied")
         self.counters["aired" if d.airs else d.outcome] += 1
         body = self._answer(rec, snap, stopped, signer, error)
+        st.mark("answered")
         self.publish({"type": f"alert.{'aired' if d.airs else d.outcome}", "alert": body["id"],
                       "identifier": alert.identifier, "sender": alert.sender, "via": via,
                       "level": d.level, "risk_level": d.risk_level, "zones": list(d.targets)[:50],
@@ -228,6 +254,10 @@ class AlertIntake:
         if d.airs:
             await self.store.airing(d.key, snap.id if snap else None, 1, source_kind,
                                     round(submit_ms, 2), error)
+        st.mark("stored")
+        self.stages[alert_id(d.key)] = st.ms
+        while len(self.stages) > 64:
+            self.stages.popitem(last=False)
         self._wake.set()
         return Outcome(201 if d.airs else 200, body)
 
@@ -274,9 +304,19 @@ class AlertIntake:
         whole: list[str] = []
         registered, static = self.registered, self._addresses
         for zone, rids in d.parts:
+            seen = list(map(registered, rids))
+            if seen.count(None) == len(seen):
+                # the usual case, in one pass each (thousands of ids in front of the first
+                # packet): nobody of them registered here, their provisioned addresses
+                known = list(map(static.get, rids))
+                if self.per_receiver and None not in known:
+                    only[zone] = tuple(dict.fromkeys(known))   # type: ignore[arg-type]
+                else:
+                    whole.append(zone)
+                continue
             found: list[tuple[str, int]] = []
-            for r in rids:
-                a, s = registered(r), static.get(r)
+            for r, a in zip(rids, seen):
+                s = static.get(r)
                 if a is None and s is None:
                     break
                 if a is not None:
@@ -290,10 +330,12 @@ class AlertIntake:
             whole.append(zone)
         return tuple(d.targets) + tuple(whole), tuple(whole), only
 
-    async def _air(self, d: Decision, alert: CapAlert, desc: SourceDescription, n: int
-                   ) -> tuple[BroadcastSnapshot | None, str | None]:
+    async def _air(self, d: Decision, alert: CapAlert, desc: SourceDescription, n: int,
+                   st: _Stages | None = None) -> tuple[BroadcastSnapshot | None, str | None]:
         assert d.level is not None
         targets, alone, only = self._reach(d)
+        if st is not None:
+            st.mark("reach")
         cmd = StartBroadcast(
             id=f"alert-{alert_id(d.key)[:10]}-{n}", targets=targets, alone=alone, only=only,
             level=Level.parse(d.level),
@@ -320,6 +362,8 @@ class AlertIntake:
             log.error("alert %s could not air: %s", alert.identifier, e)
             return None, f"{type(e).__name__}: {e}"
         assert snap is not None
+        if st is not None:
+            st.mark("submitted")
         self.airing[d.key] = snap.id
         return snap, err
 

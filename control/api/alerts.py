@@ -99,4 +99,7 @@ class AlertHandlers:
             a["delivery"] = (self.registry.delivery_report(b, expected=expected, wall=time.time())
                              if b is not None and self.registry is not None else None)
         row["airings"] = airings
+        stages = self.intake.stages.get(aid)
+        if stages is not None:   # received by this process: where its intake's time went
+            row["stages_ms"] = stages
         return json_response(row)

@@ -43,6 +43,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from itertools import compress
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -219,7 +221,9 @@ class Fanout:
         self.batched = AVAILABLE if use_sendmmsg is None else (use_sendmmsg and AVAILABLE)
         self.batch = batch
         self.workers = max(0, int(workers))
-        self._raw: dict[str, list[tuple[str, int]]] = {}
+        #: key -> (its addresses, cleaned, and their packed form, in the same order): one
+        #: tuple, so another thread reads the two of the same list (see `prepare_split`)
+        self._raw: dict[str, tuple[list[tuple[str, int]], np.ndarray]] = {}
         self._dests = _Destinations(build_arrays=self.batched and self.workers == 0,
                                     need_list=self.workers == 0)
         #: destination lists packed ahead of `set_destinations` (see `prepare`), by content
@@ -322,6 +326,34 @@ class Fanout:
             while len(self._prepared) > _PREPARED_KEPT:
                 self._prepared.popitem(last=False)
 
+    def prepare_split(self, key: str, addrs: list[tuple[str, int]], taken: AbstractSet[_Addr],
+                      min_addrs: int = 1) -> int:
+        """Pack ahead the two lists `addrs` splits into, those in `taken` and the others (in
+        order), when `addrs` is what `key` holds now: their packed forms are cut out of the
+        key's packed array (array indexing), not packed again address by address. For a
+        carve (streamer.core.carve) of a big zone, whose lists the tick will hand to
+        `set_destinations`: ~4x cheaper than `prepare` on both. Returns how many lists were
+        prepared (0: `key` holds another list; the caller packs them the usual way)."""
+        cur = self._raw.get(key)
+        if cur is None or len(cur[0]) != len(addrs) or cur[0] != addrs:
+            return 0
+        clean, packed = cur
+        inside = list(map(taken.__contains__, clean))
+        mask = np.array(inside, dtype=bool)
+        outside = (~mask).tolist()
+        n = 0
+        for lst, arr in ((list(compress(clean, inside)), packed[mask]),
+                         (list(compress(clean, outside)), packed[~mask])):
+            if len(lst) < min_addrs:
+                continue
+            key_t = tuple(lst)
+            with self._prepared_lock:
+                self._prepared[key_t] = (lst, arr)
+                while len(self._prepared) > _PREPARED_KEPT:
+                    self._prepared.popitem(last=False)
+            n += 1
+        return n
+
     def set_destinations(self, key: str, addrs: Sequence[tuple[str, int]]) -> None:
         hit = None
         if self._prepared and addrs:
@@ -329,14 +361,15 @@ class Fanout:
                 hit = self._prepared.pop(tuple(addrs), None)
         clean, packed = hit if hit is not None else self._clean_and_pack(addrs)
         if clean:
-            self._raw[key] = clean
+            self._raw[key] = (clean, packed)
         else:
             self._raw.pop(key, None)
         if self._dests.set(key, packed) and self._pool is not None:
             self._pool.set_destinations(key, packed)
 
     def destinations(self, key: str) -> list[tuple[str, int]]:
-        return list(self._raw.get(key, ()))
+        cur = self._raw.get(key)
+        return list(cur[0]) if cur is not None else []
 
     # -- the hot path -----------------------------------------------------------------------
     def send(self, packet: bytes | bytearray | memoryview, keys: Iterable[str]) -> int:

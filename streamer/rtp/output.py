@@ -176,6 +176,13 @@ class RtpOutput:
                 len(zone.unicast) < min_addrs or (self.keyring is None and self.dynamic.get(zone_id)):
             return 0
         base = tree.destinations_by_ptime(zone_id)
+        split = getattr(self.fanout, "prepare_split", None)
+        if split is not None:
+            # cut out of the zone's packed list the fan-out holds (~4x cheaper than packing
+            # both lists again: this runs on the caller's thread, in front of the first packet)
+            n = split(fanout_key(zone_id, 20, False), base.get(20, []), addrs, min_addrs)
+            if n:
+                return int(n)
         n = 0
         for take in (True, False):
             lst = split_destinations(base, (), addrs, take)[0].get(20, [])
