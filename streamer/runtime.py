@@ -280,8 +280,6 @@ class Runtime:
                                  only={z: frozenset(a) for z, a in cmd.only.items() if a})
             with self.lock:
                 b: Broadcast = self.core.admit(spec, time.time(), time.monotonic_ns())
-            for z, a in spec.only.items():   # pack a carve's lists off the tick (a cache)
-                self.rtp.prepare_carve(self.core.tree, z, a)
             # open the source outside the lock (a file's decoding goes to the shared pool)
             source = factory(cmd.offset_s)
             source.start()

@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -308,9 +309,12 @@ class AlertIntake:
             if seen.count(None) == len(seen):
                 # the usual case, in one pass each (thousands of ids in front of the first
                 # packet): nobody of them registered here, their provisioned addresses
-                known = list(map(static.get, rids))
-                if self.per_receiver and None not in known:
-                    only[zone] = tuple(dict.fromkeys(known))   # type: ignore[arg-type]
+                try:   # all provisioned, or a KeyError (C loops, no Python per id)
+                    known = itemgetter(*rids)(static) if len(rids) > 1 else (static[rids[0]],)
+                except KeyError:
+                    known = None
+                if self.per_receiver and known is not None:
+                    only[zone] = tuple(dict.fromkeys(known))
                 else:
                     whole.append(zone)
                 continue

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_carve_s_lists_are_cut_from_the_zone_s_packed_list_and_found_by_the_tick():
-    """With the real fan-out, StartBroadcast with `only` prepares the carve's and its zone's
-    lists by cutting the zone's packed list the fan-out holds (Fanout.prepare_split, no packing
-    per address); the tick that applies the carve finds both (a cache hit each), and what each
-    key then holds is exactly what packing its list would give."""
+    """With the real fan-out, the tick that applies a carve cuts its list and its zone's rest
+    out of the zone's packed list the fan-out holds (Fanout.prepare_split, no packing per
+    address) and finds both (a cache hit each); what each key then holds is exactly what
+    packing its list would give."""
 
     many = [(f"127.0.{i // 250}.{i % 250 + 1}", 40000 + i % 7) for i in range(1000)]
     tree = ZoneTree()
@@ -33,14 +33,15 @@ def test_a_carve_s_lists_are_cut_from_the_zone_s_packed_list_and_found_by_the_ti
         rig.start(["z"], seconds=60)
         rig.run(2)
         inside = many[1::3]
-        packed_again: list = []
-        fan.prepare = packed_again.append   # type: ignore[method-assign]
+        packed: list[int] = []
+        pack = fan._clean_and_pack
+        fan._clean_and_pack = lambda a: (packed.append(len(a)), pack(a))[1]  # type: ignore
         alert(rig, inside)
-        assert not packed_again   # cut out, not packed again address by address
         cid = carve_id("z", "alert-1")
-        assert len(fan._prepared) == 2
-        rig.run(2)
-        assert not fan._prepared    # both taken by the tick's set_destinations
+        assert not fan._prepared   # nothing on the submitting thread
+        rig.run(1)
+        assert not fan._prepared   # cut and taken by the tick that applied the carve
+        assert packed == []        # neither list was packed address by address
         rest = [a for a in many if a not in set(inside)]
         assert fan.destinations(cid) == inside and fan.destinations("z") == rest
         assert np.array_equal(fan._dests.keys[cid], pack_addrs(inside))
