@@ -233,7 +233,12 @@ def run_alert(receivers: int = 5000, rounds: int = 20, spoken: bool = False, con
                            ].append(float(rnd["receipt_to_submit_ms"]))
                 # where the intake's time went (ms from receipt at each stage), and the
                 # engine's created -> first packet
-                rnd["stages_ms"] = a.get("stages_ms") if st2 == 200 else None
+                rnd["stages_ms"] = stg = dict(a.get("stages_ms") or {}) if st2 == 200 else None
+                if stg and "receipt_monotonic_ms" in stg:   # the same clock on this machine
+                    recv = stg.pop("receipt_monotonic_ms") - t0 / 1e6
+                    stg["client_to_receipt"] = round(recv, 2)
+                    if ms is not None and "submitted" in stg:
+                        stg["submitted_to_packet_at_probe"] = round(ms - recv - stg["submitted"], 2)
                 timing = ((air.get("broadcast") or {}).get("timing") or {})
                 rnd["created_to_first_packet_ms"] = timing.get("created_to_first_packet_ms")
                 if i >= len(kinds):

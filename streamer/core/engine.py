@@ -540,10 +540,12 @@ class Core:
                 reads.append(p)
         # programs: zones with the same layers (playhead, gain ramp) share one encode
         programs: dict[ProgramKey, list[str]] = {}
+        urgency: dict[ProgramKey, int] = {}   # the level of the broadcast each one is led by
         winners: dict[str, int] = {}
         steady = True
         for z, ls in layers.items():
             key_items = []
+            lead = 0
             for layer in ls:
                 b = self.broadcasts[layer.claim_id]
                 ph = b.playhead_for(z)
@@ -557,10 +559,13 @@ class Core:
                 g0, g1 = ramp.advance()
                 if g0 != g1 or not ramp.settled:
                     steady = False
+                if not key_items:
+                    lead = int(b.level)
                 key_items.append((ph.id, round(g0 * b.gain, 5), round(g1 * b.gain, 5)))
             if not key_items:
                 continue
             key = tuple(key_items)
+            urgency[key] = max(urgency.get(key, 0), lead)
             winners[z] = key_items[0][0]
             programs.setdefault(key, []).append(z)
         if len(self._ramps) > 4 * max(1, len(layers)):   # drop ramps of pairs that are gone
@@ -574,8 +579,12 @@ class Core:
             pl = tuple(z for z in zones if prev.get(z) == winners[z])
             mk = tuple(z for z in zones if prev.get(z) != winners[z])
             markers[key] = (pl, mk)
-        plan = Plan({key: tuple(zones) for key, zones in programs.items()}, winners, reads,
-                    markers, fast=False)
+        # the most urgent programme first: the outputs send in this order each tick, so an
+        # emergency's packet is handed to the fan-out before a programme's to other receivers
+        # (a polygon alert's carve shares the tick with its zone's programme)
+        order = sorted(programs, key=lambda key: -urgency[key])
+        plan = Plan({key: tuple(programs[key]) for key in order}, winners, reads,
+                    {key: markers[key] for key in order}, fast=False)
         self._plan = plan
         self._steady = steady
         return plan

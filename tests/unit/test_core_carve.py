@@ -255,3 +255,19 @@ def test_a_big_carve_s_lists_are_handed_over_by_the_tick_nothing_packed_by_the_s
     rig.run(1)
     assert fan.dests[carve_id("z", "alert-1")] == many[::3]
     assert fan.dests["z"] == [a for i, a in enumerate(many) if i % 3]
+
+
+def test_the_alert_s_packet_is_handed_to_the_fan_out_before_the_zone_s_programme():
+    """In a tick where a polygon alert's carve and the rest of its zone hear different
+    programmes, the most urgent one is sent first (the fan-out sends in that order: the alert's
+    receivers do not wait behind the programme's)."""
+    rig, fan = make()
+    rig.start(["province"], freq=1000, seconds=60)
+    rig.run(5)
+    alert(rig, [A[1], A[4]])
+    k = rig.k
+    rig.run(3)
+    cid = carve_id("z", "alert-1")
+    for t in range(k, k + 3):
+        sent = [keys for tick, _p, keys in fan.sent if tick == t]
+        assert len(sent) >= 2 and cid in sent[0] and cid not in sent[-1], (t, sent)
