@@ -544,7 +544,7 @@ class Core:
         winners: dict[str, int] = {}
         steady = True
         for z, ls in layers.items():
-            key_items = []
+            key_items: list[tuple[int, float, float]] = []
             lead = 0
             for layer in ls:
                 b = self.broadcasts[layer.claim_id]
