@@ -238,7 +238,7 @@ class RtpOutput:
         if taken:                 # without the receivers of the carves below it
             plain, dyn = split_destinations(plain, dyn, taken, take=False)
         secure: dict[int, list[tuple[str, int]]] = {}
-        seen = {a for lst in plain.values() for a in lst}
+        seen = {a for lst in plain.values() for a in lst} if dyn else set()   # dyn: dedup only
         target = secure if self.keyring is not None else plain
         red_addrs: list[tuple[str, int]] = []
         for d in dyn:
