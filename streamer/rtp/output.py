@@ -127,6 +127,8 @@ class RtpOutput:
         self._carves: dict[str, Carve] = {}
         self._carved: dict[str, list[str]] = {}
         self._nested: dict[str, frozenset[tuple[str, int]]] = {}
+        #: while set_carves applies them: zone or new carve -> its 20 ms list, already cut
+        self._cut: dict[str, list[tuple[str, int]]] = {}
 
     # ---------------------------------------------------------------- destinations
     def zone_changed(self, zone: Zone) -> bool:
@@ -152,13 +154,23 @@ class RtpOutput:
         old = self._carves
         touched = {c.zone for cid, c in old.items() if carves.get(cid) != c}
         touched.update(c.zone for cid, c in carves.items() if old.get(cid) != c)
+        per_zone: dict[str, int] = {}
+        for c in carves.values():
+            per_zone[c.zone] = per_zone.get(c.zone, 0) + 1
+        self._cut = {}
         for cid, c in carves.items():
             if cid not in old and c.parent == c.zone:
                 # a new carve of a big zone: its lists and the zone's are cut out of the
                 # zone's packed list (array indexing) before they are applied below, here in
                 # the tick (real-time, ~0.5 ms for 5,000) rather than on the submitting thread,
                 # whose every ms waited for the core behind the fan-out before the first packet
-                self.cut_carve(tree, c.zone, c.addrs)
+                lists = self.cut_carve(tree, c.zone, c.addrs)
+                zone = tree.zones.get(c.zone)
+                if lists is not None and per_zone[c.zone] == 1 and zone is not None and \
+                        not zone.ptime and not self.dynamic.get(c.zone):
+                    # the only carve of an all-20 ms zone: _apply takes these lists as they
+                    # are instead of splitting the zone's again
+                    self._cut[cid], self._cut[c.zone] = lists
         self._carves = dict(carves)
         self._carved = {}
         for cid, c in carves.items():
@@ -169,20 +181,22 @@ class RtpOutput:
                 if zid in tree.zones:
                     self._applied_sig[zid] = _dest_signature(tree.zones[zid])
                     self._apply(tree, zid)
+        self._cut = {}
 
     def cut_carve(self, tree: ZoneTree, zone_id: str, addrs: frozenset[tuple[str, int]],
-                  min_addrs: int = 256) -> int:
+                  min_addrs: int = 256) -> tuple[list[tuple[str, int]], list[tuple[str, int]]] | None:
         """The 20 ms lists a new carve of these receivers will give its zone and itself, cut
         out of the zone's packed list the fan-out holds (`Fanout.prepare_split`), for the
         plain case (no carve below the zone yet, registered receivers not in the plain
-        lists). Only a cache; returns how many lists were prepared (0: not that case)."""
+        lists). Returns (the carve's list, the zone's rest), or None when not that case."""
         split = getattr(self.fanout, "prepare_split", None)
         zone = tree.zones.get(zone_id)
         if split is None or zone is None or zone_id in self._nested or \
                 len(zone.unicast) < min_addrs or (self.keyring is None and self.dynamic.get(zone_id)):
-            return 0
+            return None
         base = tree.destinations_by_ptime(zone_id).get(20, [])
-        return int(split(fanout_key(zone_id, 20, False), base, addrs, min_addrs))
+        out = split(fanout_key(zone_id, 20, False), base, addrs, min_addrs)
+        return out if isinstance(out, tuple) else None
 
     def _apply_carves_of(self, tree: ZoneTree, zone_id: str) -> None:
         for cid in self._carved.get(zone_id, ()):
@@ -227,14 +241,18 @@ class RtpOutput:
         self._key_cache = {}
         carve = self._carves.get(zone_id)
         src = carve.zone if carve is not None else zone_id
-        if carve is not None and src not in tree.zones:
+        cut = self._cut.get(zone_id)
+        dyn: list[Dest]
+        if cut is not None:       # a new carve's list or its zone's rest, cut in set_carves
+            plain, dyn = {20: cut}, []
+        elif carve is not None and src not in tree.zones:
             plain, dyn = {}, []
         else:
             plain = tree.destinations_by_ptime(src)
             dyn = self.dynamic.get(src) or []
-        if carve is not None:     # its receivers only, from its zone's lists
+        if carve is not None and cut is None:   # its receivers only, from its zone's lists
             plain, dyn = split_destinations(plain, dyn, carve.addrs, take=True)
-        taken = self._nested.get(zone_id)
+        taken = self._nested.get(zone_id) if cut is None else None
         if taken:                 # without the receivers of the carves below it
             plain, dyn = split_destinations(plain, dyn, taken, take=False)
         secure: dict[int, list[tuple[str, int]]] = {}

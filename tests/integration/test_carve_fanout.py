@@ -47,6 +47,6 @@ def test_a_carve_s_lists_are_cut_from_the_zone_s_packed_list_and_found_by_the_ti
         assert np.array_equal(fan._dests.keys[cid], pack_addrs(inside))
         assert np.array_equal(fan._dests.keys["z"], pack_addrs(rest))
         # a key holding another list: nothing prepared that way (the caller packs as before)
-        assert fan.prepare_split("z", many, frozenset(inside)) == 0
+        assert fan.prepare_split("z", many, frozenset(inside)) is None
     finally:
         fan.close()
