@@ -146,6 +146,10 @@ def _tts(argv: list[str]) -> int:
                    help="quiet + with-TTS window pairs under load, each printed (default 3)")
     p.add_argument("--starts", type=int, default=5,
                    help="new servers whose first bulletin is timed (0 skips it)")
+    p.add_argument("--engine-cpus", default=None,
+                   help="under load, the server may use every core and reserves these for its "
+                        "tick and senders (settings engine_cpus, e.g. 0); default: the whole "
+                        "server on the first core")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     if not 1 <= a.rounds <= 1000 or not 0 <= a.receivers <= 64000:
@@ -156,7 +160,7 @@ def _tts(argv: list[str]) -> int:
         return 2
     console = _console()
     return _finish(run_tts(a.rounds, a.config, a.receivers, a.load_seconds, a.starts,
-                           a.windows), render, a.json_path, console)
+                           a.windows, a.engine_cpus), render, a.json_path, console)
 
 
 def _latency(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (host_cpu_delta, host_cpu_jiffies, late_attribution, late_line,
+from bench.common import (cpu_list, host_cpu_delta, host_cpu_jiffies, late_attribution, late_line,
                           machine_info)
 from bench.fanout import (REPO, FanoutOptions, Proc, _child_env, _free_tcp_port, _http, _prefix,
                           resolve, write_toml)
@@ -114,14 +114,23 @@ def _delta(a: tuple[dict, dict, float, dict], b: tuple[dict, dict, float, dict])
     return out
 
 
-def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -> dict:
+def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3,
+               engine_cpus: str | None = None) -> dict:
     """Late ticks while a programme plays to `receivers` and bulletins are synthesised (see
-    the module's docstring)."""
+    the module's docstring). The server runs on the first core (the sink on the last), all of
+    it; with `engine_cpus` ("0") it may use every core and reserves those for its real-time
+    path (settings engine_cpus, streamer.cpus): synthesis and the rest then run beside the
+    sink."""
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-load-"))
     env = _child_env()
     res = resolve(FanoutOptions(receivers=receivers))
-    _SERVER_CPU[:] = [int(c) for c in str(res.get("sender_cpus") or "").split(",")
-                      if c.strip().isdigit()][:1]
+    reserved = sorted(cpu_list(engine_cpus)) if engine_cpus else []
+    if reserved:
+        ncpu = os.cpu_count() or 1
+        res["sender_cpus"] = f"0-{ncpu - 1}" if ncpu > 1 else "0"
+        res["engine_cpus"] = reserved
+    _SERVER_CPU[:] = reserved[:1] or [int(c) for c in str(res.get("sender_cpus") or "").split(",")
+                                      if c.strip().isdigit()][:1]
     out: dict = {"receivers": receivers, "window_s": seconds, "windows": windows, "valid": True,
                  "invalid_reasons": [], "placement": res}
     sink = Proc(_prefix(None, res["nice"]) + [
@@ -142,7 +151,8 @@ def under_load(receivers: int = 5000, seconds: float = 15.0, windows: int = 3) -
         write_toml(cfg, receivers, int(line.split()[1]), 1)
         # settings before the first table; the TTS zone (one probe socket) after the programme's
         cfg.write_text("limit_starts_per_minute_per_principal = 100000\n"
-                       "limit_starts_per_minute_per_zone = 100000\n" + cfg.read_text() +
+                       "limit_starts_per_minute_per_zone = 100000\n" +
+                       (f"engine_cpus = {reserved}\n" if reserved else "") + cfg.read_text() +
                        f'[[zones]]\nid = "tts"\nunicast = ["127.0.0.1:{probe.getsockname()[1]}"]\n')
         http = _free_tcp_port()
         server = Proc(_prefix(res["sender_cpus"], res["nice"]) + [
@@ -269,7 +279,8 @@ def first_after_start(starts: int = 5) -> dict:
 
 
 def run_tts(rounds: int = 20, config: str | None = None, receivers: int = 5000,
-            load_s: float = 15.0, starts: int = 5, windows: int = 3) -> dict:
+            load_s: float = 15.0, starts: int = 5, windows: int = 3,
+            engine_cpus: str | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="loa-bench-tts-"))
     report: dict = {"benchmark": "tts", "machine": machine_info(),
                     "settings": {"rounds": rounds, "chars": 2000, "engine": "espeak"},
@@ -334,7 +345,7 @@ def run_tts(rounds: int = 20, config: str | None = None, receivers: int = 5000,
             report["invalid_reasons"] += [f"after start: {r}" for r in first["invalid_reasons"]]
     report["realtime_factor"] = realtime_factors(config)
     if receivers > 0:
-        load = under_load(receivers, load_s, windows)
+        load = under_load(receivers, load_s, windows, engine_cpus)
         report["under_load"] = load
         if not load["valid"]:
             report["valid"] = False
@@ -363,8 +374,13 @@ def render(report: dict, console) -> None:
     console.print(r)
     load = report.get("under_load")
     if load and "with_tts" in load:
+        pl = load.get("placement") or {}
+        where = (f"server on cores {pl.get('sender_cpus')}, tick and senders on "
+                 f"{pl['engine_cpus']} (engine_cpus)" if pl.get("engine_cpus")
+                 else f"whole server on core {pl.get('sender_cpus')}")
         u = Table(title=f"the tick while {load['receivers']:,} receivers hear a programme "
-                        f"({load['window_s']} s windows)")
+                        f"({load['window_s']} s windows; {where}; sink on core "
+                        f"{pl.get('sink_cpu')})")
         for c in ("window", "ticks", "late ticks", "why late", "worst late ms (so far)",
                   "overruns", "load 1 min", "host steal (cores)", "server core busy/softirq",
                   "bulletins"):

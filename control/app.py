@@ -90,16 +90,18 @@ def build_tree(settings: Settings) -> ZoneTree:
 def build_runtime(settings: Settings, outputs: list[Any] | None = None
                   ) -> tuple[Runtime, Fanout, Any]:
     """This node's engine, with its media socket and its SRTP keyring (None without SRTP)."""
+    from streamer import cpus   # engine_cpus, reserved by `loa serve` before anything started
     fanout = Fanout(bind=("0.0.0.0", settings.send_port), multicast_ttl=settings.multicast_ttl,
                     multicast_if=settings.multicast_if, workers=settings.fanout_workers,
-                    batch=settings.fanout_batch, realtime=settings.engine_realtime)
+                    batch=settings.fanout_batch, realtime=settings.engine_realtime,
+                    cpus=tuple(sorted(cpus.RESERVED)))
     eng_settings = EngineSettings(
         opus=OpusSettings(bitrate=settings.opus_bitrate, complexity=settings.opus_complexity,
                           fec=settings.opus_fec, packet_loss_perc=settings.opus_packet_loss_perc,
                           application=settings.opus_application),
         payload_type=settings.payload_type, duck_db=settings.duck_db,
         duck_ramp_ms=settings.duck_ramp_ms, resume_rewind_s=settings.resume_rewind_s,
-        realtime=settings.engine_realtime)
+        realtime=settings.engine_realtime, cpus=tuple(sorted(cpus.RESERVED)))
     if settings.decode_workers:
         from streamer.ingest import decode_pool
         decode_pool.configure(settings.decode_workers)

@@ -157,6 +157,10 @@ def cmd_serve(argv: list[str]) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     textsafe.install_log_escaping()  # user text in a log line cannot forge another line
+    # engine_cpus: this thread, and so every thread and process started from it, off the
+    # real-time path's CPUs, decided before any is started (streamer.cpus)
+    from streamer import cpus
+    cpus.reserve(settings.engine_cpus)
     from control.datadir import DataDirBusy
     from control.errors import DomainError
     from control.journal import storage_fault

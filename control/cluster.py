@@ -747,6 +747,7 @@ class EdgeServer:
         from streamer.cluster.keys import Keys
         from streamer.cluster.lease import FenceGate
         from streamer.cluster.nodes import NodeRegistry, ReceiverDirectory
+        from streamer import cpus
         from streamer.rtp.fanout import Fanout
         from streamer.rtp.registry import ReceiverRegistry
         self.settings = settings
@@ -757,7 +758,8 @@ class EdgeServer:
         self.fanout = Fanout(bind=("0.0.0.0", settings.send_port),
                              multicast_ttl=settings.multicast_ttl,
                              multicast_if=settings.multicast_if, workers=settings.fanout_workers,
-                             batch=settings.fanout_batch, realtime=settings.engine_realtime)
+                             batch=settings.fanout_batch, realtime=settings.engine_realtime,
+                             cpus=tuple(sorted(cpus.RESERVED)))
         keyring = None
         if settings.srtp:
             from streamer.rtp.srtp import MediaKeyring

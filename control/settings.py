@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     fanout_batch: int = Field(512, ge=1, le=1024)  # destinations per sendmmsg call
     cellular_ptime_ms: Literal[20, 40, 60] = 40  # packet time for receivers on SIM links
     engine_realtime: bool = True  # SCHED_FIFO (else nice -10) for the tick thread if permitted
+    # CPUs reserved for the real-time path (streamer.cpus): the tick thread and the sender
+    # processes run there, everything else of `loa serve` (event loop, speech synthesis,
+    # decoders) on the other CPUs it may use. [] (default): nothing pinned. E.g. [0] on a
+    # 4-core server: synthesis never starves on the tick's core, so the kernel never takes
+    # 50 ms from the tick to run it (late ticks, `loa bench tts --engine-cpus 0`).
+    engine_cpus: list[int] = []
     # registered receivers (issue: receivers in the field)
     srtp: bool = True  # registered receivers get SRTP; static destinations stay plain RTP
     media_key_rotate_h: float = Field(6.0, gt=0, le=24 * 30)

@@ -137,9 +137,13 @@ class TickThread:
     """
 
     def __init__(self, on_tick: Callable[[int], None], period_ns: int = FRAME_NS,
-                 name: str = "loa-tick", realtime: bool = True) -> None:
+                 name: str = "loa-tick", realtime: bool = True,
+                 cpus: tuple[int, ...] = ()) -> None:
         self.on_tick = on_tick
         self.realtime = realtime
+        #: the CPUs the tick pins itself to (streamer.cpus: engine_cpus); () not pinned
+        self.cpus = tuple(cpus)
+        self.pinned = False
         self.priority = "normal"
         self.period_ns = period_ns
         self.schedule: TickSchedule | None = None
@@ -164,6 +168,9 @@ class TickThread:
     def _run(self) -> None:
         name_os_thread(self._thread.name)
         self.priority = self._raise_priority() if self.realtime else "normal"
+        if self.cpus:
+            from streamer import cpus
+            self.pinned = cpus.pin(self.cpus)
         sched = self.schedule = TickSchedule(time.monotonic_ns(), self.period_ns)
         probe = self._make_probe()
         stop = self._stop

@@ -123,7 +123,8 @@ class Runtime:
                                           daemon=True)]
         for w in self._workers:
             w.start()
-        self._thread = TickThread(self._on_tick, realtime=self.settings.realtime)
+        self._thread = TickThread(self._on_tick, realtime=self.settings.realtime,
+                                  cpus=self.settings.cpus)
         self._thread.start()
 
     def stop(self) -> None:
@@ -218,6 +219,8 @@ class Runtime:
             "max_tick_us": round(self.max_tick_us, 1),
             "tick_overruns": self.tick_overruns,
             "tick_priority": t.priority if t else None,
+            # the CPUs the tick pinned itself to (engine_cpus, streamer.cpus); [] not pinned
+            "tick_cpus": sorted(t.cpus) if t is not None and t.pinned else [],
             "phase_ns": s.phase_ns if s else None,
             "phase_shifts": s.phase_shifts if s else 0,
             # why the late ticks were late (streamer.tickprobe): counts by cause and the last

@@ -53,6 +53,7 @@ class EngineSettings:
     limiter_ceiling_db: float = -0.1
     idle_channel_ttl_s: float = 10.0
     realtime: bool = True  # SCHED_FIFO (or nice -10) for the tick thread where permitted
+    cpus: tuple[int, ...] = ()  # the CPUs the tick thread pins itself to (streamer.cpus)
     dest_apply_interval_s: float = 0.25  # registered receivers' address changes, batched
     # A program's encoder plans for the worst loss its zones' receivers report (in-band FEC
     # where that is high enough); after a rise it keeps the higher value this long.

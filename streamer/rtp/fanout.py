@@ -201,7 +201,7 @@ class Fanout:
                  multicast_if: str | None = None, multicast_loop: bool = True, *,
                  workers: int = 0, batch: int = 512, sndbuf: int = 4 * 1024 * 1024,
                  use_sendmmsg: bool | None = None, realtime: bool = True,
-                 max_lag_ms: float = 200.0) -> None:
+                 max_lag_ms: float = 200.0, cpus: tuple[int, ...] = ()) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
@@ -238,7 +238,7 @@ class Fanout:
         self._pool: _WorkerPool | None = None
         if self.workers:
             self._pool = _WorkerPool(self.sock, self.workers, batch, self.batched,
-                                     realtime=realtime, max_lag_ms=max_lag_ms)
+                                     realtime=realtime, max_lag_ms=max_lag_ms, cpus=cpus)
 
     def _bind(self, bind: tuple[str, int]) -> None:
         """Bind the send socket, and beside it (Linux) a second socket on the same address
@@ -450,9 +450,12 @@ class _Worker:
 
 class _WorkerPool:
     def __init__(self, udp: socket.socket, k: int, batch: int, batched: bool, *,
-                 realtime: bool = True, max_lag_ms: float = 200.0) -> None:
+                 realtime: bool = True, max_lag_ms: float = 200.0,
+                 cpus: tuple[int, ...] = ()) -> None:
         self.udp = udp
         self.realtime = realtime
+        #: the CPUs the senders pin themselves to (streamer.cpus: engine_cpus); () not pinned
+        self.cpus = tuple(cpus)
         self.max_lag_ns = int(max_lag_ms * 1e6)
         self.k = k
         self.batch = batch
@@ -484,6 +487,9 @@ class _WorkerPool:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop(_PIN_ENV, None)
+        if self.cpus:
+            env[_PIN_ENV] = ",".join(str(c) for c in self.cpus)
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "streamer.rtp.fanout", "--worker", str(self.udp.fileno()),
              str(b.fileno()), str(self.stats_fd), str(w.index), str(self.batch),
@@ -666,6 +672,10 @@ class _WorkerPool:
         os.close(self.stats_fd)
 
 
+#: environment variable a sender process reads the CPUs it pins itself to from
+_PIN_ENV = "LOA_FANOUT_CPUS"
+
+
 def _worker_priority(realtime: bool) -> None:
     """Real-time scheduling one notch below the tick thread where permitted, else nice -10."""
     if not realtime:
@@ -686,6 +696,10 @@ def _worker_main(udp_fd: int, ctl_fd: int, stats_fd: int, index: int, batch: int
     from streamer.clock import name_os_thread
     name_os_thread(f"loa-fanout-{index}")
     _worker_priority(realtime)
+    pin = os.environ.get(_PIN_ENV, "")
+    if pin:   # the real-time path's own CPUs (streamer.cpus), not the rest of the server's
+        from streamer import cpus
+        cpus.pin(int(c) for c in pin.split(",") if c.strip().isdigit())
     udp = socket.socket(fileno=udp_fd)
     ctl = socket.socket(fileno=ctl_fd)
     stats = mmap.mmap(stats_fd, 0)
