@@ -6,7 +6,9 @@ drains N addresses 127.0.x.y:PORT and counts packets per address) or, for failov
 reference field receivers (receivers/field.py, real SRTP and libopus) on threads of this
 process, so their counters can be read while they play.
 
-Part 1, CPU (for each N of --sizes), two runs side by side, in alternating order:
+Part 1, CPU (for each N of --sizes, --rounds times), two runs side by side, in alternating
+order (`cpu_schedule`; each round's ratio is edge / single node of that round, the table shows
+the median over the rounds):
 - *single*: `loa serve --role all` (no Redis) with two zones of N unicast receivers each (one
   sink per zone), a tone on both zones for --seconds;
 - *cluster*: one origin and two edges through a fresh redis-server; the origin has the same two
@@ -17,6 +19,13 @@ nice -10 where permitted, the sinks and the origin to another (--sink-cpu, --ori
 in `loa bench fanout`. CPU = utime+stime of a process and its descendants between the API call
 that starts the tone and its end, plus the ksoftirqd time of the senders' cores (the loopback
 receive path the kernel deferred), split between the two edges by the packets each delivered.
+Each side is charged its whole process: the single node its tick thread (mix, Opus, packets,
+sends) and its main thread (event loop: API, receiver endpoint); an edge its feed thread
+(receive, authenticate and read the envelope, packets, sends) and its main thread (event loop:
+Redis, receiver endpoint); `threads` in the JSON says how much each thread took. Neither side
+pays the loopback receive of what reaches it: the single node gets nothing, an edge gets one
+envelope per tick whose kernel receive path runs in the origin's send call (charged to the
+origin, as a NIC's would not be on a real network).
 Reported: each sender's µs per delivered packet, each edge's as a ratio to the single node's of
 the same N (goal: within 10 %), and the origin's cores busy per N (goal: flat in N, its work is
 per programme).
@@ -61,8 +70,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import (cpu_delta, cpu_list, fmt, machine_info, receivers,
-                          softirqd_cpu_seconds, tree_cpu)
+from bench.common import (CLK_TCK, cpu_delta, cpu_list, descendants, fmt, machine_info,
+                          receivers, softirqd_cpu_seconds, tree_cpu)
 from bench.fanout import FanoutOptions, Proc, _encoder_env, _free_tcp_port, _http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +85,7 @@ PLAYING_PACKETS = 25           # "playing again": 0.5 s of audio through the new
 class NodesOptions:
     sizes: tuple[int, ...] = (250, 1000, 2500)
     seconds: float = 10.0
+    rounds: int = 1                   # CPU: each N this many times, single and cluster in turn
     trials: int = 10
     failover_receivers: int = 4
     static_receivers: int = 100
@@ -309,16 +319,54 @@ def _wait_finished(node: Node, bid: str, timeout: float) -> str | None:
 
 
 # ------------------------------------------------------------------ part 1: CPU
+def thread_cpu(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """(process, thread) -> (its name, utime + stime) over a process tree: the threads name
+    themselves for the OS (`loa-tick`, `loa-edge-feed`, ...); a process' main thread (the
+    asyncio loop of `loa serve`) is `main`."""
+    out: dict[tuple[int, int], tuple[str, float]] = {}
+    for p in descendants(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/stat") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            name = data[data.index("(") + 1:data.rindex(")")]
+            fields = data[data.rindex(")") + 2:].split()
+            out[(p, int(t))] = ("main" if int(t) == p else name,
+                                (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def threads_delta(before: dict[tuple[int, int], tuple[str, float]],
+                  after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per thread name between two samples (threads born in between count from
+    zero; the CPU of threads that ended in between is in the process total only)."""
+    out: dict[str, float] = {}
+    for key, (name, t) in after.items():
+        d = t - before.get(key, (name, 0.0))[1]
+        if d > 0:
+            out[name] = out.get(name, 0.0) + d
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 @dataclass
 class CpuRun:
     receivers: int                      # per zone (2 zones)
     kind: str                           # single | cluster
+    round: int = 0                      # which of --rounds (a single and a cluster run each)
     valid: bool = True
     invalid_reasons: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     senders: dict[str, dict[str, Any]] = field(default_factory=dict)   # single | edge-a | edge-b
     origin: dict[str, Any] = field(default_factory=dict)
     loadavg: list[float] = field(default_factory=list)
+    #: each sender's CPU seconds per thread name (what its total is made of)
+    threads: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _sender_metrics(cpu_s: float, soft_s: float, sk: dict[str, Any], wall: float
@@ -406,6 +454,7 @@ def _cpu_run(kind: str, n: int, opts: NodesOptions, res: dict[str, Any], workdir
         time.sleep(0.5)
         cpus = cpu_list(res["sender_cpus"])
         before = {name: tree_cpu(nd.pid) for name, nd in senders.items()}
+        tbefore = {name: thread_cpu(nd.pid) for name, nd in senders.items()}
         o0 = tree_cpu(api.pid) if kind == "cluster" else {}
         soft0 = softirqd_cpu_seconds(cpus)
         t0 = time.monotonic()
@@ -415,10 +464,12 @@ def _cpu_run(kind: str, n: int, opts: NodesOptions, res: dict[str, Any], workdir
         time.sleep(0.1)
         wall = time.monotonic() - t0
         after = {name: tree_cpu(nd.pid) for name, nd in senders.items()}
+        tafter = {name: thread_cpu(nd.pid) for name, nd in senders.items()}
         o1 = tree_cpu(api.pid) if kind == "cluster" else {}
         soft = max(0.0, softirqd_cpu_seconds(cpus) - soft0)
         run.wall_s = round(wall, 3)
         run.loadavg = _load()
+        run.threads = {name: threads_delta(tbefore[name], tafter[name]) for name in senders}
         if state != "finished":
             run.valid = False
             run.invalid_reasons.append(f"broadcast ended as {state!r}")
@@ -469,29 +520,59 @@ def _cpu_run(kind: str, n: int, opts: NodesOptions, res: dict[str, Any], workdir
             redis.kill()
 
 
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 3) if xs else None
+
+
 def cpu_summary(runs: list[CpuRun]) -> dict[str, Any]:
-    by_n: dict[int, dict[str, CpuRun]] = {}
+    """One row per N. With several rounds each edge's ratio is the median of its per-round
+    ratios (edge / single node of the same round: the two ran one after the other, under about
+    the same load), µs per packet and the origin's figures the medians over the rounds."""
+    by_n: dict[int, dict[int, dict[str, CpuRun]]] = {}
     for r in runs:
-        by_n.setdefault(r.receivers, {})[r.kind] = r
+        by_n.setdefault(r.receivers, {}).setdefault(r.round, {})[r.kind] = r
     rows = []
-    for n, kinds in sorted(by_n.items()):
-        single, cluster = kinds.get("single"), kinds.get("cluster")
+    for n, rounds in sorted(by_n.items()):
         row: dict[str, Any] = {"receivers_per_edge": n, "receivers": 2 * n}
-        s_us = single.senders.get("single", {}).get("cpu_us_per_pkt") \
-            if single is not None and single.valid else None
-        row["single_us_per_pkt"] = s_us
-        if cluster is not None and cluster.valid:
-            for name in ("edge-a", "edge-b"):
+        singles: list[float] = []
+        per_edge: dict[str, dict[str, list[float]]] = {
+            e: {"us": [], "ratio": []} for e in ("edge-a", "edge-b")}
+        busy: list[float] = []
+        per_tick: list[float] = []
+        for _i, kinds in sorted(rounds.items()):
+            single, cluster = kinds.get("single"), kinds.get("cluster")
+            s_us = single.senders.get("single", {}).get("cpu_us_per_pkt") \
+                if single is not None and single.valid else None
+            if s_us:
+                singles.append(s_us)
+            if cluster is None or not cluster.valid:
+                continue
+            for name, acc in per_edge.items():
                 e_us = cluster.senders.get(name, {}).get("cpu_us_per_pkt")
-                row[f"{name}_us_per_pkt"] = e_us
-                row[f"{name}_ratio"] = round(e_us / s_us, 3) if e_us and s_us else None
-            row["origin_cores_busy"] = cluster.origin.get("cores_busy")
-            row["origin_ms_per_tick"] = cluster.origin.get("ms_per_tick")
+                if e_us:
+                    acc["us"].append(e_us)
+                    if s_us:
+                        acc["ratio"].append(round(e_us / s_us, 3))
+            if cluster.origin.get("cores_busy") is not None:
+                busy.append(cluster.origin["cores_busy"])
+            if cluster.origin.get("ms_per_tick") is not None:
+                per_tick.append(cluster.origin["ms_per_tick"])
+        row["rounds"] = len(rounds)
+        row["single_us_per_pkt"] = _median(singles)
+        for name, acc in per_edge.items():
+            row[f"{name}_us_per_pkt"] = _median(acc["us"])
+            row[f"{name}_ratio"] = _median(acc["ratio"])
+            row[f"{name}_ratios"] = acc["ratio"]
+        if busy:
+            row["origin_cores_busy"] = round(statistics.median(busy), 4)
+        if per_tick:
+            row["origin_ms_per_tick"] = round(statistics.median(per_tick), 4)
         ratios = [row.get(f"{e}_ratio") for e in ("edge-a", "edge-b")]
         row["edges_within_goal"] = all(x is not None and x <= CPU_GOAL_RATIO for x in ratios)
         rows.append(row)
-    busy = [r["origin_cores_busy"] for r in rows if r.get("origin_cores_busy")]
-    flat = round(max(busy) / min(busy), 3) if len(busy) >= 2 and min(busy) > 0 else None
+    busy_n = [r["origin_cores_busy"] for r in rows if r.get("origin_cores_busy")]
+    flat = round(max(busy_n) / min(busy_n), 3) if len(busy_n) >= 2 and min(busy_n) > 0 \
+        else None
     return {"rows": rows, "origin_busy_max_over_min": flat, "fit": cost_fit(runs)}
 
 
@@ -806,6 +887,8 @@ def check_options(opts: NodesOptions) -> str | None:
         return "--seconds must be 0.5..600"
     if not 1 <= opts.trials <= 100:
         return "--trials must be 1..100"
+    if not 1 <= opts.rounds <= 50:
+        return "--rounds must be 1..50"
     if not 1 <= opts.failover_receivers <= 50 or not 1 <= opts.static_receivers <= 30_000:
         return "--failover-receivers 1..50, --static-receivers 1..30000"
     if not 2.0 <= opts.redis_window <= 60:
@@ -814,6 +897,19 @@ def check_options(opts: NodesOptions) -> str | None:
     if bad or not opts.parts:
         return f"--parts: some of cpu,edge,origin,redis (not {sorted(bad)})"
     return None
+
+
+def cpu_schedule(sizes: tuple[int, ...], rounds: int) -> list[tuple[int, int, str]]:
+    """(round, N, kind) in the order the CPU runs go: every N once per round, its single node
+    and cluster runs one after the other, which one goes first alternating from one N to the
+    next and, for each N, from one round to the next, so neither kind is always the one that
+    runs later (a shared machine's load drifts)."""
+    out = []
+    for rnd in range(rounds):
+        for j, n in enumerate(sizes):
+            pair = ("single", "cluster") if (j + rnd) % 2 == 0 else ("cluster", "single")
+            out += [(rnd, n, kind) for kind in pair]
+    return out
 
 
 def run_nodes(opts: NodesOptions, log: Callable[[str], None] = lambda s: None
@@ -830,13 +926,13 @@ def run_nodes(opts: NodesOptions, log: Callable[[str], None] = lambda s: None
         work = Path(tmp)
         if "cpu" in opts.parts:
             runs: list[CpuRun] = []
-            for i, n in enumerate(opts.sizes):
-                order = ("single", "cluster") if i % 2 == 0 else ("cluster", "single")
-                for kind in order:
-                    log(f"cpu: {kind}, 2 × {n} receivers (load {_load()[0]})")
-                    r = _cpu_run(kind, n, opts, res, work)
-                    runs.append(r)
-                    report["invalid_reasons"] += r.invalid_reasons
+            for rnd, n, kind in cpu_schedule(opts.sizes, opts.rounds):
+                log(f"cpu: round {rnd + 1}/{opts.rounds}, {kind}, 2 × {n} receivers "
+                    f"(load {_load()[0]})")
+                r = _cpu_run(kind, n, opts, res, work)
+                r.round = rnd
+                runs.append(r)
+                report["invalid_reasons"] += r.invalid_reasons
             report["cpu"] = {"runs": [asdict(r) for r in runs], **cpu_summary(runs)}
         fail_parts = [p for p in ("edge", "origin", "redis") if p in opts.parts]
         if fail_parts:
@@ -878,7 +974,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     console.print(f"[bold]loa bench nodes[/] — {m['nproc']} × {m['cpu_model']} "
                   f"({m['virtualization']}), kernel {m['kernel']}, load before "
                   f"{m['loadavg_before']}, after {report.get('loadavg_after')}")
-    console.print(f"seconds={s['seconds']} trials={s['trials']} senders on cpus "
+    console.print(f"seconds={s['seconds']} rounds={s.get('rounds', 1)} trials={s['trials']} senders on cpus "
                   f"{s['sender_cpus']} (nice {s['nice']}), origin on {s['origin_cpus']}, "
                   f"sinks on {s['sink_cpu']}")
     cpu = report.get("cpu")
@@ -904,6 +1000,11 @@ def render(report: dict[str, Any], console: Any) -> None:
                       fmt(row.get("origin_cores_busy"), 4), fmt(row.get("origin_ms_per_tick"), 3),
                       loss, fmt((cl.get("loadavg") or [None])[0]))
         console.print(t)
+        for row in cpu["rows"]:
+            if (row.get("rounds") or 1) > 1:
+                console.print(f"N {row['receivers_per_edge']}: {row['rounds']} rounds, edge / "
+                              f"single per round A {row.get('edge-a_ratios')} B "
+                              f"{row.get('edge-b_ratios')} (the table: medians)")
         fit = cpu.get("fit") or {}
         if fit.get("single") and fit.get("edge"):
             console.print("CPU per tick = fixed + per packet (fitted over N): single node "

@@ -29,6 +29,7 @@ import numpy as np
 from streamer.audio import FRAME_SAMPLES
 from streamer.cluster.envelope import (EnvelopeError, Programme, TickEnvelope, pack_subscription,
                                        unpack_tick)
+from streamer.clock import name_os_thread
 from streamer.cluster.lease import FenceGate
 from streamer.port import OnAir, SetDestinations, ZoneSnapshot
 from streamer.rtp.output import RtpOutput
@@ -244,6 +245,7 @@ class EdgeNode:
                 pass
 
     def _run(self) -> None:
+        name_os_thread("loa-edge-feed")
         next_sub = 0.0
         while not self._stop.is_set():
             now = time.monotonic()

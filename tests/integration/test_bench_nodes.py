@@ -36,8 +36,13 @@ def test_cpu_part_tiny():
         assert e["duplicates"] == 0 and e["cpu_us_per_pkt"] > 0, (name, e)
     assert cluster["origin"]["cpu_s"] > 0
     assert 0 < cluster["origin"]["cores_busy"] < 0.5     # it encodes one programme, no fan-out
+    # what each side's CPU is made of: the sending thread and the event loop
+    assert single["threads"]["single"].get("loa-tick", 0) > 0, single["threads"]
+    for name in ("edge-a", "edge-b"):
+        assert cluster["threads"][name].get("loa-edge-feed", 0) > 0, cluster["threads"]
     (row,) = report["cpu"]["rows"]
     assert row["receivers_per_edge"] == 30 and row["edge-a_ratio"] and row["edge-b_ratio"]
+    assert row["rounds"] == 1 and len(row["edge-a_ratios"]) == 1
     assert took < 180, took      # a bound, not a speed claim: a loaded 2-core CI machine
 
 

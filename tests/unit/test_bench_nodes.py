@@ -3,7 +3,8 @@
 and the options it refuses."""
 from __future__ import annotations
 
-from bench.nodes import CpuRun, NodesOptions, check_options, cost_fit, cpu_summary, p95
+from bench.nodes import (CpuRun, NodesOptions, check_options, cost_fit, cpu_schedule, cpu_summary,
+                         p95, threads_delta)
 
 
 def test_p95_is_the_nearest_rank():
@@ -15,12 +16,13 @@ def test_p95_is_the_nearest_rank():
     assert p95(twenty) == 19.0              # ceil(0.95 * 20) = 19th of 20
 
 
-def _single(n: int, us: float) -> CpuRun:
-    return CpuRun(receivers=n, kind="single", senders={"single": {"cpu_us_per_pkt": us}})
+def _single(n: int, us: float, rnd: int = 0) -> CpuRun:
+    return CpuRun(receivers=n, kind="single", round=rnd,
+                  senders={"single": {"cpu_us_per_pkt": us}})
 
 
-def _cluster(n: int, a: float, b: float, origin_busy: float) -> CpuRun:
-    return CpuRun(receivers=n, kind="cluster",
+def _cluster(n: int, a: float, b: float, origin_busy: float, rnd: int = 0) -> CpuRun:
+    return CpuRun(receivers=n, kind="cluster", round=rnd,
                   senders={"edge-a": {"cpu_us_per_pkt": a}, "edge-b": {"cpu_us_per_pkt": b}},
                   origin={"cores_busy": origin_busy, "ms_per_tick": origin_busy * 20})
 
@@ -70,3 +72,50 @@ def test_cost_fit_splits_fixed_work_per_tick_from_work_per_packet():
     assert fit["single"] == {"fixed_us_per_tick": 400.0, "us_per_packet": 2.4}
     assert fit["edge"] == {"fixed_us_per_tick": 300.0, "us_per_packet": 2.2}
     assert cost_fit(runs[:1]) == {"single": None, "edge": None}     # one N: no line
+
+
+def test_rounds_give_the_median_of_per_round_ratios():
+    # each round's edge is compared with the single node of its own round
+    runs = [_single(100, 4.0, 0), _cluster(100, 4.4, 4.0, 0.05, 0),
+            _single(100, 5.0, 1), _cluster(100, 5.0, 5.5, 0.07, 1),
+            _single(100, 4.0, 2), _cluster(100, 4.2, 4.0, 0.06, 2)]
+    (row,) = cpu_summary(runs)["rows"]
+    assert row["rounds"] == 3
+    assert row["edge-a_ratios"] == [1.1, 1.0, 1.05] and row["edge-a_ratio"] == 1.05
+    assert row["edge-b_ratios"] == [1.0, 1.1, 1.0] and row["edge-b_ratio"] == 1.0
+    assert row["single_us_per_pkt"] == 4.0 and row["edge-a_us_per_pkt"] == 4.4
+    assert row["origin_cores_busy"] == 0.06
+    assert row["edges_within_goal"] is True
+
+
+def test_a_round_with_an_invalid_single_run_gives_no_ratio_for_that_round():
+    bad = _single(100, 9.0, 1)
+    bad.valid = False
+    runs = [_single(100, 4.0, 0), _cluster(100, 4.2, 4.2, 0.05, 0),
+            bad, _cluster(100, 8.0, 8.0, 0.05, 1)]
+    (row,) = cpu_summary(runs)["rows"]
+    assert row["edge-a_ratios"] == [1.05] and row["edge-a_ratio"] == 1.05
+    assert row["single_us_per_pkt"] == 4.0
+
+
+def test_cpu_schedule_alternates_which_kind_runs_first():
+    sched = cpu_schedule((100, 250, 1000), 2)
+    assert len(sched) == 12
+    firsts = {(rnd, n): kind for rnd, n, kind in sched[::2]}
+    assert firsts == {(0, 100): "single", (0, 250): "cluster", (0, 1000): "single",
+                      (1, 100): "cluster", (1, 250): "single", (1, 1000): "cluster"}
+    # every (round, N) has one run of each kind, one after the other
+    for a, b in zip(sched[::2], sched[1::2]):
+        assert a[:2] == b[:2] and {a[2], b[2]} == {"single", "cluster"}
+    # with an even number of sizes each N still changes order from one round to the next
+    assert [k for r, n, k in cpu_schedule((100, 250), 2)[::2]] == [
+        "single", "cluster", "cluster", "single"]
+    assert check_options(NodesOptions(rounds=0)) is not None
+
+
+def test_threads_delta_sums_cpu_per_thread_name():
+    before = {(10, 10): ("main", 1.0), (10, 11): ("loa-edge-feed", 2.0)}
+    after = {(10, 10): ("main", 1.5), (10, 11): ("loa-edge-feed", 5.0),
+             (10, 12): ("asyncio_0", 0.25), (10, 13): ("asyncio_0", 0.25)}
+    assert threads_delta(before, after) == {"loa-edge-feed": 3.0, "main": 0.5,
+                                            "asyncio_0": 0.5}
