@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamer.audio import FRAME_SAMPLES
-from streamer.cluster.envelope import (EnvelopeError, Programme, TickEnvelope, pack_subscription,
-                                       unpack_tick)
+from streamer.cluster.envelope import (EnvelopeError, Programme, TickEnvelope, TickReader,
+                                       pack_subscription)
 from streamer.clock import name_os_thread
 from streamer.cluster.lease import FenceGate
 from streamer.port import OnAir, SetDestinations, ZoneSnapshot
@@ -37,6 +38,7 @@ from streamer.rtp.packet import HEADER_SIZE
 from streamer.zones import Zone, ZoneTree
 
 if TYPE_CHECKING:
+    from streamer.cluster.envelope import Entry
     from streamer.mixer.programs import ProgramKey
 
 __all__ = ["TickAssembler", "EdgeNode", "SUBSCRIBE_EVERY_S"]
@@ -46,6 +48,9 @@ log = logging.getLogger("loa.cluster.edge")
 Addr = tuple[str, int]
 SUBSCRIBE_EVERY_S = 1.0
 ON_AIR_HOLD_S = 0.5     # a zone heard within this long is on air here
+HEARD_EVERY_S = 0.1     # how often a steady stream refreshes its zones' last-heard times
+FEED_TIMEOUT_S = 0.2    # the feed thread looks at its stop flag (and subscriptions) this often
+FRAME_ROOM = 2048       # a frame buffer: RTP header + any payload an envelope can carry
 
 
 class TickAssembler:
@@ -80,6 +85,22 @@ class TickAssembler:
             out.append(self._merge())
         return out
 
+    def whole(self, ssrc: int, k: int) -> bool | None:
+        """A tick that came whole in one datagram, taken without building it: whether to play
+        it (False: a duplicate, or late), or None while parts of another tick are pending (then
+        it goes through `feed`). The same bookkeeping as `feed`."""
+        if self._parts:
+            return None
+        if ssrc != self.ssrc:
+            self.ssrc = ssrc
+            self.last_k = -1
+            self.origin_switches += 1
+        if k <= self.last_k:
+            self.duplicates += 1
+            return False
+        self._k = self.last_k = k
+        return True
+
     def _merge(self) -> TickEnvelope:
         parts, self._parts = self._parts, []
         first = parts[0]
@@ -96,15 +117,52 @@ _NO_PCM = np.zeros(0, dtype=np.float32)
 
 class _Frame:
     """What RtpOutput reads of a programme frame: the payload after room for the header (the
-    edge has no PCM: outputs that need it run at the origin)."""
+    edge has no PCM: outputs that need it run at the origin). Reused from tick to tick: `load`
+    copies the next payload into the same buffer."""
     __slots__ = ("buf", "view", "n", "bus")
 
-    def __init__(self, payload: bytes) -> None:
-        self.n = HEADER_SIZE + len(payload)
-        self.buf = bytearray(self.n)
-        self.buf[HEADER_SIZE:] = payload
+    def __init__(self, payload: bytes | bytearray | memoryview = b"",
+                 room: int = FRAME_ROOM) -> None:
+        self.buf = bytearray(max(room, HEADER_SIZE + len(payload)))
         self.view = memoryview(self.buf)
         self.bus: np.ndarray = _NO_PCM
+        self.n = HEADER_SIZE
+        self.load(payload)
+
+    def load(self, payload: bytes | bytearray | memoryview) -> None:
+        n = HEADER_SIZE + len(payload)
+        if n > len(self.buf):        # never from an envelope (MAX_DATAGRAM): kept for safety
+            self.buf = bytearray(n)
+            self.view = memoryview(self.buf)
+        self.buf[HEADER_SIZE:n] = payload     # same length: copied in place
+        self.n = n
+
+
+Inputs = tuple[dict["ProgramKey", tuple[str, ...]], dict["ProgramKey", _Frame],
+               dict["ProgramKey", tuple[tuple[str, ...], tuple[str, ...]]],
+               list[tuple["ProgramKey", int]]]
+
+
+def layout_inputs(entries: Iterable[Entry], known: Mapping[str, Any]) -> Inputs:
+    """(programs, frames, markers, slots) for RtpOutput.on_tick from a tick's programme entries
+    as `TickReader` gives them, made once while they hold: the frames are filled each tick
+    from the payloads (`slots`: which frame takes which entry's payload). Zones this edge does
+    not know are left out; the keys are opaque to the output: the n-th entry of the tick."""
+    programs: dict[ProgramKey, tuple[str, ...]] = {}
+    frames: dict[ProgramKey, _Frame] = {}
+    markers: dict[ProgramKey, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    slots: list[tuple[ProgramKey, int]] = []
+    for i, (zones, marked) in enumerate(entries):
+        zs = tuple(z for z in zones if z in known)
+        ms = tuple(z for z in marked if z in known)
+        if not zs and not ms:
+            continue
+        key: ProgramKey = ((i, 0.0, 0.0),)
+        programs[key] = zs + ms
+        frames[key] = _Frame()
+        markers[key] = (zs, ms)
+        slots.append((key, i))
+    return programs, frames, markers, slots
 
 
 def tick_inputs(progs: Iterable[Programme], known: Mapping[str, Any]
@@ -132,6 +190,13 @@ def tick_inputs(progs: Iterable[Programme], known: Mapping[str, Any]
     return programs, frames, markers
 
 
+def _same_payloads(r: TickReader) -> bool:
+    """Whether two of the tick's entries carry the same payload (two programmes that happen to
+    encode to the same bytes: one programme for the output, as in tick_inputs)."""
+    seen = {bytes(r.payload(i)) for i in range(len(r.entries))}
+    return len(seen) < len(r.entries)
+
+
 class EdgeNode:
     """One edge: implements what the receiver endpoint needs of an engine (`LinkRuntime`)."""
 
@@ -152,8 +217,18 @@ class EdgeNode:
         self.gate = gate or FenceGate()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(feed_bind)
-        self.sock.settimeout(0.2)
+        # a blocking socket with kernel timeouts, not settimeout(): Python polls before every
+        # receive on a socket with a timeout, a second system call (and wait-queue work) per
+        # envelope; this way a receive is one call and still returns every FEED_TIMEOUT_S
+        self.sock.settimeout(None)
+        tv = struct.pack("ll", 0, int(FEED_TIMEOUT_S * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        #: reads envelopes; decodes a tick's zone lists only when they changed
+        self.reader = TickReader(key)
+        self._inputs: tuple[tuple[Entry, ...], Inputs] | None = None   # for reader.entries
+        self._heard_next = 0.0
         self.origins: list[Addr] = []
         self._origin_set: set[Addr] = set()
         self.set_origins(origins)
@@ -207,6 +282,7 @@ class EdgeNode:
             self.tree.add(Zone(id=zone, name=zone, multicast=multicast, unicast=list(unicast),
                                ptime=dict(ptime or {})))
             self.rtp.apply_zone(self.tree, zone, force=True)
+            self._inputs = None
             changed = self._update_wanted()
         if changed:
             self.subscribe_now()
@@ -220,6 +296,7 @@ class EdgeNode:
             if zone in self.tree.zones:
                 self.tree.add(Zone(id=zone, name=zone))
                 self.rtp.apply_zone(self.tree, zone, force=True)
+            self._inputs = None
             changed = self._update_wanted()
         if changed:
             self.subscribe_now()
@@ -246,37 +323,78 @@ class EdgeNode:
 
     def _run(self) -> None:
         name_os_thread("loa-edge-feed")
+        sock, stop = self.sock, self._stop
+        buf = bytearray(65535)        # every envelope is received into this one buffer
+        view = memoryview(buf)
         next_sub = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
+        now = time.monotonic()
+        while not stop.is_set():
             if now >= next_sub:
                 self.subscribe_now()
                 next_sub = now + SUBSCRIBE_EVERY_S
             try:
-                data, addr = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
+                n, addr = sock.recvfrom_into(buf)
+            except OSError:           # the receive timed out (EAGAIN), or the socket closed
+                if stop.is_set():
                     return
+                now = time.monotonic()
                 continue
-            self.datagram_received(data, (str(addr[0]), int(addr[1])), time.monotonic(),
-                                   time.time())
+            now = time.monotonic()
+            self.datagram_received(view[:n], addr, now, time.time())
 
-    def datagram_received(self, data: bytes, addr: Addr, now: float, wall: float) -> None:
+    def datagram_received(self, data: bytes | bytearray | memoryview, addr: Addr, now: float,
+                          wall: float) -> None:
         if addr not in self._origin_set:
             self.counters["foreign"] += 1
             return
+        r = self.reader
         try:
-            env = unpack_tick(self.key, data, wall)
+            r.read(data, wall)
         except EnvelopeError:
             self.counters["refused"] += 1
             return
-        if not self.gate.admit_media(env.fence):
+        if not self.gate.admit_media(r.fence):
             return
         self.counters["envelopes"] += 1
-        for tick in self.assembler.feed(env):
-            self._play(tick, now)
+        play = self.assembler.whole(r.ssrc, r.k) if r.last and r.part == 0 else None
+        if play is None:              # a tick in several parts: put together, then played
+            for tick in self.assembler.feed(r.envelope()):
+                self._play(tick, now)
+        elif play:
+            self._play_read(r, now)
+
+    def _play_read(self, r: TickReader, now: float) -> None:
+        """A whole tick straight from the reader: the output's inputs are those made for these
+        entries, their frames refilled with this tick's payloads."""
+        entries = r.entries
+        if len(entries) > 1 and _same_payloads(r):
+            self._play(r.envelope(), now)    # merged by payload, as tick_inputs does
+            return
+        with self.lock:
+            cached = self._inputs
+            if cached is None or cached[0] is not entries:
+                cached = self._inputs = (entries, layout_inputs(entries, self.tree.zones))
+                self._heard_next = 0.0
+            programs, frames, markers, slots = cached[1]
+            if not programs:
+                return
+            for key, i in slots:
+                frames[key].load(r.payload(i))
+            rtp = self.rtp
+            rtp.ssrc = r.ssrc
+            rtp.seq = (r.seq - 1) & 0xFFFF           # on_tick steps it to this tick's number
+            rtp.ts0 = (r.ts - r.k * FRAME_SAMPLES) & 0xFFFFFFFF
+            rtp.on_tick(r.k, programs, frames, markers)
+            if now >= self._heard_next:
+                self._mark_heard(programs, now)
+                self._heard_next = now + HEARD_EVERY_S
+            self.counters["ticks"] += 1
+
+    def _mark_heard(self, programs: Mapping[Any, tuple[str, ...]], now: float) -> None:
+        heard = self._heard
+        for zs in programs.values():
+            for z in zs:
+                heard[z] = now
 
     def _play(self, tick: TickEnvelope, now: float) -> None:
         with self.lock:
@@ -288,10 +406,8 @@ class EdgeNode:
             rtp.seq = (tick.seq - 1) & 0xFFFF        # on_tick steps it to this tick's number
             rtp.ts0 = (tick.ts - tick.k * FRAME_SAMPLES) & 0xFFFFFFFF
             rtp.on_tick(tick.k, programs, frames, markers)
-            heard = self._heard
-            for zs in programs.values():
-                for z in zs:
-                    heard[z] = now
+            self._mark_heard(programs, now)
+            self._heard_next = now + HEARD_EVERY_S
             self.counters["ticks"] += 1
 
     # -- what the receiver endpoint uses (streamer.rtp.link.LinkRuntime) ------------------------
@@ -326,6 +442,7 @@ class EdgeNode:
         with self.lock:
             if cmd.zone not in self.tree.zones:
                 self.tree.add(Zone(id=cmd.zone, name=cmd.zone))
+                self._inputs = None
             self.rtp.set_dynamic(self.tree, cmd.zone, list(addrs))
             self._receivers[cmd.zone] = len(addrs)
             changed = self._update_wanted()

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["EnvelopeError", "TickEnvelope", "Programme", "pack_tick", "unpack_tick",
-           "Subscription", "pack_subscription", "unpack_subscription", "MAX_DATAGRAM",
+           "TickReader", "Subscription", "pack_subscription", "unpack_subscription", "MAX_DATAGRAM",
            "MAX_AGE_S"]
 
 MAGIC_TICK = b"LOAE"
@@ -49,6 +49,7 @@ MAX_DATAGRAM = 1400
 MAX_AGE_S = 5.0
 LAST = 0x01
 _HEAD = struct.Struct("!4sBBBxQQQHIIH")   # magic ver flags part wall_ms fence k seq ts ssrc n
+_U16 = struct.Struct("!H")
 _SUB_HEAD = struct.Struct("!4sBxB")
 
 
@@ -80,7 +81,7 @@ class TickEnvelope:
     fence: int = 0     # the sending origin's fencing token
 
 
-def _mac(key: bytes, data: bytes | memoryview) -> bytes:
+def _mac(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()[:MAC_LEN]
 
 
@@ -185,6 +186,121 @@ def unpack_tick(key: bytes, data: bytes, wall_now: float) -> TickEnvelope:
         raise EnvelopeError(f"malformed envelope: {e}") from None
     return TickEnvelope(k, seq, ts, ssrc, wall_ms, tuple(progs), part, bool(flags & LAST),
                         fence)
+
+
+Entry = tuple[tuple[str, ...], tuple[str, ...]]    # (zones continuing, zones starting a spurt)
+
+
+class TickReader:
+    """An edge's reader of tick envelopes: the checks of `unpack_tick` (MAC, version, age,
+    structure) without decoding what repeats from one tick to the next.
+
+    Each programme's zone list is compared, as bytes, with the previous envelope's and decoded
+    only when it changed, so a steady stream costs a MAC, a header and one comparison per
+    programme. `entries` ((zones, marked) per programme) stays the same object while the zone
+    lists hold, so callers can key what they derive from it on its identity; `spans` gives
+    each programme's payload as (offset, length) in the datagram last read (not copied).
+    Sans-IO: fed the datagram and the wall clock."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.k = self.seq = self.ts = self.ssrc = self.wall_ms = self.fence = self.part = 0
+        self.last = True
+        self.entries: tuple[Entry, ...] = ()
+        self.spans: list[tuple[int, int]] = []
+        self.decoded = 0                 # envelopes whose zone lists had to be decoded
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)   # copied per datagram: the
+        self._zone_bytes: list[bytes] = []                      # key is not hashed again
+        self._data: bytes | bytearray | memoryview = b""
+
+    def read(self, data: bytes | bytearray | memoryview, wall_now: float) -> None:
+        """Reads one datagram (raises EnvelopeError as `unpack_tick` does); the attributes
+        then describe it, until the next call."""
+        n_all = len(data)
+        if n_all < _HEAD.size + MAC_LEN or data[:4] != MAGIC_TICK:
+            raise EnvelopeError("not an envelope")
+        end = n_all - MAC_LEN
+        h = self._keyed.copy()
+        h.update(data[:end])
+        if not hmac.compare_digest(h.digest()[:MAC_LEN], data[end:]):
+            raise EnvelopeError("bad MAC")
+        try:
+            _m, ver, flags, part, wall_ms, fence, k, seq, ts, ssrc, n = _HEAD.unpack_from(data)
+            if ver != TICK_VERSION:
+                raise EnvelopeError(f"envelope version {ver}")
+            if abs(wall_now - wall_ms / 1000.0) > MAX_AGE_S:
+                raise EnvelopeError("stale or future envelope")
+            known = self._zone_bytes
+            same = len(known) == n
+            spans = self.spans
+            if not same:
+                spans = self.spans = [(0, 0)] * n
+            off = _HEAD.size
+            u16 = _U16.unpack_from
+            for i in range(n):
+                start = off
+                (nz,) = u16(data, off)
+                off += 2
+                for _ in range(nz):
+                    off += 2 + data[off + 1]
+                if same and data[start:off] != known[i]:
+                    same = False
+                    self.entries = ()
+                (plen,) = u16(data, off)
+                off += 2
+                if off + plen > end:
+                    raise EnvelopeError("truncated payload")
+                spans[i] = (off, plen)
+                off += plen
+            if off != end:
+                raise EnvelopeError("trailing bytes")
+            if not same:
+                self._decode(data, n)
+        except (struct.error, IndexError) as e:
+            raise EnvelopeError(f"malformed envelope: {e}") from None
+        self.k, self.seq, self.ts, self.ssrc, self.wall_ms = k, seq, ts, ssrc, wall_ms
+        self.fence, self.part, self.last = fence, part, bool(flags & LAST)
+        self._data = data
+
+    def _decode(self, data: bytes | bytearray | memoryview, n: int) -> None:
+        self.entries, self._zone_bytes = (), []
+        entries: list[Entry] = []
+        zone_bytes: list[bytes] = []
+        off = _HEAD.size
+        try:
+            for i in range(n):
+                start = off
+                (nz,) = _U16.unpack_from(data, off)
+                off += 2
+                plain: list[str] = []
+                marked: list[str] = []
+                for _ in range(nz):
+                    m, ln = data[off], data[off + 1]
+                    off += 2
+                    z = bytes(data[off:off + ln]).decode()
+                    if len(z.encode()) != ln or not z:
+                        raise EnvelopeError("truncated zone")
+                    off += ln
+                    (marked if m else plain).append(z)
+                zone_bytes.append(bytes(data[start:off]))
+                entries.append((tuple(plain), tuple(marked)))
+                off = self.spans[i][0] + self.spans[i][1]
+        except UnicodeDecodeError as e:
+            raise EnvelopeError(f"malformed envelope: {e}") from None
+        self.entries, self._zone_bytes = tuple(entries), zone_bytes
+        self.decoded += 1
+
+    def payload(self, i: int) -> bytes | bytearray | memoryview:
+        """Programme `i`'s payload in the datagram last read (a view when it was one)."""
+        off, ln = self.spans[i]
+        return self._data[off:off + ln]
+
+    def envelope(self) -> TickEnvelope:
+        """The datagram last read as `unpack_tick` returns it."""
+        progs = tuple(Programme(bytes(self.payload(i)), zs, ms)
+                      for i, (zs, ms) in enumerate(self.entries))
+        return TickEnvelope(self.k, self.seq, self.ts, self.ssrc, self.wall_ms, progs,
+                            self.part, self.last, self.fence)
 
 
 @dataclass(frozen=True, slots=True)

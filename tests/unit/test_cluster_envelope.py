@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.cluster.edge import TickAssembler, tick_inputs
+from streamer.cluster.edge import TickAssembler, _Frame, layout_inputs, tick_inputs
 from streamer.cluster.envelope import (MAX_DATAGRAM, EnvelopeError, Programme, Subscription,
-                                       pack_subscription, pack_tick, unpack_subscription,
-                                       unpack_tick)
+                                       TickReader, pack_subscription, pack_tick,
+                                       unpack_subscription, unpack_tick)
+from streamer.rtp.packet import HEADER_SIZE
 from streamer.cluster.feed import Subscriptions, select
 
 KEY = b"k" * 32
@@ -107,3 +108,111 @@ def test_select_keeps_only_the_edges_zones_and_markers():
     assert got == [Programme(b"AA", ("z3",), ("z2",))]
     assert select(programs, None, frozenset({"z4"}), frames) == [Programme(b"BB", ("z4",))]
     assert select(programs, None, frozenset({"z9"}), frames) == []
+
+
+def _tick(k, progs, wall=WALL, **kw):
+    [d] = pack_tick(KEY, k, k, k * 960, 0xABC, int(wall * 1000), progs, **kw)
+    return d
+
+
+def test_reader_reads_what_unpack_tick_reads():
+    progs = [Programme(b"\xfcopus-a", ("z1", "z2"), ("z3",)), Programme(b"\xfcopus-bb", ("z4",))]
+    d = _tick(42, progs, fence=7)
+    r = TickReader(KEY)
+    buf = bytearray(2048)
+    buf[:len(d)] = d
+    r.read(memoryview(buf)[:len(d)], WALL)          # as the edge reads: a view of its buffer
+    assert r.envelope() == unpack_tick(KEY, d, WALL)
+    assert (r.k, r.seq, r.ts, r.ssrc, r.fence, r.part, r.last) == (42, 42, 42 * 960, 0xABC, 7,
+                                                                    0, True)
+    assert r.entries == ((("z1", "z2"), ("z3",)), (("z4",), ()))
+    assert bytes(r.payload(0)) == b"\xfcopus-a" and bytes(r.payload(1)) == b"\xfcopus-bb"
+
+
+def test_reader_decodes_zone_lists_only_when_they_change():
+    r = TickReader(KEY)
+    r.read(_tick(1, [Programme(b"a", ("z1", "z2"))]), WALL)
+    entries = r.entries
+    for k, payload in ((2, b"bb"), (3, b"c" * 200)):     # new payloads, other lengths
+        r.read(_tick(k, [Programme(payload, ("z1", "z2"))]), WALL)
+        assert r.entries is entries and bytes(r.payload(0)) == payload and r.k == k
+    assert r.decoded == 1
+    r.read(_tick(4, [Programme(b"d", ("z1",), ("z2",))]), WALL)   # z2 starts a talk spurt
+    assert r.entries == ((("z1",), ("z2",)),) and r.decoded == 2
+    r.read(_tick(5, [Programme(b"e", ("z1",), ("z2",)), Programme(b"f", ("z9",))]), WALL)
+    assert r.entries == ((("z1",), ("z2",)), (("z9",), ())) and r.decoded == 3
+    assert bytes(r.payload(1)) == b"f"
+    r.read(_tick(6, [Programme(b"g", ("z1",), ("z2",))]), WALL)   # the other one stopped
+    assert r.entries == ((("z1",), ("z2",)),) and bytes(r.payload(0)) == b"g"
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d[:-1] + bytes([d[-1] ^ 1]),            # MAC
+    lambda d: d[:50] + bytes([d[50] ^ 1]) + d[51:],   # body
+    lambda d: b"LOAX" + d[4:],                        # magic
+    lambda d: d[:20],                                 # truncated
+])
+def test_reader_refuses_what_unpack_tick_refuses(mutate):
+    r = TickReader(KEY)
+    good = _tick(1, [Programme(b"x", ("z1",))])
+    r.read(good, WALL)
+    with pytest.raises(EnvelopeError):
+        r.read(mutate(good), WALL)
+    for now in (WALL + 5.1, WALL - 5.1):
+        with pytest.raises(EnvelopeError):
+            r.read(good, now)
+    with pytest.raises(EnvelopeError):
+        TickReader(b"other-key" * 4).read(good, WALL)
+
+
+def test_reader_refuses_a_well_signed_but_malformed_body():
+    import hashlib
+    import hmac
+    import struct
+    head = struct.pack("!4sBBBxQQQHIIH", b"LOAE", 2, 1, 0, int(WALL * 1000), 0, 1, 1, 1, 1, 1)
+    for body in (b"\x00\x01\x00\x09z",              # a zone longer than the datagram
+                 b"\x00\x00\x00\x09abc",            # a payload longer than the datagram
+                 b"\x00\x00\x00\x01ab",             # trailing bytes
+                 b"\x00\x01\x00\x00\x00\x01a"):     # an empty zone id
+        data = head + body
+        data += hmac.new(KEY, data, hashlib.sha256).digest()[:16]
+        with pytest.raises(EnvelopeError):
+            TickReader(KEY).read(data, WALL)
+        with pytest.raises(EnvelopeError):
+            unpack_tick(KEY, data, WALL)
+
+
+def test_assembler_whole_keeps_the_books_of_feed():
+    asm = TickAssembler()
+    assert asm.whole(1, 10) is True and asm.last_k == 10
+    assert asm.whole(1, 10) is False and asm.whole(1, 9) is False and asm.duplicates == 2
+    assert asm.whole(2, 3) is True and asm.origin_switches == 2     # a standby's stream
+    # while parts of a tick are pending, whole ticks go through feed (it plays those parts)
+    ds = pack_tick(KEY, 4, 4, 4 * 960, 2, int(WALL * 1000),
+                   [Programme(b"p" * 100, tuple(f"zone-{i:04d}-{'x' * 30}" for i in range(60)))])
+    assert len(ds) > 1
+    assert asm.feed(unpack_tick(KEY, ds[0], WALL)) == []
+    assert asm.whole(2, 5) is None
+    [d5] = pack_tick(KEY, 5, 5, 5 * 960, 2, int(WALL * 1000), [Programme(b"x", ("z",))])
+    assert [t.k for t in asm.feed(unpack_tick(KEY, d5, WALL))] == [4, 5]
+    assert asm.whole(2, 6) is True
+
+
+def test_layout_inputs_leave_out_unknown_zones_and_keep_markers():
+    entries = ((("z1", "zx"), ("z2",)), (("zy",), ()), (("z3",), ()))
+    programs, frames, markers, slots = layout_inputs(entries, dict.fromkeys(("z1", "z2", "z3")))
+    assert sorted(programs.values()) == [("z1", "z2"), ("z3",)]
+    assert sorted(markers.values()) == [(("z1",), ("z2",)), (("z3",), ())]
+    assert sorted(i for _key, i in slots) == [0, 2]
+    assert set(frames) == set(programs) == {key for key, _i in slots}
+
+
+def test_frame_load_refills_the_same_buffer():
+    f = _Frame(b"first")
+    buf, view = f.buf, f.view
+    for payload in (b"second-longer", b"3", bytes(1300)):
+        f.load(memoryview(bytearray(payload)))
+        assert f.buf is buf and f.view is view
+        assert f.n == HEADER_SIZE + len(payload) and bytes(f.buf[HEADER_SIZE:f.n]) == payload
+    f.load(bytes(5000))                           # larger than any envelope's: grows
+    assert f.n == HEADER_SIZE + 5000 and len(f.buf) >= f.n
