@@ -107,6 +107,10 @@ class CommandConsumer:
         self.malformed = 0
         self.errors = 0
         self._group_ready = False
+        # whether this consumer may have entries delivered and not acknowledged (at start, after
+        # an apply or an acknowledgement failed): only then is its pending list read, not on
+        # every poll (half the Redis round trips of an idle edge's event loop)
+        self._pending = True
         # a new edge starts at the stream's end; a group lost to a Redis restart is made again
         # from the start of the (new, empty-then) stream, so nothing written since is missed
         self._create_from = "$"
@@ -127,6 +131,8 @@ class CommandConsumer:
             await self.ensure_group()
         n = 0
         for start in ("0", ">"):
+            if start == "0" and not self._pending:
+                continue
             try:
                 res = await self.redis.xreadgroup(self.group, self.consumer,
                                                   {self.keys.commands: start}, count=100,
@@ -137,13 +143,19 @@ class CommandConsumer:
                     self._create_from = "0"
                     return n
                 raise
-            for _stream, entries in res or []:
-                for eid, fields in entries:
-                    if not fields:          # trimmed away while pending
-                        await self.redis.xack(self.keys.commands, self.group, eid)
-                        continue
-                    await self._handle(eid, fields)
-                    n += 1
+            if start == "0":               # read again while it gives some (count=100)
+                self._pending = any(entries for _stream, entries in res or [])
+            try:
+                for _stream, entries in res or []:
+                    for eid, fields in entries:
+                        if not fields:          # trimmed away while pending
+                            await self.redis.xack(self.keys.commands, self.group, eid)
+                            continue
+                        await self._handle(eid, fields)
+                        n += 1
+            except BaseException:
+                self._pending = True        # what was not acknowledged is read again first
+                raise
         return n
 
     async def _handle(self, eid: Any, fields: Mapping[Any, Any]) -> None:

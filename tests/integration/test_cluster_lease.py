@@ -210,6 +210,48 @@ async def test_an_edge_that_has_not_acknowledged_is_visible(redis_server):  # no
     await r.aclose()
 
 
+async def test_consumer_reads_its_pending_list_only_when_it_may_have_one(redis_server):  # noqa: F811
+    r = client(redis_server)
+    keys = Keys("t:")
+    a = RedisLease(r, keys, "leader", "origin-a")
+    await a.step()
+    log_a = CommandLog(r, keys, "origin-a", lambda: a.fence, a.may_issue)
+    reads: list[str] = []
+    real = r.xreadgroup
+
+    async def spy(group, consumer, streams, **kw):
+        reads.extend(streams.values())
+        return await real(group, consumer, streams, **kw)
+    r.xreadgroup = spy
+    fail = [True]
+    got = []
+
+    def apply(c):
+        if fail[0]:
+            raise RuntimeError("apply failed")
+        got.append(c.kind)
+    e = CommandConsumer(r, keys, "edge-1", apply, block_ms=50)
+    await e.ensure_group()
+    await e.poll()
+    assert reads == ["0", ">"]                 # at start: its own pending entries first
+    reads.clear()
+    await e.poll()
+    assert reads == [">"]                      # nothing pending: new entries only
+    await log_a.send("alert", {"zones": ["z1"]})
+    reads.clear()
+    with pytest.raises(RuntimeError):
+        await e.poll()
+    fail[0] = False
+    await e.poll()                             # the same consumer reads it again, first
+    assert reads[:3] == [">", "0", ">"] and got == ["alert"]
+    assert (await r.xpending(keys.commands, e.group))["pending"] == 0
+    reads.clear()
+    await e.poll()
+    await e.poll()
+    assert reads == ["0", ">", ">"]            # once more to see it empty, then no more
+    await r.aclose()
+
+
 async def test_consumer_survives_redis_restart(redis_server):  # noqa: F811
     r = client(redis_server)
     keys = Keys("t:")
