@@ -6,7 +6,7 @@
   loa bench alert [--receivers 5000] [--rounds 20] [--spoken] [--polygon] [--json FILE]
   loa bench latency --source file [--onsets 20] [--jitter-ms 60] [--json FILE]
   loa bench tts [--rounds 20] [--config FILE] [--receivers 5000] [--windows 3] [--starts 5]
-                [--json FILE]
+                [--engine-cpus 0] [--json FILE]
   loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3] [--tls]
                    [--json FILE]
   loa bench nodes [--sizes 250,1000,2500] [--seconds 10] [--trials 10]
