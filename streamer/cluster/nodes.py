@@ -121,7 +121,8 @@ class NodeRegistry:
         now_ms = time.time() * 1000
         scored = await self.redis.zrange(zkey, 0, -1, withscores=True)
         ids = live_members(scored, now_ms)
-        await self.redis.zremrangebyscore(zkey, "-inf", now_ms)
+        if len(ids) < len(scored):     # only when some expired: a round trip less otherwise
+            await self.redis.zremrangebyscore(zkey, "-inf", now_ms)
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
