@@ -86,13 +86,16 @@ def test_a_stopped_lease_holder_is_taken_over_and_refused_after_waking(cluster, 
     try:
         old = int(red.get("loa:lease:leader:fence"))
         wait_for("the start at the edge", lambda: edge.get("/health")[1]["fence"] == old, 5)
+        # a's stream as the receiver knows it, read before a stops: b's first packets can reach
+        # the receiver before b's health answers that it leads (CI saw the SSRC read after the
+        # switch and wait for a change that had already happened)
+        ssrc = r.fr.rx.jitter.ssrc
         os.killpg(a.proc.pid, signal.SIGSTOP)        # past its lease (6 s)
         try:
+            base = r.decoded
             wait_for("b leads", lambda: b.get("/api/v1/health")[1]["cluster"]["leader"], 10)
             new = int(red.get("loa:lease:leader:fence"))
             assert new > old
-            ssrc = r.fr.rx.jitter.ssrc
-            base = r.decoded
             wait_for("b's programme at the receiver", lambda: r.fr.rx.jitter.ssrc != ssrc
                      and r.decoded > base + 25, 10)
             assert b.get("/api/v1/health")[1]["cluster"]["on_air"] == [bc["id"]]
