@@ -165,13 +165,18 @@ def _tts(argv: list[str]) -> int:
 
 def _latency(argv: list[str]) -> int:
     from bench.latency import render, run_latency
-    p = argparse.ArgumentParser(prog="loa bench latency",
+    p = argparse.ArgumentParser(prog="loa bench latency", add_help=False,
                                 description="Tone onset in the source → onset in a receiver's output.")
+    p.add_argument("-h", "--help", action="store_true")
     p.add_argument("--source", default="file", choices=("file", "webrtc", "rtp"))
     p.add_argument("--onsets", type=int, default=20)
     p.add_argument("--jitter-ms", type=float, default=60.0)
     p.add_argument("--json", dest="json_path")
     a, extra = p.parse_known_args(argv)
+    if a.help and a.source == "file":
+        p.print_help()
+        print("\n--source webrtc|rtp --help: the live sources' options (--runs, --cpu-hog, ...)")
+        return 0
     if extra and a.source == "file":   # the live sources' own options (bench.latency_live)
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if a.source != "file":
