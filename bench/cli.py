@@ -9,7 +9,7 @@
                 [--engine-cpus 0] [--json FILE]
   loa bench listen [--listeners 1000] [--receivers 500] [--seconds 10] [--rounds 3] [--tls]
                    [--json FILE]
-  loa bench nodes [--sizes 250,1000,2500] [--seconds 10] [--trials 10]
+  loa bench nodes [--sizes 250,1000,2500] [--seconds 10] [--trials 10] [--rounds R]
                   [--parts cpu,edge,origin,redis] [--json FILE]
   loa bench provision --receivers N [--batch 1000 | --single [--concurrency 8]] [--zones Z]
                       [--programme zones|separate] [--json FILE]
@@ -261,6 +261,9 @@ def _nodes(argv: list[str]) -> int:
                    help="receivers per edge (2 zones, 2 x N receivers), comma-separated")
     p.add_argument("--seconds", type=float, default=10.0, help="tone length of each CPU run")
     p.add_argument("--trials", type=int, default=10, help="trials of each failover")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="CPU runs per size, single node and cluster in alternating order; each "
+                        "edge's ratio is the median over the rounds (default: NodesOptions')")
     p.add_argument("--failover-receivers", type=int, default=4,
                    help="field receivers (SRTP, libopus) listing both edges")
     p.add_argument("--static-receivers", type=int, default=100,
@@ -282,7 +285,8 @@ def _nodes(argv: list[str]) -> int:
     except ValueError:
         print("loa bench nodes: --sizes: comma-separated numbers", file=sys.stderr)
         return 2
-    opts = NodesOptions(sizes=sizes, seconds=a.seconds, trials=a.trials,
+    more = {} if a.rounds is None else {"rounds": a.rounds}
+    opts = NodesOptions(sizes=sizes, seconds=a.seconds, trials=a.trials, **more,
                         failover_receivers=a.failover_receivers,
                         static_receivers=a.static_receivers, redis_window=a.redis_window,
                         sender_cpus=a.sender_cpus, origin_cpus=a.origin_cpus,

@@ -70,4 +70,5 @@ def test_failover_part_tiny():
 def test_bad_options_are_refused_with_usage_status(capsys):
     assert bench_main(["nodes", "--sizes", "ten"]) == 2
     assert bench_main(["nodes", "--trials", "0"]) == 2
+    assert bench_main(["nodes", "--rounds", "0"]) == 2
     assert "--trials" in capsys.readouterr().err
