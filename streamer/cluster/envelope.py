@@ -245,7 +245,9 @@ class TickReader:
                     off += 2 + data[off + 1]
                 if same and data[start:off] != known[i]:
                     same = False
-                    self.entries = ()
+                    # forgotten together: a datagram refused further on leaves nothing that
+                    # the next one could match against stale entries
+                    self.entries, self._zone_bytes = (), []
                 (plen,) = u16(data, off)
                 off += 2
                 if off + plen > end:

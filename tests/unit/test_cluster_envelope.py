@@ -182,6 +182,24 @@ def test_reader_refuses_a_well_signed_but_malformed_body():
             unpack_tick(KEY, data, WALL)
 
 
+def test_reader_refused_after_a_zone_change_forgets_the_old_lists():
+    """A signed datagram whose zone list changed but whose body is refused further on must not
+    leave the reader matching the next datagram against lists it already dropped."""
+    import hashlib
+    import hmac
+    import struct
+    r = TickReader(KEY)
+    r.read(_tick(1, [Programme(b"a", ("z1",))]), WALL)
+    head = struct.pack("!4sBBBxQQQHIIH", b"LOAE", 2, 1, 0, int(WALL * 1000), 0, 2, 2, 2, 0xABC, 1)
+    body = b"\x00\x01\x00\x02z2" + b"\x00\x09abc"        # zone z2, a payload too long
+    data = head + body
+    data += hmac.new(KEY, data, hashlib.sha256).digest()[:16]
+    with pytest.raises(EnvelopeError):
+        r.read(data, WALL)
+    r.read(_tick(3, [Programme(b"c", ("z1",))]), WALL)      # the old list again: decoded anew
+    assert r.entries == ((("z1",), ()),) and bytes(r.payload(0)) == b"c"
+
+
 def test_assembler_whole_keeps_the_books_of_feed():
     asm = TickAssembler()
     assert asm.whole(1, 10) is True and asm.last_k == 10
