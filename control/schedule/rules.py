@@ -77,12 +77,32 @@ def parse_rrule(text: str, start_local: dt.datetime) -> RRule:
     if int(getattr(rule, "_interval", 1)) < 1:
         # dateutil takes INTERVAL=0 and repeats the first instant for ever
         raise Invalid("invalid_rrule", f"invalid RRULE {text!r}: INTERVAL must be 1 or more")
+    if not month_days_possible(rule):
+        # dateutil would search day by day to the year 9999 for it (7 s of CPU holding the GIL
+        # for FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30): the usual typo is refused before that
+        raise Invalid("never_airs", f"RRULE {text!r} never airs: none of the months it names "
+                      "has the day of the month it names (e.g. 30 February)")
     per_day = times_a_day(rule)
     count = getattr(rule, "_count", None)
     if per_day > MAX_PER_DAY and (count is None or count > MAX_PER_DAY):
         raise Invalid("invalid_rrule", f"a schedule airs at most {MAX_PER_DAY} times a day "
                       f"(RRULE {text!r} can air {per_day} times a day)")
     return rule
+
+
+#: the most days each month can have (February: 29, leap years)
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def month_days_possible(rule: RRule) -> bool:
+    """Whether some month the rule names (BYMONTH, else any) has some day it names (BYMONTHDAY,
+    positive or counted from the end); True when it names no day of the month."""
+    days = tuple(getattr(rule, "_bymonthday", None) or ()) + \
+        tuple(getattr(rule, "_bynmonthday", None) or ())
+    if not days:
+        return True
+    months = getattr(rule, "_bymonth", None) or range(1, 13)
+    return any(abs(int(d)) <= _MONTH_DAYS[int(m) - 1] for m in months for d in days)
 
 
 def times_a_day(rule: RRule) -> int:

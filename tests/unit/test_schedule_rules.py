@@ -133,6 +133,27 @@ def test_rules_that_repeat_an_instant_or_fire_every_few_minutes_are_refused(bad:
     assert e.value.code == "invalid_rrule"
 
 
+@pytest.mark.parametrize("bad", ["FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30;BYHOUR=6;BYMINUTE=0",
+                                 "FREQ=YEARLY;BYMONTH=4,6,9,11;BYMONTHDAY=31",
+                                 "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=-30,-31"])
+def test_a_day_no_month_it_names_has_is_refused_at_once(bad: str) -> None:
+    """dateutil searches such a rule day by day to the year 9999 (seconds of CPU)."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(Invalid) as e:
+        When(t("2026-03-01T06:00:00+07:00"), rrule=bad)
+    assert e.value.code == "never_airs" and time.perf_counter() - t0 < 0.5
+
+
+@pytest.mark.parametrize("ok", ["FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29",     # leap years
+                                "FREQ=MONTHLY;BYMONTHDAY=31",              # months with 31
+                                "FREQ=MONTHLY;BYMONTH=2,3;BYMONTHDAY=30",  # March
+                                "FREQ=MONTHLY;BYMONTHDAY=-1", "FREQ=WEEKLY;BYDAY=MO"])
+def test_rules_with_a_possible_day_are_kept(ok: str) -> None:
+    w = When(t("2026-03-01T06:00:00+07:00"), rrule=ok)
+    assert w.first_start(t("2026-03-01T00:00:00+07:00"), horizon_days=2000) is not None
+
+
 def test_every_quarter_hour_is_the_densest_grid_allowed() -> None:
     w = When(t("2026-03-01T00:00:00+07:00"), rrule="FREQ=HOURLY;BYMINUTE=0,15,30,45")
     assert len(w.starts(t("2026-03-01T00:00:00+07:00"), t("2026-03-02T00:00:00+07:00"))) == 96
