@@ -52,11 +52,16 @@ def test_gil_holder_is_named() -> None:
         t.stop()
         sys.setswitchinterval(old)
     att = late_attribution(before, after)
-    first = att["late_detail"][0]
-    assert first["cause"] == "gil", first
+    # a loaded CI machine can add late ticks of its own (host steal, CPU wait) before or after
+    # the hog's: exactly one is put on the GIL, and it names the hog
+    gil = [r for r in att["late_detail"] if r["cause"] == "gil"]
+    assert len(gil) == 1, att["late_detail"]
+    first = gil[0]
     assert first["gil_wait_ms"] >= 50, first
     assert "gil-hog" in first["threads"][0] and "gil_hog" in first["threads"][0], first
     # the ticks that fire to catch up after the stall are not counted as causes of their own
     assert att["late_causes"]["gil"] == 1
     assert sum(att["late_causes"].values()) == after["late_ticks"] - before["late_ticks"]
-    assert all(r["cause"] == "catchup" for r in att["late_detail"][1:])
+    after_gil = att["late_detail"][att["late_detail"].index(first) + 1:]
+    assert all(r["cause"] in ("catchup", "steal", "cpu_wait") for r in after_gil), after_gil
+    assert any(r["cause"] == "catchup" for r in after_gil), after_gil
