@@ -151,41 +151,11 @@ def _check(key: bytes, data: bytes, magic: bytes, wall_now: float, min_len: int)
 
 
 def unpack_tick(key: bytes, data: bytes, wall_now: float) -> TickEnvelope:
-    body = _check(key, data, MAGIC_TICK, wall_now, _HEAD.size)
-    try:
-        _m, ver, flags, part, wall_ms, fence, k, seq, ts, ssrc, n = _HEAD.unpack_from(body)
-        if ver != TICK_VERSION:
-            raise EnvelopeError(f"envelope version {ver}")
-        if abs(wall_now - wall_ms / 1000.0) > MAX_AGE_S:
-            raise EnvelopeError("stale or future envelope")
-        off = _HEAD.size
-        progs = []
-        for _ in range(n):
-            (nz,) = struct.unpack_from("!H", body, off)
-            off += 2
-            plain: list[str] = []
-            marked: list[str] = []
-            for _ in range(nz):
-                m, ln = struct.unpack_from("!BB", body, off)
-                off += 2
-                z = bytes(body[off:off + ln]).decode()
-                if len(z.encode()) != ln or not z:
-                    raise EnvelopeError("truncated zone")
-                off += ln
-                (marked if m else plain).append(z)
-            (plen,) = struct.unpack_from("!H", body, off)
-            off += 2
-            payload = bytes(body[off:off + plen])
-            if len(payload) != plen:
-                raise EnvelopeError("truncated payload")
-            off += plen
-            progs.append(Programme(payload, tuple(plain), tuple(marked)))
-        if off != len(body):
-            raise EnvelopeError("trailing bytes")
-    except (struct.error, UnicodeDecodeError) as e:
-        raise EnvelopeError(f"malformed envelope: {e}") from None
-    return TickEnvelope(k, seq, ts, ssrc, wall_ms, tuple(progs), part, bool(flags & LAST),
-                        fence)
+    """One tick envelope, checked (MAC, version, age, structure) and decoded whole (raises
+    EnvelopeError). The edge keeps a `TickReader` instead, which decodes only what changed."""
+    r = TickReader(key)
+    r.read(data, wall_now)
+    return r.envelope()
 
 
 Entry = tuple[tuple[str, ...], tuple[str, ...]]    # (zones continuing, zones starting a spurt)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2 or
-                                len(os.sched_getaffinity(0)) < 2,
-                                reason="needs two CPUs to reserve one")
+needs_two = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="this machine (or this process's cpuset) gives one CPU: there is no other CPU to "
+           "keep the rest of the server on; the one-CPU case is test_one_cpu_pins_nothing")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -43,6 +44,7 @@ def _comm(pid: int, tid: int) -> str:
         return ""
 
 
+@needs_two
 def test_tick_and_senders_on_the_reserved_core_the_rest_elsewhere(serve, tmp_path):
     allowed = sorted(os.sched_getaffinity(0))
     core = allowed[-1]                      # not always 0: the reservation is what is asked
@@ -93,3 +95,20 @@ def test_without_engine_cpus_nothing_is_pinned(serve):
     clock = h.get("clock") or h.get("engine", {}).get("clock") or {}
     assert "tick_cpus" in clock and clock["tick_cpus"] == []
     assert os.sched_getaffinity(s.proc.pid) == os.sched_getaffinity(0)
+
+
+def test_one_cpu_pins_nothing(serve):
+    """A server confined to one CPU (taskset, a cgroup) cannot keep normal work off the tick's
+    core: engine_cpus pins nothing, says so, and the server runs as without it."""
+    mine = os.sched_getaffinity(0)
+    core = min(mine)
+    os.sched_setaffinity(0, {core})          # the server inherits it
+    try:
+        s = serve(f"engine_cpus = [{core}]\n" '[[zones]]\nid = "z"\nunicast = ["127.0.0.1:9"]\n')
+    finally:
+        os.sched_setaffinity(0, mine)
+    st, h = s.request("GET", "/api/v1/health")
+    clock = h.get("clock") or h.get("engine", {}).get("clock") or {}
+    assert st == 200 and clock.get("tick_cpus") == []
+    assert os.sched_getaffinity(s.proc.pid) == {core}
+    assert "leave no other CPU" in s.output()
