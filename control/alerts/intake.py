@@ -97,6 +97,9 @@ class AlertIntake:
         #: a receiver was provisioned or edited here since the points were read: the next
         #: alert reads them again before it decides (the 10 s refresh is for other processes)
         self._points_stale = False
+        #: one reading of the points at a time: a decision that finds the repeat loop reading
+        #: them waits for that reading instead of deciding on the points it replaces
+        self._points_lock = asyncio.Lock()
         #: the receivers' provisioned addresses (HOST:PORT), read with their coordinates
         self._addresses: dict[str, tuple[str, int]] = {}
         #: a registered receiver's observed address on this node (the receiver registry), if
@@ -145,7 +148,18 @@ class AlertIntake:
         self._points_stale = True
         self._wake.set()
 
+    async def _fresh_points(self, max_age_s: float | None = None) -> None:
+        """Read the points again if a change was announced since they were read (or they are
+        older than `max_age_s`). Under `_points_lock`: the flag is cleared when a reading starts,
+        so without it a decision could see it cleared while that reading is still in flight
+        and decide on the old points (a receiver provisioned just before an alert missed it)."""
+        async with self._points_lock:
+            if self._points_stale or (max_age_s is not None
+                                      and time.monotonic() - self._points_at > max_age_s):
+                await self._refresh_points()
+
     async def _refresh_points(self) -> None:
+        """Read the points now; callers hold `_points_lock` (or run before anything else)."""
         self._points_stale = False   # a change during the query marks them stale again
         cur = await self.db.conn.execute(
             "SELECT id, zone, lat, lon, address FROM receivers WHERE status != 'retired' "
@@ -211,8 +225,7 @@ class AlertIntake:
         st.mark("verified")
         async with self.lock:
             st.mark("locked")
-            if self._points_stale:
-                await self._refresh_points()
+            await self._fresh_points()
             now = datetime.now(UTC)
             ctx = self._ctx()
             st.mark("area")
@@ -462,8 +475,7 @@ class AlertIntake:
                     await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 5.0))
                 except TimeoutError:
                     pass
-                if self._points_stale or time.monotonic() - self._points_at > 10.0:
-                    await self._refresh_points()
+                await self._fresh_points(max_age_s=10.0)
                 if self.leader():
                     await self._tick()
             except asyncio.CancelledError:

@@ -251,3 +251,37 @@ async def test_a_coordinate_edit_counts_for_the_very_next_alert(tmp_path):
         r = await c.post("/api/v1/alerts", data=there, headers={**ADM, **XML})
         body = await r.json()
         assert r.status == 201 and body["receivers"] == ["rx-new"], body
+
+
+async def test_an_alert_waits_for_a_points_reading_in_flight(tmp_path):
+    """The repeat loop re-reads the receivers' coordinates when one is provisioned. An alert that
+    arrives while that reading is in flight waits for it: it used to see the change flag already
+    cleared and decide on the old points (CI: a receiver provisioned just before missed the
+    alert, 422). The loop's reading is held here until the alert has arrived."""
+    import asyncio
+    async with app_client(tmp_path) as c:
+        intake = c.server.app["loa"].alerts
+        orig = intake._refresh_points
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held() -> None:
+            if asyncio.current_task().get_name() == "loa-alert-repeats" and not gate.is_set():
+                intake._points_stale = False   # cleared as the reading starts, as it does
+                entered.set()
+                await asyncio.wait_for(gate.wait(), 10.0)
+            await orig()
+
+        intake._refresh_points = held
+        r = await c.post("/api/v1/receivers", json={"id": "rx-held", "zone": "xa-b",
+                                                    "lat": 12.0, "lon": 108.0}, headers=ADM)
+        assert r.status in (200, 201), await r.text()
+        await asyncio.wait_for(entered.wait(), 10.0)   # the loop is reading, flag cleared
+        msg = sign(cap(identifier="H1", sent=now_sent(), infos=[info(
+            expires=expires_later(), areas=[circle_area(12.0, 108.0, 0.5)])]), KEY)
+        post = asyncio.create_task(c.post("/api/v1/alerts", data=msg, headers={**ADM, **XML}))
+        await asyncio.sleep(0.3)
+        assert not post.done(), "the alert decided while the points were being read"
+        gate.set()
+        r = await asyncio.wait_for(post, 15.0)
+        body = await r.json()
+        assert r.status == 201 and body["receivers"] == ["rx-held"], body
