@@ -4,8 +4,11 @@ Whoever receives the audio (an aiortc coroutine, an RTP thread) calls `push` wit
 float32 samples of any length; the engine's tick calls `read` for one 960-sample frame. Between
 them sits a small bounded jitter queue:
 
-- `read` hands out a frame as soon as `prime_frames` are queued (after the start or an underrun),
-  so the queue adds at most a frame or two of delay;
+- `read` hands out a frame as soon as `prime_frames` are queued (after an underrun; at the start
+  `start_frames`, which may be fewer), so the queue adds at most a frame or two of delay. A
+  press to talk on a link whose jitter asks for a deep queue starts with the frames it has
+  (`start_frames`) instead of waiting for that depth: the queue then grows, a concealment per
+  late frame, only as far as the arrivals really ask (issue 17);
 - the queue never holds more than `max_frames` (default 3 = 60 ms): on overflow the oldest frame
   is dropped and counted, because for a live talker being late is worse than losing 20 ms;
 - clocks drift (the phone's capture clock against our tick): when the queue stays deeper than
@@ -47,13 +50,19 @@ class LiveSource(Source):
 
     def __init__(self, kind: str = "live", max_frames: int = 3, prime_frames: int = 1,
                  trim_after: int = 50, conceal: Callable[[], np.ndarray | None] | None = None,
-                 max_conceal: int = 3, catchup_after: int = 0) -> None:
+                 max_conceal: int = 3, catchup_after: int = 0,
+                 start_frames: int | None = None) -> None:
         super().__init__()
         if max_frames < 1 or not 1 <= prime_frames <= max_frames:
             raise ValueError("need 1 <= prime_frames <= max_frames")
+        if start_frames is not None and not 1 <= start_frames <= prime_frames:
+            raise ValueError("need 1 <= start_frames <= prime_frames")
         self.kind = kind
         self.max_frames = max_frames
         self.prime_frames = prime_frames
+        #: frames the first read waits for (then `prime_frames` after each underrun)
+        self.start_frames = prime_frames if start_frames is None else start_frames
+        self._need = self.start_frames   # what the current priming waits for
         self.trim_after = trim_after
         self.conceal = conceal   # called from the tick's thread, never under this queue's lock
         self.max_conceal = max_conceal
@@ -141,17 +150,18 @@ class LiveSource(Source):
         return len(self._q) * FRAME_MS + self._partial_n / FRAME_SAMPLES * FRAME_MS
 
     def ready(self) -> bool:
-        return len(self._q) >= (self.prime_frames if self._priming else 1)
+        return len(self._q) >= (self._need if self._priming else 1)
 
     def read(self) -> np.ndarray | None:
         with self._lock:
             depth = len(self._q)
             if self._priming:
-                if depth < self.prime_frames or depth == 0:
+                if depth < self._need or depth == 0:
                     if self.frames_read:
                         self.underruns += 1
                     return None
                 self._priming = False
+                self._need = self.prime_frames
             if depth == 0:
                 if (self.conceal is None or self._ended
                         or self._concealing >= self.max_conceal):

@@ -226,3 +226,21 @@ def claim_queue_frames(jitter_frames: int, phase: ArrivalPhase, tick_phase_ns: i
         if by_phase is not None:
             return by_phase
     return depth
+
+
+#: a claim whose queue the jitter asks to be deeper starts with at most this many frames when
+#: the pre-roll holds fewer (issue 17)
+START_FRAMES = 2
+
+
+def claim_start_frames(depth: int, preroll_frames: int, can_conceal: bool) -> int:
+    """How many frames a claim's first read waits for. A press comes with little pre-roll (the
+    audio since the microphone was unmuted, ~one claim round trip): waiting there for a queue
+    as deep as the jitter asks (up to 10 frames after a stall of the phone's sender) put 200 ms
+    between the press and the first packet. With a decoder to conceal late frames the claim
+    starts with what it has (at least `START_FRAMES` where the depth asks for more) and the
+    queue grows a frame per late arrival, as far as the arrivals really ask; without one (an
+    empty queue is then a re-prime and a gap) it waits for the full depth as before."""
+    if not can_conceal or depth <= START_FRAMES:
+        return depth
+    return min(depth, max(START_FRAMES, preroll_frames))

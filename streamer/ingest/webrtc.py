@@ -7,6 +7,8 @@ Loa's own receive path in a worker thread: the reorder buffer and Opus decoder o
 The receive queue in front of the tick (LiveSource) is as deep as the measured arrival jitter
 asks; on a link with little jitter, 1 frame when the talker's arrivals all fall before the tick
 (the claim knows the tick's phase; `ArrivalPhase.queue_frames`), 2 when they straddle it. A
+deeper queue is not waited for at the press: the claim starts with the pre-roll it has (at
+least 2 frames) and the queue grows as late frames are concealed (`claim_start_frames`). A
 frame that still comes after its tick is not skipped: the tick gets the decoder's concealment
 for it and the frame plays next tick. Where the tap cannot go in, aiortc's decoded `av.AudioFrame`s
 are used instead (`AudioConverter`), with aiortc's 80 ms prefetch.
@@ -34,7 +36,7 @@ import numpy as np
 from streamer.audio import DTYPE, FRAME_SAMPLES, SAMPLE_RATE
 from streamer.ingest.live import LiveSource
 from streamer.ingest.talk import (ArrivalJitter, ArrivalPhase, FadeOut, Preroll,
-                                  claim_queue_frames)
+                                  claim_queue_frames, claim_start_frames)
 from streamer.trace import TRACE, FrameMarker
 
 if TYPE_CHECKING:
@@ -309,6 +311,7 @@ class WebRtcSession:
         self.rx = {"packets": 0, "lost": 0, "fec_recovered": 0, "concealed": 0, "late": 0,
                    "decode_errors": 0, "concealed_for_tick": 0}
         self.claim_frames = 0   # the last claim's receive queue depth
+        self.claim_start = 0    # the frames the last claim's first read waited for
         self.claim_tick_phase: int | None = None   # the tick phase the last claim met
         self.claim_arrivals: dict[str, float | None] = {}   # the arrivals then (describe)
         self._dec: Any = None   # the receive path's Opus decoder (rtp_in._Decoder) while it runs
@@ -486,9 +489,11 @@ class WebRtcSession:
             self.claim_arrivals = self.phase.describe(tick_phase_ns)
             pre = self.preroll.since_unmute(self.preroll.capacity)
             conceal = self._conceal_for_tick if self.receive_path == "loa" else None
+            start = self.claim_start = claim_start_frames(depth, len(pre), conceal is not None)
             src = LiveSource(kind=kind, max_frames=max(3, depth + 2, len(pre) + 2),
                              prime_frames=depth, trim_after=TRIM_AFTER, conceal=conceal,
-                             catchup_after=CATCHUP_AFTER if depth <= 2 else 0)
+                             catchup_after=CATCHUP_AFTER if depth <= 2 else 0,
+                             start_frames=start)
             for f in pre:
                 src.push(f)
             self.preroll_sent += len(pre)
@@ -660,6 +665,7 @@ class WebRtcSession:
             "receive_priority": self.rx_priority, "loop_priority": LOOP_PRIORITY.state,
             "arrival_jitter_ms": round(self.jitter.spread_ms, 1),
             "queue_frames": self.queue_frames, "claim_queue_frames": self.claim_frames,
+            "claim_start_frames": self.claim_start,
             "claim_arrivals": self.claim_arrivals,
             "arrivals_now": self.phase.describe(self.claim_tick_phase),
             "claims": self.claims,

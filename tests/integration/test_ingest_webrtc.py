@@ -106,3 +106,28 @@ def test_the_tick_conceals_with_the_receive_decoder_and_never_waits_for_it():
         assert src.conceal() is None and s.rx["concealed_for_tick"] == 1
     finally:
         s._dec.close()
+
+
+def test_a_deep_claim_starts_with_the_pre_roll_it_has_not_the_depth_the_jitter_asks():
+    import numpy as np
+    """A stall of the phone's sender left the measured jitter asking for 8 frames: a press then
+    waited 160 ms for them before its first packet (issue 17). With the receive decoder to
+    conceal late frames it starts with the pre-roll it has (at least 2 frames); without one it
+    still waits for the full depth (an empty queue would be a gap, not a concealment)."""
+    from streamer.ingest.rtp_in import _Decoder
+    s = _standing(4_000_000)
+    s.queue_frames = 8
+    src = s.claim(tick_phase_ns=6_000_000)
+    assert src.prime_frames == 8 and src.start_frames == 8    # aiortc's path: no concealment
+    s.drop_claim(src)
+    s.receive_path = "loa"
+    s._dec = _Decoder("opus")
+    try:
+        src = s.claim(tick_phase_ns=6_000_000)
+        assert src.prime_frames == 8 and src.start_frames == 2
+        st = s.stats()
+        assert st["claim_queue_frames"] == 8 and st["claim_start_frames"] == 2
+        src.push(np.zeros(960 * 2, np.float32))
+        assert src.ready() and src.read() is not None
+    finally:
+        s._dec.close()

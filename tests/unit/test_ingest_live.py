@@ -208,3 +208,42 @@ def test_only_one_frame_is_kept_more_owed_is_taken_back_in_the_next_pause():
         s.read()
     # two of the three owed frames taken back in pauses at once; one kept for the hold
     assert s.caught_up == 2 and s._late_debt == 1
+
+
+def test_a_claim_starts_with_start_frames_and_grows_to_what_late_frames_ask():
+    """A press on a link whose jitter asked for 6 frames starts as soon as 2 are queued
+    (`start_frames`); each late frame is concealed and adds a frame of queue, up to what the
+    arrivals ask; an underrun after that re-primes to the full `prime_frames`."""
+    s = LiveSource(max_frames=8, prime_frames=6, start_frames=2, conceal=lambda: _frame(-1.0),
+                   max_conceal=1)
+    s.push(_frame(1))
+    assert not s.ready() and s.read() is None and s.underruns == 0
+    s.push(_frame(2))
+    assert s.ready() and s.read()[0] == 1          # 2 queued: on air, not after 6
+    assert s.read()[0] == 2
+    assert s.read()[0] == -1.0 and s.concealed == 1   # frame 3 late: concealed, owed
+    for v in (3, 4):                               # it comes, with the next: one frame deeper
+        s.push(_frame(v))
+    assert s.read()[0] == 3 and s.depth == 1
+    # nothing is taken back while the queue is not deeper than the depth the jitter asked for
+    for v in range(5, 20):
+        s.push(_frame(v))
+        assert s.read()[0] == v - 1
+    assert s.caught_up == 0 and s.dropped_trim == 0 and s.depth == 1
+    assert s.read()[0] == 19
+    assert s.read()[0] == -1.0                     # one concealment allowed in a row
+    assert s.read() is None and s.underruns == 1   # then silence and a re-prime ...
+    for v in range(20, 25):
+        s.push(_frame(v))
+        assert s.read() is None                    # ... to the full depth this time
+    s.push(_frame(25))
+    assert s.read()[0] == 20
+
+
+def test_start_frames_defaults_to_prime_frames_and_cannot_exceed_it():
+    s = LiveSource(max_frames=4, prime_frames=3)
+    assert s.start_frames == 3
+    with pytest.raises(ValueError):
+        LiveSource(max_frames=4, prime_frames=2, start_frames=3)
+    with pytest.raises(ValueError):
+        LiveSource(max_frames=4, prime_frames=2, start_frames=0)

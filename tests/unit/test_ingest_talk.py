@@ -200,3 +200,16 @@ def test_the_claim_depth_comes_from_the_phase_only_on_a_link_with_little_jitter(
     assert claim_queue_frames(2, a, None) == 2          # phase unknown (remote engine)
     assert claim_queue_frames(5, a, 6_000_000) == 5     # a jittery link keeps its depth
     assert claim_queue_frames(2, ArrivalPhase(), 6_000_000) == 2   # no arrivals measured yet
+
+
+@pytest.mark.parametrize("depth,pre,conceal,want", [
+    (1, 0, True, 1), (2, 1, True, 2),          # shallow: the depth itself
+    (8, 1, True, 2), (10, 0, True, 2),         # deep, little pre-roll: start with 2
+    (8, 5, True, 5), (8, 12, True, 8),         # the pre-roll already holds frames: use them
+    (8, 1, False, 8), (3, 0, False, 3),        # no decoder to conceal: the full depth
+])
+def test_a_claim_starts_with_the_frames_it_has_where_late_frames_can_be_concealed(
+        depth, pre, conceal, want):
+    from streamer.ingest.talk import START_FRAMES, claim_start_frames
+    assert START_FRAMES == 2
+    assert claim_start_frames(depth, pre, conceal) == want
