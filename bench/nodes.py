@@ -829,6 +829,11 @@ def _timing(trials: list[dict[str, Any]], goal: float) -> dict[str, Any]:
             "goal_s": goal, "met": bool(took) and not failed and q is not None and q <= goal}
 
 
+#: of a Redis trial's sink life not covered by its window without counting as lost: the stop's
+#: trim (2 packets), the first packet after `ready` and the stop request's way to the sink
+STATIC_WINDOW_SLACK_S = 0.5
+
+
 def _static_flowing(c: FailoverCluster, seconds: float = 1.0, timeout: float = 30.0) -> bool:
     """Edge A (the static zone's) sends its static receivers at least 80 % of a steady
     stream's packets over `seconds` (bounded by `timeout`)."""
@@ -860,6 +865,7 @@ def _redis_trials(c: FailoverCluster, trials: int, window: float,
                                + c.edges["edge-a"].tail(5))
         sink, _ = _sink(c.opts.static_receivers, c.res["sink_cpu"], 0, window + 10,
                         port=c.static_port)
+        t_ready = time.monotonic()
         try:
             before = [r.stats() for r in c.rx]
             time.sleep(1.0)
@@ -867,6 +873,7 @@ def _redis_trials(c: FailoverCluster, trials: int, window: float,
             time.sleep(max(1.0, window - 1.0))
             after = [r.stats() for r in c.rx]
         finally:
+            t_stop = time.monotonic()
             sk = _sink_result(sink)
         fields = ("lost", "concealed_plc", "concealed_fec", "late")
         rx_lost = {f: sum(a[f] - b[f] for a, b in zip(after, before)) for f in fields}
@@ -874,7 +881,18 @@ def _redis_trials(c: FailoverCluster, trials: int, window: float,
         lost = max(0, int(sk.get("packets_expected") or 0) - int(sk.get("packets_delivered")
                                                                     or 0)
                    + int(sk.get("duplicates") or 0))
-        row = {"trial": t, "static_expected": sk.get("packets_expected"),
+        # the sink's window runs from its first packet to its last: a stream that stopped after
+        # the restart (or started late) would shorten it and lose nothing. The static zone
+        # flowed before the sink started, so its window must cover the sink's whole life, less
+        # the stop's trim and a start-up margin: what it does not cover is lost.
+        alive = t_stop - t_ready
+        covered = float(sk.get("window_seconds") or 0.0)
+        uncovered = max(0.0, alive - covered - STATIC_WINDOW_SLACK_S)
+        unheard = int(uncovered * 50) * c.opts.static_receivers
+        lost += unheard
+        row = {"trial": t, "static_expected": (sk.get("packets_expected") or 0) + unheard,
+               "static_window_s": covered, "sink_alive_s": round(alive, 3),
+               "static_unheard": unheard,
                "static_delivered": sk.get("packets_delivered"), "static_lost": lost,
                "static_max_gap": sk.get("max_seq_gap"), "duplicates": sk.get("duplicates"),
                "sink_drops": sk.get("sink_drops"), "field": rx_lost,

@@ -713,6 +713,9 @@ class OriginCluster:
     def status(self) -> dict[str, Any]:
         return {"node": self.node_id, "role": "origin", "leader": self.leader(),
                 "fence": self.lease.fence, "edges": self.feed.subs.nodes(),
+                "lease": {"acquisitions": self.lease.state.acquisitions,
+                          "losses": self.lease.state.losses, "errors": self.lease.errors,
+                          "deferred_after_redis_restart": self.lease.deferred},
                 **self.counters, "feed": dict(self.feed.counters),
                 "feed_enabled": self.feed.enabled, "on_air": sorted(self.onair),
                 "took_over": self.took_over[-20:], "standing": self.standing,

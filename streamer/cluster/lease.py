@@ -42,6 +42,10 @@ log = logging.getLogger("loa.cluster.lease")
 
 ACQUIRE_RETRY_S = 0.5
 
+#: the holder a node waits out when Redis has just restarted and it knows of none: no token is
+#: this, so a lease that is gone is not taken (`LeaseState.may_take_vanished`)
+JUST_RESTARTED = "(redis just restarted)"
+
 #: KEYS: lease, fence, released; ARGV: token, px, floor, wait_for (the holder whose lease this
 #: node is waiting out, "" if none). Returns {new fencing token, 0, ""}; {0, PTTL, holder} if
 #: another holds it; {-1, 0, ""} if the lease is gone but its holder `wait_for` did not release
@@ -181,6 +185,25 @@ class LeaseState:
         to carry on."""
         return self.other if now < self.other_until else ""
 
+    def recently_held(self, now: float) -> bool:
+        """This node held the lease within the last lease time (its own renewal was refused
+        just now, say, because Redis restarted empty): it may take the vanished lease again at
+        once, as its holder."""
+        return now - self.confirmed_sent_at < self.lease_s
+
+    def may_take_vanished(self, now: float, redis_uptime_s: float,
+                          fresh_redis_s: float | None = None) -> bool:
+        """Whether this node may take a lease it finds gone, with no holder it waits out
+        (`wait_for` ""). Not while Redis has been up for less than half a lease, unless this
+        node held it: a Redis that restarted empty lost a lease whose holder may still live
+        and asks again at its next renewal (a quarter lease). A node that never saw that holder
+        (a standby still starting when Redis restarted) or saw it too long ago (Redis down
+        longer than the lease had left) would otherwise take it first, the holder would yield
+        what it airs, and with the on-air state gone with Redis nothing would be carried on.
+        `fresh_redis_s`: how long a Redis counts as just restarted (default half a lease)."""
+        fresh = self.lease_s / 2 if fresh_redis_s is None else fresh_redis_s
+        return self.recently_held(now) or redis_uptime_s >= fresh
+
     def expire(self, now: float) -> None:
         """Nothing confirmed for a whole lease (Redis unreachable): the lease is gone for sure;
         the next step tries to acquire again rather than extend."""
@@ -193,14 +216,19 @@ class RedisLease:
     node knows of (its database's last token, the edges' highest)."""
 
     def __init__(self, redis: Any, keys: Keys, name: str, node_id: str, *,
-                 lease_ms: int = LEASE_MS, floor_seen: Any = None) -> None:
+                 lease_ms: int = LEASE_MS, floor_seen: Any = None,
+                 fresh_redis_s: float | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.name = name
         self.token = f"{node_id}/{secrets.token_hex(8)}"
         self.state = LeaseState(lease_ms)
         self.floor_seen = floor_seen or (lambda: ())
+        #: a Redis up for less than this restarted just now (LeaseState.may_take_vanished)
+        self.fresh_redis_s = fresh_redis_s
         self.errors = 0
+        #: acquisitions put off because Redis had just restarted (LeaseState.may_take_vanished)
+        self.deferred = 0
         #: Redis said another node holds the lease (its last answer; None: not asked yet or
         #: Redis away). An origin sends media only while this is not True (control/cluster.py)
         self.other_holds: bool | None = None
@@ -230,14 +258,24 @@ class RedisLease:
                 if not ok:   # taken by another, or gone (Redis restarted empty): ask at once
                     log.warning("lease %s lost (not ours in Redis any more)", self.name)
             if not st.held:
+                wait_for = st.wait_for(sent)
+                if not wait_for and not st.recently_held(sent):
+                    info = await asyncio.wait_for(self.redis.info("server"), timeout)
+                    if not st.may_take_vanished(sent, float(info.get("uptime_in_seconds", 0)),
+                                                self.fresh_redis_s):
+                        # Redis just restarted: a lease gone is left to a holder that may live
+                        # (a holder no token equals; one that holds it is still seen)
+                        wait_for = JUST_RESTARTED
                 floor = fence_floor(time.time(), st.fence, *self.floor_seen())
                 fence, pttl, holder = await asyncio.wait_for(
                     self._acquire(keys=[self.keys.lease(self.name), self.keys.fence(self.name),
                                         self.keys.lease_released(self.name)],
-                                  args=[self.token, st.lease_ms, floor, st.wait_for(sent)]),
+                                  args=[self.token, st.lease_ms, floor, wait_for]),
                     timeout)
                 fence = int(fence)
                 if fence < 0:   # gone, not released: its holder takes it again (Redis restart)
+                    if wait_for == JUST_RESTARTED:
+                        self.deferred += 1
                     return
                 self.other_holds = not fence
                 if fence:

@@ -108,3 +108,19 @@ def test_fence_gate_media_and_commands_share_the_newest_token():
     assert g.admit(9)                                # a newer leader's command ...
     assert not g.admit_media(7) and g.media_refused == 1   # ... fences the older media
     assert g.accepted == 1 and g.highest == 9
+
+
+def test_a_vanished_lease_is_left_to_its_holder_while_redis_has_just_restarted():
+    st = LeaseState(lease_ms=6000)
+    # a node that never held it (a standby still starting when Redis restarted empty): not in
+    # the first half lease of Redis' life, then yes (a lease gone then expired by itself)
+    assert not st.may_take_vanished(100.0, redis_uptime_s=0)
+    assert not st.may_take_vanished(100.0, redis_uptime_s=2.9)
+    assert st.may_take_vanished(100.0, redis_uptime_s=3.0)
+    # its holder, whose renewal was just refused because the key is gone: at once
+    st.acquired(sent_at=98.5, fence=7)
+    st.renewed(sent_at=100.0, ok=False)
+    assert not st.held and st.recently_held(100.0)
+    assert st.may_take_vanished(100.0, redis_uptime_s=0)
+    # ... but not a whole lease after its last confirmed renewal
+    assert not st.recently_held(100.0 + 6.0) and not st.may_take_vanished(106.0, 1)
