@@ -66,6 +66,8 @@ from streamer.zones import parse_hostport
 log = logging.getLogger("loa.cluster")
 
 DISCOVER_EVERY_S = 2.0
+#: an origin the registry stopped listing is still taken media from this long (OriginsSeen)
+ORIGIN_GRACE_S = 15.0
 SECRETS_EVERY_S = 2.0
 CLAIMS_EVERY_S = 1.0
 HOLD_COMMANDS_S = 6.0     # a command waits this long for the lease before it is dropped
@@ -778,6 +780,8 @@ class EdgeServer:
                                          heartbeat_s=settings.receiver_heartbeat_s)
         self.directory = ReceiverDirectory(self.redis, self.keys, self.node_id)
         self.nodes = NodeRegistry(self.redis, self.keys, self.node_id, "edge", self._info)
+        from streamer.cluster.nodes import OriginsSeen
+        self.origins_seen = OriginsSeen(ORIGIN_GRACE_S)
         self.consumer = CommandConsumer(self.redis, self.keys, self.node_id, self.apply,
                                         gate=self.gate, block_ms=500)
         self.counters = {"commands_applied": 0, "commands_unknown": 0, "moved_in": 0}
@@ -833,9 +837,10 @@ class EdgeServer:
         await self.secrets.refresh()
         origins = await self.nodes.nodes("origin")
         found = [a for a in (_addr(o.get("feed")) for o in origins) if a]
-        if found and set(found) != set(self.node.origins):
-            log.info("edge %s: origins %s", self.node_id, found)
-            self.node.set_origins(found)
+        keep = self.origins_seen.update(found, time.monotonic())
+        if keep and set(keep) != set(self.node.origins):
+            log.info("edge %s: origins %s (listed now: %s)", self.node_id, keep, found)
+            self.node.set_origins(keep)
             self.node.subscribe_now()
 
     async def _claims(self) -> None:

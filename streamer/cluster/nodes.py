@@ -27,7 +27,7 @@ from typing import Any
 from streamer.cluster.keys import (NODE_REFRESH_S, NODE_TTL_S, RECEIVER_REFRESH_S,
                                    RECEIVER_TTL_S, Keys)
 
-__all__ = ["NodeRegistry", "ReceiverDirectory", "CLAIM_LUA", "live_members"]
+__all__ = ["NodeRegistry", "ReceiverDirectory", "CLAIM_LUA", "live_members", "OriginsSeen"]
 
 log = logging.getLogger("loa.cluster.nodes")
 
@@ -56,6 +56,30 @@ def live_members(scored: list[tuple[Any, float]], now_ms: float) -> list[str]:
         if score > now_ms:
             out.append(m.decode() if isinstance(m, bytes) else str(m))
     return out
+
+
+class OriginsSeen:
+    """The origins an edge takes media from: every origin the registry listed within the last
+    `grace_s` (monotonic seconds, a parameter), not only those of the last read. After an
+    empty Redis restart the origins write their hashes again one after the other; an edge that
+    read the registry in between took the one listed for all of them and dropped the leader's
+    envelopes as foreign until its next read after the leader's (~2-4 s of silence, CI). A
+    hash missing for one read (a late refresh on a loaded machine) is the same. The envelopes
+    are authenticated and fenced: a dead origin kept a while longer sends nothing, and a
+    deposed one is refused by its token."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._seen: dict[tuple[str, int], float] = {}
+
+    def update(self, found: list[tuple[str, int]], now: float) -> list[tuple[str, int]]:
+        """The registry's origins now; returns the ones to take media from (newest first)."""
+        for a in found:
+            self._seen[a] = now
+        for a, t in list(self._seen.items()):
+            if now - t > self.grace_s:
+                del self._seen[a]
+        return sorted(self._seen, key=lambda a: -self._seen[a])
 
 
 def _text(d: Mapping[Any, Any]) -> dict[str, str]:

@@ -124,3 +124,18 @@ def test_a_vanished_lease_is_left_to_its_holder_while_redis_has_just_restarted()
     assert st.may_take_vanished(100.0, redis_uptime_s=0)
     # ... but not a whole lease after its last confirmed renewal
     assert not st.recently_held(100.0 + 6.0) and not st.may_take_vanished(106.0, 1)
+
+
+def test_an_edge_keeps_taking_media_from_an_origin_the_registry_missed_for_a_while():
+    from streamer.cluster.nodes import OriginsSeen
+    leader, standby = ("10.0.0.1", 7000), ("10.0.0.2", 7000)
+    seen = OriginsSeen(grace_s=15.0)
+    assert set(seen.update([leader, standby], 100.0)) == {leader, standby}
+    # Redis restarted empty: the standby wrote its hash again first, the leader not yet
+    assert set(seen.update([standby], 101.0)) == {leader, standby}
+    assert seen.update([standby], 101.0)[0] == standby        # newest first
+    assert set(seen.update([leader, standby], 103.0)) == {leader, standby}
+    # an origin gone for good is dropped after the grace
+    assert set(seen.update([standby], 117.0)) == {leader, standby}
+    assert seen.update([standby], 118.1) == [standby]
+    assert seen.update([], 140.0) == []
