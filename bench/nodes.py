@@ -676,12 +676,16 @@ class FailoverCluster:
         self.edges: dict[str, Node] = {}
         self.rx: list[FieldRx] = []
         self.origins = 0
-        self.active = self._origin()
-        if not self.active.wait_up(60):
-            raise RuntimeError(f"origin did not come up: {self.active.tail()}")
-        self.standby = self._standby()
-        for name in self.edge_ports:
-            self.start_edge(name)
+        try:   # a node that does not come up: stop what did (redis-server, the other nodes)
+            self.active = self._origin()
+            if not self.active.wait_up(60):
+                raise RuntimeError(f"origin did not come up: {self.active.tail()}")
+            self.standby = self._standby()
+            for name in self.edge_ports:
+                self.start_edge(name)
+        except BaseException:
+            self.close()
+            raise
 
     def _origin(self) -> Node:
         self.origins += 1

@@ -72,3 +72,30 @@ def test_bad_options_are_refused_with_usage_status(capsys):
     assert bench_main(["nodes", "--trials", "0"]) == 2
     assert bench_main(["nodes", "--rounds", "0"]) == 2
     assert "--trials" in capsys.readouterr().err
+
+
+def test_a_cluster_that_does_not_come_up_leaves_no_process_behind(tmp_path, monkeypatch):
+    """A node that does not come up raised out of FailoverCluster() with its redis-server and
+    the nodes already started still running (found after an aborted run: a leaked origin
+    and redis-server kept a core busy)."""
+    from bench import nodes as bn
+    started: list = []
+    real_redis, real_node = bn.RedisServer, bn.Node
+
+    def redis() -> object:
+        r = real_redis()
+        started.append(r)
+        return r
+
+    def node(*a, **kw) -> object:
+        n = real_node(*a, **kw)
+        started.append(n)
+        return n
+    monkeypatch.setattr(bn, "RedisServer", redis)
+    monkeypatch.setattr(bn, "Node", node)
+    monkeypatch.setattr(real_node, "wait_up", lambda self, *a, **kw: False)
+    opts = NodesOptions(trials=1, failover_receivers=1, static_receivers=1, parts=("redis",))
+    with pytest.raises(RuntimeError, match="did not come up"):
+        bn.FailoverCluster(opts, bn.resolve(opts), tmp_path)
+    assert len(started) == 2                       # redis-server and the first origin
+    assert all(p.proc is not None and p.proc.poll() is not None for p in started)
