@@ -751,7 +751,7 @@ class EdgeServer:
         from streamer.cluster.edge import EdgeNode
         from streamer.cluster.keys import Keys
         from streamer.cluster.lease import FenceGate
-        from streamer.cluster.nodes import NodeRegistry, ReceiverDirectory
+        from streamer.cluster.nodes import NodeRegistry, OriginsSeen, ReceiverDirectory
         from streamer import cpus
         from streamer.rtp.fanout import Fanout
         from streamer.rtp.registry import ReceiverRegistry
@@ -780,7 +780,6 @@ class EdgeServer:
                                          heartbeat_s=settings.receiver_heartbeat_s)
         self.directory = ReceiverDirectory(self.redis, self.keys, self.node_id)
         self.nodes = NodeRegistry(self.redis, self.keys, self.node_id, "edge", self._info)
-        from streamer.cluster.nodes import OriginsSeen
         self.origins_seen = OriginsSeen(ORIGIN_GRACE_S)
         self.consumer = CommandConsumer(self.redis, self.keys, self.node_id, self.apply,
                                         gate=self.gate, block_ms=500)
